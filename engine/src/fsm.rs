@@ -1,0 +1,402 @@
+//! The finite state machine: the only writer of the state store.
+//!
+//! Raft (or, in-process, the harness) hands each committed [`Command`] to
+//! [`Fsm::apply`] with its log index. Commands are plain data carrying their
+//! own timestamps, so replaying a log rebuilds exactly the same state. A
+//! command that refers to something missing fails as a whole and changes
+//! nothing.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::ids::{AllocId, EvalId, JobKey, NodeId};
+use crate::model::{
+    AllocClientUpdate, AllocPreemption, AllocStop, Allocation, Deployment, DesiredStatus,
+    DesiredTransition, DrainStrategy, EvalStatus, Evaluation, Job, JobStatus, Node, NodeStatus,
+    SchedulingEligibility, TimeNs,
+};
+use crate::state::{SchedulerConfig, State, StateStore};
+
+/// The committed part of a plan, as one raft entry.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PlanApplied {
+    pub eval_id: EvalId,
+    /// New and updated allocations.
+    pub allocs: Vec<Arc<Allocation>>,
+    pub stops: Vec<AllocStop>,
+    pub preemptions: Vec<AllocPreemption>,
+    pub deployment: Option<Deployment>,
+    /// Follow-up evals for the jobs whose allocations were preempted.
+    pub preemption_evals: Vec<Evaluation>,
+    pub now_ns: TimeNs,
+}
+
+/// Everything that can change the cluster state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Store a job (a new version when its spec changed) and its eval, atomically.
+    JobRegister { job: Job, eval: Option<Evaluation>, now_ns: TimeNs },
+    /// Stop a job (a new version with `stop = true`), or purge it.
+    JobDeregister { key: JobKey, purge: bool, eval: Option<Evaluation>, now_ns: TimeNs },
+    NodeRegister { node: Node, evals: Vec<Evaluation> },
+    NodeDeregister { node_id: NodeId, evals: Vec<Evaluation> },
+    NodeStatusUpdate { node_id: NodeId, status: NodeStatus, evals: Vec<Evaluation>, now_ns: TimeNs },
+    NodeDrainUpdate {
+        node_id: NodeId,
+        drain: Option<DrainStrategy>,
+        mark_eligible: bool,
+        evals: Vec<Evaluation>,
+        now_ns: TimeNs,
+    },
+    NodeEligibilityUpdate { node_id: NodeId, eligibility: SchedulingEligibility, evals: Vec<Evaluation>, now_ns: TimeNs },
+    EvalUpsert { evals: Vec<Evaluation> },
+    /// Garbage collection of terminal evals and allocations.
+    EvalReap { evals: Vec<EvalId>, allocs: Vec<AllocId> },
+    AllocClientUpdate { updates: Vec<AllocClientUpdate>, evals: Vec<Evaluation> },
+    AllocDesiredTransition { transitions: Vec<(AllocId, DesiredTransition)>, evals: Vec<Evaluation> },
+    ApplyPlanResults(PlanApplied),
+    SchedulerConfigUpdate { config: SchedulerConfig },
+}
+
+/// A command referred to something that does not exist; nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("job {0} not found")]
+    JobNotFound(JobKey),
+    #[error("node {0} not found")]
+    NodeNotFound(NodeId),
+}
+
+/// A node's capacity may have grown: blocked evals for its class may now fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapacityChange {
+    pub node_id: NodeId,
+    pub computed_class: u64,
+}
+
+/// What the leader-side services (broker, blocked evals) must hear about.
+#[derive(Debug, Default)]
+pub struct ApplyOutcome {
+    pub index: u64,
+    /// Every eval written, in order; the leader routes them by status.
+    pub evals: Vec<Arc<Evaluation>>,
+    pub capacity_changes: Vec<CapacityChange>,
+    /// Jobs that were purged: their blocked evals are untracked.
+    pub jobs_purged: Vec<JobKey>,
+    pub allocs_written: usize,
+}
+
+/// Applies commands to a [`StateStore`].
+#[derive(Debug, Default)]
+pub struct Fsm {
+    store: Arc<StateStore>,
+}
+
+impl Fsm {
+    pub fn new(store: Arc<StateStore>) -> Fsm {
+        Fsm { store }
+    }
+
+    pub fn store(&self) -> &Arc<StateStore> {
+        &self.store
+    }
+
+    /// Apply one committed command at `index`. On error nothing changed,
+    /// but the index still advances (the log entry is committed).
+    pub fn apply(&self, index: u64, command: &Command) -> Result<ApplyOutcome, ApplyError> {
+        self.store.write(index, |state| {
+            let mut scratch = state.clone();
+            let mut out = ApplyOutcome { index, ..Default::default() };
+            apply_command(&mut scratch, index, command, &mut out)?;
+            *state = scratch;
+            Ok(out)
+        })
+    }
+}
+
+fn apply_command(state: &mut State, index: u64, command: &Command, out: &mut ApplyOutcome) -> Result<(), ApplyError> {
+    match command {
+        Command::JobRegister { job, eval, now_ns } => {
+            register_job(state, index, job, *now_ns);
+            upsert_evals(state, index, eval.iter(), out);
+        }
+        Command::JobDeregister { key, purge, eval, now_ns } => {
+            let job = state.job(key).cloned().ok_or_else(|| ApplyError::JobNotFound(key.clone()))?;
+            if *purge {
+                state.remove_job(index, key);
+                out.jobs_purged.push(key.clone());
+            } else if !job.stop {
+                let mut stopped = (*job).clone();
+                stopped.stop = true;
+                register_job(state, index, &stopped, *now_ns);
+            }
+            upsert_evals(state, index, eval.iter(), out);
+        }
+        Command::NodeRegister { node, evals } => {
+            let mut node = node.clone();
+            let existing = state.node(node.id).cloned();
+            node.create_index = existing.as_ref().map_or(index, |n| n.create_index);
+            node.modify_index = index;
+            node.compute_class();
+            if node.ready_for_placement() {
+                out.capacity_changes.push(CapacityChange { node_id: node.id, computed_class: node.computed_class });
+            }
+            state.put_node(index, Arc::new(node));
+            upsert_evals(state, index, evals.iter(), out);
+        }
+        Command::NodeDeregister { node_id, evals } => {
+            state.remove_node(index, *node_id).ok_or(ApplyError::NodeNotFound(*node_id))?;
+            upsert_evals(state, index, evals.iter(), out);
+        }
+        Command::NodeStatusUpdate { node_id, status, evals, now_ns } => {
+            update_node(state, index, *node_id, out, |n| {
+                n.status = *status;
+                n.status_updated_at_ns = *now_ns;
+            })?;
+            upsert_evals(state, index, evals.iter(), out);
+        }
+        Command::NodeDrainUpdate { node_id, drain, mark_eligible, evals, now_ns } => {
+            update_node(state, index, *node_id, out, |n| {
+                n.drain = drain.clone();
+                if drain.is_some() {
+                    n.eligibility = SchedulingEligibility::Ineligible;
+                } else if *mark_eligible {
+                    n.eligibility = SchedulingEligibility::Eligible;
+                }
+                n.status_updated_at_ns = *now_ns;
+            })?;
+            upsert_evals(state, index, evals.iter(), out);
+        }
+        Command::NodeEligibilityUpdate { node_id, eligibility, evals, now_ns } => {
+            update_node(state, index, *node_id, out, |n| {
+                n.eligibility = *eligibility;
+                n.status_updated_at_ns = *now_ns;
+            })?;
+            upsert_evals(state, index, evals.iter(), out);
+        }
+        Command::EvalUpsert { evals } => upsert_evals(state, index, evals.iter(), out),
+        Command::EvalReap { evals, allocs } => {
+            for id in evals {
+                state.remove_eval(index, *id);
+            }
+            for id in allocs {
+                state.remove_alloc(index, *id);
+            }
+        }
+        Command::AllocClientUpdate { updates, evals } => {
+            let mut jobs = BTreeSet::new();
+            for update in updates {
+                // An update for an allocation already garbage collected is
+                // stale, not an error: the client learns on its next pull.
+                let Some(existing) = state.alloc(update.alloc_id).cloned() else { continue };
+                let mut alloc = (*existing).clone();
+                alloc.client_status = update.client_status;
+                alloc.client_description = update.client_description.clone();
+                alloc.modify_index = index;
+                alloc.modify_time_ns = update.at_ns;
+                let freed = !existing.is_terminal() && alloc.is_terminal();
+                jobs.insert(alloc.job_key());
+                state.put_alloc(index, Arc::new(alloc));
+                out.allocs_written += 1;
+                if freed {
+                    push_capacity_change(state, existing.node_id, out);
+                }
+            }
+            for key in jobs {
+                refresh_job_status(state, index, &key);
+            }
+            upsert_evals(state, index, evals.iter(), out);
+        }
+        Command::AllocDesiredTransition { transitions, evals } => {
+            for (id, transition) in transitions {
+                let Some(existing) = state.alloc(*id).cloned() else { continue };
+                let mut alloc = (*existing).clone();
+                alloc.desired_transition = *transition;
+                alloc.modify_index = index;
+                alloc.alloc_modify_index = index;
+                state.put_alloc(index, Arc::new(alloc));
+            }
+            upsert_evals(state, index, evals.iter(), out);
+        }
+        Command::ApplyPlanResults(applied) => apply_plan(state, index, applied, out),
+        Command::SchedulerConfigUpdate { config } => state.set_scheduler_config(index, config.clone()),
+    }
+    Ok(())
+}
+
+fn register_job(state: &mut State, index: u64, job: &Job, now_ns: TimeNs) {
+    let mut job = job.clone();
+    match state.job(&job.key()).cloned() {
+        Some(existing) => {
+            let changed = job.spec_changed(&existing);
+            job.create_index = existing.create_index;
+            job.version = if changed { existing.version + 1 } else { existing.version };
+            job.job_modify_index = if changed { index } else { existing.job_modify_index };
+            job.submit_time_ns = if changed { now_ns } else { existing.submit_time_ns };
+            job.stable = if changed { false } else { existing.stable };
+        }
+        None => {
+            job.create_index = index;
+            job.version = 0;
+            job.job_modify_index = index;
+            job.submit_time_ns = now_ns;
+            job.stable = false;
+        }
+    }
+    job.modify_index = index;
+    job.status = if job.stop { JobStatus::Dead } else { JobStatus::Pending };
+    let key = job.key();
+    state.put_job(index, Arc::new(job));
+    refresh_job_status(state, index, &key);
+}
+
+/// Nomad's job status: running while any allocation is non-terminal, dead
+/// when stopped (or a finished batch job), pending otherwise.
+fn refresh_job_status(state: &mut State, index: u64, key: &JobKey) {
+    let Some(job) = state.job(key).cloned() else { return };
+    let mut any_alloc = false;
+    let mut any_live = false;
+    for alloc in state.allocs_by_job(key) {
+        any_alloc = true;
+        if !alloc.is_terminal() {
+            any_live = true;
+            break;
+        }
+    }
+    let status = if any_live {
+        JobStatus::Running
+    } else if job.stop || (any_alloc && job.job_type.is_batch_like()) {
+        JobStatus::Dead
+    } else {
+        JobStatus::Pending
+    };
+    if status != job.status {
+        let mut job = (*job).clone();
+        job.status = status;
+        job.modify_index = index;
+        state.replace_job_record(index, Arc::new(job));
+    }
+}
+
+fn update_node(
+    state: &mut State,
+    index: u64,
+    node_id: NodeId,
+    out: &mut ApplyOutcome,
+    f: impl FnOnce(&mut Node),
+) -> Result<(), ApplyError> {
+    let existing = state.node(node_id).cloned().ok_or(ApplyError::NodeNotFound(node_id))?;
+    let mut node = (*existing).clone();
+    f(&mut node);
+    node.modify_index = index;
+    if node.ready_for_placement() && !existing.ready_for_placement() {
+        out.capacity_changes.push(CapacityChange { node_id, computed_class: node.computed_class });
+    }
+    state.put_node(index, Arc::new(node));
+    Ok(())
+}
+
+fn push_capacity_change(state: &State, node_id: NodeId, out: &mut ApplyOutcome) {
+    if let Some(node) = state.node(node_id) {
+        out.capacity_changes.push(CapacityChange { node_id, computed_class: node.computed_class });
+    }
+}
+
+fn upsert_evals<'a>(state: &mut State, index: u64, evals: impl Iterator<Item = &'a Evaluation>, out: &mut ApplyOutcome) {
+    for eval in evals {
+        let mut eval = eval.clone();
+        eval.create_index = state.eval(eval.id).map_or(index, |e| e.create_index);
+        eval.modify_index = index;
+        let eval = Arc::new(eval);
+        state.put_eval(index, eval.clone());
+        out.evals.push(eval);
+    }
+}
+
+fn apply_plan(state: &mut State, index: u64, applied: &PlanApplied, out: &mut ApplyOutcome) {
+    let mut jobs = BTreeSet::new();
+    for stop in &applied.stops {
+        let Some(existing) = state.alloc(stop.alloc_id).cloned() else { continue };
+        let mut alloc = (*existing).clone();
+        alloc.desired_status = DesiredStatus::Stop;
+        alloc.desired_description = stop.description.clone();
+        if let Some(status) = stop.client_status {
+            alloc.client_status = status;
+        }
+        if stop.followup_eval_id.is_some() {
+            alloc.followup_eval_id = stop.followup_eval_id;
+        }
+        alloc.modify_index = index;
+        alloc.alloc_modify_index = index;
+        alloc.modify_time_ns = applied.now_ns;
+        let freed = !existing.is_terminal();
+        jobs.insert(alloc.job_key());
+        state.put_alloc(index, Arc::new(alloc));
+        if freed {
+            push_capacity_change(state, existing.node_id, out);
+        }
+    }
+    for preemption in &applied.preemptions {
+        let Some(existing) = state.alloc(preemption.alloc_id).cloned() else { continue };
+        let mut alloc = (*existing).clone();
+        alloc.desired_status = DesiredStatus::Evict;
+        alloc.desired_description = format!("Preempted by alloc ID {}", preemption.preempted_by).into();
+        alloc.preempted_by = Some(preemption.preempted_by);
+        alloc.modify_index = index;
+        alloc.alloc_modify_index = index;
+        alloc.modify_time_ns = applied.now_ns;
+        jobs.insert(alloc.job_key());
+        state.put_alloc(index, Arc::new(alloc));
+    }
+    for alloc in &applied.allocs {
+        let mut alloc = (**alloc).clone();
+        match state.alloc(alloc.id).cloned() {
+            Some(existing) => {
+                // A server-side update: the client's view stays the client's.
+                alloc.create_index = existing.create_index;
+                alloc.create_time_ns = existing.create_time_ns;
+                alloc.client_status = existing.client_status;
+                alloc.client_description = existing.client_description.clone();
+            }
+            None => {
+                alloc.create_index = index;
+                alloc.create_time_ns = applied.now_ns;
+                if let Some(prev_id) = alloc.previous_alloc
+                    && let Some(prev) = state.alloc(prev_id).cloned()
+                {
+                    let mut prev = (*prev).clone();
+                    prev.next_alloc = Some(alloc.id);
+                    prev.modify_index = index;
+                    state.put_alloc(index, Arc::new(prev));
+                }
+            }
+        }
+        alloc.modify_index = index;
+        alloc.alloc_modify_index = index;
+        alloc.modify_time_ns = applied.now_ns;
+        jobs.insert(alloc.job_key());
+        state.put_alloc(index, Arc::new(alloc));
+        out.allocs_written += 1;
+    }
+    if let Some(deployment) = &applied.deployment {
+        let mut d = deployment.clone();
+        d.create_index = state.deployment(d.id).map_or(index, |e| e.create_index);
+        d.modify_index = index;
+        state.put_deployment(index, Arc::new(d));
+    }
+    for key in jobs {
+        refresh_job_status(state, index, &key);
+    }
+    upsert_evals(state, index, applied.preemption_evals.iter(), out);
+}
+
+/// Whether an evaluation's status means the leader should hand it to the broker.
+pub fn should_enqueue(eval: &Evaluation) -> bool {
+    eval.status == EvalStatus::Pending
+}
+
+/// Whether an evaluation's status means it waits in the blocked tracker.
+pub fn should_block(eval: &Evaluation) -> bool {
+    eval.status == EvalStatus::Blocked
+}
+

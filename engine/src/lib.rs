@@ -1,0 +1,23 @@
+//! Caravan's scheduling core: pure, deterministic, no network, no async runtime.
+//!
+//! - [`model`]: jobs, nodes, evaluations, allocations, plans.
+//! - [`state`]: the MVCC [`state::StateStore`]; a [`state::Snapshot`] is an O(1) clone.
+//! - [`fsm`]: [`fsm::Fsm::apply`] is the only writer; raft feeds it committed [`fsm::Command`]s.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use caravan_engine::{fsm::{Command, Fsm}, ids::IdGen, model::*, state::StateStore};
+//!
+//! let fsm = Fsm::new(Arc::new(StateStore::new()));
+//! let mut ids = IdGen::with_seed(1);
+//! let node = Node::new(ids.node(), "n1", "dc1", NodeResources { cpu_mhz: 4000, memory_mb: 8192, disk_mb: 10_000, ..Default::default() });
+//! fsm.apply(1, &Command::NodeRegister { node, evals: vec![] }).unwrap();
+//! assert_eq!(fsm.store().snapshot().node_count(), 1);
+//! ```
+
+pub mod clock;
+pub mod fsm;
+pub mod ids;
+pub mod intern;
+pub mod model;
+pub mod state;

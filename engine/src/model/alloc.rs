@@ -1,0 +1,161 @@
+use std::sync::Arc;
+
+use super::{AllocatedResources, Job, TaskGroup, TimeNs};
+use crate::ids::{AllocId, DeploymentId, EvalId, JobKey, NodeId};
+
+/// What the servers want for an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DesiredStatus {
+    Run,
+    Stop,
+    Evict,
+}
+
+impl DesiredStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DesiredStatus::Run => "run",
+            DesiredStatus::Stop => "stop",
+            DesiredStatus::Evict => "evict",
+        }
+    }
+}
+
+/// What the client reports for an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientStatus {
+    Pending,
+    Running,
+    Complete,
+    Failed,
+    Lost,
+    Unknown,
+}
+
+impl ClientStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientStatus::Pending => "pending",
+            ClientStatus::Running => "running",
+            ClientStatus::Complete => "complete",
+            ClientStatus::Failed => "failed",
+            ClientStatus::Lost => "lost",
+            ClientStatus::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ClientStatus> {
+        use ClientStatus::*;
+        [Pending, Running, Complete, Failed, Lost, Unknown].into_iter().find(|v| v.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, ClientStatus::Complete | ClientStatus::Failed | ClientStatus::Lost)
+    }
+}
+
+/// One past reschedule of an allocation's lineage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RescheduleEvent {
+    pub at_ns: TimeNs,
+    pub prev_alloc_id: AllocId,
+    pub prev_node_id: NodeId,
+    pub delay_ns: i64,
+}
+
+/// History carried from an allocation to its replacement, to enforce the
+/// reschedule policy's attempts and compute its next delay.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RescheduleTracker {
+    pub events: Vec<RescheduleEvent>,
+}
+
+/// Server-requested transitions on a running allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DesiredTransition {
+    /// Move off a draining node.
+    pub migrate: bool,
+    /// Replace now even though it is not failed (e.g. `alloc stop`).
+    pub reschedule: bool,
+    /// Replace right away ignoring the reschedule delay.
+    pub force_reschedule: bool,
+}
+
+/// A task group instance bound to a node.
+///
+/// Kept small: the job is shared (`Arc`) with every allocation of the same
+/// version, and the name `job.group[index]` is computed, not stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Allocation {
+    pub id: AllocId,
+    pub eval_id: EvalId,
+    pub node_id: NodeId,
+    /// The job version this allocation was placed or last updated with.
+    pub job: Arc<Job>,
+    /// Index of the task group in `job.task_groups`.
+    pub group_index: u16,
+    /// The `[n]` of the allocation's name.
+    pub name_index: u32,
+    pub resources: Arc<AllocatedResources>,
+    pub desired_status: DesiredStatus,
+    pub desired_description: Arc<str>,
+    pub desired_transition: DesiredTransition,
+    pub client_status: ClientStatus,
+    pub client_description: Arc<str>,
+    pub previous_alloc: Option<AllocId>,
+    pub next_alloc: Option<AllocId>,
+    pub reschedule_tracker: Option<Arc<RescheduleTracker>>,
+    /// Eval that will reschedule this failed allocation later.
+    pub followup_eval_id: Option<EvalId>,
+    pub deployment_id: Option<DeploymentId>,
+    pub preempted_by: Option<AllocId>,
+    pub create_index: u64,
+    pub modify_index: u64,
+    /// Index of the last change made by the servers (not by client updates).
+    pub alloc_modify_index: u64,
+    pub create_time_ns: TimeNs,
+    pub modify_time_ns: TimeNs,
+}
+
+impl Allocation {
+    pub fn group(&self) -> &TaskGroup {
+        &self.job.task_groups[usize::from(self.group_index)]
+    }
+
+    pub fn group_name(&self) -> &str {
+        &self.group().name
+    }
+
+    pub fn job_key(&self) -> JobKey {
+        self.job.key()
+    }
+
+    /// Nomad's `job.group[n]` name.
+    pub fn name(&self) -> String {
+        format!("{}.{}[{}]", self.job.id, self.group_name(), self.name_index)
+    }
+
+    /// Terminal from the servers' point of view: stopped/evicted, or finished
+    /// on the client. A terminal allocation holds no resources.
+    pub fn is_terminal(&self) -> bool {
+        self.server_terminal() || self.client_status.is_terminal()
+    }
+
+    pub fn server_terminal(&self) -> bool {
+        matches!(self.desired_status, DesiredStatus::Stop | DesiredStatus::Evict)
+    }
+
+    /// The allocation finished successfully and batch semantics say keep it.
+    pub fn ran_successfully(&self) -> bool {
+        self.client_status == ClientStatus::Complete
+    }
+}
+
+/// A client's report about one allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocClientUpdate {
+    pub alloc_id: AllocId,
+    pub client_status: ClientStatus,
+    pub client_description: Arc<str>,
+    pub at_ns: TimeNs,
+}

@@ -1,0 +1,42 @@
+use std::sync::Arc;
+
+use crate::ids::{DeploymentId, JobKey};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentStatus {
+    Running,
+    Paused,
+    Failed,
+    Successful,
+    Cancelled,
+}
+
+impl DeploymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentStatus::Running => "running",
+            DeploymentStatus::Paused => "paused",
+            DeploymentStatus::Failed => "failed",
+            DeploymentStatus::Successful => "successful",
+            DeploymentStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_active(self) -> bool {
+        matches!(self, DeploymentStatus::Running | DeploymentStatus::Paused)
+    }
+}
+
+/// The record of rolling out one job version. Minimal for now: rolling
+/// updates, canaries and health tracking build on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    pub id: DeploymentId,
+    pub job: JobKey,
+    pub job_version: u64,
+    pub job_modify_index: u64,
+    pub status: DeploymentStatus,
+    pub status_description: Arc<str>,
+    pub create_index: u64,
+    pub modify_index: u64,
+}

@@ -1,0 +1,383 @@
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use super::{Affinity, ConfigValue, Constraint, PortRequest, Spread, TaskResources, TimeNs, SECOND_NS};
+use crate::ids::JobKey;
+
+/// Which scheduler handles a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum JobType {
+    Service,
+    Batch,
+    System,
+    SysBatch,
+}
+
+impl JobType {
+    pub const ALL: [JobType; 4] = [JobType::Service, JobType::Batch, JobType::System, JobType::SysBatch];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobType::Service => "service",
+            JobType::Batch => "batch",
+            JobType::System => "system",
+            JobType::SysBatch => "sysbatch",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobType> {
+        JobType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Batch-like jobs run to completion: a successful allocation is not replaced.
+    pub fn is_batch_like(self) -> bool {
+        matches!(self, JobType::Batch | JobType::SysBatch)
+    }
+
+    /// System-like jobs run one allocation per task group on every eligible node.
+    pub fn is_system_like(self) -> bool {
+        matches!(self, JobType::System | JobType::SysBatch)
+    }
+}
+
+impl fmt::Display for JobType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Dead,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Dead => "dead",
+        }
+    }
+}
+
+/// `restart { attempts interval delay mode }`, applied by the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    pub attempts: u32,
+    pub interval_ns: i64,
+    pub delay_ns: i64,
+    pub mode: RestartMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartMode {
+    Fail,
+    Delay,
+}
+
+impl RestartPolicy {
+    /// Nomad's defaults per job type (structs.NewRestartPolicy).
+    pub fn default_for(job_type: JobType) -> RestartPolicy {
+        match job_type {
+            JobType::Service | JobType::System => RestartPolicy {
+                attempts: 2,
+                interval_ns: 30 * 60 * SECOND_NS,
+                delay_ns: 15 * SECOND_NS,
+                mode: RestartMode::Fail,
+            },
+            JobType::Batch | JobType::SysBatch => RestartPolicy {
+                attempts: 3,
+                interval_ns: 24 * 3600 * SECOND_NS,
+                delay_ns: 15 * SECOND_NS,
+                mode: RestartMode::Fail,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DelayFunction {
+    Constant,
+    Exponential,
+    Fibonacci,
+}
+
+impl DelayFunction {
+    pub fn parse(s: &str) -> Option<DelayFunction> {
+        match s {
+            "constant" => Some(DelayFunction::Constant),
+            "exponential" => Some(DelayFunction::Exponential),
+            "fibonacci" => Some(DelayFunction::Fibonacci),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DelayFunction::Constant => "constant",
+            DelayFunction::Exponential => "exponential",
+            DelayFunction::Fibonacci => "fibonacci",
+        }
+    }
+}
+
+/// `reschedule { ... }`: how the servers replace a failed allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReschedulePolicy {
+    /// Attempts allowed within `interval_ns` (ignored when `unlimited`).
+    pub attempts: u32,
+    pub interval_ns: i64,
+    pub delay_ns: i64,
+    pub delay_function: DelayFunction,
+    pub max_delay_ns: i64,
+    pub unlimited: bool,
+}
+
+impl ReschedulePolicy {
+    /// Nomad's defaults: service reschedules forever with exponential backoff,
+    /// batch once a day; system jobs are never rescheduled.
+    pub fn default_for(job_type: JobType) -> Option<ReschedulePolicy> {
+        match job_type {
+            JobType::Service => Some(ReschedulePolicy {
+                attempts: 0,
+                interval_ns: 0,
+                delay_ns: 30 * SECOND_NS,
+                delay_function: DelayFunction::Exponential,
+                max_delay_ns: 3600 * SECOND_NS,
+                unlimited: true,
+            }),
+            JobType::Batch => Some(ReschedulePolicy {
+                attempts: 1,
+                interval_ns: 24 * 3600 * SECOND_NS,
+                delay_ns: 5 * SECOND_NS,
+                delay_function: DelayFunction::Constant,
+                max_delay_ns: 0,
+                unlimited: false,
+            }),
+            JobType::System | JobType::SysBatch => None,
+        }
+    }
+}
+
+/// `update { ... }`: carried and validated; rolling deployments build on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateStrategy {
+    pub stagger_ns: i64,
+    pub max_parallel: u32,
+    pub health_check: Arc<str>,
+    pub min_healthy_time_ns: i64,
+    pub healthy_deadline_ns: i64,
+    pub progress_deadline_ns: i64,
+    pub auto_revert: bool,
+    pub auto_promote: bool,
+    pub canary: u32,
+}
+
+impl Default for UpdateStrategy {
+    fn default() -> Self {
+        UpdateStrategy {
+            stagger_ns: 30 * SECOND_NS,
+            max_parallel: 1,
+            health_check: "checks".into(),
+            min_healthy_time_ns: 10 * SECOND_NS,
+            healthy_deadline_ns: 5 * 60 * SECOND_NS,
+            progress_deadline_ns: 10 * 60 * SECOND_NS,
+            auto_revert: false,
+            auto_promote: false,
+            canary: 0,
+        }
+    }
+}
+
+/// `migrate { ... }`: how allocations leave a draining node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrateStrategy {
+    pub max_parallel: u32,
+    pub health_check: Arc<str>,
+    pub min_healthy_time_ns: i64,
+    pub healthy_deadline_ns: i64,
+}
+
+impl Default for MigrateStrategy {
+    fn default() -> Self {
+        MigrateStrategy {
+            max_parallel: 1,
+            health_check: "checks".into(),
+            min_healthy_time_ns: 10 * SECOND_NS,
+            healthy_deadline_ns: 5 * 60 * SECOND_NS,
+        }
+    }
+}
+
+/// One process or container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    pub name: Arc<str>,
+    pub driver: Arc<str>,
+    pub user: Option<Arc<str>>,
+    pub config: ConfigValue,
+    pub env: BTreeMap<Arc<str>, Arc<str>>,
+    pub resources: TaskResources,
+    pub constraints: Vec<Constraint>,
+    pub affinities: Vec<Affinity>,
+    pub meta: BTreeMap<Arc<str>, Arc<str>>,
+    pub kill_timeout_ns: i64,
+    pub leader: bool,
+}
+
+impl Task {
+    /// A task with Nomad's canonical defaults (100 MHz, 300 MB).
+    pub fn new(name: &str, driver: &str) -> Task {
+        Task {
+            name: name.into(),
+            driver: driver.into(),
+            user: None,
+            config: ConfigValue::Null,
+            env: BTreeMap::new(),
+            resources: TaskResources { cpu_mhz: 100, memory_mb: 300, ..Default::default() },
+            constraints: Vec::new(),
+            affinities: Vec::new(),
+            meta: BTreeMap::new(),
+            kill_timeout_ns: 5 * SECOND_NS,
+            leader: false,
+        }
+    }
+}
+
+/// A set of tasks placed together on one node, `count` times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskGroup {
+    pub name: Arc<str>,
+    pub count: u32,
+    pub constraints: Vec<Constraint>,
+    pub affinities: Vec<Affinity>,
+    pub spreads: Vec<Spread>,
+    pub tasks: Vec<Task>,
+    pub restart_policy: RestartPolicy,
+    pub reschedule_policy: Option<ReschedulePolicy>,
+    pub update: Option<UpdateStrategy>,
+    pub migrate: Option<MigrateStrategy>,
+    pub ephemeral_disk_mb: u32,
+    pub ports: Vec<PortRequest>,
+    pub meta: BTreeMap<Arc<str>, Arc<str>>,
+    /// Place all `count` allocations in one plan, or none of them.
+    pub gang: bool,
+    /// How long an allocation on a disconnected node stays before it is replaced.
+    pub max_client_disconnect_ns: Option<i64>,
+}
+
+impl TaskGroup {
+    /// A group with Nomad's canonical defaults for the job type.
+    pub fn new(name: &str, count: u32, job_type: JobType, tasks: Vec<Task>) -> TaskGroup {
+        TaskGroup {
+            name: name.into(),
+            count,
+            constraints: Vec::new(),
+            affinities: Vec::new(),
+            spreads: Vec::new(),
+            tasks,
+            restart_policy: RestartPolicy::default_for(job_type),
+            reschedule_policy: ReschedulePolicy::default_for(job_type),
+            update: None,
+            migrate: None,
+            ephemeral_disk_mb: 300,
+            ports: Vec::new(),
+            meta: BTreeMap::new(),
+            gang: false,
+            max_client_disconnect_ns: None,
+        }
+    }
+}
+
+/// A job: what the user asked to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub namespace: Arc<str>,
+    pub id: Arc<str>,
+    pub name: Arc<str>,
+    pub region: Arc<str>,
+    pub job_type: JobType,
+    /// 1..=100, default 50.
+    pub priority: u8,
+    pub all_at_once: bool,
+    /// Datacenter names; `*` globs allowed.
+    pub datacenters: Vec<Arc<str>>,
+    pub node_pool: Arc<str>,
+    pub constraints: Vec<Constraint>,
+    pub affinities: Vec<Affinity>,
+    pub spreads: Vec<Spread>,
+    pub task_groups: Vec<TaskGroup>,
+    pub update: Option<UpdateStrategy>,
+    pub meta: BTreeMap<Arc<str>, Arc<str>>,
+    /// Stopped by the user: the scheduler stops all of its allocations.
+    pub stop: bool,
+    pub status: JobStatus,
+    pub stable: bool,
+    pub version: u64,
+    pub submit_time_ns: TimeNs,
+    pub create_index: u64,
+    pub modify_index: u64,
+    /// Index of the last change to the job's specification (not its status).
+    pub job_modify_index: u64,
+}
+
+impl Job {
+    /// A job with Nomad's canonical defaults.
+    pub fn new(id: &str, job_type: JobType, task_groups: Vec<TaskGroup>) -> Job {
+        Job {
+            namespace: "default".into(),
+            id: id.into(),
+            name: id.into(),
+            region: "global".into(),
+            job_type,
+            priority: 50,
+            all_at_once: false,
+            datacenters: vec!["*".into()],
+            node_pool: "default".into(),
+            constraints: Vec::new(),
+            affinities: Vec::new(),
+            spreads: Vec::new(),
+            task_groups,
+            update: None,
+            meta: BTreeMap::new(),
+            stop: false,
+            status: JobStatus::Pending,
+            stable: false,
+            version: 0,
+            submit_time_ns: 0,
+            create_index: 0,
+            modify_index: 0,
+            job_modify_index: 0,
+        }
+    }
+
+    pub fn key(&self) -> JobKey {
+        JobKey { namespace: self.namespace.clone(), id: self.id.clone() }
+    }
+
+    pub fn group(&self, name: &str) -> Option<&TaskGroup> {
+        self.task_groups.iter().find(|g| &*g.name == name)
+    }
+
+    pub fn group_index(&self, name: &str) -> Option<usize> {
+        self.task_groups.iter().position(|g| &*g.name == name)
+    }
+
+    /// Whether the job's specification differs in a way that matters to the
+    /// scheduler (everything but the bookkeeping fields).
+    pub fn spec_changed(&self, other: &Job) -> bool {
+        let mut a = self.clone();
+        a.version = other.version;
+        a.status = other.status;
+        a.stable = other.stable;
+        a.submit_time_ns = other.submit_time_ns;
+        a.create_index = other.create_index;
+        a.modify_index = other.modify_index;
+        a.job_modify_index = other.job_modify_index;
+        a != *other
+    }
+}

@@ -1,0 +1,344 @@
+use std::sync::Arc;
+
+use imbl::shared_ptr::DefaultSharedPtr;
+use imbl::{GenericHashMap, GenericHashSet, OrdMap, Vector};
+
+use super::usage::NodeUsage;
+use crate::ids::{AllocId, DeploymentId, EvalId, IdBuildHasher, JobKey, NodeId};
+use crate::model::{Allocation, Deployment, Evaluation, Job, JobType, Node};
+
+// Every hashed table uses the deterministic id hasher, so iteration order is
+// the same on every server and every run.
+type HashMap<K, V> = GenericHashMap<K, V, IdBuildHasher, DefaultSharedPtr>;
+type IdMap<K, V> = HashMap<K, V>;
+type IdSet<K> = GenericHashSet<K, IdBuildHasher, DefaultSharedPtr>;
+
+/// Job versions kept per job (Nomad's `JobTrackedVersions`): enough to revert
+/// a few deploys back without letting history grow without bound.
+pub const JOB_VERSIONS_KEPT: usize = 6;
+
+/// The tables whose last-modified index blocking queries watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    Jobs,
+    Nodes,
+    Allocs,
+    Evals,
+    Deployments,
+    SchedulerConfig,
+}
+
+const TABLES: usize = 6;
+
+/// Bin-packing or spreading, cluster-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchedulerAlgorithm {
+    #[default]
+    Binpack,
+    Spread,
+}
+
+/// `/v1/operator/scheduler/configuration`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    pub algorithm: SchedulerAlgorithm,
+    pub preemption_system: bool,
+    pub preemption_sysbatch: bool,
+    pub preemption_batch: bool,
+    pub preemption_service: bool,
+    pub memory_oversubscription: bool,
+    pub modify_index: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        // Nomad's defaults: preemption on for system jobs only.
+        SchedulerConfig {
+            algorithm: SchedulerAlgorithm::Binpack,
+            preemption_system: true,
+            preemption_sysbatch: false,
+            preemption_batch: false,
+            preemption_service: false,
+            memory_oversubscription: false,
+            modify_index: 0,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    pub fn preemption_enabled(&self, job_type: JobType) -> bool {
+        match job_type {
+            JobType::System => self.preemption_system,
+            JobType::SysBatch => self.preemption_sysbatch,
+            JobType::Batch => self.preemption_batch,
+            JobType::Service => self.preemption_service,
+        }
+    }
+}
+
+/// All tables at one raft index. Cloning is O(1).
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    index: u64,
+    table_index: [u64; TABLES],
+    jobs: OrdMap<JobKey, Arc<Job>>,
+    job_versions: HashMap<JobKey, Vector<Arc<Job>>>,
+    nodes: OrdMap<NodeId, Arc<Node>>,
+    node_usage: IdMap<NodeId, Arc<NodeUsage>>,
+    allocs: IdMap<AllocId, Arc<Allocation>>,
+    allocs_by_node: IdMap<NodeId, IdSet<AllocId>>,
+    allocs_by_job: HashMap<JobKey, IdSet<AllocId>>,
+    evals: IdMap<EvalId, Arc<Evaluation>>,
+    evals_by_job: HashMap<JobKey, IdSet<EvalId>>,
+    deployments: IdMap<DeploymentId, Arc<Deployment>>,
+    scheduler_config: Arc<SchedulerConfig>,
+}
+
+fn table_slot(t: Table) -> usize {
+    match t {
+        Table::Jobs => 0,
+        Table::Nodes => 1,
+        Table::Allocs => 2,
+        Table::Evals => 3,
+        Table::Deployments => 4,
+        Table::SchedulerConfig => 5,
+    }
+}
+
+/// Reads.
+impl State {
+    /// The raft index this state reflects.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// The index of the last write to `table` (for blocking queries).
+    pub fn table_index(&self, table: Table) -> u64 {
+        self.table_index[table_slot(table)]
+    }
+
+    pub fn job(&self, key: &JobKey) -> Option<&Arc<Job>> {
+        self.jobs.get(key)
+    }
+
+    /// Jobs in (namespace, id) order.
+    pub fn jobs(&self) -> impl Iterator<Item = &Arc<Job>> + '_ {
+        self.jobs.values()
+    }
+
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Kept versions of a job, newest first.
+    pub fn job_versions(&self, key: &JobKey) -> Vec<Arc<Job>> {
+        let mut versions: Vec<Arc<Job>> = self.job_versions.get(key).map(|v| v.iter().cloned().collect()).unwrap_or_default();
+        versions.sort_by(|a, b| b.version.cmp(&a.version));
+        versions
+    }
+
+    pub fn job_version(&self, key: &JobKey, version: u64) -> Option<Arc<Job>> {
+        self.job_versions.get(key)?.iter().find(|j| j.version == version).cloned()
+    }
+
+    pub fn node(&self, id: NodeId) -> Option<&Arc<Node>> {
+        self.nodes.get(&id)
+    }
+
+    /// Nodes in id order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> + '_ {
+        self.nodes.values()
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// What the non-terminal allocations on the node hold.
+    pub fn node_usage(&self, id: NodeId) -> Option<&NodeUsage> {
+        self.node_usage.get(&id).map(|u| &**u)
+    }
+
+    pub fn alloc(&self, id: AllocId) -> Option<&Arc<Allocation>> {
+        self.allocs.get(&id)
+    }
+
+    pub fn allocs(&self) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
+        self.allocs.values()
+    }
+
+    pub fn alloc_count(&self) -> usize {
+        self.allocs.len()
+    }
+
+    /// Allocations on a node, in no particular (but deterministic) order.
+    pub fn allocs_by_node(&self, id: NodeId) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
+        self.allocs_by_node.get(&id).into_iter().flat_map(|ids| ids.iter()).filter_map(|a| self.allocs.get(a))
+    }
+
+    /// Allocations of a job (every version), in no particular order.
+    pub fn allocs_by_job(&self, key: &JobKey) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
+        self.allocs_by_job.get(key).into_iter().flat_map(|ids| ids.iter()).filter_map(|a| self.allocs.get(a))
+    }
+
+    pub fn eval(&self, id: EvalId) -> Option<&Arc<Evaluation>> {
+        self.evals.get(&id)
+    }
+
+    pub fn evals(&self) -> impl Iterator<Item = &Arc<Evaluation>> + '_ {
+        self.evals.values()
+    }
+
+    pub fn evals_by_job(&self, key: &JobKey) -> impl Iterator<Item = &Arc<Evaluation>> + '_ {
+        self.evals_by_job.get(key).into_iter().flat_map(|ids| ids.iter()).filter_map(|e| self.evals.get(e))
+    }
+
+    pub fn deployment(&self, id: DeploymentId) -> Option<&Arc<Deployment>> {
+        self.deployments.get(&id)
+    }
+
+    pub fn deployments(&self) -> impl Iterator<Item = &Arc<Deployment>> + '_ {
+        self.deployments.values()
+    }
+
+    /// The deployment of the job's newest version, if any.
+    pub fn latest_deployment(&self, key: &JobKey) -> Option<&Arc<Deployment>> {
+        self.deployments.values().filter(|d| &d.job == key).max_by_key(|d| (d.job_version, d.create_index))
+    }
+
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler_config
+    }
+}
+
+/// Writes, used only by the FSM. Each takes the raft index of the batch.
+impl State {
+    pub(crate) fn set_index(&mut self, index: u64) {
+        self.index = index;
+    }
+
+    fn touch(&mut self, table: Table, index: u64) {
+        self.table_index[table_slot(table)] = index;
+    }
+
+    /// Store a job as given: the FSM has set its version and indexes.
+    pub(crate) fn put_job(&mut self, index: u64, job: Arc<Job>) {
+        let key = job.key();
+        let versions = self.job_versions.entry(key.clone()).or_default();
+        versions.retain(|v| v.version != job.version);
+        versions.push_back(job.clone());
+        while versions.len() > JOB_VERSIONS_KEPT {
+            versions.pop_front();
+        }
+        self.jobs.insert(key, job);
+        self.touch(Table::Jobs, index);
+    }
+
+    /// Update the stored record of the current job version without adding a
+    /// version (status, stability).
+    pub(crate) fn replace_job_record(&mut self, index: u64, job: Arc<Job>) {
+        let key = job.key();
+        if let Some(versions) = self.job_versions.get_mut(&key) {
+            for v in versions.iter_mut() {
+                if v.version == job.version {
+                    *v = job.clone();
+                }
+            }
+        }
+        self.jobs.insert(key, job);
+        self.touch(Table::Jobs, index);
+    }
+
+    pub(crate) fn remove_job(&mut self, index: u64, key: &JobKey) -> Option<Arc<Job>> {
+        self.job_versions.remove(key);
+        let removed = self.jobs.remove(key);
+        self.touch(Table::Jobs, index);
+        removed
+    }
+
+    pub(crate) fn put_node(&mut self, index: u64, node: Arc<Node>) {
+        self.node_usage.entry(node.id).or_default();
+        self.nodes.insert(node.id, node);
+        self.touch(Table::Nodes, index);
+    }
+
+    pub(crate) fn remove_node(&mut self, index: u64, id: NodeId) -> Option<Arc<Node>> {
+        let removed = self.nodes.remove(&id);
+        self.touch(Table::Nodes, index);
+        removed
+    }
+
+    pub(crate) fn put_eval(&mut self, index: u64, eval: Arc<Evaluation>) {
+        self.evals_by_job.entry(eval.job_key()).or_default().insert(eval.id);
+        self.evals.insert(eval.id, eval);
+        self.touch(Table::Evals, index);
+    }
+
+    pub(crate) fn remove_eval(&mut self, index: u64, id: EvalId) {
+        if let Some(eval) = self.evals.remove(&id) {
+            let key = eval.job_key();
+            if let Some(set) = self.evals_by_job.get_mut(&key) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.evals_by_job.remove(&key);
+                }
+            }
+        }
+        self.touch(Table::Evals, index);
+    }
+
+    /// Insert or replace an allocation, keeping the indexes and the node's
+    /// usage in step: usage counts an allocation while it is non-terminal.
+    pub(crate) fn put_alloc(&mut self, index: u64, alloc: Arc<Allocation>) {
+        let old = self.allocs.insert(alloc.id, alloc.clone());
+        self.adjust_usage(old.as_deref(), Some(&alloc));
+        if old.is_none() {
+            self.allocs_by_node.entry(alloc.node_id).or_default().insert(alloc.id);
+            self.allocs_by_job.entry(alloc.job_key()).or_default().insert(alloc.id);
+        }
+        self.touch(Table::Allocs, index);
+    }
+
+    pub(crate) fn remove_alloc(&mut self, index: u64, id: AllocId) {
+        if let Some(old) = self.allocs.remove(&id) {
+            self.adjust_usage(Some(&old), None);
+            if let Some(set) = self.allocs_by_node.get_mut(&old.node_id) {
+                set.remove(&id);
+            }
+            let key = old.job_key();
+            if let Some(set) = self.allocs_by_job.get_mut(&key) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.allocs_by_job.remove(&key);
+                }
+            }
+        }
+        self.touch(Table::Allocs, index);
+    }
+
+    fn adjust_usage(&mut self, old: Option<&Allocation>, new: Option<&Allocation>) {
+        let (old, new) = (old.filter(|a| !a.is_terminal()), new.filter(|a| !a.is_terminal()));
+        if old.is_none() && new.is_none() {
+            return;
+        }
+        let node_id = old.or(new).map(|a| a.node_id).expect("one side is set");
+        let usage = Arc::make_mut(self.node_usage.entry(node_id).or_default());
+        if let Some(old) = old {
+            usage.remove(old);
+        }
+        if let Some(new) = new {
+            usage.add(new);
+        }
+    }
+
+    pub(crate) fn put_deployment(&mut self, index: u64, deployment: Arc<Deployment>) {
+        self.deployments.insert(deployment.id, deployment);
+        self.touch(Table::Deployments, index);
+    }
+
+    pub(crate) fn set_scheduler_config(&mut self, index: u64, mut config: SchedulerConfig) {
+        config.modify_index = index;
+        self.scheduler_config = Arc::new(config);
+        self.touch(Table::SchedulerConfig, index);
+    }
+}

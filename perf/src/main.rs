@@ -1,0 +1,2 @@
+//! `caravan-perf`: scenarios that measure Caravan at fleet scale.
+fn main() {}
