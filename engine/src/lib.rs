@@ -16,7 +16,9 @@
 //! ```
 
 pub mod clock;
+pub mod feasible;
 pub mod fsm;
+pub mod scheduler;
 pub mod ids;
 pub mod intern;
 pub mod model;

@@ -1,0 +1,221 @@
+//! The service and batch scheduler: reconcile, then place what is missing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::ids::{IdGen, NodeId};
+use crate::model::{
+    AllocMetric, AllocPreemption, AllocStop, AllocatedResources, Allocation, ClientStatus, DesiredStatus,
+    DesiredTransition, EvalStatus, Evaluation, Job, JobType, TimeNs, TriggeredBy,
+};
+use crate::state::State;
+
+use super::reconcile::{self, Placement, PlacementReason};
+use super::stack::{Selection, Stack, StackConfig};
+use super::ScheduleOutcome;
+
+pub(super) fn schedule(state: &State, eval: &Evaluation, job: Option<Arc<Job>>, now_ns: TimeNs, seed: u64, ids: &mut IdGen) -> ScheduleOutcome {
+    let mut allocs: Vec<Arc<Allocation>> = state.allocs_by_job(&eval.job_key()).cloned().collect();
+    allocs.sort_unstable_by_key(|a| a.id);
+    let rec = reconcile::reconcile(state, eval, job.as_ref(), &allocs, now_ns, ids);
+    let mut out = ScheduleOutcome { desired_updates: rec.desired, followup_evals: rec.followup_evals, ..Default::default() };
+    out.plan.job = job.clone();
+    out.plan.all_at_once = job.as_ref().is_some_and(|j| j.all_at_once);
+
+    for stop in &rec.stop {
+        out.plan.append_stop(
+            stop.alloc.node_id,
+            AllocStop { alloc_id: stop.alloc.id, description: stop.description.into(), client_status: stop.client_status, followup_eval_id: None },
+        );
+    }
+    for (alloc, followup) in &rec.annotate_followup {
+        let mut annotated = (**alloc).clone();
+        annotated.followup_eval_id = Some(*followup);
+        out.plan.append_alloc(Arc::new(annotated));
+    }
+    let Some(job) = job.filter(|j| !j.stop) else { return out };
+    for alloc in &rec.in_place {
+        let mut updated = (**alloc).clone();
+        updated.job = job.clone();
+        updated.eval_id = eval.id;
+        out.plan.append_alloc(Arc::new(updated));
+    }
+    if rec.place.is_empty() {
+        return out;
+    }
+
+    let config = state.scheduler_config();
+    let stack_config = StackConfig { algorithm: config.algorithm, preemption: config.preemption_enabled(job.job_type) };
+    let mut stack = Stack::new(state, &job, &allocs, seed, stack_config);
+    for stop in &rec.stop {
+        stack.release(&stop.alloc);
+    }
+    place_all(&mut stack, &job, eval, &rec.place, now_ns, ids, &mut out);
+
+    if !out.failed_tg_allocs.is_empty() {
+        let (classes, escaped) = stack.class_eligibility();
+        out.blocked_eval = Some(blocked_eval(eval, &job, classes, escaped, state.index(), now_ns, ids));
+    }
+    out
+}
+
+/// Place every requested allocation, group by group; a gang group commits
+/// all of its placements or none.
+fn place_all<'a>(
+    stack: &mut Stack<'a>,
+    job: &Arc<Job>,
+    eval: &Evaluation,
+    placements: &[Placement],
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+    out: &mut ScheduleOutcome,
+) {
+    let mut by_group: BTreeMap<u16, Vec<&Placement>> = BTreeMap::new();
+    for p in placements {
+        by_group.entry(p.group_index).or_default().push(p);
+    }
+    // One shared resources record per group when nothing node-specific
+    // (ports, devices) is assigned: a million allocations share a handful.
+    let mut shared: BTreeMap<u16, Arc<AllocatedResources>> = BTreeMap::new();
+    for (gi, group_placements) in by_group {
+        let group = &job.task_groups[usize::from(gi)];
+        let mut placed: Vec<(Arc<Allocation>, Vec<Arc<Allocation>>, Option<&Placement>)> = Vec::new();
+        let mut failure: Option<AllocMetric> = None;
+        for p in group_placements {
+            if let Some(metric) = failure.as_mut() {
+                metric.coalesced_failures += 1;
+                continue;
+            }
+            let penalty: Vec<NodeId> = match (&p.reason, &p.previous) {
+                (PlacementReason::Reschedule, Some(prev)) => {
+                    let mut nodes = vec![prev.node_id];
+                    if let Some(t) = &prev.reschedule_tracker {
+                        nodes.extend(t.events.iter().map(|e| e.prev_node_id));
+                    }
+                    nodes
+                }
+                _ => Vec::new(),
+            };
+            match stack.select(gi, &penalty) {
+                Ok(selection) => {
+                    let alloc = build_alloc(job, eval, p, &selection, now_ns, ids, shared.entry(gi).or_insert_with(|| Arc::new(AllocatedResources::default())));
+                    stack.commit(gi, &selection);
+                    placed.push((alloc, selection.preempted, Some(p)));
+                }
+                Err(metric) => failure = Some(metric),
+            }
+        }
+        let failed = failure.is_some();
+        if let Some(metric) = failure {
+            let unplaced = metric.coalesced_failures + 1;
+            let queued = if group.gang { group.count } else { unplaced };
+            out.queued_allocations.insert(group.name.clone(), queued);
+            out.failed_tg_allocs.insert(group.name.clone(), metric);
+        } else {
+            out.queued_allocations.insert(group.name.clone(), 0);
+        }
+        if failed && group.gang {
+            // All or nothing: drop this group's placements. The stack keeps
+            // their reservations, which only makes later groups in this run
+            // more conservative, never over-committed.
+            continue;
+        }
+        for (alloc, preempted, placement) in placed {
+            if let Some(p) = placement
+                && p.reason == PlacementReason::Destructive
+                && let Some(prev) = &p.previous
+            {
+                out.plan.append_stop(
+                    prev.node_id,
+                    AllocStop { alloc_id: prev.id, description: "alloc is being updated due to job update".into(), client_status: None, followup_eval_id: None },
+                );
+            }
+            for victim in preempted {
+                out.plan.node_preemptions.entry(victim.node_id).or_default().push(AllocPreemption { alloc_id: victim.id, preempted_by: alloc.id });
+            }
+            out.plan.append_alloc(alloc);
+        }
+    }
+}
+
+fn build_alloc(
+    job: &Arc<Job>,
+    eval: &Evaluation,
+    p: &Placement,
+    selection: &Selection<'_>,
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+    shared: &mut Arc<AllocatedResources>,
+) -> Arc<Allocation> {
+    let resources = if **shared == selection.resources {
+        shared.clone()
+    } else {
+        let r = Arc::new(selection.resources.clone());
+        if r.ports.is_empty() && r.devices.is_empty() {
+            *shared = r.clone();
+        }
+        r
+    };
+    let group = &job.task_groups[usize::from(p.group_index)];
+    let reschedule_tracker = match (&p.reason, &p.previous) {
+        (PlacementReason::Reschedule, Some(prev)) => Some(reconcile::next_tracker(prev, group.reschedule_policy.as_ref(), now_ns)),
+        (_, Some(prev)) => prev.reschedule_tracker.clone(),
+        _ => None,
+    };
+    Arc::new(Allocation {
+        id: ids.alloc(),
+        eval_id: eval.id,
+        node_id: selection.node.id,
+        job: job.clone(),
+        group_index: p.group_index,
+        name_index: p.name_index,
+        resources,
+        desired_status: DesiredStatus::Run,
+        desired_description: "".into(),
+        desired_transition: DesiredTransition::default(),
+        client_status: ClientStatus::Pending,
+        client_description: "".into(),
+        previous_alloc: p.previous.as_ref().map(|a| a.id),
+        next_alloc: None,
+        reschedule_tracker,
+        followup_eval_id: None,
+        deployment_id: None,
+        preempted_by: None,
+        create_index: 0,
+        modify_index: 0,
+        alloc_modify_index: 0,
+        create_time_ns: now_ns,
+        modify_time_ns: now_ns,
+    })
+}
+
+/// The eval that waits for capacity. A blocked eval that failed again is
+/// re-blocked under its own id instead of spawning a new one.
+pub(super) fn blocked_eval(
+    eval: &Evaluation,
+    job: &Job,
+    classes: Vec<(u64, bool)>,
+    escaped: bool,
+    snapshot_index: u64,
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+) -> Evaluation {
+    let reblock = eval.triggered_by == TriggeredBy::QueuedAllocs;
+    let mut blocked = if reblock {
+        eval.clone()
+    } else {
+        let mut b = Evaluation::new(ids.eval(), &job.key(), job.job_type, job.priority, TriggeredBy::QueuedAllocs);
+        b.previous_eval = Some(eval.id);
+        b.create_time_ns = now_ns;
+        b
+    };
+    blocked.status = EvalStatus::Blocked;
+    blocked.status_description = "created to place remaining allocations".into();
+    blocked.job_modify_index = job.job_modify_index;
+    blocked.class_eligibility = classes.into_iter().collect();
+    blocked.escaped_computed_class = escaped;
+    blocked.snapshot_index = snapshot_index;
+    blocked.modify_time_ns = now_ns;
+    debug_assert!(job.job_type != JobType::System, "system jobs do not block");
+    blocked
+}
