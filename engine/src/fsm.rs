@@ -114,6 +114,17 @@ impl Fsm {
     }
 }
 
+/// Apply a command to a detached copy of the state (the plan applier's
+/// optimistic view). Same semantics as [`Fsm::apply`].
+pub fn apply_to(state: &mut State, index: u64, command: &Command) -> Result<ApplyOutcome, ApplyError> {
+    let mut scratch = state.clone();
+    let mut out = ApplyOutcome { index, ..Default::default() };
+    apply_command(&mut scratch, index, command, &mut out)?;
+    scratch.set_index(index);
+    *state = scratch;
+    Ok(out)
+}
+
 fn apply_command(state: &mut State, index: u64, command: &Command, out: &mut ApplyOutcome) -> Result<(), ApplyError> {
     match command {
         Command::JobRegister { job, eval, now_ns } => {

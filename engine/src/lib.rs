@@ -21,5 +21,7 @@ pub mod fsm;
 pub mod scheduler;
 pub mod ids;
 pub mod intern;
+pub mod plan;
 pub mod model;
 pub mod state;
+pub mod worker;

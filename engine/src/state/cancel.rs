@@ -11,6 +11,8 @@ pub struct Cancel(Arc<CancelInner>);
 struct CancelInner {
     cancelled: AtomicBool,
     waiters: Mutex<Vec<Arc<IndexWaiter>>>,
+    /// For [`Cancel::sleep`]: a backoff that ends early on cancel.
+    sleeper: IndexWaiter,
 }
 
 /// The store's "index advanced" signal: the latest published index under a
@@ -28,6 +30,10 @@ impl Cancel {
 
     pub fn cancel(&self) {
         self.0.cancelled.store(true, Ordering::SeqCst);
+        {
+            let _guard = self.0.sleeper.index.lock().expect("cancel sleeper poisoned");
+            self.0.sleeper.advanced.notify_all();
+        }
         let waiters = self.0.waiters.lock().expect("cancel waiters poisoned").clone();
         for w in waiters {
             // Take the waiter's lock so a thread between its check and its
@@ -39,6 +45,22 @@ impl Cancel {
 
     pub fn is_cancelled(&self) -> bool {
         self.0.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Sleep for `duration` unless cancelled first; returns false when cancelled.
+    pub fn sleep(&self, duration: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + duration;
+        let mut guard = self.0.sleeper.index.lock().expect("cancel sleeper poisoned");
+        loop {
+            if self.is_cancelled() {
+                return false;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            guard = self.0.sleeper.advanced.wait_timeout(guard, deadline - now).expect("cancel sleeper poisoned").0;
+        }
     }
 
     pub(crate) fn register(&self, waiter: &Arc<IndexWaiter>) {

@@ -1,0 +1,166 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::fsm::{self, Command};
+use crate::ids::{IdGen, JobKey};
+use crate::model::{Evaluation, Plan, PlanResult, TriggeredBy};
+use crate::state::{Cancel, State, StateStore};
+
+use super::evaluate::{evaluate_plan, plan_applied};
+use super::queue::{PendingPlan, PlanError, PlanQueue};
+
+/// Why a command was not committed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("commit failed: {0}")]
+pub struct CommitError(pub String);
+
+/// Commits commands: raft on a real server, the in-process log in tests.
+pub trait Committer: Send + Sync + std::fmt::Debug {
+    /// Commit `command` and return the index it was applied at, after the
+    /// local state store has applied it.
+    fn commit(&self, command: Command) -> Result<u64, CommitError>;
+}
+
+/// How long the applier waits for a plan before re-checking for shutdown.
+const DEQUEUE_SLICE: Duration = Duration::from_millis(100);
+
+/// Plans evaluated but not yet committed at once: one in commit while the
+/// next is evaluated. More would let the optimistic view drift further
+/// from what raft has actually accepted.
+const PLANS_IN_FLIGHT_MAX: usize = 1;
+
+struct InFlight {
+    pending: PendingPlan,
+    result: PlanResult,
+    command: Option<Command>,
+}
+
+/// Start the applier and committer threads; they stop when `cancel` fires.
+pub fn spawn_applier(
+    queue: Arc<PlanQueue>,
+    store: Arc<StateStore>,
+    committer: Arc<dyn Committer>,
+    clock: Arc<dyn Clock>,
+    seed: u64,
+    cancel: Cancel,
+) -> Vec<JoinHandle<()>> {
+    let (tx, rx) = crossbeam_channel::bounded::<InFlight>(PLANS_IN_FLIGHT_MAX);
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let applier = {
+        let (store, in_flight, cancel) = (store.clone(), in_flight.clone(), cancel.clone());
+        std::thread::Builder::new()
+            .name("plan-applier".into())
+            .spawn(move || apply_loop(&queue, &store, &clock, seed, &in_flight, &tx, &cancel))
+            .expect("spawn plan applier")
+    };
+    let commit = std::thread::Builder::new()
+        .name("plan-committer".into())
+        .spawn(move || commit_loop(&rx, &store, committer.as_ref(), &in_flight))
+        .expect("spawn plan committer");
+    vec![applier, commit]
+}
+
+fn apply_loop(
+    queue: &PlanQueue,
+    store: &StateStore,
+    clock: &Arc<dyn Clock>,
+    seed: u64,
+    in_flight: &AtomicU64,
+    tx: &crossbeam_channel::Sender<InFlight>,
+    cancel: &Cancel,
+) {
+    let mut ids = IdGen::with_seed(seed);
+    let mut optimistic: Option<State> = None;
+    while !cancel.is_cancelled() {
+        let Some(pending) = queue.dequeue(DEQUEUE_SLICE, cancel) else { continue };
+        // With nothing in flight the store is the truth; otherwise evaluate
+        // against the store plus the uncommitted result.
+        let base: State = match (&optimistic, in_flight.load(Ordering::SeqCst)) {
+            (Some(o), n) if n > 0 => o.clone(),
+            _ => (*store.snapshot()).clone(),
+        };
+        let (result, _rejections) = evaluate_plan(&base, &pending.plan);
+        let command = (!result.is_no_op()).then(|| {
+            let evals = preemption_evals(&base, &pending.plan, &result, &mut ids, clock.now_ns());
+            Command::ApplyPlanResults(plan_applied(&pending.plan, &result, evals, clock.now_ns()))
+        });
+        if let Some(cmd) = &command {
+            let mut next = base;
+            let index = next.index() + 1;
+            match fsm::apply_to(&mut next, index, cmd) {
+                Ok(_) => optimistic = Some(next),
+                Err(_) => optimistic = None,
+            }
+        }
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        if tx.send(InFlight { pending, result, command }).is_err() {
+            return;
+        }
+    }
+}
+
+fn commit_loop(rx: &crossbeam_channel::Receiver<InFlight>, store: &StateStore, committer: &dyn Committer, in_flight: &AtomicU64) {
+    let mut previous_failed = false;
+    for InFlight { pending, mut result, command } in rx.iter() {
+        let answer = if previous_failed {
+            // This plan was evaluated against a view that included a result
+            // that never committed: it may rely on stops that did not happen.
+            previous_failed = false;
+            Err(PlanError::CommitFailed("previous plan failed to commit; retry".into()))
+        } else {
+            match command {
+                Some(cmd) => match committer.commit(cmd) {
+                    Ok(index) => {
+                        result.alloc_index = index;
+                        if !result.rejected_nodes.is_empty() {
+                            result.refresh_index = index;
+                        }
+                        Ok(result)
+                    }
+                    Err(e) => {
+                        previous_failed = true;
+                        Err(PlanError::CommitFailed(e.0))
+                    }
+                },
+                None => {
+                    // Nothing committed: everything before this plan has been
+                    // (this thread commits in order), so the store's index is
+                    // a safe refresh point.
+                    if !result.rejected_nodes.is_empty() {
+                        result.refresh_index = store.latest_index();
+                    }
+                    Ok(result)
+                }
+            }
+        };
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        let _ = pending.respond.send(answer);
+    }
+}
+
+/// One eval per job whose allocations the plan preempts, so those jobs
+/// reschedule elsewhere.
+fn preemption_evals(state: &State, plan: &Plan, result: &PlanResult, ids: &mut IdGen, now_ns: i64) -> Vec<Evaluation> {
+    let mut jobs: Vec<JobKey> = Vec::new();
+    for p in result.node_preemptions.values().flatten() {
+        if let Some(alloc) = state.alloc(p.alloc_id) {
+            let key = alloc.job_key();
+            if !jobs.contains(&key) {
+                jobs.push(key);
+            }
+        }
+    }
+    jobs.into_iter()
+        .filter_map(|key| {
+            let job = state.job(&key)?;
+            let mut eval = Evaluation::new(ids.eval(), &key, job.job_type, job.priority, TriggeredBy::Preemption);
+            eval.job_modify_index = job.job_modify_index;
+            eval.previous_eval = Some(plan.eval_id);
+            eval.create_time_ns = now_ns;
+            Some(eval)
+        })
+        .collect()
+}

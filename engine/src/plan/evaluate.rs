@@ -1,0 +1,126 @@
+//! Plan evaluation: the second, authoritative fit check. Whatever the
+//! scheduler believed, a node's part of a plan is committed only if, against
+//! the latest state, its live allocations minus the plan's stops and
+//! preemptions plus the plan's new and updated allocations fit the node:
+//! cpu, memory, disk, cores, ports and device instances.
+
+use std::collections::BTreeSet;
+
+use crate::fsm::PlanApplied;
+use crate::ids::{AllocId, NodeId};
+use crate::model::{Allocation, Plan, PlanResult, TimeNs};
+use crate::state::{check_fit, FitError, NodeUsage, State};
+
+/// Why one node's part of a plan was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeRejection {
+    #[error("node {0} does not exist")]
+    NodeMissing(NodeId),
+    #[error("node {0} is not ready for new allocations")]
+    NodeNotReady(NodeId),
+    #[error("node {node}: {fit}")]
+    DoesNotFit { node: NodeId, fit: FitError },
+}
+
+/// Check one node's part of `plan` against `state`.
+pub fn evaluate_node(state: &State, plan: &Plan, node_id: NodeId) -> Result<(), NodeRejection> {
+    let new_allocs = plan.node_allocation.get(&node_id).map(Vec::as_slice).unwrap_or(&[]);
+    let Some(node) = state.node(node_id) else {
+        // Stops on a vanished node are fine; placements are not.
+        return if new_allocs.is_empty() { Ok(()) } else { Err(NodeRejection::NodeMissing(node_id)) };
+    };
+    let places_new = new_allocs.iter().any(|a| state.alloc(a.id).is_none());
+    if places_new && !node.ready_for_placement() {
+        return Err(NodeRejection::NodeNotReady(node_id));
+    }
+    let mut removed: BTreeSet<AllocId> = BTreeSet::new();
+    removed.extend(plan.node_update.get(&node_id).into_iter().flatten().map(|s| s.alloc_id));
+    removed.extend(plan.node_preemptions.get(&node_id).into_iter().flatten().map(|p| p.alloc_id));
+    removed.extend(new_allocs.iter().map(|a| a.id));
+
+    let mut usage: NodeUsage = state.node_usage(node_id).cloned().unwrap_or_default();
+    for id in &removed {
+        if let Some(existing) = state.alloc(*id)
+            && !existing.is_terminal()
+            && existing.node_id == node_id
+        {
+            usage.remove(existing);
+        }
+    }
+    for alloc in new_allocs.iter().filter(|a| !a.is_terminal()) {
+        add_checked(node, &mut usage, alloc).map_err(|fit| NodeRejection::DoesNotFit { node: node_id, fit })?;
+    }
+    check_fit(node, &usage.used).map_err(|fit| NodeRejection::DoesNotFit { node: node_id, fit })
+}
+
+fn add_checked(node: &crate::model::Node, usage: &mut NodeUsage, alloc: &Allocation) -> Result<(), FitError> {
+    for p in &alloc.resources.ports {
+        if node.reserved.ports.contains(&p.value) {
+            return Err(FitError::PortReserved(p.value));
+        }
+        if usage.port_used(p.value) {
+            return Err(FitError::PortCollision(p.value));
+        }
+    }
+    for d in &alloc.resources.devices {
+        for id in &d.instance_ids {
+            if usage.instance_used(id) {
+                return Err(FitError::DeviceCollision(id.clone()));
+            }
+            let healthy = node.resources.devices.iter().flat_map(|g| g.instances.iter()).any(|i| i.id == *id && i.healthy);
+            if !healthy {
+                return Err(FitError::DeviceUnknown(id.clone()));
+            }
+        }
+    }
+    usage.add(alloc);
+    Ok(())
+}
+
+/// Evaluate a whole plan: the parts that fit, the nodes that did not, and
+/// for `all_at_once` plans nothing unless everything fits.
+pub fn evaluate_plan(state: &State, plan: &Plan) -> (PlanResult, Vec<NodeRejection>) {
+    let mut result = PlanResult::default();
+    let mut rejections = Vec::new();
+    for node_id in plan.nodes() {
+        match evaluate_node(state, plan, node_id) {
+            Ok(()) => {
+                if let Some(v) = plan.node_update.get(&node_id) {
+                    result.node_update.insert(node_id, v.clone());
+                }
+                if let Some(v) = plan.node_allocation.get(&node_id) {
+                    result.node_allocation.insert(node_id, v.clone());
+                }
+                if let Some(v) = plan.node_preemptions.get(&node_id) {
+                    result.node_preemptions.insert(node_id, v.clone());
+                }
+            }
+            Err(why) => {
+                result.rejected_nodes.push(node_id);
+                rejections.push(why);
+            }
+        }
+    }
+    if plan.all_at_once && !result.rejected_nodes.is_empty() {
+        let rejected = std::mem::take(&mut result.rejected_nodes);
+        result = PlanResult { rejected_nodes: plan.nodes(), ..Default::default() };
+        debug_assert!(!rejected.is_empty());
+    }
+    if result.rejected_nodes.is_empty() || !result.is_no_op() {
+        result.deployment = plan.deployment.clone();
+    }
+    (result, rejections)
+}
+
+/// The raft command that commits a plan result.
+pub fn plan_applied(plan: &Plan, result: &PlanResult, preemption_evals: Vec<crate::model::Evaluation>, now_ns: TimeNs) -> PlanApplied {
+    PlanApplied {
+        eval_id: plan.eval_id,
+        allocs: result.node_allocation.values().flatten().cloned().collect(),
+        stops: result.node_update.values().flatten().cloned().collect(),
+        preemptions: result.node_preemptions.values().flatten().cloned().collect(),
+        deployment: result.deployment.clone(),
+        preemption_evals,
+        now_ns,
+    }
+}

@@ -1,0 +1,283 @@
+//! Scheduler workers: OS threads that dequeue evals, wait for the local state
+//! to catch up with the eval, run the scheduler on a snapshot, submit the
+//! plan (retrying partial commits on refreshed state), write the eval's
+//! outcome and ack.
+//!
+//! Worker behind raft (Nomad #15523): a follower's store may lag the leader.
+//! A worker waits at most `raft_sync_limit` for the eval's wait index; on
+//! timeout it nacks (another worker, or this one later, retries) and then
+//! waits up to 10 × that limit for its store to catch up, returning as soon
+//! as it does, so a lagging worker neither spins nor fails evals. On shutdown
+//! a waiting worker nacks and stops with a warning.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::model::{EvalStatus, Evaluation, JobType, Plan, PlanResult};
+use crate::scheduler::{self, ScheduleOutcome};
+use crate::state::{Cancel, Snapshot, StateStore, WaitError};
+
+/// An eval handed to a worker.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub eval: Arc<Evaluation>,
+    pub token: u64,
+    /// The state index the worker must reach before scheduling: the highest
+    /// modify index among the job's evals, as the leader saw it.
+    pub wait_index: u64,
+}
+
+/// A failed call to the leader's services.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ServiceError(pub String);
+
+/// What a worker needs from the leader: the broker, the plan queue, and
+/// eval writes through raft. In-process it calls them directly; on a
+/// follower `net` implements it over RPC.
+pub trait LeaderServices: Send + Sync + std::fmt::Debug {
+    fn dequeue(&self, types: &[JobType], timeout: Duration, cancel: &Cancel) -> Result<Option<Delivery>, ServiceError>;
+    fn ack(&self, delivery: &Delivery) -> Result<(), ServiceError>;
+    fn nack(&self, delivery: &Delivery) -> Result<(), ServiceError>;
+    fn submit_plan(&self, delivery: &Delivery, plan: Plan) -> Result<PlanResult, ServiceError>;
+    /// Write evals through raft; returns the index they were written at.
+    fn upsert_evals(&self, evals: Vec<Evaluation>) -> Result<u64, ServiceError>;
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// How long to wait for the local state to reach an eval's wait index.
+    pub raft_sync_limit: Duration,
+    pub schedulers: Vec<JobType>,
+    /// Dequeue long-poll; bounds how long shutdown waits for an idle worker.
+    pub dequeue_timeout: Duration,
+    pub backoff_base: Duration,
+    pub backoff_limit: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            raft_sync_limit: Duration::from_secs(5),
+            schedulers: JobType::ALL.to_vec(),
+            dequeue_timeout: Duration::from_millis(500),
+            backoff_base: Duration::from_millis(20),
+            backoff_limit: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Catch-up wait after a sync timeout, as a multiple of `raft_sync_limit`.
+const CATCH_UP_FACTOR: u32 = 10;
+
+/// Plan submissions for one eval before giving up (Nomad's limits): service
+/// and system plans conflict more and deserve more tries than batch.
+fn max_plan_attempts(job_type: JobType) -> u32 {
+    match job_type {
+        JobType::Batch | JobType::SysBatch => 2,
+        JobType::Service | JobType::System => 5,
+    }
+}
+
+/// Counters for tests and metrics.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub evals_processed: AtomicU64,
+    pub evals_nacked: AtomicU64,
+    pub sync_timeouts: AtomicU64,
+    pub catch_up_waits: AtomicU64,
+    pub plans_submitted: AtomicU64,
+    pub plan_refreshes: AtomicU64,
+    pub placements: AtomicU64,
+    pub service_errors: AtomicU64,
+    pub shutdown_nacks: AtomicU64,
+    /// Register-to-processed latency of each eval, microseconds (for perf).
+    pub eval_latency_us: std::sync::Mutex<Vec<u64>>,
+}
+
+/// Exponential backoff for service errors, ended early by shutdown.
+#[derive(Debug)]
+struct Backoff {
+    base: Duration,
+    limit: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Sleep the next backoff step; false when shut down meanwhile.
+    fn wait(&mut self, cancel: &Cancel) -> bool {
+        let step = self.base.saturating_mul(1u32 << self.failures.min(16)).min(self.limit);
+        self.failures = self.failures.saturating_add(1);
+        cancel.sleep(step)
+    }
+}
+
+/// One scheduler worker.
+#[derive(Debug)]
+pub struct Worker {
+    pub store: Arc<StateStore>,
+    pub leader: Arc<dyn LeaderServices>,
+    pub clock: Arc<dyn Clock>,
+    pub config: WorkerConfig,
+    pub stats: Arc<WorkerStats>,
+    pub cancel: Cancel,
+}
+
+/// How processing one delivery ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Continue,
+    Stop,
+}
+
+impl Worker {
+    pub fn spawn(self, name: String) -> JoinHandle<()> {
+        std::thread::Builder::new().name(name).spawn(move || self.run()).expect("spawn worker")
+    }
+
+    pub fn run(&self) {
+        let mut backoff = Backoff { base: self.config.backoff_base, limit: self.config.backoff_limit, failures: 0 };
+        while !self.cancel.is_cancelled() {
+            let delivery = match self.leader.dequeue(&self.config.schedulers, self.config.dequeue_timeout, &self.cancel) {
+                Ok(Some(d)) => d,
+                Ok(None) => continue,
+                Err(_) => {
+                    self.stats.service_errors.fetch_add(1, Ordering::Relaxed);
+                    if !backoff.wait(&self.cancel) {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            if self.process(&delivery, &mut backoff) == Step::Stop {
+                return;
+            }
+        }
+    }
+
+    fn nack(&self, delivery: &Delivery) {
+        self.stats.evals_nacked.fetch_add(1, Ordering::Relaxed);
+        if self.leader.nack(delivery).is_err() {
+            // The broker's nack timeout redelivers it anyway.
+            self.stats.service_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn process(&self, delivery: &Delivery, backoff: &mut Backoff) -> Step {
+        let sync_limit = self.config.raft_sync_limit;
+        let snapshot = match self.store.snapshot_min_index(delivery.wait_index, sync_limit, &self.cancel) {
+            Ok(s) => s,
+            Err(WaitError::Cancelled { .. }) => {
+                self.stats.shutdown_nacks.fetch_add(1, Ordering::Relaxed);
+                self.nack(delivery);
+                return Step::Stop;
+            }
+            Err(WaitError::Timeout { .. }) => {
+                self.stats.sync_timeouts.fetch_add(1, Ordering::Relaxed);
+                self.nack(delivery);
+                // Give the store time to catch up before taking more work,
+                // returning as soon as it has.
+                self.stats.catch_up_waits.fetch_add(1, Ordering::Relaxed);
+                let catch_up = sync_limit.saturating_mul(CATCH_UP_FACTOR);
+                return match self.store.snapshot_min_index(delivery.wait_index, catch_up, &self.cancel) {
+                    Err(WaitError::Cancelled { .. }) => Step::Stop,
+                    _ => Step::Continue,
+                };
+            }
+        };
+        match self.schedule_and_submit(delivery, snapshot) {
+            Ok(()) => {
+                self.stats.evals_processed.fetch_add(1, Ordering::Relaxed);
+                let latency_ns = self.clock.now_ns() - delivery.eval.create_time_ns;
+                if delivery.eval.create_time_ns > 0 && latency_ns >= 0 {
+                    self.stats.eval_latency_us.lock().expect("stats poisoned").push((latency_ns / 1000) as u64);
+                }
+                if self.leader.ack(delivery).is_err() {
+                    self.stats.service_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                Step::Continue
+            }
+            Err(Interrupted::Shutdown) => {
+                self.stats.shutdown_nacks.fetch_add(1, Ordering::Relaxed);
+                self.nack(delivery);
+                Step::Stop
+            }
+            Err(Interrupted::Service) => {
+                self.stats.service_errors.fetch_add(1, Ordering::Relaxed);
+                self.nack(delivery);
+                if backoff.wait(&self.cancel) { Step::Continue } else { Step::Stop }
+            }
+        }
+    }
+
+    fn schedule_and_submit(&self, delivery: &Delivery, mut snapshot: Snapshot) -> Result<(), Interrupted> {
+        let eval = &delivery.eval;
+        let limit = max_plan_attempts(eval.job_type);
+        let mut attempts = 0;
+        loop {
+            let now = self.clock.now_ns();
+            let outcome = scheduler::schedule(&snapshot, eval, now).map_err(|_| Interrupted::Service)?;
+            if outcome.plan.is_no_op() {
+                return self.finish(eval, &outcome, snapshot.index(), false);
+            }
+            let mut plan = outcome.plan.clone();
+            plan.eval_token = delivery.token;
+            self.stats.plans_submitted.fetch_add(1, Ordering::Relaxed);
+            let result = self.leader.submit_plan(delivery, plan).map_err(|_| Interrupted::Service)?;
+            let placed: usize = result.node_allocation.values().map(Vec::len).sum();
+            self.stats.placements.fetch_add(placed as u64, Ordering::Relaxed);
+            if result.refresh_index == 0 {
+                return self.finish(eval, &outcome, snapshot.index(), false);
+            }
+            // Partial commit: refresh and plan again for what was rejected.
+            // Progress resets the attempt budget (Nomad does the same).
+            self.stats.plan_refreshes.fetch_add(1, Ordering::Relaxed);
+            attempts = if result.is_no_op() { attempts + 1 } else { 0 };
+            if attempts >= limit {
+                return self.finish(eval, &outcome, snapshot.index(), true);
+            }
+            snapshot = match self.store.snapshot_min_index(result.refresh_index, self.config.raft_sync_limit, &self.cancel) {
+                Ok(s) => s,
+                Err(WaitError::Cancelled { .. }) => return Err(Interrupted::Shutdown),
+                Err(WaitError::Timeout { .. }) => return Err(Interrupted::Service),
+            };
+        }
+    }
+
+    /// Write the eval's outcome: completed (or failed after too many plan
+    /// attempts), plus its blocked and follow-up evals, in one raft entry.
+    fn finish(&self, eval: &Evaluation, outcome: &ScheduleOutcome, snapshot_index: u64, out_of_attempts: bool) -> Result<(), Interrupted> {
+        let now = self.clock.now_ns();
+        let mut evals = Vec::with_capacity(2 + outcome.followup_evals.len());
+        let mut done = scheduler::completed_eval(eval, outcome, snapshot_index, now);
+        if out_of_attempts {
+            done.status = EvalStatus::Failed;
+            done.status_description = format!("maximum plan attempts reached ({})", max_plan_attempts(eval.job_type)).into();
+        }
+        match &outcome.blocked_eval {
+            // Re-blocking the same eval replaces its completion.
+            Some(blocked) if blocked.id == eval.id => evals.push(blocked.clone()),
+            Some(blocked) => {
+                evals.push(done);
+                evals.push(blocked.clone());
+            }
+            None => evals.push(done),
+        }
+        evals.extend(outcome.followup_evals.iter().cloned());
+        self.leader.upsert_evals(evals).map(|_| ()).map_err(|_| Interrupted::Service)
+    }
+}
+
+#[derive(Debug)]
+enum Interrupted {
+    Shutdown,
+    Service,
+}
