@@ -17,8 +17,10 @@
 
 pub mod clock;
 pub mod feasible;
+pub mod fixtures;
 pub mod fsm;
 pub mod scheduler;
+pub mod sim;
 pub mod ids;
 pub mod intern;
 pub mod plan;

@@ -12,6 +12,7 @@
 
 mod candidates;
 mod context;
+mod describe;
 mod devices;
 mod feasibility;
 mod generic;
@@ -29,6 +30,7 @@ use crate::ids::{EvalId, IdGen};
 use crate::model::{AllocMetric, EvalStatus, Evaluation, JobType, Plan, TimeNs};
 use crate::state::State;
 
+pub use describe::describe_plan;
 pub use reconcile::DesiredUpdates;
 
 /// Everything one scheduler run produces.
