@@ -80,6 +80,10 @@ impl SimCluster {
             let applied = crate::plan::evaluate::plan_applied(&outcome.plan, &result, vec![], self.now_ns);
             result.alloc_index = self.commit(Command::ApplyPlanResults(applied));
         }
+        if !result.rejected_nodes.is_empty() {
+            // As the committer does: retry from at least the current state.
+            result.refresh_index = result.alloc_index.max(self.index);
+        }
         let mut evals: Vec<Evaluation> = outcome.blocked_eval.iter().cloned().collect();
         evals.extend(outcome.followup_evals.iter().cloned());
         if !evals.is_empty() {
