@@ -170,6 +170,13 @@ impl Hasher for IdHasher {
     fn write_u128(&mut self, v: u128) {
         self.0 ^= (v as u64) ^ ((v >> 64) as u64);
     }
+    fn write_u64(&mut self, v: u64) {
+        // Keys hashed this way (computed node classes) are hashes already.
+        self.0 ^= v;
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.0 = (self.0 ^ u64::from(v)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 /// Deterministic hasher builder for every engine table.

@@ -15,11 +15,13 @@ pub(super) const POOL_ALL: &str = "all";
 
 #[derive(Debug)]
 pub(super) struct Candidates<'a> {
-    pub(super) nodes: Vec<&'a Arc<Node>>,
+    ready: &'a [Arc<Node>],
+    /// Indexes into `ready` of the nodes in scope, shuffled.
+    order: Vec<u32>,
     /// Where the next walk starts.
     pub(super) cursor: usize,
     /// Ready nodes per datacenter, for failure metrics.
-    pub(super) per_datacenter: BTreeMap<Arc<str>, u32>,
+    per_datacenter: Vec<(Sym, u32)>,
 }
 
 /// Whether a datacenter name matches a job's pattern (`*` globs, as Nomad 1.5+).
@@ -63,26 +65,40 @@ impl<'j> PlacementScope<'j> {
 
 impl<'a> Candidates<'a> {
     /// Nodes where `job` may place new allocations, in seeded random order.
-    pub(super) fn new(state: &'a State, job: &Job, rng: &mut fastrand::Rng) -> Candidates<'a> {
+    /// `order` is a reused buffer.
+    pub(super) fn new(state: &'a State, job: &Job, rng: &mut fastrand::Rng, mut order: Vec<u32>) -> Candidates<'a> {
+        let ready: &'a [Arc<Node>] = state.ready_nodes();
         let mut scope = PlacementScope::new(job);
-        let mut nodes = Vec::with_capacity(state.node_count());
-        let mut per_datacenter: BTreeMap<Arc<str>, u32> = BTreeMap::new();
-        let mut per_dc_sym: HashMap<Sym, u32> = HashMap::new();
-        for node in state.nodes() {
-            if node.ready_for_placement() && scope.contains(node) {
-                nodes.push(node);
-                *per_dc_sym.entry(node.datacenter).or_default() += 1;
+        let mut per_datacenter: Vec<(Sym, u32)> = Vec::new();
+        order.clear();
+        for (i, node) in ready.iter().enumerate() {
+            if scope.contains(node) {
+                order.push(u32::try_from(i).expect("fewer than 2^32 nodes"));
+                match per_datacenter.iter_mut().find(|(dc, _)| *dc == node.datacenter) {
+                    Some((_, n)) => *n += 1,
+                    None => per_datacenter.push((node.datacenter, 1)),
+                }
             }
         }
-        for (dc, n) in per_dc_sym {
-            per_datacenter.insert(dc.text(), n);
-        }
-        rng.shuffle(&mut nodes);
-        Candidates { nodes, cursor: 0, per_datacenter }
+        rng.shuffle(&mut order);
+        Candidates { ready, order, cursor: 0, per_datacenter }
     }
 
     pub(super) fn len(&self) -> usize {
-        self.nodes.len()
+        self.order.len()
+    }
+
+    pub(super) fn node(&self, i: usize) -> &'a Arc<Node> {
+        &self.ready[self.order[i] as usize]
+    }
+
+    pub(super) fn per_datacenter(&self) -> BTreeMap<Arc<str>, u32> {
+        self.per_datacenter.iter().map(|(dc, n)| (dc.text(), *n)).collect()
+    }
+
+    /// Take the buffer back for reuse.
+    pub(super) fn take_buffer(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.order)
     }
 }
 

@@ -78,6 +78,16 @@ impl NodeView<'_> {
 }
 
 impl PlanLocal {
+    /// A plan-local view reusing `deltas`' allocation (emptied first).
+    pub(super) fn with_buffer(mut deltas: HashMap<NodeId, NodeDelta, IdBuildHasher>) -> PlanLocal {
+        deltas.clear();
+        PlanLocal { deltas }
+    }
+
+    pub(super) fn into_buffer(self) -> HashMap<NodeId, NodeDelta, IdBuildHasher> {
+        self.deltas
+    }
+
     pub(super) fn view<'a>(&'a self, state: &'a State, node: &Node) -> NodeView<'a> {
         NodeView { committed: state.node_usage(node.id), delta: self.deltas.get(&node.id) }
     }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::feasible::{self, RegexCache};
-use crate::ids::NodeId;
+use crate::ids::{IdBuildHasher, NodeId};
 use crate::model::{Allocation, Constraint, ConstraintOp, DeviceRequest, Job, Node};
 
 use super::context::PlanLocal;
@@ -45,7 +45,7 @@ pub(super) struct GroupChecker {
     /// `distinct_hosts` scope: `Some(None)` job-wide, `Some(Some(g))` per group.
     distinct_hosts: Option<Option<u16>>,
     distinct_properties: Vec<DistinctProperty>,
-    class_cache: HashMap<u64, Result<(), Arc<str>>>,
+    class_cache: HashMap<u64, Result<(), Arc<str>>, IdBuildHasher>,
     regex: RegexCache,
 }
 
@@ -53,12 +53,12 @@ pub(super) struct GroupChecker {
 #[derive(Debug, Default)]
 pub(super) struct JobPlacements {
     /// Existing non-terminal allocations per node: their group indexes.
-    pub(super) groups_by_node: HashMap<NodeId, Vec<u16>>,
+    pub(super) groups_by_node: HashMap<NodeId, Vec<u16>, IdBuildHasher>,
 }
 
 impl JobPlacements {
     pub(super) fn new(job: &Job, existing: &[Arc<Allocation>]) -> JobPlacements {
-        let mut groups_by_node: HashMap<NodeId, Vec<u16>> = HashMap::new();
+        let mut groups_by_node: HashMap<NodeId, Vec<u16>, IdBuildHasher> = HashMap::default();
         for alloc in existing.iter().filter(|a| !a.is_terminal()) {
             if let Some(gi) = job.group_index(alloc.group_name()) {
                 groups_by_node.entry(alloc.node_id).or_default().push(gi as u16);
@@ -78,7 +78,7 @@ impl GroupChecker {
             devices: Vec::new(),
             distinct_hosts: None,
             distinct_properties: Vec::new(),
-            class_cache: HashMap::new(),
+            class_cache: HashMap::default(),
             regex: RegexCache::new(),
         };
         let levels = [(&job.constraints, None), (&group.constraints, Some(group_index))];

@@ -81,7 +81,7 @@ mod tests {
             .collect();
         expect![[r#"
                0    0 binpack=0.000 spread=1.000
-            1000 2048 binpack=0.475 spread=0.525
+            1000 2048 binpack=0.486 spread=0.514
             2000 4096 binpack=0.760 spread=0.240
             4000 8192 binpack=1.000 spread=0.000"#]]
         .assert_eq(&table.join("\n"));

@@ -93,7 +93,8 @@ pub(super) struct Stack<'a> {
 impl<'a> Stack<'a> {
     pub(super) fn new(state: &'a State, job: &'a Arc<Job>, existing: &'a [Arc<Allocation>], seed: u64, config: StackConfig) -> Stack<'a> {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let candidates = Candidates::new(state, job, &mut rng);
+        let scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        let candidates = Candidates::new(state, job, &mut rng, scratch.order);
         let placements = JobPlacements::new(job, existing);
         let mut existing_per_node_group: HashMap<(NodeId, u16), u32, IdBuildHasher> = HashMap::default();
         for (node, groups) in &placements.groups_by_node {
@@ -105,7 +106,7 @@ impl<'a> Stack<'a> {
             state,
             job,
             candidates,
-            local: PlanLocal::default(),
+            local: PlanLocal::with_buffer(scratch.deltas),
             placements,
             existing_per_node_group,
             groups: (0..job.task_groups.len()).map(|_| None).collect(),
@@ -210,7 +211,7 @@ impl<'a> Stack<'a> {
     /// Choose a node for one allocation of group `gi`. On failure the
     /// returned metric says why.
     pub(super) fn select(&mut self, gi: u16, penalty_nodes: &[NodeId]) -> Result<Selection<'a>, AllocMetric> {
-        let mut metric = AllocMetric { nodes_available: self.candidates.per_datacenter.clone(), ..Default::default() };
+        let mut metric = AllocMetric::default();
         let n = self.candidates.len();
         metric.nodes_in_pool = n as u32;
         if n == 0 {
@@ -226,7 +227,7 @@ impl<'a> Stack<'a> {
         for step in 0..n {
             let idx = (start + step) % n;
             next_cursor = (idx + 1) % n;
-            let node = self.candidates.nodes[idx];
+            let node = self.candidates.node(idx);
             metric.nodes_evaluated += 1;
             match self.try_node(gi, node, penalty_nodes, &mut metric) {
                 Some(option) => {
@@ -258,7 +259,10 @@ impl<'a> Stack<'a> {
         if best.is_none() && self.config.preemption {
             best = self.select_with_preemption(gi, &exhausted);
         }
-        best.ok_or(metric)
+        best.ok_or_else(|| {
+            metric.nodes_available = self.candidates.per_datacenter();
+            metric
+        })
     }
 
     /// Check one node for group `gi` (system jobs place node by node).
@@ -398,7 +402,7 @@ impl<'a> Stack<'a> {
     fn select_with_preemption(&mut self, gi: u16, exhausted: &[usize]) -> Option<Selection<'a>> {
         let mut best: Option<(u64, Selection<'a>)> = None;
         for &idx in exhausted {
-            let node = self.candidates.nodes[idx];
+            let node = self.candidates.node(idx);
             let ask = self.ask_on(gi, node);
             let view = self.local.view(self.state, node);
             let mut used = view.used();
@@ -444,6 +448,26 @@ impl<'a> Stack<'a> {
         let mut v: Vec<(u64, bool)> = verdicts.into_iter().collect();
         v.sort_unstable();
         (v, escaped)
+    }
+}
+
+/// Buffers a stack reuses from one run to the next on the same thread, so a
+/// worker does not allocate (and fault in) a fleet-sized table per eval.
+#[derive(Debug, Default)]
+struct Scratch {
+    order: Vec<u32>,
+    deltas: HashMap<NodeId, super::context::NodeDelta, IdBuildHasher>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+impl Drop for Stack<'_> {
+    fn drop(&mut self) {
+        let order = self.candidates.take_buffer();
+        let deltas = std::mem::take(&mut self.local).into_buffer();
+        SCRATCH.with(|s| *s.borrow_mut() = Scratch { order, deltas });
     }
 }
 

@@ -1,7 +1,7 @@
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use imbl::shared_ptr::DefaultSharedPtr;
-use imbl::{GenericHashMap, GenericHashSet, OrdMap, Vector};
+use imbl::{GenericHashMap, OrdMap, Vector};
 
 use super::usage::NodeUsage;
 use crate::ids::{AllocId, DeploymentId, EvalId, IdBuildHasher, JobKey, NodeId};
@@ -11,7 +11,11 @@ use crate::model::{Allocation, Deployment, Evaluation, Job, JobType, Node};
 // the same on every server and every run.
 type HashMap<K, V> = GenericHashMap<K, V, IdBuildHasher, DefaultSharedPtr>;
 type IdMap<K, V> = HashMap<K, V>;
-type IdSet<K> = GenericHashSet<K, IdBuildHasher, DefaultSharedPtr>;
+/// A secondary index entry: the ids under one key, shared copy-on-write.
+/// Flat vectors beat a persistent set here: one batch copies a key's list
+/// once and then appends in place, and lookups of a node's few allocations
+/// are a linear scan over contiguous memory.
+type IdList<K> = Arc<Vec<K>>;
 
 /// Job versions kept per job (Nomad's `JobTrackedVersions`): enough to revert
 /// a few deploys back without letting history grow without bound.
@@ -86,12 +90,15 @@ pub struct State {
     nodes: OrdMap<NodeId, Arc<Node>>,
     node_usage: IdMap<NodeId, Arc<NodeUsage>>,
     allocs: IdMap<AllocId, Arc<Allocation>>,
-    allocs_by_node: IdMap<NodeId, IdSet<AllocId>>,
-    allocs_by_job: HashMap<JobKey, IdSet<AllocId>>,
+    allocs_by_node: IdMap<NodeId, IdList<AllocId>>,
+    allocs_by_job: HashMap<JobKey, IdList<AllocId>>,
     evals: IdMap<EvalId, Arc<Evaluation>>,
-    evals_by_job: HashMap<JobKey, IdSet<EvalId>>,
+    evals_by_job: HashMap<JobKey, IdList<EvalId>>,
     deployments: IdMap<DeploymentId, Arc<Deployment>>,
     scheduler_config: Arc<SchedulerConfig>,
+    /// Nodes ready for placement, in id order, computed on first use after
+    /// any node write and shared by every snapshot until the next one.
+    ready_nodes: Arc<OnceLock<Arc<Vec<Arc<Node>>>>>,
 }
 
 fn table_slot(t: Table) -> usize {
@@ -148,6 +155,12 @@ impl State {
     /// Nodes in id order.
     pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> + '_ {
         self.nodes.values()
+    }
+
+    /// Nodes that accept new allocations (ready, eligible, not draining),
+    /// in id order. Cached per node-table version.
+    pub fn ready_nodes(&self) -> &Arc<Vec<Arc<Node>>> {
+        self.ready_nodes.get_or_init(|| Arc::new(self.nodes.values().filter(|n| n.ready_for_placement()).cloned().collect()))
     }
 
     pub fn node_count(&self) -> usize {
@@ -259,27 +272,30 @@ impl State {
     pub(crate) fn put_node(&mut self, index: u64, node: Arc<Node>) {
         self.node_usage.entry(node.id).or_default();
         self.nodes.insert(node.id, node);
+        self.ready_nodes = Default::default();
         self.touch(Table::Nodes, index);
     }
 
     pub(crate) fn remove_node(&mut self, index: u64, id: NodeId) -> Option<Arc<Node>> {
         let removed = self.nodes.remove(&id);
+        self.ready_nodes = Default::default();
         self.touch(Table::Nodes, index);
         removed
     }
 
     pub(crate) fn put_eval(&mut self, index: u64, eval: Arc<Evaluation>) {
-        self.evals_by_job.entry(eval.job_key()).or_default().insert(eval.id);
-        self.evals.insert(eval.id, eval);
+        if self.evals.insert(eval.id, eval.clone()).is_none() {
+            Arc::make_mut(self.evals_by_job.entry(eval.job_key()).or_default()).push(eval.id);
+        }
         self.touch(Table::Evals, index);
     }
 
     pub(crate) fn remove_eval(&mut self, index: u64, id: EvalId) {
         if let Some(eval) = self.evals.remove(&id) {
             let key = eval.job_key();
-            if let Some(set) = self.evals_by_job.get_mut(&key) {
-                set.remove(&id);
-                if set.is_empty() {
+            if let Some(list) = self.evals_by_job.get_mut(&key) {
+                Arc::make_mut(list).retain(|e| *e != id);
+                if list.is_empty() {
                     self.evals_by_job.remove(&key);
                 }
             }
@@ -293,8 +309,8 @@ impl State {
         let old = self.allocs.insert(alloc.id, alloc.clone());
         self.adjust_usage(old.as_deref(), Some(&alloc));
         if old.is_none() {
-            self.allocs_by_node.entry(alloc.node_id).or_default().insert(alloc.id);
-            self.allocs_by_job.entry(alloc.job_key()).or_default().insert(alloc.id);
+            Arc::make_mut(self.allocs_by_node.entry(alloc.node_id).or_default()).push(alloc.id);
+            Arc::make_mut(self.allocs_by_job.entry(alloc.job_key()).or_default()).push(alloc.id);
         }
         self.touch(Table::Allocs, index);
     }
@@ -302,13 +318,13 @@ impl State {
     pub(crate) fn remove_alloc(&mut self, index: u64, id: AllocId) {
         if let Some(old) = self.allocs.remove(&id) {
             self.adjust_usage(Some(&old), None);
-            if let Some(set) = self.allocs_by_node.get_mut(&old.node_id) {
-                set.remove(&id);
+            if let Some(list) = self.allocs_by_node.get_mut(&old.node_id) {
+                Arc::make_mut(list).retain(|a| *a != id);
             }
             let key = old.job_key();
-            if let Some(set) = self.allocs_by_job.get_mut(&key) {
-                set.remove(&id);
-                if set.is_empty() {
+            if let Some(list) = self.allocs_by_job.get_mut(&key) {
+                Arc::make_mut(list).retain(|a| *a != id);
+                if list.is_empty() {
                     self.allocs_by_job.remove(&key);
                 }
             }
