@@ -359,15 +359,26 @@ fn apply_plan(state: &mut State, index: u64, applied: &PlanApplied, out: &mut Ap
         jobs.insert(alloc.job_key());
         state.put_alloc(index, Arc::new(alloc));
     }
+    let mut fresh: Vec<Arc<Allocation>> = Vec::with_capacity(applied.allocs.len());
     for alloc in &applied.allocs {
         let mut alloc = (**alloc).clone();
-        match state.alloc(alloc.id).cloned() {
+        alloc.modify_index = index;
+        alloc.alloc_modify_index = index;
+        alloc.modify_time_ns = applied.now_ns;
+        if fresh.last().is_none_or(|last| !Arc::ptr_eq(&last.job, &alloc.job)) {
+            jobs.insert(alloc.job_key());
+        }
+        // Allocations the scheduler creates have create_index 0; only
+        // updates need the stored record.
+        let existing = if alloc.create_index == 0 { None } else { state.alloc(alloc.id).cloned() };
+        match existing {
             Some(existing) => {
                 // A server-side update: the client's view stays the client's.
                 alloc.create_index = existing.create_index;
                 alloc.create_time_ns = existing.create_time_ns;
                 alloc.client_status = existing.client_status;
                 alloc.client_description = existing.client_description.clone();
+                state.put_alloc(index, Arc::new(alloc));
             }
             None => {
                 alloc.create_index = index;
@@ -380,15 +391,12 @@ fn apply_plan(state: &mut State, index: u64, applied: &PlanApplied, out: &mut Ap
                     prev.modify_index = index;
                     state.put_alloc(index, Arc::new(prev));
                 }
+                fresh.push(Arc::new(alloc));
             }
         }
-        alloc.modify_index = index;
-        alloc.alloc_modify_index = index;
-        alloc.modify_time_ns = applied.now_ns;
-        jobs.insert(alloc.job_key());
-        state.put_alloc(index, Arc::new(alloc));
         out.allocs_written += 1;
     }
+    state.put_new_allocs(index, &fresh);
     if let Some(deployment) = &applied.deployment {
         let mut d = deployment.clone();
         d.create_index = state.deployment(d.id).map_or(index, |e| e.create_index);

@@ -18,7 +18,11 @@ pub struct IdParseError(pub String);
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
+        // packed(8): a u128 is 16-byte aligned, which pushes every struct,
+        // vector and map node holding ids onto the allocator's slower
+        // over-aligned path; 8 is all the hardware needs for two words.
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[repr(C, packed(8))]
         pub struct $name(pub u128);
 
         impl $name {

@@ -4,10 +4,8 @@
 //! preemptions plus the plan's new and updated allocations fit the node:
 //! cpu, memory, disk, cores, ports and device instances.
 
-use std::collections::BTreeSet;
-
 use crate::fsm::PlanApplied;
-use crate::ids::{AllocId, NodeId};
+use crate::ids::NodeId;
 use crate::model::{Allocation, Plan, PlanResult, TimeNs};
 use crate::state::{check_fit, FitError, NodeUsage, State};
 
@@ -29,23 +27,43 @@ pub fn evaluate_node(state: &State, plan: &Plan, node_id: NodeId) -> Result<(), 
         // Stops on a vanished node are fine; placements are not.
         return if new_allocs.is_empty() { Ok(()) } else { Err(NodeRejection::NodeMissing(node_id)) };
     };
-    let places_new = new_allocs.iter().any(|a| state.alloc(a.id).is_none());
+    // The scheduler leaves `create_index` at 0 on allocations it creates;
+    // updates carry the index of the allocation they update.
+    let places_new = new_allocs.iter().any(|a| a.create_index == 0);
     if places_new && !node.ready_for_placement() {
         return Err(NodeRejection::NodeNotReady(node_id));
     }
-    let mut removed: BTreeSet<AllocId> = BTreeSet::new();
-    removed.extend(plan.node_update.get(&node_id).into_iter().flatten().map(|s| s.alloc_id));
-    removed.extend(plan.node_preemptions.get(&node_id).into_iter().flatten().map(|p| p.alloc_id));
-    removed.extend(new_allocs.iter().map(|a| a.id));
+    let stops = plan.node_update.get(&node_id).map(Vec::as_slice).unwrap_or(&[]);
+    let preemptions = plan.node_preemptions.get(&node_id).map(Vec::as_slice).unwrap_or(&[]);
+    let removed_ids = stops.iter().map(|s| s.alloc_id).chain(preemptions.iter().map(|p| p.alloc_id)).chain(new_allocs.iter().filter(|a| a.create_index != 0).map(|a| a.id));
 
-    let mut usage: NodeUsage = state.node_usage(node_id).cloned().unwrap_or_default();
-    for id in &removed {
-        if let Some(existing) = state.alloc(*id)
+    let committed = state.node_usage(node_id);
+    let mut removed: Vec<&Allocation> = Vec::new();
+    for id in removed_ids {
+        if let Some(existing) = state.alloc(id)
             && !existing.is_terminal()
             && existing.node_id == node_id
+            && !removed.iter().any(|r| r.id == id)
         {
-            usage.remove(existing);
+            removed.push(existing);
         }
+    }
+    let has_detail = |a: &Allocation| !a.resources.ports.is_empty() || !a.resources.devices.is_empty();
+    let detailed = removed.iter().any(|a| has_detail(a)) || new_allocs.iter().any(|a| has_detail(a));
+    if !detailed {
+        // The common case: only cpu, memory and disk move. Pure arithmetic.
+        let mut used = committed.map(|u| u.used).unwrap_or_default();
+        for r in &removed {
+            used.subtract(&r.resources.comparable);
+        }
+        for a in new_allocs.iter().filter(|a| !a.is_terminal()) {
+            used.add(&a.resources.comparable);
+        }
+        return check_fit(node, &used).map_err(|fit| NodeRejection::DoesNotFit { node: node_id, fit });
+    }
+    let mut usage: NodeUsage = committed.cloned().unwrap_or_default();
+    for r in &removed {
+        usage.remove(r);
     }
     for alloc in new_allocs.iter().filter(|a| !a.is_terminal()) {
         add_checked(node, &mut usage, alloc).map_err(|fit| NodeRejection::DoesNotFit { node: node_id, fit })?;
@@ -82,7 +100,14 @@ fn add_checked(node: &crate::model::Node, usage: &mut NodeUsage, alloc: &Allocat
 pub fn evaluate_plan(state: &State, plan: &Plan) -> (PlanResult, Vec<NodeRejection>) {
     let mut result = PlanResult::default();
     let mut rejections = Vec::new();
-    for node_id in plan.nodes() {
+    // Every node the plan touches, without building a sorted list: the
+    // allocation map first, then nodes only stopped or preempted on.
+    let touched = plan
+        .node_allocation
+        .keys()
+        .chain(plan.node_update.keys().filter(|n| !plan.node_allocation.contains_key(n)))
+        .chain(plan.node_preemptions.keys().filter(|n| !plan.node_allocation.contains_key(n) && !plan.node_update.contains_key(n)));
+    for &node_id in touched {
         match evaluate_node(state, plan, node_id) {
             Ok(()) => {
                 if let Some(v) = plan.node_update.get(&node_id) {

@@ -315,6 +315,31 @@ impl State {
         self.touch(Table::Allocs, index);
     }
 
+    /// Insert allocations that do not exist yet, in bulk: the secondary
+    /// indexes and usage are touched once per run of allocations sharing a
+    /// node (or a job) instead of once per allocation. Plans list their
+    /// allocations grouped by node, so runs are long.
+    pub(crate) fn put_new_allocs(&mut self, index: u64, allocs: &[Arc<Allocation>]) {
+        for run in allocs.chunk_by(|a, b| a.node_id == b.node_id) {
+            let node_id = run[0].node_id;
+            let ids = Arc::make_mut(self.allocs_by_node.entry(node_id).or_default());
+            ids.extend(run.iter().map(|a| a.id));
+            let usage = Arc::make_mut(self.node_usage.entry(node_id).or_default());
+            for alloc in run.iter().filter(|a| !a.is_terminal()) {
+                usage.add(alloc);
+            }
+        }
+        for run in allocs.chunk_by(|a, b| Arc::ptr_eq(&a.job, &b.job)) {
+            let ids = Arc::make_mut(self.allocs_by_job.entry(run[0].job_key()).or_default());
+            ids.extend(run.iter().map(|a| a.id));
+        }
+        for alloc in allocs {
+            let old = self.allocs.insert(alloc.id, alloc.clone());
+            assert!(old.is_none(), "put_new_allocs given an existing allocation {}", alloc.id);
+        }
+        self.touch(Table::Allocs, index);
+    }
+
     pub(crate) fn remove_alloc(&mut self, index: u64, id: AllocId) {
         if let Some(old) = self.allocs.remove(&id) {
             self.adjust_usage(Some(&old), None);
