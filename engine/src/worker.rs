@@ -89,6 +89,8 @@ pub struct WorkerStats {
     pub evals_nacked: AtomicU64,
     pub sync_timeouts: AtomicU64,
     pub catch_up_waits: AtomicU64,
+    /// Catch-up waits that ended because the store arrived (not the timeout).
+    pub catch_up_completed: AtomicU64,
     pub plans_submitted: AtomicU64,
     pub plan_refreshes: AtomicU64,
     pub placements: AtomicU64,
@@ -189,7 +191,11 @@ impl Worker {
                 let catch_up = sync_limit.saturating_mul(CATCH_UP_FACTOR);
                 return match self.store.snapshot_min_index(delivery.wait_index, catch_up, &self.cancel) {
                     Err(WaitError::Cancelled { .. }) => Step::Stop,
-                    _ => Step::Continue,
+                    Err(WaitError::Timeout { .. }) => Step::Continue,
+                    Ok(_) => {
+                        self.stats.catch_up_completed.fetch_add(1, Ordering::Relaxed);
+                        Step::Continue
+                    }
                 };
             }
         };
