@@ -28,6 +28,12 @@ impl SimCluster {
         SimCluster { fsm: Fsm::new(Arc::new(StateStore::new())), ids: IdGen::with_seed(seed), now_ns: 1_700_000_000 * SECOND_NS, index: 0 }
     }
 
+    /// A cluster continuing from an existing state (benchmarks fork one).
+    pub fn from_state(state: crate::state::State, seed: u64, now_ns: TimeNs) -> SimCluster {
+        let index = state.index();
+        SimCluster { fsm: Fsm::new(Arc::new(StateStore::from_state(state))), ids: IdGen::with_seed(seed), now_ns, index }
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         self.fsm.store().snapshot()
     }

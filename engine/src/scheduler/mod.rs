@@ -18,6 +18,7 @@ mod feasibility;
 mod generic;
 mod ports;
 mod preempt;
+pub mod probe;
 mod rank;
 pub mod reconcile;
 mod stack;

@@ -288,6 +288,13 @@ impl<'a> Stack<'a> {
         Err(metric)
     }
 
+    /// Score candidate `i` for group `gi` (benchmarks).
+    pub(super) fn score_candidate(&mut self, gi: u16, i: usize) -> Option<f64> {
+        let node = self.candidates.node(i);
+        let mut metric = AllocMetric::default();
+        self.try_node(gi, node, &[], &mut metric).map(|s| s.score)
+    }
+
     fn ask_on(&mut self, gi: u16, node: &Node) -> ComparableResources {
         let g = self.group(gi);
         ComparableResources {
