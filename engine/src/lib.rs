@@ -2,6 +2,8 @@
 //!
 //! - [`model`]: jobs, nodes, evaluations, allocations, plans.
 //! - [`state`]: the MVCC [`state::StateStore`]; a [`state::Snapshot`] is an O(1) clone.
+//! - [`feasible`]: constraint, device and unit checks of one node against a job.
+//! - [`validate`]: [`validate::validate_job`] and [`validate::validate_node`] list every problem.
 //! - [`fsm`]: [`fsm::Fsm::apply`] is the only writer; raft feeds it committed [`fsm::Command`]s.
 //!
 //! ```
@@ -16,8 +18,10 @@
 //! ```
 
 pub mod clock;
+pub mod feasible;
 pub mod fsm;
 pub mod ids;
 pub mod intern;
 pub mod model;
 pub mod state;
+pub mod validate;
