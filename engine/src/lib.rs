@@ -2,7 +2,14 @@
 //!
 //! - [`model`]: jobs, nodes, evaluations, allocations, plans.
 //! - [`state`]: the MVCC [`state::StateStore`]; a [`state::Snapshot`] is an O(1) clone.
+//! - [`feasible`]: constraint, device and unit checks of one node against a job.
+//! - [`validate`]: [`validate::validate_job`] and [`validate::validate_node`] list every problem.
 //! - [`fsm`]: [`fsm::Fsm::apply`] is the only writer; raft feeds it committed [`fsm::Command`]s.
+//! - [`broker`], [`blocked`]: the eval broker and the blocked-eval tracker (leader only).
+//! - [`scheduler`]: `schedule(snapshot, eval, now) -> plan`, pure and deterministic.
+//! - [`plan`]: the plan queue and the applier that re-checks and commits plans.
+//! - [`worker`]: scheduler worker threads, with the raft-sync catch-up.
+//! - [`sim`], [`local`]: a deterministic single-threaded cluster and a threaded in-process one.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -19,11 +26,12 @@ pub mod clock;
 pub mod feasible;
 pub mod fixtures;
 pub mod fsm;
-pub mod scheduler;
-pub mod sim;
 pub mod ids;
 pub mod intern;
-pub mod plan;
 pub mod model;
+pub mod plan;
+pub mod scheduler;
+pub mod sim;
 pub mod state;
 pub mod worker;
+pub mod validate;
