@@ -6,6 +6,11 @@ use crate::model::ComparableResources;
 /// Nomad's binpacking ceiling: `20 - (10^0 + 10^0)` for an empty node.
 const BINPACK_MAX_FIT_SCORE: f64 = 18.0;
 
+/// 10^x, via `exp`, which is cheaper than `powf` for a constant base.
+fn pow10(x: f64) -> f64 {
+    (x * std::f64::consts::LN_10).exp()
+}
+
 /// Free fraction of one dimension after placing, clamped to [0, 1].
 fn free_fraction(used: u64, capacity: u64) -> f64 {
     if capacity == 0 {
@@ -17,14 +22,14 @@ fn free_fraction(used: u64, capacity: u64) -> f64 {
 /// Nomad's bin-packing fit: `20 − (10^freeCpu + 10^freeMem)`, normalised to
 /// [0, 1] by 18. Fuller nodes score higher.
 pub(super) fn binpack_score(used: &ComparableResources, capacity: &ComparableResources) -> f64 {
-    let total = 10f64.powf(free_fraction(used.cpu_mhz, capacity.cpu_mhz)) + 10f64.powf(free_fraction(used.memory_mb, capacity.memory_mb));
+    let total = pow10(free_fraction(used.cpu_mhz, capacity.cpu_mhz)) + pow10(free_fraction(used.memory_mb, capacity.memory_mb));
     ((20.0 - total) / BINPACK_MAX_FIT_SCORE).clamp(0.0, 1.0)
 }
 
 /// Nomad's spread fit: `(10^freeCpu + 10^freeMem) − 2`, normalised by 18.
 /// Emptier nodes score higher.
 pub(super) fn spread_fit_score(used: &ComparableResources, capacity: &ComparableResources) -> f64 {
-    let total = 10f64.powf(free_fraction(used.cpu_mhz, capacity.cpu_mhz)) + 10f64.powf(free_fraction(used.memory_mb, capacity.memory_mb));
+    let total = pow10(free_fraction(used.cpu_mhz, capacity.cpu_mhz)) + pow10(free_fraction(used.memory_mb, capacity.memory_mb));
     ((total - 2.0) / BINPACK_MAX_FIT_SCORE).clamp(0.0, 1.0)
 }
 
