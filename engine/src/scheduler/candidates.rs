@@ -3,7 +3,7 @@
 //! Placements walk the list round-robin from where the last one stopped,
 //! so consecutive placements look at different nodes (Nomad's StaticIterator).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::intern::Sym;
@@ -16,8 +16,11 @@ pub(super) const POOL_ALL: &str = "all";
 #[derive(Debug)]
 pub(super) struct Candidates<'a> {
     ready: &'a [Arc<Node>],
-    /// Indexes into `ready` of the nodes in scope, shuffled.
+    /// Indexes into `ready` of the nodes in scope; shuffled lazily, so
+    /// positions below `shuffled` are final and the rest not yet drawn.
     order: Vec<u32>,
+    shuffled: usize,
+    rng: fastrand::Rng,
     /// Where the next walk starts.
     pub(super) cursor: usize,
     /// Ready nodes per datacenter, for failure metrics.
@@ -42,31 +45,34 @@ pub(super) fn datacenter_matches(pattern: &str, datacenter: &str) -> bool {
 pub(super) struct PlacementScope<'j> {
     job: &'j Job,
     pool: Option<Sym>,
-    datacenter_ok: HashMap<Sym, bool>,
+    /// Verdict per datacenter seen; a fleet has few, so a scan beats hashing.
+    datacenter_ok: Vec<(Sym, bool)>,
 }
 
 impl<'j> PlacementScope<'j> {
     pub(super) fn new(job: &'j Job) -> PlacementScope<'j> {
         let pool = (&*job.node_pool != POOL_ALL).then(|| Sym::new(&job.node_pool));
-        PlacementScope { job, pool, datacenter_ok: HashMap::new() }
+        PlacementScope { job, pool, datacenter_ok: Vec::new() }
     }
 
     pub(super) fn contains(&mut self, node: &Node) -> bool {
         if self.pool.is_some_and(|p| p != node.node_pool) {
             return false;
         }
-        let job = self.job;
-        *self.datacenter_ok.entry(node.datacenter).or_insert_with(|| {
-            let dc = node.datacenter.text();
-            job.datacenters.iter().any(|p| datacenter_matches(p, &dc))
-        })
+        if let Some((_, ok)) = self.datacenter_ok.iter().find(|(dc, _)| *dc == node.datacenter) {
+            return *ok;
+        }
+        let dc = node.datacenter.text();
+        let ok = self.job.datacenters.iter().any(|p| datacenter_matches(p, &dc));
+        self.datacenter_ok.push((node.datacenter, ok));
+        ok
     }
 }
 
 impl<'a> Candidates<'a> {
     /// Nodes where `job` may place new allocations, in seeded random order.
     /// `order` is a reused buffer.
-    pub(super) fn new(state: &'a State, job: &Job, rng: &mut fastrand::Rng, mut order: Vec<u32>) -> Candidates<'a> {
+    pub(super) fn new(state: &'a State, job: &Job, seed: u64, mut order: Vec<u32>) -> Candidates<'a> {
         let ready: &'a [Arc<Node>] = state.ready_nodes();
         let mut scope = PlacementScope::new(job);
         let mut per_datacenter: Vec<(Sym, u32)> = Vec::new();
@@ -80,15 +86,21 @@ impl<'a> Candidates<'a> {
                 }
             }
         }
-        rng.shuffle(&mut order);
-        Candidates { ready, order, cursor: 0, per_datacenter }
+        Candidates { ready, order, shuffled: 0, rng: fastrand::Rng::with_seed(seed), cursor: 0, per_datacenter }
     }
 
     pub(super) fn len(&self) -> usize {
         self.order.len()
     }
 
-    pub(super) fn node(&self, i: usize) -> &'a Arc<Node> {
+    /// The `i`th candidate. Walks visit a prefix of the list far more often
+    /// than all of it, so the Fisher-Yates shuffle runs only as far as asked.
+    pub(super) fn node(&mut self, i: usize) -> &'a Arc<Node> {
+        while self.shuffled <= i {
+            let j = self.rng.usize(self.shuffled..self.order.len());
+            self.order.swap(self.shuffled, j);
+            self.shuffled += 1;
+        }
         &self.ready[self.order[i] as usize]
     }
 

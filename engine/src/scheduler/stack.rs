@@ -94,7 +94,7 @@ impl<'a> Stack<'a> {
     pub(super) fn new(state: &'a State, job: &'a Arc<Job>, existing: &'a [Arc<Allocation>], seed: u64, config: StackConfig) -> Stack<'a> {
         let mut rng = fastrand::Rng::with_seed(seed);
         let scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        let candidates = Candidates::new(state, job, &mut rng, scratch.order);
+        let candidates = Candidates::new(state, job, rng.u64(..), scratch.order);
         let placements = JobPlacements::new(job, existing);
         let mut existing_per_node_group: HashMap<(NodeId, u16), u32, IdBuildHasher> = HashMap::default();
         for (node, groups) in &placements.groups_by_node {
