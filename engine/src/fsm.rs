@@ -32,6 +32,9 @@ pub struct PlanApplied {
 }
 
 /// Everything that can change the cluster state.
+// Variants differ in size (a whole job vs. a node id); a command is built
+// once per write and moved a handful of times, so boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Store a job (a new version when its spec changed) and its eval, atomically.

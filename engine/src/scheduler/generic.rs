@@ -59,6 +59,10 @@ pub(super) fn schedule(state: &State, eval: &Evaluation, job: Option<Arc<Job>>, 
     out
 }
 
+/// A placement made in this run: the new allocation, the allocations it
+/// preempts, and the request it answers.
+type Placed<'p> = (Arc<Allocation>, Vec<Arc<Allocation>>, Option<&'p Placement>);
+
 /// Place every requested allocation, group by group; a gang group commits
 /// all of its placements or none.
 fn place_all<'a>(
@@ -79,8 +83,8 @@ fn place_all<'a>(
     let mut shared: BTreeMap<u16, Arc<AllocatedResources>> = BTreeMap::new();
     for (gi, group_placements) in by_group {
         let group = &job.task_groups[usize::from(gi)];
-        let mut placed: Vec<(Arc<Allocation>, Vec<Arc<Allocation>>, Option<&Placement>)> = Vec::new();
-        let mut failure: Option<AllocMetric> = None;
+        let mut placed: Vec<Placed<'_>> = Vec::new();
+        let mut failure: Option<Box<AllocMetric>> = None;
         for p in group_placements {
             if let Some(metric) = failure.as_mut() {
                 metric.coalesced_failures += 1;
@@ -107,6 +111,7 @@ fn place_all<'a>(
         }
         let failed = failure.is_some();
         if let Some(metric) = failure {
+            let metric = *metric;
             let unplaced = metric.coalesced_failures + 1;
             let queued = if group.gang { group.count } else { unplaced };
             out.queued_allocations.insert(group.name.clone(), queued);

@@ -210,12 +210,12 @@ impl<'a> Stack<'a> {
 
     /// Choose a node for one allocation of group `gi`. On failure the
     /// returned metric says why.
-    pub(super) fn select(&mut self, gi: u16, penalty_nodes: &[NodeId]) -> Result<Selection<'a>, AllocMetric> {
+    pub(super) fn select(&mut self, gi: u16, penalty_nodes: &[NodeId]) -> Result<Selection<'a>, Box<AllocMetric>> {
         let mut metric = AllocMetric::default();
         let n = self.candidates.len();
         metric.nodes_in_pool = n as u32;
         if n == 0 {
-            return Err(metric);
+            return Err(Box::new(metric));
         }
         let limit = self.limit(gi);
         let start = self.candidates.cursor;
@@ -261,12 +261,12 @@ impl<'a> Stack<'a> {
         }
         best.ok_or_else(|| {
             metric.nodes_available = self.candidates.per_datacenter();
-            metric
+            Box::new(metric)
         })
     }
 
     /// Check one node for group `gi` (system jobs place node by node).
-    pub(super) fn select_on_node(&mut self, gi: u16, node: &'a Arc<Node>) -> Result<Selection<'a>, AllocMetric> {
+    pub(super) fn select_on_node(&mut self, gi: u16, node: &'a Arc<Node>) -> Result<Selection<'a>, Box<AllocMetric>> {
         let mut metric = AllocMetric { nodes_evaluated: 1, nodes_in_pool: 1, ..Default::default() };
         if let Some(option) = self.try_node(gi, node, &[], &mut metric) {
             return Ok(option);
@@ -285,7 +285,7 @@ impl<'a> Stack<'a> {
                 });
             }
         }
-        Err(metric)
+        Err(Box::new(metric))
     }
 
     /// Score candidate `i` for group `gi` (benchmarks).

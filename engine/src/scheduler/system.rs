@@ -191,7 +191,7 @@ fn place_on<'a>(
             }
             out.plan.append_alloc(alloc);
         }
-        Err(metric) => {
+        Err(mut metric) => {
             // A node filtered by constraints simply is not one of this job's
             // nodes; only exhausted nodes count as failed placements.
             if metric.nodes_exhausted == 0 {
@@ -202,12 +202,12 @@ fn place_on<'a>(
                     m.coalesced_failures += 1;
                     m.nodes_evaluated += 1;
                     m.nodes_exhausted += metric.nodes_exhausted;
-                    for (k, v) in metric.dimension_exhausted {
+                    for (k, v) in std::mem::take(&mut metric.dimension_exhausted) {
                         *m.dimension_exhausted.entry(k).or_default() += v;
                     }
                 }
                 None => {
-                    failed.insert(group.name.clone(), metric);
+                    failed.insert(group.name.clone(), *metric);
                 }
             }
         }

@@ -140,7 +140,7 @@ impl State {
     /// Kept versions of a job, newest first.
     pub fn job_versions(&self, key: &JobKey) -> Vec<Arc<Job>> {
         let mut versions: Vec<Arc<Job>> = self.job_versions.get(key).map(|v| v.iter().cloned().collect()).unwrap_or_default();
-        versions.sort_by(|a, b| b.version.cmp(&a.version));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.version));
         versions
     }
 

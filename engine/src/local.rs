@@ -1,0 +1,344 @@
+//! An in-process cluster: one server with the state store, FSM, eval broker,
+//! blocked evals, plan queue and applier, and N scheduler workers on OS
+//! threads. Commands are applied by a serial in-memory log in place of raft,
+//! so everything above the log is the production code path. Used by the
+//! integration tests, the benches and `caravan-perf engine`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::blocked::BlockedEvals;
+use crate::broker::runtime::SharedBroker;
+use crate::clock::Clock;
+use crate::fsm::{self, ApplyError, ApplyOutcome, Command, Fsm};
+use crate::ids::{EvalId, IdGen};
+use crate::model::{EvalStatus, Evaluation, Job, JobType, Plan, PlanResult, TriggeredBy};
+use crate::plan::{spawn_applier, CommitError, Committer, PlanQueue};
+use crate::state::{Cancel, StateStore};
+use crate::validate::{validate_job, ValidationError};
+use crate::worker::{Delivery, LeaderServices, ServiceError, Worker, WorkerConfig, WorkerStats};
+
+/// How often the leader loop drains broker timers and the failed queue.
+const LEADER_TICK: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    pub workers: usize,
+    pub worker: WorkerConfig,
+    pub seed: u64,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            worker: WorkerConfig::default(),
+            seed: 1,
+        }
+    }
+}
+
+/// Why a write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+/// The serial log standing in for raft: assigns indexes, applies to the
+/// FSM, and routes what the FSM reports to the leader-only services.
+#[derive(Debug)]
+pub struct LocalLog {
+    fsm: Fsm,
+    index: Mutex<u64>,
+    broker: Arc<SharedBroker>,
+    blocked: Mutex<BlockedEvals>,
+    /// Commands applied.
+    pub commits: AtomicU64,
+    /// A check run on the state after every commit (tests), and what it found.
+    after_commit: Mutex<Option<Box<StateCheck>>>,
+    violations: Mutex<Vec<String>>,
+}
+
+/// An invariant check over a state.
+pub type StateCheck = dyn Fn(&crate::state::State) -> Result<(), String> + Send + Sync;
+
+impl std::fmt::Debug for Box<StateCheck> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateCheck")
+    }
+}
+
+impl LocalLog {
+    fn append(&self, command: &Command) -> Result<(u64, ApplyOutcome), ApplyError> {
+        let mut index = self.index.lock().expect("log poisoned");
+        *index += 1;
+        let outcome = self.fsm.apply(*index, command);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        // Still under the log lock: the check sees exactly this commit.
+        if let Some(check) = self.after_commit.lock().expect("check poisoned").as_ref()
+            && let Err(violation) = check(&self.fsm.store().snapshot())
+        {
+            self.violations.lock().expect("violations poisoned").push(violation);
+        }
+        let at = *index;
+        drop(index);
+        let outcome = outcome?;
+        Ok((at, outcome))
+    }
+
+    /// Run `check` on the state after every commit from now on.
+    pub fn set_after_commit(&self, check: Box<StateCheck>) {
+        *self.after_commit.lock().expect("check poisoned") = Some(check);
+    }
+
+    /// What the after-commit check found so far.
+    pub fn invariant_violations(&self) -> Vec<String> {
+        self.violations.lock().expect("violations poisoned").clone()
+    }
+
+    /// Commit a command and hand its effects to the broker and blocked evals.
+    pub fn commit(&self, command: &Command) -> Result<u64, ApplyError> {
+        let (index, outcome) = self.append(command)?;
+        let follow_ups = self.route(&outcome);
+        if !follow_ups.is_empty() {
+            // Cancellations of duplicate blocked evals: written like any eval.
+            self.commit(&Command::EvalUpsert { evals: follow_ups })?;
+        }
+        Ok(index)
+    }
+
+    /// The leader's reaction to applied state (Nomad's FSM hooks).
+    fn route(&self, outcome: &ApplyOutcome) -> Vec<Evaluation> {
+        let mut writes = Vec::new();
+        let mut blocked = self.blocked.lock().expect("blocked evals poisoned");
+        for eval in &outcome.evals {
+            if fsm::should_enqueue(eval) {
+                let _ = self.broker.enqueue(eval.clone());
+            } else if fsm::should_block(eval) {
+                let out = blocked.block(eval.clone());
+                for ready in out.unblocked {
+                    let _ = self.broker.enqueue(ready);
+                }
+                writes.extend(out.cancel.into_iter().map(|e| cancelled(&e)));
+            } else if eval.status == EvalStatus::Complete && eval.failed_tg_allocs.is_empty() {
+                blocked.untrack(&eval.job_key());
+            }
+        }
+        for key in &outcome.jobs_purged {
+            blocked.untrack(key);
+        }
+        for change in &outcome.capacity_changes {
+            for ready in blocked.unblock(change.computed_class, outcome.index) {
+                let _ = self.broker.enqueue(ready);
+            }
+        }
+        writes
+    }
+}
+
+fn cancelled(eval: &Evaluation) -> Evaluation {
+    let mut e = eval.clone();
+    e.status = EvalStatus::Canceled;
+    e.status_description = "canceled: a newer blocked eval of the job exists".into();
+    e
+}
+
+impl Committer for LocalLog {
+    fn commit(&self, command: Command) -> Result<u64, CommitError> {
+        LocalLog::commit(self, &command).map_err(|e| CommitError(e.to_string()))
+    }
+}
+
+/// The worker's view of the leader, in-process.
+#[derive(Debug)]
+struct LocalLeader {
+    store: Arc<StateStore>,
+    broker: Arc<SharedBroker>,
+    plans: Arc<PlanQueue>,
+    log: Arc<LocalLog>,
+}
+
+impl LeaderServices for LocalLeader {
+    fn dequeue(&self, types: &[JobType], timeout: Duration, cancel: &Cancel) -> Result<Option<Delivery>, ServiceError> {
+        let Some((eval, token)) = self.broker.dequeue(types, timeout, cancel).map_err(|e| ServiceError(e.to_string()))? else {
+            return Ok(None);
+        };
+        // Wait for every write of the job's evals, not just this one's, so
+        // the scheduler sees the job as the leader last changed it.
+        let snapshot = self.store.snapshot();
+        let job_evals_index = snapshot.evals_by_job(&eval.job_key()).map(|e| e.modify_index).max().unwrap_or(0);
+        let wait_index = eval.modify_index.max(job_evals_index);
+        Ok(Some(Delivery { eval, token, wait_index }))
+    }
+
+    fn ack(&self, d: &Delivery) -> Result<(), ServiceError> {
+        self.broker.ack(d.eval.id, d.token).map_err(|e| ServiceError(e.to_string()))
+    }
+
+    fn nack(&self, d: &Delivery) -> Result<(), ServiceError> {
+        self.broker.nack(d.eval.id, d.token).map_err(|e| ServiceError(e.to_string()))
+    }
+
+    fn submit_plan(&self, d: &Delivery, plan: Plan) -> Result<PlanResult, ServiceError> {
+        // The eval's nack timer pauses while its plan waits in the queue.
+        let _ = self.broker.pause_nack_timeout(d.eval.id, d.token);
+        let result = self.plans.submit(plan).and_then(|ticket| ticket.wait());
+        let _ = self.broker.resume_nack_timeout(d.eval.id, d.token);
+        result.map_err(|e| ServiceError(e.to_string()))
+    }
+
+    fn upsert_evals(&self, evals: Vec<Evaluation>) -> Result<u64, ServiceError> {
+        self.log.commit(&Command::EvalUpsert { evals }).map_err(|e| ServiceError(e.to_string()))
+    }
+}
+
+/// A running one-server cluster.
+#[derive(Debug)]
+pub struct LocalCluster {
+    pub store: Arc<StateStore>,
+    pub log: Arc<LocalLog>,
+    pub broker: Arc<SharedBroker>,
+    pub plans: Arc<PlanQueue>,
+    pub worker_stats: Vec<Arc<WorkerStats>>,
+    clock: Arc<dyn Clock>,
+    ids: Mutex<IdGen>,
+    cancel: Cancel,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl LocalCluster {
+    pub fn start(config: LocalConfig, clock: Arc<dyn Clock>) -> LocalCluster {
+        let store = Arc::new(StateStore::new());
+        let cancel = Cancel::new();
+        let broker = Arc::new(SharedBroker::new(clock.clone(), Default::default()));
+        broker.set_enabled(true);
+        let log = Arc::new(LocalLog {
+            fsm: Fsm::new(store.clone()),
+            index: Mutex::new(0),
+            broker: broker.clone(),
+            blocked: Mutex::new(BlockedEvals::new()),
+            commits: AtomicU64::new(0),
+            after_commit: Mutex::new(None),
+            violations: Mutex::new(Vec::new()),
+        });
+        {
+            let mut blocked = log.blocked.lock().expect("blocked evals poisoned");
+            blocked.set_enabled(true);
+        }
+        let plans = Arc::new(PlanQueue::new());
+        plans.set_enabled(true);
+        let mut threads = spawn_applier(plans.clone(), store.clone(), log.clone(), clock.clone(), config.seed, cancel.clone());
+        let leader = Arc::new(LocalLeader { store: store.clone(), broker: broker.clone(), plans: plans.clone(), log: log.clone() });
+        let mut worker_stats = Vec::new();
+        for i in 0..config.workers.max(1) {
+            let stats = Arc::new(WorkerStats::default());
+            worker_stats.push(stats.clone());
+            let worker = Worker {
+                store: store.clone(),
+                leader: leader.clone(),
+                clock: clock.clone(),
+                config: config.worker.clone(),
+                stats,
+                cancel: cancel.clone(),
+            };
+            threads.push(worker.spawn(format!("worker-{i}")));
+        }
+        threads.push(spawn_leader_loop(log.clone(), broker.clone(), clock.clone(), config.seed, cancel.clone()));
+        LocalCluster { store, log, broker, plans, worker_stats, clock, ids: Mutex::new(IdGen::with_seed(config.seed ^ 0x5eed)), cancel, threads }
+    }
+
+    pub fn commit(&self, command: &Command) -> Result<u64, ApplyError> {
+        self.log.commit(command)
+    }
+
+    /// Validate and register a job with its eval (one log entry).
+    pub fn register_job(&self, job: Job) -> Result<EvalId, WriteError> {
+        validate_job(&job)?;
+        let now = self.clock.now_ns();
+        let mut eval = Evaluation::new(self.ids.lock().expect("ids poisoned").eval(), &job.key(), job.job_type, job.priority, TriggeredBy::JobRegister);
+        eval.create_time_ns = now;
+        eval.modify_time_ns = now;
+        let id = eval.id;
+        self.log.commit(&Command::JobRegister { job, eval: Some(eval), now_ns: now })?;
+        Ok(id)
+    }
+
+    /// A new eval for an existing job (node update, retry).
+    pub fn new_eval(&self, job: &Job, triggered_by: TriggeredBy) -> Evaluation {
+        let mut eval = Evaluation::new(self.ids.lock().expect("ids poisoned").eval(), &job.key(), job.job_type, job.priority, triggered_by);
+        eval.create_time_ns = self.clock.now_ns();
+        eval
+    }
+
+    /// Wait until no eval is ready, in flight or delayed, and no plan is
+    /// queued; false if `timeout` passes first.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut quiet_rounds = 0;
+        while Instant::now() < deadline {
+            let stats = self.broker.stats();
+            let busy = stats.total_ready + stats.total_unacked + stats.total_pending > 0 || !self.plans.is_empty();
+            // Two quiet looks in a row: an ack and the enqueue it triggers
+            // are not atomic together.
+            quiet_rounds = if busy { 0 } else { quiet_rounds + 1 };
+            if quiet_rounds >= 2 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    }
+
+    pub fn evals_processed(&self) -> u64 {
+        self.worker_stats.iter().map(|s| s.evals_processed.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn plan_refreshes(&self) -> u64 {
+        self.worker_stats.iter().map(|s| s.plan_refreshes.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Every eval latency recorded so far, microseconds.
+    pub fn eval_latencies_us(&self) -> Vec<u64> {
+        self.worker_stats.iter().flat_map(|s| s.eval_latency_us.lock().expect("stats poisoned").clone()).collect()
+    }
+
+    pub fn shutdown(self) {
+        self.cancel.cancel();
+        self.broker.set_enabled(false);
+        self.plans.set_enabled(false);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Leader duties on a timer: broker timers (nack timeouts, delays), and the
+/// failed queue (mark failed, create the follow-up eval).
+fn spawn_leader_loop(log: Arc<LocalLog>, broker: Arc<SharedBroker>, clock: Arc<dyn Clock>, seed: u64, cancel: Cancel) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("leader".into())
+        .spawn(move || {
+            let mut ids = IdGen::with_seed(seed ^ 0xfa11);
+            let mut rng = fastrand::Rng::with_seed(seed);
+            while cancel.sleep(LEADER_TICK) {
+                let mut writes: Vec<Evaluation> = Vec::new();
+                for output in broker.tick_now() {
+                    writes.extend(output.into_writes());
+                }
+                while let Some(failed) = broker.dequeue_failed() {
+                    let (marked, follow_up) = crate::broker::failed_followup(&failed, &mut ids, clock.now_ns(), &mut rng);
+                    writes.push(marked);
+                    writes.push(follow_up);
+                }
+                if !writes.is_empty() {
+                    let _ = log.commit(&Command::EvalUpsert { evals: writes });
+                }
+            }
+        })
+        .expect("spawn leader loop")
+}
