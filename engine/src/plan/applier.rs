@@ -38,15 +38,35 @@ struct InFlight {
     command: Option<Command>,
 }
 
-/// Start the applier and committer threads; they stop when `cancel` fires.
+/// How the applier overlaps evaluation with commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pipelining {
+    /// Evaluate plan N+1 against an optimistic state while plan N commits:
+    /// worth its extra in-memory apply when a commit waits on raft's
+    /// replication and fsync.
+    Overlap,
+    /// Evaluate and commit in one thread: best when commits are in-memory.
+    Serial,
+}
+
+/// Start the applier (and, when overlapping, committer) threads; they stop
+/// when `cancel` fires.
 pub fn spawn_applier(
     queue: Arc<PlanQueue>,
     store: Arc<StateStore>,
     committer: Arc<dyn Committer>,
     clock: Arc<dyn Clock>,
     seed: u64,
+    pipelining: Pipelining,
     cancel: Cancel,
 ) -> Vec<JoinHandle<()>> {
+    if pipelining == Pipelining::Serial {
+        let serial = std::thread::Builder::new()
+            .name("plan-applier".into())
+            .spawn(move || serial_loop(&queue, &store, committer.as_ref(), &clock, seed, &cancel))
+            .expect("spawn plan applier");
+        return vec![serial];
+    }
     let (tx, rx) = crossbeam_channel::bounded::<InFlight>(PLANS_IN_FLIGHT_MAX);
     let in_flight = Arc::new(AtomicU64::new(0));
     let applier = {
@@ -61,6 +81,35 @@ pub fn spawn_applier(
         .spawn(move || commit_loop(&rx, &store, committer.as_ref(), &in_flight))
         .expect("spawn plan committer");
     vec![applier, commit]
+}
+
+fn serial_loop(queue: &PlanQueue, store: &StateStore, committer: &dyn Committer, clock: &Arc<dyn Clock>, seed: u64, cancel: &Cancel) {
+    let mut ids = IdGen::with_seed(seed);
+    while !cancel.is_cancelled() {
+        let Some(pending) = queue.dequeue(DEQUEUE_SLICE, cancel) else { continue };
+        let snapshot = store.snapshot();
+        let (mut result, _rejections) = evaluate_plan(&snapshot, &pending.plan);
+        let answer = if result.is_no_op() {
+            if !result.rejected_nodes.is_empty() {
+                result.refresh_index = snapshot.index();
+            }
+            Ok(result)
+        } else {
+            let evals = preemption_evals(&snapshot, &pending.plan, &result, &mut ids, clock.now_ns());
+            let command = Command::ApplyPlanResults(plan_applied(&pending.plan, &result, evals, clock.now_ns()));
+            match committer.commit(command) {
+                Ok(index) => {
+                    result.alloc_index = index;
+                    if !result.rejected_nodes.is_empty() {
+                        result.refresh_index = index;
+                    }
+                    Ok(result)
+                }
+                Err(e) => Err(PlanError::CommitFailed(e.0)),
+            }
+        };
+        let _ = pending.respond.send(answer);
+    }
 }
 
 fn apply_loop(
