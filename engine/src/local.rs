@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::fsm::{self, ApplyError, ApplyOutcome, Command, Fsm};
 use crate::ids::{EvalId, IdGen};
 use crate::model::{EvalStatus, Evaluation, Job, JobType, Plan, PlanResult, TriggeredBy};
-use crate::plan::{spawn_applier, CommitError, Committer, PlanQueue};
+use crate::plan::{spawn_applier, CommitError, Committer, PlanQueue, Pipelining};
 use crate::state::{Cancel, StateStore};
 use crate::validate::{validate_job, ValidationError};
 use crate::worker::{Delivery, LeaderServices, ServiceError, Worker, WorkerConfig, WorkerStats};
@@ -28,6 +28,8 @@ pub struct LocalConfig {
     pub workers: usize,
     pub worker: WorkerConfig,
     pub seed: u64,
+    /// The log is in memory, so serial evaluate-then-commit is the default.
+    pub pipelining: Pipelining,
 }
 
 impl Default for LocalConfig {
@@ -36,6 +38,7 @@ impl Default for LocalConfig {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             worker: WorkerConfig::default(),
             seed: 1,
+            pipelining: Pipelining::Serial,
         }
     }
 }
@@ -232,7 +235,7 @@ impl LocalCluster {
         }
         let plans = Arc::new(PlanQueue::new());
         plans.set_enabled(true);
-        let mut threads = spawn_applier(plans.clone(), store.clone(), log.clone(), clock.clone(), config.seed, cancel.clone());
+        let mut threads = spawn_applier(plans.clone(), store.clone(), log.clone(), clock.clone(), config.seed, config.pipelining, cancel.clone());
         let leader = Arc::new(LocalLeader { store: store.clone(), broker: broker.clone(), plans: plans.clone(), log: log.clone() });
         let mut worker_stats = Vec::new();
         for i in 0..config.workers.max(1) {

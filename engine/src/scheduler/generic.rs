@@ -83,7 +83,7 @@ fn place_all<'a>(
     let mut shared: BTreeMap<u16, Arc<AllocatedResources>> = BTreeMap::new();
     for (gi, group_placements) in by_group {
         let group = &job.task_groups[usize::from(gi)];
-        let mut placed: Vec<Placed<'_>> = Vec::new();
+        let mut placed: Vec<Placed<'_>> = Vec::with_capacity(group_placements.len());
         let mut failure: Option<Box<AllocMetric>> = None;
         for p in group_placements {
             if let Some(metric) = failure.as_mut() {
