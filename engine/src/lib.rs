@@ -15,6 +15,8 @@
 //! assert_eq!(fsm.store().snapshot().node_count(), 1);
 //! ```
 
+pub mod blocked;
+pub mod broker;
 pub mod clock;
 pub mod fsm;
 pub mod ids;
