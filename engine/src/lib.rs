@@ -22,6 +22,8 @@
 //! assert_eq!(fsm.store().snapshot().node_count(), 1);
 //! ```
 
+pub mod blocked;
+pub mod broker;
 pub mod clock;
 pub mod feasible;
 pub mod fixtures;
