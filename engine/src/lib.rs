@@ -25,11 +25,13 @@
 pub mod blocked;
 pub mod broker;
 pub mod clock;
+pub mod endpoints;
 pub mod feasible;
 pub mod fixtures;
 pub mod fsm;
 pub mod ids;
 pub mod intern;
+pub mod local;
 pub mod model;
 pub mod plan;
 pub mod scheduler;

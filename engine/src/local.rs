@@ -10,14 +10,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::blocked::BlockedEvals;
-use crate::broker::runtime::SharedBroker;
+use crate::broker::{cancel_update, failed_followup, failed_followup_delay_ns, BrokerConfig, BrokerOutput, SharedBroker};
 use crate::clock::Clock;
 use crate::fsm::{self, ApplyError, ApplyOutcome, Command, Fsm};
 use crate::ids::{EvalId, IdGen};
-use crate::model::{EvalStatus, Evaluation, Job, JobType, Plan, PlanResult, TriggeredBy};
+use crate::model::{EvalStatus, Evaluation, Job, JobType, Plan, PlanResult, TimeNs, TriggeredBy};
 use crate::plan::{spawn_applier, CommitError, Committer, PlanQueue, Pipelining};
 use crate::state::{Cancel, StateStore};
-use crate::validate::{validate_job, ValidationError};
+use crate::endpoints::{self, EndpointError};
 use crate::worker::{Delivery, LeaderServices, ServiceError, Worker, WorkerConfig, WorkerStats};
 
 /// How often the leader loop drains broker timers and the failed queue.
@@ -43,15 +43,6 @@ impl Default for LocalConfig {
     }
 }
 
-/// Why a write was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    #[error(transparent)]
-    Invalid(#[from] ValidationError),
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
-}
-
 /// The serial log standing in for raft: assigns indexes, applies to the
 /// FSM, and routes what the FSM reports to the leader-only services.
 #[derive(Debug)]
@@ -63,40 +54,40 @@ pub struct LocalLog {
     /// Commands applied.
     pub commits: AtomicU64,
     /// A check run on the state after every commit (tests), and what it found.
-    after_commit: Mutex<Option<Box<StateCheck>>>,
+    after_commit: Mutex<Option<CommitCheck>>,
     violations: Mutex<Vec<String>>,
 }
 
 /// An invariant check over a state.
 pub type StateCheck = dyn Fn(&crate::state::State) -> Result<(), String> + Send + Sync;
 
-impl std::fmt::Debug for Box<StateCheck> {
+/// The installed check (a named type so the log can be `Debug`).
+struct CommitCheck(Box<StateCheck>);
+
+impl std::fmt::Debug for CommitCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StateCheck")
+        f.write_str("CommitCheck")
     }
 }
 
 impl LocalLog {
-    fn append(&self, command: &Command) -> Result<(u64, ApplyOutcome), ApplyError> {
-        let mut index = self.index.lock().expect("log poisoned");
+    /// Apply at the next index; the caller holds the index lock.
+    fn apply_locked(&self, index: &mut u64, command: &Command) -> Result<(u64, ApplyOutcome), ApplyError> {
         *index += 1;
         let outcome = self.fsm.apply(*index, command);
         self.commits.fetch_add(1, Ordering::Relaxed);
         // Still under the log lock: the check sees exactly this commit.
         if let Some(check) = self.after_commit.lock().expect("check poisoned").as_ref()
-            && let Err(violation) = check(&self.fsm.store().snapshot())
+            && let Err(violation) = (check.0)(&self.fsm.store().snapshot())
         {
             self.violations.lock().expect("violations poisoned").push(violation);
         }
-        let at = *index;
-        drop(index);
-        let outcome = outcome?;
-        Ok((at, outcome))
+        Ok((*index, outcome?))
     }
 
     /// Run `check` on the state after every commit from now on.
     pub fn set_after_commit(&self, check: Box<StateCheck>) {
-        *self.after_commit.lock().expect("check poisoned") = Some(check);
+        *self.after_commit.lock().expect("check poisoned") = Some(CommitCheck(check));
     }
 
     /// What the after-commit check found so far.
@@ -104,15 +95,35 @@ impl LocalLog {
         self.violations.lock().expect("violations poisoned").clone()
     }
 
+    /// Build a command from the latest state and commit it, with no other
+    /// commit in between (the leader's endpoint write path).
+    pub fn commit_with<E: From<ApplyError>>(&self, build: impl FnOnce(&crate::state::State) -> Result<Command, E>) -> Result<u64, E> {
+        let mut index = self.index.lock().expect("log poisoned");
+        let command = build(&self.fsm.store().snapshot())?;
+        let (at, outcome) = self.apply_locked(&mut index, &command)?;
+        // Route in log order, under the lock; write follow-ups after it.
+        let follow_ups = self.route(&outcome);
+        drop(index);
+        self.write_follow_ups(follow_ups)?;
+        Ok(at)
+    }
+
     /// Commit a command and hand its effects to the broker and blocked evals.
     pub fn commit(&self, command: &Command) -> Result<u64, ApplyError> {
-        let (index, outcome) = self.append(command)?;
+        let mut index = self.index.lock().expect("log poisoned");
+        let (at, outcome) = self.apply_locked(&mut index, command)?;
         let follow_ups = self.route(&outcome);
+        drop(index);
+        self.write_follow_ups(follow_ups)?;
+        Ok(at)
+    }
+
+    fn write_follow_ups(&self, follow_ups: Vec<Evaluation>) -> Result<(), ApplyError> {
         if !follow_ups.is_empty() {
             // Cancellations of duplicate blocked evals: written like any eval.
             self.commit(&Command::EvalUpsert { evals: follow_ups })?;
         }
-        Ok(index)
+        Ok(())
     }
 
     /// The leader's reaction to applied state (Nomad's FSM hooks).
@@ -124,10 +135,10 @@ impl LocalLog {
                 let _ = self.broker.enqueue(eval.clone());
             } else if fsm::should_block(eval) {
                 let out = blocked.block(eval.clone());
-                for ready in out.unblocked {
+                if let Some(ready) = out.enqueue {
                     let _ = self.broker.enqueue(ready);
                 }
-                writes.extend(out.cancel.into_iter().map(|e| cancelled(&e)));
+                writes.extend(out.cancel.map(|e| (*e).clone()));
             } else if eval.status == EvalStatus::Complete && eval.failed_tg_allocs.is_empty() {
                 blocked.untrack(&eval.job_key());
             }
@@ -142,13 +153,6 @@ impl LocalLog {
         }
         writes
     }
-}
-
-fn cancelled(eval: &Evaluation) -> Evaluation {
-    let mut e = eval.clone();
-    e.status = EvalStatus::Canceled;
-    e.status_description = "canceled: a newer blocked eval of the job exists".into();
-    e
 }
 
 impl Committer for LocalLog {
@@ -218,7 +222,7 @@ impl LocalCluster {
     pub fn start(config: LocalConfig, clock: Arc<dyn Clock>) -> LocalCluster {
         let store = Arc::new(StateStore::new());
         let cancel = Cancel::new();
-        let broker = Arc::new(SharedBroker::new(clock.clone(), Default::default()));
+        let broker = Arc::new(SharedBroker::new(BrokerConfig::default(), clock.clone()));
         broker.set_enabled(true);
         let log = Arc::new(LocalLog {
             fsm: Fsm::new(store.clone()),
@@ -251,6 +255,7 @@ impl LocalCluster {
             };
             threads.push(worker.spawn(format!("worker-{i}")));
         }
+        threads.push(broker.spawn_timer(cancel.clone()));
         threads.push(spawn_leader_loop(log.clone(), broker.clone(), clock.clone(), config.seed, cancel.clone()));
         LocalCluster { store, log, broker, plans, worker_stats, clock, ids: Mutex::new(IdGen::with_seed(config.seed ^ 0x5eed)), cancel, threads }
     }
@@ -260,15 +265,20 @@ impl LocalCluster {
     }
 
     /// Validate and register a job with its eval (one log entry).
-    pub fn register_job(&self, job: Job) -> Result<EvalId, WriteError> {
-        validate_job(&job)?;
-        let now = self.clock.now_ns();
-        let mut eval = Evaluation::new(self.ids.lock().expect("ids poisoned").eval(), &job.key(), job.job_type, job.priority, TriggeredBy::JobRegister);
-        eval.create_time_ns = now;
-        eval.modify_time_ns = now;
+    pub fn register_job(&self, job: Job) -> Result<EvalId, EndpointError> {
+        let command = endpoints::register_job(job, self.clock.now_ns(), &mut self.ids.lock().expect("ids poisoned"))?;
+        let Command::JobRegister { eval: Some(eval), .. } = &command else { unreachable!("register_job builds a JobRegister with its eval") };
         let id = eval.id;
-        self.log.commit(&Command::JobRegister { job, eval: Some(eval), now_ns: now })?;
+        self.log.commit(&command)?;
         Ok(id)
+    }
+
+    /// Build a command from the latest state with the endpoint helpers (for
+    /// example `endpoints::update_node_status`) and commit it atomically.
+    pub fn write(&self, build: impl FnOnce(&crate::state::State, &mut IdGen, TimeNs) -> Result<Command, EndpointError>) -> Result<u64, EndpointError> {
+        let now = self.clock.now_ns();
+        let mut ids = self.ids.lock().expect("ids poisoned");
+        self.log.commit_with(|state| build(state, &mut ids, now))
     }
 
     /// A new eval for an existing job (node update, retry).
@@ -320,26 +330,36 @@ impl LocalCluster {
     }
 }
 
-/// Leader duties on a timer: broker timers (nack timeouts, delays), and the
-/// failed queue (mark failed, create the follow-up eval).
+/// Leader duties: write what the broker decided (cancelled duplicates of
+/// pending evals), and drain the failed queue (mark the eval failed, create
+/// its delayed follow-up, then ack it).
 fn spawn_leader_loop(log: Arc<LocalLog>, broker: Arc<SharedBroker>, clock: Arc<dyn Clock>, seed: u64, cancel: Cancel) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("leader".into())
         .spawn(move || {
             let mut ids = IdGen::with_seed(seed ^ 0xfa11);
             let mut rng = fastrand::Rng::with_seed(seed);
+            let delivery_limit = BrokerConfig::default().delivery_limit;
             while cancel.sleep(LEADER_TICK) {
+                let now = clock.now_ns();
                 let mut writes: Vec<Evaluation> = Vec::new();
-                for output in broker.tick_now() {
-                    writes.extend(output.into_writes());
+                for output in broker.take_outputs() {
+                    if let BrokerOutput::Cancel(evals) = output {
+                        writes.extend(evals.iter().map(|e| cancel_update(e, now)));
+                    }
                 }
-                while let Some(failed) = broker.dequeue_failed() {
-                    let (marked, follow_up) = crate::broker::failed_followup(&failed, &mut ids, clock.now_ns(), &mut rng);
+                let mut failed_acks = Vec::new();
+                while let Ok(Some((failed, token))) = broker.dequeue_failed() {
+                    let delay = failed_followup_delay_ns(&mut rng);
+                    let (marked, follow_up) = failed_followup(&failed, &mut ids, now, delay, delivery_limit);
                     writes.push(marked);
                     writes.push(follow_up);
+                    failed_acks.push((failed.id, token));
                 }
-                if !writes.is_empty() {
-                    let _ = log.commit(&Command::EvalUpsert { evals: writes });
+                if !writes.is_empty() && log.commit(&Command::EvalUpsert { evals: writes }).is_ok() {
+                    for (id, token) in failed_acks {
+                        let _ = broker.ack(id, token);
+                    }
                 }
             }
         })

@@ -203,6 +203,10 @@ pub struct EvalBroker {
     unacked: HashMap<EvalId, Unacked, IdBuildHasher>,
     waiting: BinaryHeap<Waiting>,
     failed: VecDeque<Arc<Evaluation>>,
+    /// Evals enqueued again while a worker still holds them (a blocked eval
+    /// re-blocked and released by a capacity change before the worker
+    /// acked): they are enqueued afresh on ack, as Nomad's `requeue`.
+    requeue: HashMap<EvalId, Arc<Evaluation>, IdBuildHasher>,
     seq: u64,
     tokens_issued: u64,
 }
@@ -224,6 +228,7 @@ impl EvalBroker {
             unacked: HashMap::default(),
             waiting: BinaryHeap::new(),
             failed: VecDeque::new(),
+            requeue: HashMap::default(),
             seq: 0,
             tokens_issued: 0,
         }
@@ -257,6 +262,9 @@ impl EvalBroker {
             return Err(BrokerError::BrokerDisabled);
         }
         if self.nacks.contains_key(&eval.id) {
+            if self.unacked.contains_key(&eval.id) {
+                self.requeue.insert(eval.id, eval);
+            }
             return Ok(());
         }
         self.nacks.insert(eval.id, 0);
@@ -329,6 +337,15 @@ impl EvalBroker {
     /// pending eval of its job becomes ready; the other pending ones are
     /// superseded and come back as [`BrokerOutput::Cancel`].
     pub fn ack(&mut self, eval_id: EvalId, token: u64) -> Result<Vec<BrokerOutput>, BrokerError> {
+        let outputs = self.ack_inner(eval_id, token)?;
+        if let Some(again) = self.requeue.remove(&eval_id) {
+            self.nacks.insert(again.id, 0);
+            self.claim_slot_or_pend(again);
+        }
+        Ok(outputs)
+    }
+
+    fn ack_inner(&mut self, eval_id: EvalId, token: u64) -> Result<Vec<BrokerOutput>, BrokerError> {
         let unacked = self.take_unacked(eval_id, token)?;
         let removed = self.nacks.remove(&eval_id);
         assert!(removed.is_some());
@@ -370,6 +387,8 @@ impl EvalBroker {
         now_ns: TimeNs,
     ) -> Result<Vec<BrokerOutput>, BrokerError> {
         let unacked = self.take_unacked(eval_id, token)?;
+        // The nack redelivers the eval anyway.
+        self.requeue.remove(&eval_id);
         let mut outputs = Vec::new();
         self.requeue_nacked(unacked, now_ns, &mut outputs);
         Ok(outputs)
@@ -702,6 +721,19 @@ mod tests {
             ));
         }
         lines.join("\n")
+    }
+
+    #[test]
+    fn enqueue_while_unacked_is_redelivered_after_ack() {
+        let mut broker = enabled();
+        broker.enqueue(eval("a", 1, JobType::Service, 50), T0_NS).unwrap();
+        let (held, token) = broker.dequeue(&[JobType::Service], T0_NS).unwrap().unwrap();
+        // Released from the blocked tracker while the worker still holds it.
+        broker.enqueue(held.clone(), T0_NS).unwrap();
+        assert_eq!(broker.stats().total_ready, 0, "not twice at once");
+        broker.ack(held.id, token).unwrap();
+        let (again, _) = broker.dequeue(&[JobType::Service], T0_NS).unwrap().expect("redelivered");
+        assert_eq!(again.id, held.id);
     }
 
     #[test]

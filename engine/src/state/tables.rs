@@ -101,6 +101,21 @@ pub struct State {
     ready_nodes: Arc<OnceLock<Arc<Vec<Arc<Node>>>>>,
 }
 
+/// Append to a shared id list: in place when this state owns it, else one
+/// copy sized for the result (not `make_mut`'s exact-size clone followed by
+/// a reallocation).
+fn append_ids<K: Clone>(list: &mut IdList<K>, extra: impl ExactSizeIterator<Item = K>) {
+    match Arc::get_mut(list) {
+        Some(owned) => owned.extend(extra),
+        None => {
+            let mut copy = Vec::with_capacity(list.len() + extra.len());
+            copy.extend_from_slice(list);
+            copy.extend(extra);
+            *list = Arc::new(copy);
+        }
+    }
+}
+
 fn table_slot(t: Table) -> usize {
     match t {
         Table::Jobs => 0,
@@ -322,16 +337,14 @@ impl State {
     pub(crate) fn put_new_allocs(&mut self, index: u64, allocs: &[Arc<Allocation>]) {
         for run in allocs.chunk_by(|a, b| a.node_id == b.node_id) {
             let node_id = run[0].node_id;
-            let ids = Arc::make_mut(self.allocs_by_node.entry(node_id).or_default());
-            ids.extend(run.iter().map(|a| a.id));
+            append_ids(self.allocs_by_node.entry(node_id).or_default(), run.iter().map(|a| a.id));
             let usage = Arc::make_mut(self.node_usage.entry(node_id).or_default());
             for alloc in run.iter().filter(|a| !a.is_terminal()) {
                 usage.add(alloc);
             }
         }
         for run in allocs.chunk_by(|a, b| Arc::ptr_eq(&a.job, &b.job)) {
-            let ids = Arc::make_mut(self.allocs_by_job.entry(run[0].job_key()).or_default());
-            ids.extend(run.iter().map(|a| a.id));
+            append_ids(self.allocs_by_job.entry(run[0].job_key()).or_default(), run.iter().map(|a| a.id));
         }
         for alloc in allocs {
             let old = self.allocs.insert(alloc.id, alloc.clone());

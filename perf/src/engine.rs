@@ -1,0 +1,137 @@
+//! The `engine` scenario: register `--nodes` nodes and `--jobs` jobs of
+//! `--count` allocations into an in-process cluster and measure until every
+//! eval is done.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use caravan_engine::clock::SystemClock;
+use caravan_engine::fixtures::{job, node};
+use caravan_engine::fsm::Command;
+use caravan_engine::ids::IdGen;
+use caravan_engine::local::{LocalCluster, LocalConfig};
+use caravan_engine::model::JobType;
+use caravan_engine::state::usage_from_allocs;
+use serde_json::json;
+
+use crate::machine;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct EngineArgs {
+    #[arg(long, default_value_t = 10_000)]
+    nodes: usize,
+    #[arg(long, default_value_t = 1_000)]
+    jobs: usize,
+    #[arg(long, default_value_t = 1_000)]
+    count: u32,
+    /// Scheduler workers; default: one per core.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// `service` or `batch`.
+    #[arg(long, default_value = "service")]
+    job_type: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+    /// Print only the JSON line.
+    #[arg(long)]
+    json: bool,
+    /// Do not write perf/results/.
+    #[arg(long)]
+    no_save: bool,
+}
+
+/// Node size: room for 64 × 1000 = 64,000 allocations of 100 MHz on a
+/// 10,000-node fleet with headroom, so every allocation fits.
+const NODE_CPU_MHZ: u64 = 64_000;
+const NODE_MEMORY_MB: u64 = 256 * 1024;
+const TASK_CPU_MHZ: u32 = 100;
+const TASK_MEMORY_MB: u32 = 128;
+
+pub(crate) fn run(args: &EngineArgs) -> anyhow::Result<()> {
+    let job_type = JobType::parse(&args.job_type).with_context(|| format!("unknown job type {:?}", args.job_type))?;
+    let capacity = args.nodes as u64 * (NODE_CPU_MHZ / u64::from(TASK_CPU_MHZ));
+    let wanted = args.jobs as u64 * u64::from(args.count);
+    if wanted > capacity {
+        bail!("{wanted} allocations cannot fit on {} nodes (capacity {capacity})", args.nodes);
+    }
+    let mut config = LocalConfig::default();
+    if let Some(w) = args.workers {
+        config.workers = w;
+    }
+    let workers = config.workers;
+    let cluster = LocalCluster::start(config, Arc::new(SystemClock));
+    let mut ids = IdGen::with_seed(7);
+    for i in 0..args.nodes {
+        let n = node(&mut ids, &format!("node-{i}"), "dc1", NODE_CPU_MHZ, NODE_MEMORY_MB);
+        cluster.commit(&Command::NodeRegister { node: n, evals: vec![] })?;
+    }
+    let (rss_before_mb, _) = machine::rss_mb();
+    let start = Instant::now();
+    for j in 0..args.jobs {
+        cluster.register_job(job(&format!("job-{j}"), job_type, args.count, TASK_CPU_MHZ, TASK_MEMORY_MB))?;
+    }
+    let idle = cluster.wait_idle(Duration::from_secs(args.timeout_s));
+    let elapsed_s = start.elapsed().as_secs_f64();
+    if !idle {
+        bail!("pipeline not idle after {} s", args.timeout_s);
+    }
+    let (rss_mb, rss_peak_mb) = machine::rss_mb();
+    let snapshot = cluster.store.snapshot();
+    let allocs_placed = snapshot.allocs().filter(|a| !a.is_terminal()).count() as u64;
+    let overcommitted_nodes = snapshot
+        .nodes()
+        .filter(|n| usage_from_allocs(n, snapshot.allocs_by_node(n.id).filter(|a| !a.is_terminal()).map(|a| &**a)).is_err())
+        .count();
+    let mut latencies = cluster.eval_latencies_us();
+    latencies.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i] as f64 / 1000.0
+    };
+    let result = json!({
+        "scenario": "engine",
+        "nodes": args.nodes,
+        "jobs": args.jobs,
+        "count": args.count,
+        "job_type": job_type.as_str(),
+        "workers": workers,
+        "allocs_wanted": wanted,
+        "allocs_placed": allocs_placed,
+        "elapsed_s": (elapsed_s * 1000.0).round() / 1000.0,
+        "placements_per_s": (allocs_placed as f64 / elapsed_s).round(),
+        "evals_processed": cluster.evals_processed(),
+        "eval_latency_ms_p50": pct(0.50),
+        "eval_latency_ms_p99": pct(0.99),
+        "eval_latency_ms_max": pct(1.0),
+        "plan_rejections": cluster.plan_refreshes(),
+        "overcommitted_nodes": overcommitted_nodes,
+        "rss_mb": rss_mb.round(),
+        "rss_peak_mb": rss_peak_mb.round(),
+        "rss_growth_mb": (rss_mb - rss_before_mb).round(),
+        "machine": machine::facts(),
+    });
+    cluster.shutdown();
+    if !args.no_save {
+        let path = machine::result_path("engine");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+        if !args.json {
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{result}");
+    }
+    if allocs_placed != wanted {
+        bail!("placed {allocs_placed} of {wanted} allocations");
+    }
+    Ok(())
+}
