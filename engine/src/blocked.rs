@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::ids::{EvalId, IdBuildHasher, JobKey, NodeId};
-use crate::model::{EvalStatus, Evaluation, JobType};
+use crate::model::{TriggeredBy, EvalStatus, Evaluation, JobType};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tracking {
@@ -139,6 +139,16 @@ impl BlockedEvals {
             Tracking::Captured => may_fit(&b.eval, computed_class),
             Tracking::Node(_) => false,
         })
+    }
+
+    /// Evals blocked because their plans kept being rejected (not for lack
+    /// of capacity): the leader releases them on a timer, as Nomad's
+    /// `UnblockFailed`, since no capacity change may ever come for them.
+    pub fn unblock_failed(&mut self) -> Vec<Arc<Evaluation>> {
+        if !self.enabled {
+            return Vec::new();
+        }
+        self.release(|b| b.eval.triggered_by == TriggeredBy::MaxPlans)
     }
 
     /// A node gained capacity: returns the system evals blocked on it.

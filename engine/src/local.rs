@@ -20,8 +20,12 @@ use crate::state::{Cancel, StateStore};
 use crate::endpoints::{self, EndpointError};
 use crate::worker::{Delivery, LeaderServices, ServiceError, Worker, WorkerConfig, WorkerStats};
 
-/// How often the leader loop drains broker timers and the failed queue.
+/// How often the leader loop drains broker outputs and the failed queue.
 const LEADER_TICK: Duration = Duration::from_millis(20);
+
+/// How often evals blocked by plan conflicts (not capacity) are retried:
+/// Nomad's `failedEvalUnblockInterval`.
+const FAILED_UNBLOCK_INTERVAL_NS: i64 = 60 * crate::model::SECOND_NS;
 
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
@@ -83,6 +87,15 @@ impl LocalLog {
             self.violations.lock().expect("violations poisoned").push(violation);
         }
         Ok((*index, outcome?))
+    }
+
+    /// Release evals blocked by plan conflicts into the broker.
+    pub fn unblock_failed(&self) {
+        let _log = self.index.lock().expect("log poisoned");
+        let released = self.blocked.lock().expect("blocked evals poisoned").unblock_failed();
+        for eval in released {
+            let _ = self.broker.enqueue(eval);
+        }
     }
 
     /// Run `check` on the state after every commit from now on.
@@ -158,6 +171,16 @@ impl LocalLog {
 impl Committer for LocalLog {
     fn commit(&self, command: Command) -> Result<u64, CommitError> {
         LocalLog::commit(self, &command).map_err(|e| CommitError(e.to_string()))
+    }
+
+    fn commit_built(&self, _store: &StateStore, build: &mut dyn FnMut(&crate::state::State) -> Option<Command>) -> Result<Option<u64>, CommitError> {
+        let mut index = self.index.lock().expect("log poisoned");
+        let Some(command) = build(&self.fsm.store().snapshot()) else { return Ok(None) };
+        let (at, outcome) = self.apply_locked(&mut index, &command).map_err(|e| CommitError(e.to_string()))?;
+        let follow_ups = self.route(&outcome);
+        drop(index);
+        self.write_follow_ups(follow_ups).map_err(|e| CommitError(e.to_string()))?;
+        Ok(Some(at))
     }
 }
 
@@ -340,8 +363,13 @@ fn spawn_leader_loop(log: Arc<LocalLog>, broker: Arc<SharedBroker>, clock: Arc<d
             let mut ids = IdGen::with_seed(seed ^ 0xfa11);
             let mut rng = fastrand::Rng::with_seed(seed);
             let delivery_limit = BrokerConfig::default().delivery_limit;
+            let mut last_failed_unblock_ns = clock.now_ns();
             while cancel.sleep(LEADER_TICK) {
                 let now = clock.now_ns();
+                if now - last_failed_unblock_ns >= FAILED_UNBLOCK_INTERVAL_NS {
+                    last_failed_unblock_ns = now;
+                    log.unblock_failed();
+                }
                 let mut writes: Vec<Evaluation> = Vec::new();
                 for output in broker.take_outputs() {
                     if let BrokerOutput::Cancel(evals) = output {

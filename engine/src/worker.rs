@@ -268,7 +268,8 @@ impl Worker {
             done.status = EvalStatus::Failed;
             done.status_description = format!("maximum plan attempts reached ({})", max_plan_attempts(eval.job_type)).into();
         }
-        match &outcome.blocked_eval {
+        let max_plans_blocked = (out_of_attempts && outcome.blocked_eval.is_none()).then(|| max_plans_blocked_eval(eval, snapshot_index, now));
+        match max_plans_blocked.as_ref().or(outcome.blocked_eval.as_ref()) {
             // Re-blocking the same eval replaces its completion.
             Some(blocked) if blocked.id == eval.id => evals.push(blocked.clone()),
             Some(blocked) => {
@@ -280,6 +281,24 @@ impl Worker {
         evals.extend(outcome.followup_evals.iter().cloned());
         self.leader.upsert_evals(evals).map(|_| ()).map_err(|_| Interrupted::Service)
     }
+}
+
+/// After too many rejected plans, a blocked eval that any capacity change,
+/// or the leader's periodic retry, releases (Nomad's `createBlockedEval(true)`).
+fn max_plans_blocked_eval(eval: &Evaluation, snapshot_index: u64, now_ns: i64) -> Evaluation {
+    let mut blocked = eval.clone();
+    // Deterministic, like every id the scheduler path creates.
+    blocked.id = crate::ids::IdGen::with_seed(!crate::scheduler::run_seed(eval.id, snapshot_index)).eval();
+    blocked.status = EvalStatus::Blocked;
+    blocked.triggered_by = crate::model::TriggeredBy::MaxPlans;
+    blocked.status_description = "created due to placement conflicts".into();
+    blocked.previous_eval = Some(eval.id);
+    blocked.escaped_computed_class = true;
+    blocked.snapshot_index = snapshot_index;
+    blocked.create_time_ns = now_ns;
+    blocked.modify_time_ns = now_ns;
+    blocked.failed_tg_allocs.clear();
+    blocked
 }
 
 #[derive(Debug)]

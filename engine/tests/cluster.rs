@@ -12,6 +12,7 @@ use caravan_engine::endpoints;
 use caravan_engine::fsm::Command;
 use caravan_engine::ids::IdGen;
 use caravan_engine::local::{LocalCluster, LocalConfig};
+use caravan_engine::plan::Pipelining;
 use caravan_engine::model::*;
 use caravan_engine::state::{usage_from_allocs, State};
 use caravan_engine::worker::WorkerConfig;
@@ -125,5 +126,35 @@ fn invalid_job_is_refused_and_changes_nothing() {
     assert!(err.contains("priority"), "{err}");
     assert!(err.contains("memory"), "{err}");
     assert_eq!(cluster.store.snapshot().index(), before);
+    cluster.shutdown();
+}
+
+#[test]
+fn overlapped_applier_never_over_commits() {
+    let clock = ManualClock::new(1_700_000_000 * SECOND_NS);
+    let config = LocalConfig { workers: 3, seed: 5, pipelining: Pipelining::Overlap, ..LocalConfig::default() };
+    let cluster = LocalCluster::start(config, Arc::new(clock));
+    cluster.log.set_after_commit(Box::new(check_invariants));
+    let mut ids = IdGen::with_seed(3);
+    for i in 0..200 {
+        let n = node(&mut ids, &format!("n{i}"), "dc1", 2000, 4096);
+        cluster.commit(&Command::NodeRegister { node: n, evals: vec![] }).unwrap();
+    }
+    // 60 jobs x 10 x 500 MHz = 300,000 MHz asked of 400,000: tight enough
+    // that parallel plans collide and the applier has to reject some.
+    let mut keys = Vec::new();
+    for j in 0..60 {
+        let spec = job(&format!("j{j}"), JobType::Batch, 10, 500, 256);
+        keys.push(spec.key());
+        cluster.register_job(spec).unwrap();
+    }
+    assert!(cluster.wait_idle(IDLE_TIMEOUT));
+    assert_eq!(cluster.log.invariant_violations(), Vec::<String>::new());
+    let snapshot = cluster.store.snapshot();
+    for k in &keys {
+        let live = snapshot.allocs_by_job(k).filter(|a| !a.is_terminal()).count();
+        let evals: Vec<String> = snapshot.evals_by_job(k).map(|e| format!("{:?} {:?} {:?} q={:?} failed={:?}", e.triggered_by, e.status, e.status_description, e.queued_allocations, e.failed_tg_allocs.values().map(|m| m.summary()).collect::<Vec<_>>())).collect();
+        assert_eq!(live, 10, "job {k}: {evals:#?}");
+    }
     cluster.shutdown();
 }

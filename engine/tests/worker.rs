@@ -212,6 +212,8 @@ fn plan_attempts_are_bounded() {
     assert_eq!(leader.submits.load(Ordering::SeqCst), 5, "service evals get 5 plan attempts");
     let upserts = leader.upserts.lock().unwrap().clone();
     assert_eq!(upserts[0].status, EvalStatus::Failed);
+    assert_eq!(upserts[1].status, EvalStatus::Blocked, "retried when capacity changes or on the leader's timer");
+    assert_eq!(upserts[1].triggered_by, TriggeredBy::MaxPlans);
     cancel.cancel();
     handle.join().unwrap();
 }

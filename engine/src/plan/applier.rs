@@ -22,6 +22,17 @@ pub trait Committer: Send + Sync + std::fmt::Debug {
     /// Commit `command` and return the index it was applied at, after the
     /// local state store has applied it.
     fn commit(&self, command: Command) -> Result<u64, CommitError>;
+
+    /// Build a command from the latest state and commit it with no other
+    /// write in between; `None` from `build` commits nothing. A log that can
+    /// do this (in-process) makes plan evaluation and commit atomic; raft
+    /// cannot, and keeps the default, which reads a snapshot first.
+    fn commit_built(&self, store: &StateStore, build: &mut dyn FnMut(&State) -> Option<Command>) -> Result<Option<u64>, CommitError> {
+        match build(&store.snapshot()) {
+            Some(command) => self.commit(command).map(Some),
+            None => Ok(None),
+        }
+    }
 }
 
 /// How long the applier waits for a plan before re-checking for shutdown.
@@ -87,26 +98,30 @@ fn serial_loop(queue: &PlanQueue, store: &StateStore, committer: &dyn Committer,
     let mut ids = IdGen::with_seed(seed);
     while !cancel.is_cancelled() {
         let Some(pending) = queue.dequeue(DEQUEUE_SLICE, cancel) else { continue };
-        let snapshot = store.snapshot();
-        let (mut result, _rejections) = evaluate_plan(&snapshot, &pending.plan);
-        let answer = if result.is_no_op() {
-            if !result.rejected_nodes.is_empty() {
-                result.refresh_index = snapshot.index();
-            }
-            Ok(result)
-        } else {
-            let evals = preemption_evals(&snapshot, &pending.plan, &result, &mut ids, clock.now_ns());
-            let command = Command::ApplyPlanResults(plan_applied(&pending.plan, &result, evals, clock.now_ns()));
-            match committer.commit(command) {
-                Ok(index) => {
+        let mut result = PlanResult::default();
+        let mut seen_index = 0;
+        let now = clock.now_ns();
+        let committed = committer.commit_built(store, &mut |state: &State| {
+            let (evaluated, _rejections) = evaluate_plan(state, &pending.plan);
+            result = evaluated;
+            seen_index = state.index();
+            (!result.is_no_op()).then(|| {
+                let evals = preemption_evals(state, &pending.plan, &result, &mut ids, now);
+                Command::ApplyPlanResults(plan_applied(&pending.plan, &result, evals, now))
+            })
+        });
+        let answer = match committed {
+            Ok(index) => {
+                let index = index.unwrap_or(seen_index);
+                if index > seen_index {
                     result.alloc_index = index;
-                    if !result.rejected_nodes.is_empty() {
-                        result.refresh_index = index;
-                    }
-                    Ok(result)
                 }
-                Err(e) => Err(PlanError::CommitFailed(e.0)),
+                if !result.rejected_nodes.is_empty() {
+                    result.refresh_index = index;
+                }
+                Ok(result)
             }
+            Err(e) => Err(PlanError::CommitFailed(e.0)),
         };
         let _ = pending.respond.send(answer);
     }
@@ -136,14 +151,16 @@ fn apply_loop(
             let evals = preemption_evals(&base, &pending.plan, &result, &mut ids, clock.now_ns());
             Command::ApplyPlanResults(plan_applied(&pending.plan, &result, evals, clock.now_ns()))
         });
-        if let Some(cmd) = &command {
-            let mut next = base;
-            let index = next.index() + 1;
-            match fsm::apply_to(&mut next, index, cmd) {
-                Ok(_) => optimistic = Some(next),
-                Err(_) => optimistic = None,
+        // The next plan evaluated while this one is in flight must see
+        // this one's result on top of the same base, committed or not.
+        optimistic = match &command {
+            Some(cmd) => {
+                let mut next = base;
+                let index = next.index() + 1;
+                fsm::apply_to(&mut next, index, cmd).ok().map(|_| next)
             }
-        }
+            None => Some(base),
+        };
         in_flight.fetch_add(1, Ordering::SeqCst);
         if tx.send(InFlight { pending, result, command }).is_err() {
             return;
