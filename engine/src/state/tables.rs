@@ -87,10 +87,11 @@ pub struct State {
     table_index: [u64; TABLES],
     jobs: OrdMap<JobKey, Arc<Job>>,
     job_versions: HashMap<JobKey, Vector<Arc<Job>>>,
-    nodes: OrdMap<NodeId, Arc<Node>>,
-    node_usage: IdMap<NodeId, Arc<NodeUsage>>,
+    nodes: IdMap<NodeId, Arc<Node>>,
+    /// Per node: what its live allocations hold and the ids of all its
+    /// allocations, in one record so a plan touches one map entry per node.
+    node_slots: IdMap<NodeId, Arc<NodeSlot>>,
     allocs: IdMap<AllocId, Arc<Allocation>>,
-    allocs_by_node: IdMap<NodeId, IdList<AllocId>>,
     allocs_by_job: HashMap<JobKey, IdList<AllocId>>,
     evals: IdMap<EvalId, Arc<Evaluation>>,
     evals_by_job: HashMap<JobKey, IdList<EvalId>>,
@@ -99,6 +100,9 @@ pub struct State {
     /// Nodes ready for placement, in id order, computed on first use after
     /// any node write and shared by every snapshot until the next one.
     ready_nodes: Arc<OnceLock<Arc<Vec<Arc<Node>>>>>,
+    /// All nodes in id order, cached the same way (a hash map is faster
+    /// for lookups; callers that iterate want a stable order).
+    sorted_nodes: Arc<OnceLock<Arc<Vec<Arc<Node>>>>>,
 }
 
 /// Append to a shared id list: in place when this state owns it, else one
@@ -114,6 +118,13 @@ fn append_ids<K: Clone>(list: &mut IdList<K>, extra: impl ExactSizeIterator<Item
             *list = Arc::new(copy);
         }
     }
+}
+
+/// One node's allocations and their usage.
+#[derive(Debug, Clone, Default)]
+struct NodeSlot {
+    usage: NodeUsage,
+    alloc_ids: Vec<AllocId>,
 }
 
 fn table_slot(t: Table) -> usize {
@@ -169,13 +180,21 @@ impl State {
 
     /// Nodes in id order.
     pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> + '_ {
-        self.nodes.values()
+        self.sorted_nodes().iter()
+    }
+
+    fn sorted_nodes(&self) -> &Arc<Vec<Arc<Node>>> {
+        self.sorted_nodes.get_or_init(|| {
+            let mut all: Vec<Arc<Node>> = self.nodes.values().cloned().collect();
+            all.sort_unstable_by_key(|n| n.id);
+            Arc::new(all)
+        })
     }
 
     /// Nodes that accept new allocations (ready, eligible, not draining),
     /// in id order. Cached per node-table version.
     pub fn ready_nodes(&self) -> &Arc<Vec<Arc<Node>>> {
-        self.ready_nodes.get_or_init(|| Arc::new(self.nodes.values().filter(|n| n.ready_for_placement()).cloned().collect()))
+        self.ready_nodes.get_or_init(|| Arc::new(self.sorted_nodes().iter().filter(|n| n.ready_for_placement()).cloned().collect()))
     }
 
     pub fn node_count(&self) -> usize {
@@ -184,7 +203,7 @@ impl State {
 
     /// What the non-terminal allocations on the node hold.
     pub fn node_usage(&self, id: NodeId) -> Option<&NodeUsage> {
-        self.node_usage.get(&id).map(|u| &**u)
+        self.node_slots.get(&id).map(|s| &s.usage)
     }
 
     pub fn alloc(&self, id: AllocId) -> Option<&Arc<Allocation>> {
@@ -201,12 +220,12 @@ impl State {
 
     /// Allocations on a node, in no particular (but deterministic) order.
     pub fn allocs_by_node(&self, id: NodeId) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
-        self.allocs_by_node.get(&id).into_iter().flat_map(|ids| ids.iter()).filter_map(|a| self.allocs.get(a))
+        self.node_slots.get(&id).into_iter().flat_map(|s| s.alloc_ids.iter()).filter_map(|a| self.alloc(*a))
     }
 
     /// Allocations of a job (every version), in no particular order.
     pub fn allocs_by_job(&self, key: &JobKey) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
-        self.allocs_by_job.get(key).into_iter().flat_map(|ids| ids.iter()).filter_map(|a| self.allocs.get(a))
+        self.allocs_by_job.get(key).into_iter().flat_map(|ids| ids.iter()).filter_map(|a| self.alloc(*a))
     }
 
     pub fn eval(&self, id: EvalId) -> Option<&Arc<Evaluation>> {
@@ -285,15 +304,17 @@ impl State {
     }
 
     pub(crate) fn put_node(&mut self, index: u64, node: Arc<Node>) {
-        self.node_usage.entry(node.id).or_default();
+        self.node_slots.entry(node.id).or_default();
         self.nodes.insert(node.id, node);
         self.ready_nodes = Default::default();
+        self.sorted_nodes = Default::default();
         self.touch(Table::Nodes, index);
     }
 
     pub(crate) fn remove_node(&mut self, index: u64, id: NodeId) -> Option<Arc<Node>> {
         let removed = self.nodes.remove(&id);
         self.ready_nodes = Default::default();
+        self.sorted_nodes = Default::default();
         self.touch(Table::Nodes, index);
         removed
     }
@@ -324,7 +345,7 @@ impl State {
         let old = self.allocs.insert(alloc.id, alloc.clone());
         self.adjust_usage(old.as_deref(), Some(&alloc));
         if old.is_none() {
-            Arc::make_mut(self.allocs_by_node.entry(alloc.node_id).or_default()).push(alloc.id);
+            Arc::make_mut(self.node_slots.entry(alloc.node_id).or_default()).alloc_ids.push(alloc.id);
             Arc::make_mut(self.allocs_by_job.entry(alloc.job_key()).or_default()).push(alloc.id);
         }
         self.touch(Table::Allocs, index);
@@ -336,11 +357,10 @@ impl State {
     /// allocations grouped by node, so runs are long.
     pub(crate) fn put_new_allocs(&mut self, index: u64, allocs: &[Arc<Allocation>]) {
         for run in allocs.chunk_by(|a, b| a.node_id == b.node_id) {
-            let node_id = run[0].node_id;
-            append_ids(self.allocs_by_node.entry(node_id).or_default(), run.iter().map(|a| a.id));
-            let usage = Arc::make_mut(self.node_usage.entry(node_id).or_default());
+            let slot = Arc::make_mut(self.node_slots.entry(run[0].node_id).or_default());
+            slot.alloc_ids.extend(run.iter().map(|a| a.id));
             for alloc in run.iter().filter(|a| !a.is_terminal()) {
-                usage.add(alloc);
+                slot.usage.add(alloc);
             }
         }
         for run in allocs.chunk_by(|a, b| Arc::ptr_eq(&a.job, &b.job)) {
@@ -356,8 +376,8 @@ impl State {
     pub(crate) fn remove_alloc(&mut self, index: u64, id: AllocId) {
         if let Some(old) = self.allocs.remove(&id) {
             self.adjust_usage(Some(&old), None);
-            if let Some(list) = self.allocs_by_node.get_mut(&old.node_id) {
-                Arc::make_mut(list).retain(|a| *a != id);
+            if let Some(slot) = self.node_slots.get_mut(&old.node_id) {
+                Arc::make_mut(slot).alloc_ids.retain(|a| *a != id);
             }
             let key = old.job_key();
             if let Some(list) = self.allocs_by_job.get_mut(&key) {
@@ -376,7 +396,7 @@ impl State {
             return;
         }
         let node_id = old.or(new).map(|a| a.node_id).expect("one side is set");
-        let usage = Arc::make_mut(self.node_usage.entry(node_id).or_default());
+        let usage = &mut Arc::make_mut(self.node_slots.entry(node_id).or_default()).usage;
         if let Some(old) = old {
             usage.remove(old);
         }
