@@ -116,8 +116,13 @@ impl IdGen {
     pub fn node(&mut self) -> NodeId {
         NodeId(self.next_u128())
     }
-    pub fn alloc(&mut self) -> AllocId {
-        AllocId(self.next_u128())
+    /// An allocation id for a job: its high word carries the job's tag, so
+    /// the state store finds the allocation inside its job's table.
+    pub fn alloc_for(&mut self, job: &JobKey) -> AllocId {
+        let random = self.next_u128();
+        let tagged = (u128::from(job.tag()) << 64) | (random & u128::from(u64::MAX));
+        // Keep the version nibble of a v4 UUID in place.
+        AllocId((tagged & !(0xF << 76)) | (0x4 << 76))
     }
     pub fn eval(&mut self) -> EvalId {
         EvalId(self.next_u128())
@@ -137,6 +142,31 @@ pub struct JobKey {
 impl JobKey {
     pub fn new(namespace: &str, id: &str) -> JobKey {
         JobKey { namespace: namespace.into(), id: id.into() }
+    }
+}
+
+/// The bits of the high word of an allocation id that carry the job tag
+/// (all but the UUID version nibble).
+const JOB_TAG_MASK: u64 = !(0xF << 12);
+
+impl JobKey {
+    /// A 64-bit hash of the key (FNV-1a), masked to the bits an allocation
+    /// id can carry. Equal keys, equal tags, on every server and run.
+    pub fn tag(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.namespace.bytes().chain(std::iter::once(0)).chain(self.id.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+        h & JOB_TAG_MASK
+    }
+}
+
+impl AllocId {
+    /// The job tag this id carries (see [`IdGen::alloc_for`]).
+    pub fn job_tag(self) -> u64 {
+        let whole = self.0;
+        ((whole >> 64) as u64) & JOB_TAG_MASK
     }
 }
 
@@ -193,7 +223,9 @@ mod tests {
     #[test]
     fn uuid_round_trip() {
         let mut ids = IdGen::with_seed(7);
-        let id = ids.alloc();
+        let key = JobKey::new("default", "web");
+        let id = ids.alloc_for(&key);
+        assert_eq!(id.job_tag(), key.tag());
         let text = id.to_string();
         assert_eq!(text.len(), 36);
         assert_eq!(text.as_bytes()[14], b'4', "version nibble");

@@ -18,6 +18,8 @@ pub enum NodeRejection {
     NodeNotReady(NodeId),
     #[error("node {node}: {fit}")]
     DoesNotFit { node: NodeId, fit: FitError },
+    #[error("allocation {0} does not carry its job's tag")]
+    UntaggedAlloc(crate::ids::AllocId),
 }
 
 /// Check one node's part of `plan` against `state`.
@@ -29,6 +31,9 @@ pub fn evaluate_node(state: &State, plan: &Plan, node_id: NodeId) -> Result<(), 
     };
     // The scheduler leaves `create_index` at 0 on allocations it creates;
     // updates carry the index of the allocation they update.
+    if let Some(bad) = new_allocs.iter().find(|a| a.id.job_tag() != a.job.key().tag()) {
+        return Err(NodeRejection::UntaggedAlloc(bad.id));
+    }
     let places_new = new_allocs.iter().any(|a| a.create_index == 0);
     if places_new && !node.ready_for_placement() {
         return Err(NodeRejection::NodeNotReady(node_id));

@@ -168,7 +168,7 @@ fn build_alloc(
         _ => None,
     };
     Arc::new(Allocation {
-        id: ids.alloc(),
+        id: ids.alloc_for(&job.key()),
         eval_id: eval.id,
         node_id: selection.node.id,
         job: job.clone(),

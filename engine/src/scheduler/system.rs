@@ -162,7 +162,7 @@ fn place_on<'a>(
         Ok(selection) => {
             stack.commit(gi, &selection);
             let alloc = Arc::new(Allocation {
-                id: ids.alloc(),
+                id: ids.alloc_for(&job.key()),
                 eval_id: eval.id,
                 node_id: node.id,
                 job: job.clone(),

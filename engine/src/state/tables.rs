@@ -91,8 +91,12 @@ pub struct State {
     /// Per node: what its live allocations hold and the ids of all its
     /// allocations, in one record so a plan touches one map entry per node.
     node_slots: IdMap<NodeId, Arc<NodeSlot>>,
-    allocs: IdMap<AllocId, Arc<Allocation>>,
-    allocs_by_job: HashMap<JobKey, IdList<AllocId>>,
+    /// Allocations, partitioned by job: a plan writes one job's table, so
+    /// copy-on-write copies a small map instead of paths through one map of
+    /// every allocation. Ids carry their job's tag to find the table.
+    allocs: HashMap<JobKey, IdMap<AllocId, Arc<Allocation>>>,
+    jobs_by_tag: HashMap<u64, IdList<JobKey>>,
+    alloc_count: usize,
     evals: IdMap<EvalId, Arc<Evaluation>>,
     evals_by_job: HashMap<JobKey, IdList<EvalId>>,
     deployments: IdMap<DeploymentId, Arc<Deployment>>,
@@ -207,15 +211,16 @@ impl State {
     }
 
     pub fn alloc(&self, id: AllocId) -> Option<&Arc<Allocation>> {
-        self.allocs.get(&id)
+        let jobs = self.jobs_by_tag.get(&id.job_tag())?;
+        jobs.iter().find_map(|key| self.allocs.get(key)?.get(&id))
     }
 
     pub fn allocs(&self) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
-        self.allocs.values()
+        self.allocs.values().flat_map(|table| table.values())
     }
 
     pub fn alloc_count(&self) -> usize {
-        self.allocs.len()
+        self.alloc_count
     }
 
     /// Allocations on a node, in no particular (but deterministic) order.
@@ -225,7 +230,7 @@ impl State {
 
     /// Allocations of a job (every version), in no particular order.
     pub fn allocs_by_job(&self, key: &JobKey) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
-        self.allocs_by_job.get(key).into_iter().flat_map(|ids| ids.iter()).filter_map(|a| self.alloc(*a))
+        self.allocs.get(key).into_iter().flat_map(|table| table.values())
     }
 
     pub fn eval(&self, id: EvalId) -> Option<&Arc<Evaluation>> {
@@ -342,11 +347,11 @@ impl State {
     /// Insert or replace an allocation, keeping the indexes and the node's
     /// usage in step: usage counts an allocation while it is non-terminal.
     pub(crate) fn put_alloc(&mut self, index: u64, alloc: Arc<Allocation>) {
-        let old = self.allocs.insert(alloc.id, alloc.clone());
+        let old = self.job_table(&alloc.job_key()).insert(alloc.id, alloc.clone());
         self.adjust_usage(old.as_deref(), Some(&alloc));
         if old.is_none() {
+            self.alloc_count += 1;
             Arc::make_mut(self.node_slots.entry(alloc.node_id).or_default()).alloc_ids.push(alloc.id);
-            Arc::make_mut(self.allocs_by_job.entry(alloc.job_key()).or_default()).push(alloc.id);
         }
         self.touch(Table::Allocs, index);
     }
@@ -364,30 +369,46 @@ impl State {
             }
         }
         for run in allocs.chunk_by(|a, b| Arc::ptr_eq(&a.job, &b.job)) {
-            append_ids(self.allocs_by_job.entry(run[0].job_key()).or_default(), run.iter().map(|a| a.id));
+            let table = self.job_table(&run[0].job_key());
+            for alloc in run {
+                let old = table.insert(alloc.id, alloc.clone());
+                assert!(old.is_none(), "put_new_allocs given an existing allocation {}", alloc.id);
+            }
         }
-        for alloc in allocs {
-            let old = self.allocs.insert(alloc.id, alloc.clone());
-            assert!(old.is_none(), "put_new_allocs given an existing allocation {}", alloc.id);
-        }
+        self.alloc_count += allocs.len();
         self.touch(Table::Allocs, index);
     }
 
     pub(crate) fn remove_alloc(&mut self, index: u64, id: AllocId) {
-        if let Some(old) = self.allocs.remove(&id) {
+        if let Some(old) = self.alloc(id).cloned() {
+            let key = old.job_key();
+            if let Some(table) = self.allocs.get_mut(&key) {
+                table.remove(&id);
+                if table.is_empty() {
+                    self.allocs.remove(&key);
+                    if let Some(keys) = self.jobs_by_tag.get_mut(&key.tag()) {
+                        Arc::make_mut(keys).retain(|k| *k != key);
+                        if keys.is_empty() {
+                            self.jobs_by_tag.remove(&key.tag());
+                        }
+                    }
+                }
+            }
+            self.alloc_count -= 1;
             self.adjust_usage(Some(&old), None);
             if let Some(slot) = self.node_slots.get_mut(&old.node_id) {
                 Arc::make_mut(slot).alloc_ids.retain(|a| *a != id);
             }
-            let key = old.job_key();
-            if let Some(list) = self.allocs_by_job.get_mut(&key) {
-                Arc::make_mut(list).retain(|a| *a != id);
-                if list.is_empty() {
-                    self.allocs_by_job.remove(&key);
-                }
-            }
         }
         self.touch(Table::Allocs, index);
+    }
+
+    /// The job's allocation table, created (and its tag indexed) on first use.
+    fn job_table(&mut self, key: &JobKey) -> &mut IdMap<AllocId, Arc<Allocation>> {
+        if !self.allocs.contains_key(key) {
+            append_ids(self.jobs_by_tag.entry(key.tag()).or_default(), std::iter::once(key.clone()));
+        }
+        self.allocs.entry(key.clone()).or_default()
     }
 
     fn adjust_usage(&mut self, old: Option<&Allocation>, new: Option<&Allocation>) {
