@@ -39,7 +39,9 @@ pub struct LocalConfig {
 impl Default for LocalConfig {
     fn default() -> Self {
         LocalConfig {
-            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            // One more worker than cores: a worker waiting for its plan to
+            // commit leaves its core to another that is scheduling.
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()) + 1,
             worker: WorkerConfig::default(),
             seed: 1,
             pipelining: Pipelining::Serial,

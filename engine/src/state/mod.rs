@@ -7,6 +7,7 @@
 //! half a batch.
 
 mod cancel;
+mod chunks;
 mod tables;
 mod usage;
 

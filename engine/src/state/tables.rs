@@ -128,7 +128,7 @@ fn append_ids<K: Clone>(list: &mut IdList<K>, extra: impl ExactSizeIterator<Item
 #[derive(Debug, Clone, Default)]
 struct NodeSlot {
     usage: NodeUsage,
-    alloc_ids: Vec<AllocId>,
+    alloc_ids: super::chunks::Chunked<AllocId>,
 }
 
 fn table_slot(t: Table) -> usize {
@@ -397,7 +397,7 @@ impl State {
             self.alloc_count -= 1;
             self.adjust_usage(Some(&old), None);
             if let Some(slot) = self.node_slots.get_mut(&old.node_id) {
-                Arc::make_mut(slot).alloc_ids.retain(|a| *a != id);
+                Arc::make_mut(slot).alloc_ids.remove(&id);
             }
         }
         self.touch(Table::Allocs, index);
