@@ -82,5 +82,41 @@ fn plan_apply(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, scoring, snapshots, plan_apply);
+fn broker(c: &mut Criterion) {
+    use caravan_engine::broker::{BrokerConfig, EvalBroker};
+    use caravan_engine::ids::{IdGen, JobKey};
+    use caravan_engine::model::{Evaluation, TriggeredBy};
+    const EVALS: usize = 1000;
+    let mut ids = IdGen::with_seed(9);
+    let evals: Vec<Arc<Evaluation>> = (0..EVALS)
+        .map(|i| {
+            let key = JobKey::new("default", &format!("job-{i}"));
+            Arc::new(Evaluation::new(ids.eval(), &key, JobType::Service, (i % 100) as u8 + 1, TriggeredBy::JobRegister))
+        })
+        .collect();
+    let mut group = c.benchmark_group("broker");
+    group.throughput(Throughput::Elements(EVALS as u64));
+    group.bench_function("enqueue_dequeue_ack_1000", |b| {
+        b.iter_batched(
+            || {
+                let mut broker = EvalBroker::new(BrokerConfig::default());
+                broker.set_enabled(true);
+                broker
+            },
+            |mut broker| {
+                for e in &evals {
+                    broker.enqueue(e.clone(), 0).unwrap();
+                }
+                while let Some((eval, token)) = broker.dequeue(&[JobType::Service], 0).unwrap() {
+                    broker.ack(eval.id, token).unwrap();
+                }
+                broker
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, scoring, snapshots, plan_apply, broker);
 criterion_main!(benches);
