@@ -11,7 +11,7 @@ use caravan_engine::model::{Allocation, Job, JobType};
 use caravan_engine::plan::evaluate::{evaluate_plan, plan_applied};
 use caravan_engine::scheduler::{self, probe::Probe};
 use caravan_engine::sim::SimCluster;
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 const FLEET_NODES: usize = 10_000;
 
@@ -48,7 +48,9 @@ fn scoring(c: &mut Criterion) {
     c.bench_function("select_one_placement_10k_nodes", |b| b.iter(|| black_box(probe.select())));
     // A whole scheduler run for one allocation: candidate list, shuffle,
     // reconcile, select. The per-eval overhead a small job pays.
-    c.bench_function("schedule_count_1_job_10k_nodes", |b| b.iter(|| black_box(scheduler::schedule(&snapshot, &single_eval, 0).unwrap())));
+    c.bench_function("schedule_count_1_job_10k_nodes", |b| {
+        b.iter(|| black_box(scheduler::schedule(&snapshot, &single_eval, 0).unwrap()))
+    });
 }
 
 fn snapshots(c: &mut Criterion) {

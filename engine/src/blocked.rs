@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::ids::{EvalId, IdBuildHasher, JobKey, NodeId};
-use crate::model::{TriggeredBy, EvalStatus, Evaluation, JobType};
+use crate::model::{EvalStatus, Evaluation, JobType, TriggeredBy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tracking {
@@ -89,11 +89,7 @@ impl BlockedEvals {
     /// the newest; an eval that already missed a capacity change comes back
     /// to enqueue instead. Ignored while disabled (the eval stays in raft).
     pub fn block(&mut self, eval: Arc<Evaluation>) -> BlockOutcome {
-        assert_eq!(
-            eval.status,
-            EvalStatus::Blocked,
-            "only blocked evals are tracked"
-        );
+        assert_eq!(eval.status, EvalStatus::Blocked, "only blocked evals are tracked");
         let mut outcome = BlockOutcome::default();
         if !self.enabled || self.blocked.contains_key(&eval.id) {
             return outcome;
@@ -171,17 +167,12 @@ impl BlockedEvals {
     }
 
     pub fn stats(&self) -> BlockedStats {
-        let count =
-            |f: fn(&Tracking) -> bool| self.blocked.values().filter(|b| f(&b.tracking)).count();
+        let count = |f: fn(&Tracking) -> bool| self.blocked.values().filter(|b| f(&b.tracking)).count();
         BlockedStats {
             total_blocked: self.blocked.len(),
             total_escaped: count(|t| *t == Tracking::Escaped),
             total_by_node: count(|t| matches!(t, Tracking::Node(_))),
-            blocked_by_job: self
-                .jobs
-                .iter()
-                .map(|(job, id)| (job.clone(), *id))
-                .collect(),
+            blocked_by_job: self.jobs.iter().map(|(job, id)| (job.clone(), *id)).collect(),
         }
     }
 
@@ -194,16 +185,10 @@ impl BlockedEvals {
     }
 
     fn release(&mut self, unblocks: impl Fn(&Blocked) -> bool) -> Vec<Arc<Evaluation>> {
-        let mut ids: Vec<(u64, EvalId)> = self
-            .blocked
-            .values()
-            .filter(|b| unblocks(b))
-            .map(|b| (b.eval.create_index, b.eval.id))
-            .collect();
+        let mut ids: Vec<(u64, EvalId)> =
+            self.blocked.values().filter(|b| unblocks(b)).map(|b| (b.eval.create_index, b.eval.id)).collect();
         ids.sort_unstable();
-        ids.into_iter()
-            .map(|(_, id)| Arc::new(pending(&self.remove(id))))
-            .collect()
+        ids.into_iter().map(|(_, id)| Arc::new(pending(&self.remove(id)))).collect()
     }
 
     fn remove(&mut self, eval_id: EvalId) -> Arc<Evaluation> {
@@ -228,11 +213,7 @@ fn pending(eval: &Evaluation) -> Evaluation {
 fn duplicate(eval: &Evaluation) -> Evaluation {
     let mut canceled = eval.clone();
     canceled.status = EvalStatus::Canceled;
-    canceled.status_description = format!(
-        "existing blocked evaluation exists for job {:?}",
-        eval.job_id
-    )
-    .into();
+    canceled.status_description = format!("existing blocked evaluation exists for job {:?}", eval.job_id).into();
     canceled
 }
 
@@ -246,13 +227,8 @@ mod tests {
     /// `[(class, eligible)]`; `escaped` when `None`.
     fn blocked(job: &str, n: u64, classes: Option<&[(u64, bool)]>) -> Arc<Evaluation> {
         let id = EvalId(u128::from(n) << 96 | 1);
-        let mut eval = Evaluation::new(
-            id,
-            &JobKey::new("default", job),
-            JobType::Service,
-            50,
-            TriggeredBy::JobRegister,
-        );
+        let mut eval =
+            Evaluation::new(id, &JobKey::new("default", job), JobType::Service, 50, TriggeredBy::JobRegister);
         eval.status = EvalStatus::Blocked;
         eval.create_index = n;
         eval.modify_index = n;
@@ -272,11 +248,7 @@ mod tests {
                 format!("{}#{}", e.job_id, e.create_index)
             })
             .collect();
-        if names.is_empty() {
-            "-".to_string()
-        } else {
-            names.join(" ")
-        }
+        if names.is_empty() { "-".to_string() } else { names.join(" ") }
     }
 
     fn enabled() -> BlockedEvals {
@@ -296,16 +268,10 @@ mod tests {
         ] {
             assert_eq!(tracker.block(eval), BlockOutcome::default());
         }
-        assert_eq!(
-            (tracker.stats().total_blocked, tracker.stats().total_escaped),
-            (4, 1)
-        );
+        assert_eq!((tracker.stats().total_blocked, tracker.stats().total_escaped), (4, 1));
         let mut log = Vec::new();
         for (class, index) in [(2, 10), (3, 11), (1, 12)] {
-            log.push(format!(
-                "unblock class {class} @{index}: {}",
-                names(&tracker.unblock(class, index))
-            ));
+            log.push(format!("unblock class {class} @{index}: {}", names(&tracker.unblock(class, index))));
         }
         // a is ineligible for classes 2 and 3 and stays blocked until class 1;
         // b says class 2 fits; escaped c and class-agnostic d fit anything.
@@ -326,26 +292,15 @@ mod tests {
         let newer = blocked("j1", 7, Some(&[]));
         let outcome = tracker.block(newer.clone());
         let canceled = outcome.cancel.expect("older one canceled");
-        assert_eq!(
-            (canceled.id, canceled.status),
-            (first.id, EvalStatus::Canceled)
-        );
-        assert_eq!(
-            &*canceled.status_description,
-            r#"existing blocked evaluation exists for job "j1""#
-        );
+        assert_eq!((canceled.id, canceled.status), (first.id, EvalStatus::Canceled));
+        assert_eq!(&*canceled.status_description, r#"existing blocked evaluation exists for job "j1""#);
         assert_eq!(outcome.enqueue, None);
 
         // An older eval arriving late is the duplicate itself.
         let late = blocked("j1", 6, Some(&[]));
         let outcome = tracker.block(late.clone());
         assert_eq!(outcome.cancel.map(|e| e.id), Some(late.id));
-        assert_eq!(
-            tracker
-                .blocked_for_job(&JobKey::new("default", "j1"))
-                .map(|e| e.id),
-            Some(newer.id)
-        );
+        assert_eq!(tracker.blocked_for_job(&JobKey::new("default", "j1")).map(|e| e.id), Some(newer.id));
         assert_eq!(tracker.stats().total_blocked, 1);
 
         // Blocking the tracked eval again changes nothing.
@@ -366,11 +321,7 @@ mod tests {
         ] {
             let outcome = tracker.block(eval.clone());
             assert_eq!(outcome.cancel, None);
-            let verdict = if outcome.enqueue.is_some() {
-                "enqueue now"
-            } else {
-                "blocked"
-            };
+            let verdict = if outcome.enqueue.is_some() { "enqueue now" } else { "blocked" };
             log.push(format!("{:<16} {verdict}", eval.job_id));
         }
         expect![[r#"
@@ -392,10 +343,7 @@ mod tests {
         eval.node_id = Some(node_id);
         tracker.block(Arc::new(eval));
         assert_eq!(tracker.stats().total_by_node, 1);
-        assert!(
-            tracker.unblock(1, 5).is_empty(),
-            "class changes do not concern node evals"
-        );
+        assert!(tracker.unblock(1, 5).is_empty(), "class changes do not concern node evals");
         assert!(tracker.unblock_node(NodeId(7 << 96)).is_empty());
         assert_eq!(names(&tracker.unblock_node(node_id)), "sys#1");
     }
@@ -413,17 +361,11 @@ mod tests {
         tracker.block(blocked("j3", 11, Some(&[])));
         tracker.set_enabled(false);
         assert_eq!(tracker.stats(), BlockedStats::default());
-        assert_eq!(
-            tracker.block(blocked("j4", 12, Some(&[]))),
-            BlockOutcome::default()
-        );
+        assert_eq!(tracker.block(blocked("j4", 12, Some(&[]))), BlockOutcome::default());
         assert!(tracker.unblock(3, 13).is_empty());
         tracker.set_enabled(true);
         assert_eq!(tracker.stats(), BlockedStats::default());
         // The old term's unblock index is forgotten too: no missed unblock.
-        assert_eq!(
-            tracker.block(blocked("j5", 1, Some(&[]))),
-            BlockOutcome::default()
-        );
+        assert_eq!(tracker.block(blocked("j5", 1, Some(&[]))), BlockOutcome::default());
     }
 }

@@ -1,8 +1,8 @@
 //! Time as a seam: everything that reads the clock takes a [`Clock`], so
 //! tests and simulations drive time by hand and never sleep.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::model::TimeNs;

@@ -9,11 +9,11 @@ use std::collections::BTreeSet;
 use crate::fsm::Command;
 use crate::ids::{IdGen, JobKey, NodeId};
 use crate::model::{
-    AllocClientUpdate, ClientStatus, DrainStrategy, Evaluation, Job, JobType, Node, NodeStatus,
-    SchedulingEligibility, TimeNs, TriggeredBy,
+    AllocClientUpdate, ClientStatus, DrainStrategy, Evaluation, Job, JobType, Node, NodeStatus, SchedulingEligibility,
+    TimeNs, TriggeredBy,
 };
 use crate::state::State;
-use crate::validate::{validate_job, validate_node, ValidationError};
+use crate::validate::{ValidationError, validate_job, validate_node};
 
 /// Why a write was refused before reaching the log.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +28,13 @@ pub enum EndpointError {
     Apply(#[from] crate::fsm::ApplyError),
 }
 
-fn eval_for(job: &Job, triggered_by: TriggeredBy, node_id: Option<NodeId>, now_ns: TimeNs, ids: &mut IdGen) -> Evaluation {
+fn eval_for(
+    job: &Job,
+    triggered_by: TriggeredBy,
+    node_id: Option<NodeId>,
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+) -> Evaluation {
     let mut eval = Evaluation::new(ids.eval(), &job.key(), job.job_type, job.priority, triggered_by);
     eval.job_modify_index = job.job_modify_index;
     eval.node_id = node_id;
@@ -40,8 +46,15 @@ fn eval_for(job: &Job, triggered_by: TriggeredBy, node_id: Option<NodeId>, now_n
 /// One eval per job that has a live allocation on the node, plus one per
 /// system job (which may now need to place or stop there), as Nomad's
 /// `createNodeEvals`.
-pub fn node_evals(state: &State, node_id: NodeId, triggered_by: TriggeredBy, now_ns: TimeNs, ids: &mut IdGen) -> Vec<Evaluation> {
-    let mut jobs: BTreeSet<JobKey> = state.allocs_by_node(node_id).filter(|a| !a.is_terminal()).map(|a| a.job_key()).collect();
+pub fn node_evals(
+    state: &State,
+    node_id: NodeId,
+    triggered_by: TriggeredBy,
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+) -> Vec<Evaluation> {
+    let mut jobs: BTreeSet<JobKey> =
+        state.allocs_by_node(node_id).filter(|a| !a.is_terminal()).map(|a| a.job_key()).collect();
     jobs.extend(state.jobs().filter(|j| j.job_type.is_system_like() && !j.stop).map(|j| j.key()));
     jobs.iter()
         .filter_map(|key| state.job(key))
@@ -55,7 +68,13 @@ pub fn register_job(job: Job, now_ns: TimeNs, ids: &mut IdGen) -> Result<Command
     Ok(Command::JobRegister { job, eval: Some(eval), now_ns })
 }
 
-pub fn deregister_job(state: &State, key: &JobKey, purge: bool, now_ns: TimeNs, ids: &mut IdGen) -> Result<Command, EndpointError> {
+pub fn deregister_job(
+    state: &State,
+    key: &JobKey,
+    purge: bool,
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+) -> Result<Command, EndpointError> {
     let job = state.job(key).ok_or_else(|| EndpointError::JobNotFound(key.clone()))?;
     let eval = eval_for(job, TriggeredBy::JobDeregister, None, now_ns, ids);
     Ok(Command::JobDeregister { key: key.clone(), purge, eval: Some(eval), now_ns })
@@ -74,9 +93,19 @@ pub fn register_node(state: &State, node: Node, now_ns: TimeNs, ids: &mut IdGen)
     Ok(Command::NodeRegister { node, evals })
 }
 
-pub fn update_node_status(state: &State, node_id: NodeId, status: NodeStatus, now_ns: TimeNs, ids: &mut IdGen) -> Result<Command, EndpointError> {
+pub fn update_node_status(
+    state: &State,
+    node_id: NodeId,
+    status: NodeStatus,
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+) -> Result<Command, EndpointError> {
     let node = state.node(node_id).ok_or(EndpointError::NodeNotFound(node_id))?;
-    let evals = if node.status != status { node_evals(state, node_id, TriggeredBy::NodeUpdate, now_ns, ids) } else { Vec::new() };
+    let evals = if node.status != status {
+        node_evals(state, node_id, TriggeredBy::NodeUpdate, now_ns, ids)
+    } else {
+        Vec::new()
+    };
     Ok(Command::NodeStatusUpdate { node_id, status, evals, now_ns })
 }
 
@@ -101,13 +130,22 @@ pub fn update_node_eligibility(
     ids: &mut IdGen,
 ) -> Result<Command, EndpointError> {
     let node = state.node(node_id).ok_or(EndpointError::NodeNotFound(node_id))?;
-    let evals = if node.eligibility != eligibility { node_evals(state, node_id, TriggeredBy::NodeUpdate, now_ns, ids) } else { Vec::new() };
+    let evals = if node.eligibility != eligibility {
+        node_evals(state, node_id, TriggeredBy::NodeUpdate, now_ns, ids)
+    } else {
+        Vec::new()
+    };
     Ok(Command::NodeEligibilityUpdate { node_id, eligibility, evals, now_ns })
 }
 
 /// Client status reports; a job with a newly failed allocation gets one
 /// eval to reschedule it (Nomad's `Node.UpdateAlloc`).
-pub fn update_allocs_from_client(state: &State, updates: Vec<AllocClientUpdate>, now_ns: TimeNs, ids: &mut IdGen) -> Command {
+pub fn update_allocs_from_client(
+    state: &State,
+    updates: Vec<AllocClientUpdate>,
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+) -> Command {
     let mut jobs: BTreeSet<JobKey> = BTreeSet::new();
     for u in &updates {
         if u.client_status == ClientStatus::Failed
@@ -118,6 +156,10 @@ pub fn update_allocs_from_client(state: &State, updates: Vec<AllocClientUpdate>,
             jobs.insert(alloc.job_key());
         }
     }
-    let evals = jobs.iter().filter_map(|k| state.job(k)).map(|job| eval_for(job, TriggeredBy::RetryFailedAlloc, None, now_ns, ids)).collect();
+    let evals = jobs
+        .iter()
+        .filter_map(|k| state.job(k))
+        .map(|job| eval_for(job, TriggeredBy::RetryFailedAlloc, None, now_ns, ids))
+        .collect();
     Command::AllocClientUpdate { updates, evals }
 }

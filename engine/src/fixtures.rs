@@ -4,19 +4,28 @@
 use std::collections::BTreeMap;
 
 use crate::ids::{IdGen, JobKey};
-use crate::model::{
-    DriverInfo, Evaluation, Job, JobType, Node, NodeResources, Task, TaskGroup, TimeNs, TriggeredBy,
-};
+use crate::model::{DriverInfo, Evaluation, Job, JobType, Node, NodeResources, Task, TaskGroup, TimeNs, TriggeredBy};
 
 /// A ready node with `raw_exec`, `exec` and `docker` drivers and Nomad-style
 /// attributes.
 pub fn node(ids: &mut IdGen, name: &str, datacenter: &str, cpu_mhz: u64, memory_mb: u64) -> Node {
-    let resources = NodeResources { cpu_mhz, cores: (cpu_mhz / 1000).max(1) as u32, memory_mb, disk_mb: 100_000, ..Default::default() };
+    let resources = NodeResources {
+        cpu_mhz,
+        cores: (cpu_mhz / 1000).max(1) as u32,
+        memory_mb,
+        disk_mb: 100_000,
+        ..Default::default()
+    };
     let mut n = Node::new(ids.node(), name, datacenter, resources);
     for driver in ["raw_exec", "exec", "docker"] {
         n.drivers.insert(
             driver.into(),
-            DriverInfo { detected: true, healthy: true, health_description: "Healthy".into(), attributes: BTreeMap::new() },
+            DriverInfo {
+                detected: true,
+                healthy: true,
+                health_description: "Healthy".into(),
+                attributes: BTreeMap::new(),
+            },
         );
     }
     n.attributes.insert("kernel.name".into(), "linux".into());
@@ -39,7 +48,13 @@ pub fn job(id: &str, job_type: JobType, count: u32, cpu_mhz: u32, memory_mb: u32
 
 /// The eval a job registration creates.
 pub fn register_eval(ids: &mut IdGen, job: &Job, now_ns: TimeNs) -> Evaluation {
-    let mut eval = Evaluation::new(ids.eval(), &JobKey::new(&job.namespace, &job.id), job.job_type, job.priority, TriggeredBy::JobRegister);
+    let mut eval = Evaluation::new(
+        ids.eval(),
+        &JobKey::new(&job.namespace, &job.id),
+        job.job_type,
+        job.priority,
+        TriggeredBy::JobRegister,
+    );
     eval.create_time_ns = now_ns;
     eval.modify_time_ns = now_ns;
     eval

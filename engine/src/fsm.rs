@@ -11,9 +11,8 @@ use std::sync::Arc;
 
 use crate::ids::{AllocId, EvalId, JobKey, NodeId};
 use crate::model::{
-    AllocClientUpdate, AllocPreemption, AllocStop, Allocation, Deployment, DesiredStatus,
-    DesiredTransition, DrainStrategy, EvalStatus, Evaluation, Job, JobStatus, Node, NodeStatus,
-    SchedulingEligibility, TimeNs,
+    AllocClientUpdate, AllocPreemption, AllocStop, Allocation, Deployment, DesiredStatus, DesiredTransition,
+    DrainStrategy, EvalStatus, Evaluation, Job, JobStatus, Node, NodeStatus, SchedulingEligibility, TimeNs,
 };
 use crate::state::{SchedulerConfig, State, StateStore};
 
@@ -38,12 +37,32 @@ pub struct PlanApplied {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// Store a job (a new version when its spec changed) and its eval, atomically.
-    JobRegister { job: Job, eval: Option<Evaluation>, now_ns: TimeNs },
+    JobRegister {
+        job: Job,
+        eval: Option<Evaluation>,
+        now_ns: TimeNs,
+    },
     /// Stop a job (a new version with `stop = true`), or purge it.
-    JobDeregister { key: JobKey, purge: bool, eval: Option<Evaluation>, now_ns: TimeNs },
-    NodeRegister { node: Node, evals: Vec<Evaluation> },
-    NodeDeregister { node_id: NodeId, evals: Vec<Evaluation> },
-    NodeStatusUpdate { node_id: NodeId, status: NodeStatus, evals: Vec<Evaluation>, now_ns: TimeNs },
+    JobDeregister {
+        key: JobKey,
+        purge: bool,
+        eval: Option<Evaluation>,
+        now_ns: TimeNs,
+    },
+    NodeRegister {
+        node: Node,
+        evals: Vec<Evaluation>,
+    },
+    NodeDeregister {
+        node_id: NodeId,
+        evals: Vec<Evaluation>,
+    },
+    NodeStatusUpdate {
+        node_id: NodeId,
+        status: NodeStatus,
+        evals: Vec<Evaluation>,
+        now_ns: TimeNs,
+    },
     NodeDrainUpdate {
         node_id: NodeId,
         drain: Option<DrainStrategy>,
@@ -51,14 +70,32 @@ pub enum Command {
         evals: Vec<Evaluation>,
         now_ns: TimeNs,
     },
-    NodeEligibilityUpdate { node_id: NodeId, eligibility: SchedulingEligibility, evals: Vec<Evaluation>, now_ns: TimeNs },
-    EvalUpsert { evals: Vec<Evaluation> },
+    NodeEligibilityUpdate {
+        node_id: NodeId,
+        eligibility: SchedulingEligibility,
+        evals: Vec<Evaluation>,
+        now_ns: TimeNs,
+    },
+    EvalUpsert {
+        evals: Vec<Evaluation>,
+    },
     /// Garbage collection of terminal evals and allocations.
-    EvalReap { evals: Vec<EvalId>, allocs: Vec<AllocId> },
-    AllocClientUpdate { updates: Vec<AllocClientUpdate>, evals: Vec<Evaluation> },
-    AllocDesiredTransition { transitions: Vec<(AllocId, DesiredTransition)>, evals: Vec<Evaluation> },
+    EvalReap {
+        evals: Vec<EvalId>,
+        allocs: Vec<AllocId>,
+    },
+    AllocClientUpdate {
+        updates: Vec<AllocClientUpdate>,
+        evals: Vec<Evaluation>,
+    },
+    AllocDesiredTransition {
+        transitions: Vec<(AllocId, DesiredTransition)>,
+        evals: Vec<Evaluation>,
+    },
     ApplyPlanResults(PlanApplied),
-    SchedulerConfigUpdate { config: SchedulerConfig },
+    SchedulerConfigUpdate {
+        config: SchedulerConfig,
+    },
 }
 
 /// A command referred to something that does not exist; nothing was changed.
@@ -316,7 +353,12 @@ fn push_capacity_change(state: &State, node_id: NodeId, out: &mut ApplyOutcome) 
     }
 }
 
-fn upsert_evals<'a>(state: &mut State, index: u64, evals: impl Iterator<Item = &'a Evaluation>, out: &mut ApplyOutcome) {
+fn upsert_evals<'a>(
+    state: &mut State,
+    index: u64,
+    evals: impl Iterator<Item = &'a Evaluation>,
+    out: &mut ApplyOutcome,
+) {
     for eval in evals {
         let mut eval = eval.clone();
         eval.create_index = state.eval(eval.id).map_or(index, |e| e.create_index);
@@ -421,4 +463,3 @@ pub fn should_enqueue(eval: &Evaluation) -> bool {
 pub fn should_block(eval: &Evaluation) -> bool {
     eval.status == EvalStatus::Blocked
 }
-

@@ -241,8 +241,18 @@ mod tests {
 
     #[test]
     fn same_seed_same_ids() {
-        let a: Vec<_> = (0..4).map({ let mut g = IdGen::with_seed(1); move |_| g.eval() }).collect();
-        let b: Vec<_> = (0..4).map({ let mut g = IdGen::with_seed(1); move |_| g.eval() }).collect();
+        let a: Vec<_> = (0..4)
+            .map({
+                let mut g = IdGen::with_seed(1);
+                move |_| g.eval()
+            })
+            .collect();
+        let b: Vec<_> = (0..4)
+            .map({
+                let mut g = IdGen::with_seed(1);
+                move |_| g.eval()
+            })
+            .collect();
         assert_eq!(a, b);
     }
 }

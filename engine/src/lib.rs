@@ -37,5 +37,5 @@ pub mod plan;
 pub mod scheduler;
 pub mod sim;
 pub mod state;
-pub mod worker;
 pub mod validate;
+pub mod worker;

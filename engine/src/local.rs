@@ -10,14 +10,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::blocked::BlockedEvals;
-use crate::broker::{cancel_update, failed_followup, failed_followup_delay_ns, BrokerConfig, BrokerOutput, SharedBroker};
+use crate::broker::{
+    BrokerConfig, BrokerOutput, SharedBroker, cancel_update, failed_followup, failed_followup_delay_ns,
+};
 use crate::clock::Clock;
+use crate::endpoints::{self, EndpointError};
 use crate::fsm::{self, ApplyError, ApplyOutcome, Command, Fsm};
 use crate::ids::{EvalId, IdGen};
 use crate::model::{EvalStatus, Evaluation, Job, JobType, Plan, PlanResult, TimeNs, TriggeredBy};
-use crate::plan::{spawn_applier, CommitError, Committer, PlanQueue, Pipelining};
+use crate::plan::{CommitError, Committer, Pipelining, PlanQueue, spawn_applier};
 use crate::state::{Cancel, StateStore};
-use crate::endpoints::{self, EndpointError};
 use crate::worker::{Delivery, LeaderServices, ServiceError, Worker, WorkerConfig, WorkerStats};
 
 /// How often the leader loop drains broker outputs and the failed queue.
@@ -112,7 +114,10 @@ impl LocalLog {
 
     /// Build a command from the latest state and commit it, with no other
     /// commit in between (the leader's endpoint write path).
-    pub fn commit_with<E: From<ApplyError>>(&self, build: impl FnOnce(&crate::state::State) -> Result<Command, E>) -> Result<u64, E> {
+    pub fn commit_with<E: From<ApplyError>>(
+        &self,
+        build: impl FnOnce(&crate::state::State) -> Result<Command, E>,
+    ) -> Result<u64, E> {
         let mut index = self.index.lock().expect("log poisoned");
         let command = build(&self.fsm.store().snapshot())?;
         let (at, outcome) = self.apply_locked(&mut index, &command)?;
@@ -175,7 +180,11 @@ impl Committer for LocalLog {
         LocalLog::commit(self, &command).map_err(|e| CommitError(e.to_string()))
     }
 
-    fn commit_built(&self, _store: &StateStore, build: &mut dyn FnMut(&crate::state::State) -> Option<Command>) -> Result<Option<u64>, CommitError> {
+    fn commit_built(
+        &self,
+        _store: &StateStore,
+        build: &mut dyn FnMut(&crate::state::State) -> Option<Command>,
+    ) -> Result<Option<u64>, CommitError> {
         let mut index = self.index.lock().expect("log poisoned");
         let Some(command) = build(&self.fsm.store().snapshot()) else { return Ok(None) };
         let (at, outcome) = self.apply_locked(&mut index, &command).map_err(|e| CommitError(e.to_string()))?;
@@ -197,7 +206,9 @@ struct LocalLeader {
 
 impl LeaderServices for LocalLeader {
     fn dequeue(&self, types: &[JobType], timeout: Duration, cancel: &Cancel) -> Result<Option<Delivery>, ServiceError> {
-        let Some((eval, token)) = self.broker.dequeue(types, timeout, cancel).map_err(|e| ServiceError(e.to_string()))? else {
+        let Some((eval, token)) =
+            self.broker.dequeue(types, timeout, cancel).map_err(|e| ServiceError(e.to_string()))?
+        else {
             return Ok(None);
         };
         // Wait for every write of the job's evals, not just this one's, so
@@ -264,8 +275,21 @@ impl LocalCluster {
         }
         let plans = Arc::new(PlanQueue::new());
         plans.set_enabled(true);
-        let mut threads = spawn_applier(plans.clone(), store.clone(), log.clone(), clock.clone(), config.seed, config.pipelining, cancel.clone());
-        let leader = Arc::new(LocalLeader { store: store.clone(), broker: broker.clone(), plans: plans.clone(), log: log.clone() });
+        let mut threads = spawn_applier(
+            plans.clone(),
+            store.clone(),
+            log.clone(),
+            clock.clone(),
+            config.seed,
+            config.pipelining,
+            cancel.clone(),
+        );
+        let leader = Arc::new(LocalLeader {
+            store: store.clone(),
+            broker: broker.clone(),
+            plans: plans.clone(),
+            log: log.clone(),
+        });
         let mut worker_stats = Vec::new();
         for i in 0..config.workers.max(1) {
             let stats = Arc::new(WorkerStats::default());
@@ -282,7 +306,17 @@ impl LocalCluster {
         }
         threads.push(broker.spawn_timer(cancel.clone()));
         threads.push(spawn_leader_loop(log.clone(), broker.clone(), clock.clone(), config.seed, cancel.clone()));
-        LocalCluster { store, log, broker, plans, worker_stats, clock, ids: Mutex::new(IdGen::with_seed(config.seed ^ 0x5eed)), cancel, threads }
+        LocalCluster {
+            store,
+            log,
+            broker,
+            plans,
+            worker_stats,
+            clock,
+            ids: Mutex::new(IdGen::with_seed(config.seed ^ 0x5eed)),
+            cancel,
+            threads,
+        }
     }
 
     pub fn commit(&self, command: &Command) -> Result<u64, ApplyError> {
@@ -292,7 +326,9 @@ impl LocalCluster {
     /// Validate and register a job with its eval (one log entry).
     pub fn register_job(&self, job: Job) -> Result<EvalId, EndpointError> {
         let command = endpoints::register_job(job, self.clock.now_ns(), &mut self.ids.lock().expect("ids poisoned"))?;
-        let Command::JobRegister { eval: Some(eval), .. } = &command else { unreachable!("register_job builds a JobRegister with its eval") };
+        let Command::JobRegister { eval: Some(eval), .. } = &command else {
+            unreachable!("register_job builds a JobRegister with its eval")
+        };
         let id = eval.id;
         self.log.commit(&command)?;
         Ok(id)
@@ -300,7 +336,10 @@ impl LocalCluster {
 
     /// Build a command from the latest state with the endpoint helpers (for
     /// example `endpoints::update_node_status`) and commit it atomically.
-    pub fn write(&self, build: impl FnOnce(&crate::state::State, &mut IdGen, TimeNs) -> Result<Command, EndpointError>) -> Result<u64, EndpointError> {
+    pub fn write(
+        &self,
+        build: impl FnOnce(&crate::state::State, &mut IdGen, TimeNs) -> Result<Command, EndpointError>,
+    ) -> Result<u64, EndpointError> {
         let now = self.clock.now_ns();
         let mut ids = self.ids.lock().expect("ids poisoned");
         self.log.commit_with(|state| build(state, &mut ids, now))
@@ -308,7 +347,13 @@ impl LocalCluster {
 
     /// A new eval for an existing job (node update, retry).
     pub fn new_eval(&self, job: &Job, triggered_by: TriggeredBy) -> Evaluation {
-        let mut eval = Evaluation::new(self.ids.lock().expect("ids poisoned").eval(), &job.key(), job.job_type, job.priority, triggered_by);
+        let mut eval = Evaluation::new(
+            self.ids.lock().expect("ids poisoned").eval(),
+            &job.key(),
+            job.job_type,
+            job.priority,
+            triggered_by,
+        );
         eval.create_time_ns = self.clock.now_ns();
         eval
     }
@@ -358,7 +403,13 @@ impl LocalCluster {
 /// Leader duties: write what the broker decided (cancelled duplicates of
 /// pending evals), and drain the failed queue (mark the eval failed, create
 /// its delayed follow-up, then ack it).
-fn spawn_leader_loop(log: Arc<LocalLog>, broker: Arc<SharedBroker>, clock: Arc<dyn Clock>, seed: u64, cancel: Cancel) -> JoinHandle<()> {
+fn spawn_leader_loop(
+    log: Arc<LocalLog>,
+    broker: Arc<SharedBroker>,
+    clock: Arc<dyn Clock>,
+    seed: u64,
+    cancel: Cancel,
+) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("leader".into())
         .spawn(move || {

@@ -8,7 +8,7 @@ use crate::fsm::{Command, Fsm};
 use crate::ids::{AllocId, IdGen, JobKey, NodeId};
 use crate::model::{
     AllocClientUpdate, ClientStatus, DrainStrategy, EvalStatus, Evaluation, Job, Node, NodeStatus, PlanResult,
-    TimeNs, TriggeredBy, SECOND_NS,
+    SECOND_NS, TimeNs, TriggeredBy,
 };
 use crate::plan::evaluate_plan;
 use crate::scheduler::{self, ScheduleOutcome};
@@ -25,13 +25,23 @@ pub struct SimCluster {
 
 impl SimCluster {
     pub fn new(seed: u64) -> SimCluster {
-        SimCluster { fsm: Fsm::new(Arc::new(StateStore::new())), ids: IdGen::with_seed(seed), now_ns: 1_700_000_000 * SECOND_NS, index: 0 }
+        SimCluster {
+            fsm: Fsm::new(Arc::new(StateStore::new())),
+            ids: IdGen::with_seed(seed),
+            now_ns: 1_700_000_000 * SECOND_NS,
+            index: 0,
+        }
     }
 
     /// A cluster continuing from an existing state (benchmarks fork one).
     pub fn from_state(state: crate::state::State, seed: u64, now_ns: TimeNs) -> SimCluster {
         let index = state.index();
-        SimCluster { fsm: Fsm::new(Arc::new(StateStore::from_state(state))), ids: IdGen::with_seed(seed), now_ns, index }
+        SimCluster {
+            fsm: Fsm::new(Arc::new(StateStore::from_state(state))),
+            ids: IdGen::with_seed(seed),
+            now_ns,
+            index,
+        }
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -115,13 +125,25 @@ impl SimCluster {
     }
 
     pub fn drain(&mut self, node_id: NodeId) {
-        let drain = DrainStrategy { deadline_ns: 3600 * SECOND_NS, ignore_system_jobs: false, started_at_ns: self.now_ns, force_deadline_ns: self.now_ns + 3600 * SECOND_NS };
+        let drain = DrainStrategy {
+            deadline_ns: 3600 * SECOND_NS,
+            ignore_system_jobs: false,
+            started_at_ns: self.now_ns,
+            force_deadline_ns: self.now_ns + 3600 * SECOND_NS,
+        };
         let now_ns = self.now_ns;
-        self.commit(Command::NodeDrainUpdate { node_id, drain: Some(drain), mark_eligible: false, evals: vec![], now_ns });
+        self.commit(Command::NodeDrainUpdate {
+            node_id,
+            drain: Some(drain),
+            mark_eligible: false,
+            evals: vec![],
+            now_ns,
+        });
     }
 
     pub fn client_update(&mut self, alloc_id: AllocId, status: ClientStatus) {
-        let update = AllocClientUpdate { alloc_id, client_status: status, client_description: "".into(), at_ns: self.now_ns };
+        let update =
+            AllocClientUpdate { alloc_id, client_status: status, client_description: "".into(), at_ns: self.now_ns };
         self.commit(Command::AllocClientUpdate { updates: vec![update], evals: vec![] });
     }
 

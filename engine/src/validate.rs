@@ -12,9 +12,8 @@ use std::fmt;
 
 use crate::feasible::{compile_regex, parse_semver_constraint, parse_version_constraint};
 use crate::model::{
-    Affinity, Constraint, ConstraintOp, DelayFunction, DeviceRequest, Job, JobType,
-    MigrateStrategy, Node, ReschedulePolicy, RestartMode, RestartPolicy, SECOND_NS, Spread, Task,
-    TaskGroup, UpdateStrategy,
+    Affinity, Constraint, ConstraintOp, DelayFunction, DeviceRequest, Job, JobType, MigrateStrategy, Node,
+    ReschedulePolicy, RestartMode, RestartPolicy, SECOND_NS, Spread, Task, TaskGroup, UpdateStrategy,
 };
 
 /// Problems a [`ValidationError`] keeps; past this only a count is kept, so a
@@ -53,12 +52,7 @@ pub struct ValidationError {
 impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let total = self.problems.len() + self.omitted;
-        write!(
-            f,
-            "{total} error{}: {}",
-            if total == 1 { "" } else { "s" },
-            self.problems.join("; ")
-        )?;
+        write!(f, "{total} error{}: {}", if total == 1 { "" } else { "s" }, self.problems.join("; "))?;
         if self.omitted > 0 {
             write!(f, "; and {} more", self.omitted)?;
         }
@@ -83,14 +77,7 @@ impl Problems {
 
     fn finish(self) -> Result<(), ValidationError> {
         assert!(self.list.len() <= PROBLEMS_MAX);
-        if self.list.is_empty() {
-            Ok(())
-        } else {
-            Err(ValidationError {
-                problems: self.list,
-                omitted: self.omitted,
-            })
-        }
+        if self.list.is_empty() { Ok(()) } else { Err(ValidationError { problems: self.list, omitted: self.omitted }) }
     }
 }
 
@@ -118,10 +105,7 @@ pub fn validate_job(job: &Job) -> Result<(), ValidationError> {
     if job.id.chars().count() > JOB_ID_LEN_MAX {
         p.push(
             "",
-            format!(
-                "job id is {} characters, more than the maximum of {JOB_ID_LEN_MAX}",
-                job.id.chars().count()
-            ),
+            format!("job id is {} characters, more than the maximum of {JOB_ID_LEN_MAX}", job.id.chars().count()),
         );
     }
     if job.name.is_empty() {
@@ -139,13 +123,7 @@ pub fn validate_job(job: &Job) -> Result<(), ValidationError> {
         p.push("", "missing node pool");
     }
     if !(PRIORITY_MIN..=PRIORITY_MAX).contains(&job.priority) {
-        p.push(
-            "",
-            format!(
-                "priority {} is outside {PRIORITY_MIN}..={PRIORITY_MAX}",
-                job.priority
-            ),
-        );
+        p.push("", format!("priority {} is outside {PRIORITY_MIN}..={PRIORITY_MAX}", job.priority));
     }
     if job.datacenters.is_empty() {
         p.push("", "missing datacenters");
@@ -162,10 +140,7 @@ pub fn validate_job(job: &Job) -> Result<(), ValidationError> {
     validate_constraints(&mut p, "", &job.constraints);
     validate_affinities(&mut p, "", &job.affinities, job.job_type);
     if system && !job.spreads.is_empty() {
-        p.push(
-            "",
-            format!("{} jobs may not have a spread block", job.job_type),
-        );
+        p.push("", format!("{} jobs may not have a spread block", job.job_type));
     } else {
         validate_spreads(&mut p, "", &job.spreads);
     }
@@ -177,15 +152,7 @@ pub fn validate_job(job: &Job) -> Result<(), ValidationError> {
         if group.name.is_empty() {
             p.push("", format!("group {} has no name", i + 1));
         } else if let Some(first) = names.iter().position(|n| *n == &*group.name) {
-            p.push(
-                "",
-                format!(
-                    "group {} redefines {:?} from group {}",
-                    i + 1,
-                    group.name,
-                    first + 1
-                ),
-            );
+            p.push("", format!("group {} redefines {:?} from group {}", i + 1, group.name, first + 1));
         }
         let at = place("group", i, &group.name, &names);
         names.push(&group.name);
@@ -209,13 +176,7 @@ fn place(kind: &str, index: usize, name: &str, earlier: &[&str]) -> String {
 fn validate_group(p: &mut Problems, at: &str, group: &TaskGroup, job_type: JobType) {
     let system = job_type.is_system_like();
     if system && group.count > 1 {
-        p.push(
-            at,
-            format!(
-                "count {} is more than 1, the most a {job_type} job runs per node",
-                group.count
-            ),
-        );
+        p.push(at, format!("count {} is more than 1, the most a {job_type} job runs per node", group.count));
     }
     if group.gang && group.count == 0 {
         p.push(at, "a gang group needs a count of at least 1");
@@ -232,13 +193,8 @@ fn validate_group(p: &mut Problems, at: &str, group: &TaskGroup, job_type: JobTy
     }
     validate_restart(p, &format!("{at}restart policy: "), &group.restart_policy);
     match (&group.reschedule_policy, system) {
-        (Some(_), true) => p.push(
-            at,
-            format!("{job_type} jobs may not have a reschedule policy"),
-        ),
-        (Some(policy), false) => {
-            validate_reschedule(p, &format!("{at}reschedule policy: "), policy)
-        }
+        (Some(_), true) => p.push(at, format!("{job_type} jobs may not have a reschedule policy")),
+        (Some(policy), false) => validate_reschedule(p, &format!("{at}reschedule policy: "), policy),
         (None, _) => {}
     }
     if let Some(update) = &group.update {
@@ -254,13 +210,7 @@ fn validate_group(p: &mut Problems, at: &str, group: &TaskGroup, job_type: JobTy
     if let Some(ns) = group.max_client_disconnect_ns
         && ns < 0
     {
-        p.push(
-            at,
-            format!(
-                "max_client_disconnect {} must not be negative",
-                duration(ns)
-            ),
-        );
+        p.push(at, format!("max_client_disconnect {} must not be negative", duration(ns)));
     }
     let mut labels: HashSet<&str> = HashSet::with_capacity(group.ports.len());
     let mut static_ports: HashSet<u16> = HashSet::with_capacity(group.ports.len());
@@ -271,18 +221,9 @@ fn validate_group(p: &mut Problems, at: &str, group: &TaskGroup, job_type: JobTy
             p.push(at, format!("port label {:?} is used twice", port.label));
         }
         match port.static_port {
-            Some(0) => p.push(
-                at,
-                format!("port {:?}: static port must not be 0", port.label),
-            ),
+            Some(0) => p.push(at, format!("port {:?}: static port must not be 0", port.label)),
             Some(value) if !static_ports.insert(value) => {
-                p.push(
-                    at,
-                    format!(
-                        "port {:?}: static port {value} is already reserved",
-                        port.label
-                    ),
-                );
+                p.push(at, format!("port {:?}: static port {value} is already reserved", port.label));
             }
             _ => {}
         }
@@ -292,24 +233,13 @@ fn validate_group(p: &mut Problems, at: &str, group: &TaskGroup, job_type: JobTy
         if task.name.is_empty() {
             p.push(at, format!("task {} has no name", i + 1));
         } else if let Some(first) = names.iter().position(|n| *n == &*task.name) {
-            p.push(
-                at,
-                format!(
-                    "task {} redefines {:?} from task {}",
-                    i + 1,
-                    task.name,
-                    first + 1
-                ),
-            );
+            p.push(at, format!("task {} redefines {:?} from task {}", i + 1, task.name, first + 1));
         }
         names.push(&task.name);
     }
     let leaders = group.tasks.iter().filter(|t| t.leader).count();
     if leaders > 1 {
-        p.push(
-            at,
-            format!("{leaders} tasks are marked leader; at most one may be"),
-        );
+        p.push(at, format!("{leaders} tasks are marked leader; at most one may be"));
     }
     for (i, task) in group.tasks.iter().enumerate() {
         let task_at = format!("{at}{}", place("task", i, &task.name, &names[..i]));
@@ -318,8 +248,7 @@ fn validate_group(p: &mut Problems, at: &str, group: &TaskGroup, job_type: JobTy
 }
 
 fn is_driver_name(name: &str) -> bool {
-    name.bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 fn validate_task(p: &mut Problems, at: &str, task: &Task, job_type: JobType) {
@@ -332,66 +261,27 @@ fn validate_task(p: &mut Problems, at: &str, task: &Task, job_type: JobType) {
         p.push(at, format!("unknown driver name syntax {:?}", task.driver));
     }
     if task.kill_timeout_ns < 0 {
-        p.push(
-            at,
-            format!(
-                "kill_timeout {} must not be negative",
-                duration(task.kill_timeout_ns)
-            ),
-        );
+        p.push(at, format!("kill_timeout {} must not be negative", duration(task.kill_timeout_ns)));
     }
     let r = &task.resources;
     if r.cores == 0 && r.cpu_mhz < TASK_CPU_MHZ_MIN {
-        p.push(
-            at,
-            format!(
-                "cpu {} MHz is below the minimum of {TASK_CPU_MHZ_MIN} MHz",
-                r.cpu_mhz
-            ),
-        );
+        p.push(at, format!("cpu {} MHz is below the minimum of {TASK_CPU_MHZ_MIN} MHz", r.cpu_mhz));
     }
     if r.cpu_mhz > TASK_CPU_MHZ_MAX {
-        p.push(
-            at,
-            format!(
-                "resources out of range: cpu {} MHz is above {TASK_CPU_MHZ_MAX} MHz",
-                r.cpu_mhz
-            ),
-        );
+        p.push(at, format!("resources out of range: cpu {} MHz is above {TASK_CPU_MHZ_MAX} MHz", r.cpu_mhz));
     }
     if r.memory_mb < TASK_MEMORY_MB_MIN {
-        p.push(
-            at,
-            format!(
-                "memory {} MB is below the minimum of {TASK_MEMORY_MB_MIN} MB",
-                r.memory_mb
-            ),
-        );
+        p.push(at, format!("memory {} MB is below the minimum of {TASK_MEMORY_MB_MIN} MB", r.memory_mb));
     }
     if r.memory_mb > TASK_MEMORY_MB_MAX || r.memory_max_mb > TASK_MEMORY_MB_MAX {
         let memory_mb = r.memory_mb.max(r.memory_max_mb);
-        p.push(
-            at,
-            format!(
-                "resources out of range: memory {memory_mb} MB is above {TASK_MEMORY_MB_MAX} MB"
-            ),
-        );
+        p.push(at, format!("resources out of range: memory {memory_mb} MB is above {TASK_MEMORY_MB_MAX} MB"));
     }
     if r.memory_max_mb != 0 && r.memory_max_mb < r.memory_mb {
-        p.push(
-            at,
-            format!(
-                "memory_max {} MB is below memory {} MB",
-                r.memory_max_mb, r.memory_mb
-            ),
-        );
+        p.push(at, format!("memory_max {} MB is below memory {} MB", r.memory_max_mb, r.memory_mb));
     }
     for (i, device) in r.devices.iter().enumerate() {
-        validate_device(
-            p,
-            &format!("{at}device {} ({:?}): ", i + 1, device.name),
-            device,
-        );
+        validate_device(p, &format!("{at}device {} ({:?}): ", i + 1, device.name), device);
     }
     validate_constraints(p, at, &task.constraints);
     validate_affinities(p, at, &task.affinities, job_type);
@@ -400,63 +290,32 @@ fn validate_task(p: &mut Problems, at: &str, task: &Task, job_type: JobType) {
 fn validate_device(p: &mut Problems, at: &str, device: &DeviceRequest) {
     let parts = device.name.split('/').count();
     if device.name.split('/').any(str::is_empty) || parts > 3 {
-        p.push(
-            at,
-            "device name must be type, vendor/type or vendor/type/model",
-        );
+        p.push(at, "device name must be type, vendor/type or vendor/type/model");
     }
     if device.count == 0 {
         p.push(at, "count must be at least 1");
     }
     for (i, c) in device.constraints.iter().enumerate() {
         let c_at = format!("{at}constraint {} ({c}): ", i + 1);
-        if matches!(
-            c.operand,
-            ConstraintOp::DistinctHosts | ConstraintOp::DistinctProperty
-        ) {
-            p.push(
-                &c_at,
-                format!("operator {} is not supported on devices", c.operand),
-            );
+        if matches!(c.operand, ConstraintOp::DistinctHosts | ConstraintOp::DistinctProperty) {
+            p.push(&c_at, format!("operator {} is not supported on devices", c.operand));
         } else {
             validate_condition(p, &c_at, c.operand, &c.l_target, &c.r_target);
         }
     }
     for (i, a) in device.affinities.iter().enumerate() {
-        validate_affinity(
-            p,
-            &format!(
-                "{at}affinity {} ({} {} {}): ",
-                i + 1,
-                a.l_target,
-                a.operand,
-                a.r_target
-            ),
-            a,
-        );
+        validate_affinity(p, &format!("{at}affinity {} ({} {} {}): ", i + 1, a.l_target, a.operand, a.r_target), a);
     }
 }
 
 fn validate_constraints(p: &mut Problems, at: &str, constraints: &[Constraint]) {
     for (i, c) in constraints.iter().enumerate() {
-        validate_condition(
-            p,
-            &format!("{at}constraint {} ({c}): ", i + 1),
-            c.operand,
-            &c.l_target,
-            &c.r_target,
-        );
+        validate_condition(p, &format!("{at}constraint {} ({c}): ", i + 1), c.operand, &c.l_target, &c.r_target);
     }
 }
 
 /// The operator-specific checks shared by constraints and affinities.
-fn validate_condition(
-    p: &mut Problems,
-    at: &str,
-    op: ConstraintOp,
-    l_target: &str,
-    r_target: &str,
-) {
+fn validate_condition(p: &mut Problems, at: &str, op: ConstraintOp, l_target: &str, r_target: &str) {
     use ConstraintOp::*;
     if l_target.is_empty() && op != DistinctHosts {
         p.push(at, "missing attribute (left target)");
@@ -464,20 +323,12 @@ fn validate_condition(
     match op {
         DistinctHosts => {
             if !matches!(r_target, "" | "true" | "false") {
-                p.push(
-                    at,
-                    format!("distinct_hosts value {r_target:?} must be true or false"),
-                );
+                p.push(at, format!("distinct_hosts value {r_target:?} must be true or false"));
             }
         }
         DistinctProperty => {
             if !r_target.is_empty() && !r_target.parse::<u64>().is_ok_and(|n| n >= 1) {
-                p.push(
-                    at,
-                    format!(
-                        "distinct_property limit {r_target:?} must be a whole number of at least 1"
-                    ),
-                );
+                p.push(at, format!("distinct_property limit {r_target:?} must be a whole number of at least 1"));
             }
         }
         Regexp => {
@@ -485,31 +336,22 @@ fn validate_condition(
                 let reason = e.to_string();
                 let reason = reason.lines().last().unwrap_or_default().trim();
                 let reason = reason.strip_prefix("error: ").unwrap_or(reason).to_string();
-                p.push(
-                    at,
-                    format!("regexp {r_target:?} does not compile: {reason}"),
-                );
+                p.push(at, format!("regexp {r_target:?} does not compile: {reason}"));
             }
         }
         Version => {
             if let Err(e) = parse_version_constraint(r_target) {
-                p.push(
-                    at,
-                    format!("version constraint {r_target:?} is invalid: {e}"),
-                );
+                p.push(at, format!("version constraint {r_target:?} is invalid: {e}"));
             }
         }
         Semver => {
             if let Err(e) = parse_semver_constraint(r_target) {
-                p.push(
-                    at,
-                    format!("semver constraint {r_target:?} is invalid: {e}"),
-                );
+                p.push(at, format!("semver constraint {r_target:?} is invalid: {e}"));
             }
         }
         IsSet | IsNotSet => {}
-        SetContains | SetContainsAll | SetContainsAny | Equal | NotEqual | Less | LessEqual
-        | Greater | GreaterEqual => {
+        SetContains | SetContainsAll | SetContainsAny | Equal | NotEqual | Less | LessEqual | Greater
+        | GreaterEqual => {
             if r_target.is_empty() {
                 p.push(at, format!("operator {op} requires a value"));
             }
@@ -519,36 +361,17 @@ fn validate_condition(
 
 fn validate_affinities(p: &mut Problems, at: &str, affinities: &[Affinity], job_type: JobType) {
     if job_type.is_system_like() && !affinities.is_empty() {
-        p.push(
-            at,
-            format!("{job_type} jobs may not have an affinity block"),
-        );
+        p.push(at, format!("{job_type} jobs may not have an affinity block"));
         return;
     }
     for (i, a) in affinities.iter().enumerate() {
-        validate_affinity(
-            p,
-            &format!(
-                "{at}affinity {} ({} {} {}): ",
-                i + 1,
-                a.l_target,
-                a.operand,
-                a.r_target
-            ),
-            a,
-        );
+        validate_affinity(p, &format!("{at}affinity {} ({} {} {}): ", i + 1, a.l_target, a.operand, a.r_target), a);
     }
 }
 
 fn validate_affinity(p: &mut Problems, at: &str, a: &Affinity) {
-    if matches!(
-        a.operand,
-        ConstraintOp::DistinctHosts | ConstraintOp::DistinctProperty
-    ) {
-        p.push(
-            at,
-            format!("operator {} is not allowed in an affinity", a.operand),
-        );
+    if matches!(a.operand, ConstraintOp::DistinctHosts | ConstraintOp::DistinctProperty) {
+        p.push(at, format!("operator {} is not allowed in an affinity", a.operand));
     } else {
         validate_condition(p, at, a.operand, &a.l_target, &a.r_target);
     }
@@ -573,27 +396,15 @@ fn validate_spreads(p: &mut Problems, at: &str, spreads: &[Spread]) {
         let mut percent_sum: u32 = 0;
         for target in &spread.targets {
             if !seen.insert(&target.value) {
-                p.push(
-                    &at,
-                    format!("target {:?} is listed more than once", target.value),
-                );
+                p.push(&at, format!("target {:?} is listed more than once", target.value));
             }
             if target.percent > 100 {
-                p.push(
-                    &at,
-                    format!(
-                        "target {:?} percent {} is above 100",
-                        target.value, target.percent
-                    ),
-                );
+                p.push(&at, format!("target {:?} percent {} is above 100", target.value, target.percent));
             }
             percent_sum += u32::from(target.percent);
         }
         if percent_sum > 100 {
-            p.push(
-                &at,
-                format!("target percents add up to {percent_sum}, more than 100"),
-            );
+            p.push(&at, format!("target percents add up to {percent_sum}, more than 100"));
         }
     }
 }
@@ -603,10 +414,7 @@ fn validate_restart(p: &mut Problems, at: &str, r: &RestartPolicy) {
         p.push(at, "mode delay with 0 attempts is ambiguous");
     }
     if r.delay_ns < 0 {
-        p.push(
-            at,
-            format!("delay {} must not be negative", duration(r.delay_ns)),
-        );
+        p.push(at, format!("delay {} must not be negative", duration(r.delay_ns)));
     }
     if r.interval_ns < RESTART_INTERVAL_MIN_NS {
         p.push(
@@ -641,30 +449,17 @@ fn validate_reschedule(p: &mut Problems, at: &str, r: &ReschedulePolicy) {
             p.push(at, "interval must be positive when attempts > 0");
         }
         if r.unlimited {
-            p.push(
-                at,
-                format!("attempts {} with unlimited = true is ambiguous", r.attempts),
-            );
+            p.push(at, format!("attempts {} with unlimited = true is ambiguous", r.attempts));
         }
     }
     if r.attempts > RESCHEDULE_ATTEMPTS_MAX {
-        p.push(
-            at,
-            format!(
-                "attempts {} is above {RESCHEDULE_ATTEMPTS_MAX}; use unlimited",
-                r.attempts
-            ),
-        );
+        p.push(at, format!("attempts {} is above {RESCHEDULE_ATTEMPTS_MAX}; use unlimited", r.attempts));
     }
     let mut delays_ok = true;
     if r.delay_ns < RESCHEDULE_DELAY_MIN_NS {
         p.push(
             at,
-            format!(
-                "delay {} is below the minimum of {}",
-                duration(r.delay_ns),
-                duration(RESCHEDULE_DELAY_MIN_NS)
-            ),
+            format!("delay {} is below the minimum of {}", duration(r.delay_ns), duration(RESCHEDULE_DELAY_MIN_NS)),
         );
         delays_ok = false;
     }
@@ -681,14 +476,7 @@ fn validate_reschedule(p: &mut Problems, at: &str, r: &ReschedulePolicy) {
             delays_ok = false;
         }
         if r.max_delay_ns < r.delay_ns {
-            p.push(
-                at,
-                format!(
-                    "max_delay {} is below delay {}",
-                    duration(r.max_delay_ns),
-                    duration(r.delay_ns)
-                ),
-            );
+            p.push(at, format!("max_delay {} is below delay {}", duration(r.max_delay_ns), duration(r.delay_ns)));
             delays_ok = false;
         }
     }
@@ -794,31 +582,13 @@ fn validate_update(p: &mut Problems, at: &str, u: &UpdateStrategy, job_type: Job
         p.push(at, "auto_promote needs a canary count above 0");
     }
     if u.min_healthy_time_ns < 0 {
-        p.push(
-            at,
-            format!(
-                "min_healthy_time {} must not be negative",
-                duration(u.min_healthy_time_ns)
-            ),
-        );
+        p.push(at, format!("min_healthy_time {} must not be negative", duration(u.min_healthy_time_ns)));
     }
     if u.healthy_deadline_ns <= 0 {
-        p.push(
-            at,
-            format!(
-                "healthy_deadline {} must be positive",
-                duration(u.healthy_deadline_ns)
-            ),
-        );
+        p.push(at, format!("healthy_deadline {} must be positive", duration(u.healthy_deadline_ns)));
     }
     if u.progress_deadline_ns < 0 {
-        p.push(
-            at,
-            format!(
-                "progress_deadline {} must not be negative",
-                duration(u.progress_deadline_ns)
-            ),
-        );
+        p.push(at, format!("progress_deadline {} must not be negative", duration(u.progress_deadline_ns)));
     }
     if u.min_healthy_time_ns >= u.healthy_deadline_ns {
         p.push(
@@ -841,10 +611,7 @@ fn validate_update(p: &mut Problems, at: &str, u: &UpdateStrategy, job_type: Job
         );
     }
     if u.stagger_ns <= 0 {
-        p.push(
-            at,
-            format!("stagger {} must be positive", duration(u.stagger_ns)),
-        );
+        p.push(at, format!("stagger {} must be positive", duration(u.stagger_ns)));
     }
 }
 
@@ -856,22 +623,10 @@ fn validate_migrate(p: &mut Problems, at: &str, m: &MigrateStrategy) {
         other => p.push(at, format!("unknown health_check {other:?}")),
     }
     if m.min_healthy_time_ns < 0 {
-        p.push(
-            at,
-            format!(
-                "min_healthy_time {} must not be negative",
-                duration(m.min_healthy_time_ns)
-            ),
-        );
+        p.push(at, format!("min_healthy_time {} must not be negative", duration(m.min_healthy_time_ns)));
     }
     if m.healthy_deadline_ns < 0 {
-        p.push(
-            at,
-            format!(
-                "healthy_deadline {} must not be negative",
-                duration(m.healthy_deadline_ns)
-            ),
-        );
+        p.push(at, format!("healthy_deadline {} must not be negative", duration(m.healthy_deadline_ns)));
     }
     if m.min_healthy_time_ns > m.healthy_deadline_ns {
         p.push(
@@ -908,41 +663,17 @@ pub fn validate_node(node: &Node) -> Result<(), ValidationError> {
         p.push("", "dynamic port range must not include port 0");
     }
     if r.min_dynamic_port > r.max_dynamic_port {
-        p.push(
-            "",
-            format!(
-                "min_dynamic_port {} is above max_dynamic_port {}",
-                r.min_dynamic_port, r.max_dynamic_port
-            ),
-        );
+        p.push("", format!("min_dynamic_port {} is above max_dynamic_port {}", r.min_dynamic_port, r.max_dynamic_port));
     }
     let reserved = &node.reserved;
     if reserved.cpu_mhz > r.cpu_mhz {
-        p.push(
-            "",
-            format!(
-                "reserved cpu {} MHz is more than the total {} MHz",
-                reserved.cpu_mhz, r.cpu_mhz
-            ),
-        );
+        p.push("", format!("reserved cpu {} MHz is more than the total {} MHz", reserved.cpu_mhz, r.cpu_mhz));
     }
     if reserved.memory_mb > r.memory_mb {
-        p.push(
-            "",
-            format!(
-                "reserved memory {} MB is more than the total {} MB",
-                reserved.memory_mb, r.memory_mb
-            ),
-        );
+        p.push("", format!("reserved memory {} MB is more than the total {} MB", reserved.memory_mb, r.memory_mb));
     }
     if reserved.disk_mb > r.disk_mb {
-        p.push(
-            "",
-            format!(
-                "reserved disk {} MB is more than the total {} MB",
-                reserved.disk_mb, r.disk_mb
-            ),
-        );
+        p.push("", format!("reserved disk {} MB is more than the total {} MB", reserved.disk_mb, r.disk_mb));
     }
     let mut ids: HashSet<&str> = HashSet::new();
     for group in &r.devices {
@@ -954,10 +685,7 @@ pub fn validate_node(node: &Node) -> Result<(), ValidationError> {
             if instance.id.is_empty() {
                 p.push(&at, format!("instance {} has no id", i + 1));
             } else if !ids.insert(&instance.id) {
-                p.push(
-                    &at,
-                    format!("instance id {:?} is used twice on this node", instance.id),
-                );
+                p.push(&at, format!("instance id {:?} is used twice on this node", instance.id));
             }
         }
     }
@@ -972,9 +700,7 @@ mod tests {
 
     use super::*;
     use crate::ids::NodeId;
-    use crate::model::{
-        DeviceInstance, NodeDeviceResource, NodeResources, PortRequest, SpreadTarget,
-    };
+    use crate::model::{DeviceInstance, NodeDeviceResource, NodeResources, PortRequest, SpreadTarget};
 
     fn report(result: Result<(), ValidationError>) -> String {
         match result {
@@ -1045,34 +771,16 @@ mod tests {
             attribute: "".into(),
             weight: 0,
             targets: vec![
-                SpreadTarget {
-                    value: "dc1".into(),
-                    percent: 70,
-                },
-                SpreadTarget {
-                    value: "dc1".into(),
-                    percent: 40,
-                },
+                SpreadTarget { value: "dc1".into(), percent: 70 },
+                SpreadTarget { value: "dc1".into(), percent: 40 },
             ],
         }];
         let group = &mut job.task_groups[0];
         group.restart_policy.interval_ns = 10 * SECOND_NS;
         group.ports = vec![
-            PortRequest {
-                label: "http".into(),
-                static_port: Some(0),
-                to: 0,
-            },
-            PortRequest {
-                label: "http".into(),
-                static_port: None,
-                to: 0,
-            },
-            PortRequest {
-                label: "".into(),
-                static_port: None,
-                to: 0,
-            },
+            PortRequest { label: "http".into(), static_port: Some(0), to: 0 },
+            PortRequest { label: "http".into(), static_port: None, to: 0 },
+            PortRequest { label: "".into(), static_port: None, to: 0 },
         ];
         group.reschedule_policy = Some(ReschedulePolicy {
             attempts: 3,
@@ -1092,20 +800,11 @@ mod tests {
         api.resources.memory_max_mb = 4;
         api.resources.cpu_mhz = 5_000_000;
         api.resources.devices = vec![
-            DeviceRequest {
-                name: "nvidia//h200".into(),
-                count: 0,
-                constraints: vec![],
-                affinities: vec![],
-            },
+            DeviceRequest { name: "nvidia//h200".into(), count: 0, constraints: vec![], affinities: vec![] },
             DeviceRequest {
                 name: "gpu".into(),
                 count: 1,
-                constraints: vec![Constraint::new(
-                    "${device.model}",
-                    ConstraintOp::DistinctHosts,
-                    "",
-                )],
+                constraints: vec![Constraint::new("${device.model}", ConstraintOp::DistinctHosts, "")],
                 affinities: vec![],
             },
         ];
@@ -1173,11 +872,7 @@ mod tests {
             "#]],
         );
         let message = validate_job(&job).unwrap_err().to_string();
-        assert!(
-            message
-                .starts_with("43 errors: job id \"bad id\" contains a space; missing job name; "),
-            "{message}"
-        );
+        assert!(message.starts_with("43 errors: job id \"bad id\" contains a space; missing job name; "), "{message}");
     }
 
     #[test]
@@ -1212,11 +907,7 @@ mod tests {
             operand: ConstraintOp::Equal,
             weight: 50,
         }];
-        group.spreads = vec![Spread {
-            attribute: "${node.datacenter}".into(),
-            weight: 50,
-            targets: vec![],
-        }];
+        group.spreads = vec![Spread { attribute: "${node.datacenter}".into(), weight: 50, targets: vec![] }];
         group.migrate = Some(MigrateStrategy::default());
         let mut gang = TaskGroup::new("gang", 0, JobType::System, vec![Task::new("t", "exec")]);
         gang.gang = true;
@@ -1237,15 +928,13 @@ mod tests {
 
     #[test]
     fn reschedule_attempts_that_fit() {
-        let policy = |attempts, interval_s: i64, delay_s: i64, delay_function, max_delay_s: i64| {
-            ReschedulePolicy {
-                attempts,
-                interval_ns: interval_s * SECOND_NS,
-                delay_ns: delay_s * SECOND_NS,
-                delay_function,
-                max_delay_ns: max_delay_s * SECOND_NS,
-                unlimited: false,
-            }
+        let policy = |attempts, interval_s: i64, delay_s: i64, delay_function, max_delay_s: i64| ReschedulePolicy {
+            attempts,
+            interval_ns: interval_s * SECOND_NS,
+            delay_ns: delay_s * SECOND_NS,
+            delay_function,
+            max_delay_ns: max_delay_s * SECOND_NS,
+            unlimited: false,
         };
         let cases = [
             policy(1, 24 * 3600, 5, DelayFunction::Constant, 0),
@@ -1253,28 +942,15 @@ mod tests {
             policy(5, 60, 10, DelayFunction::Exponential, 60),
             policy(5, 60, 5, DelayFunction::Fibonacci, 60),
             policy(8, 60, 5, DelayFunction::Fibonacci, 20),
-            policy(
-                RESCHEDULE_ATTEMPTS_MAX + 1,
-                60,
-                5,
-                DelayFunction::Exponential,
-                60,
-            ),
+            policy(RESCHEDULE_ATTEMPTS_MAX + 1, 60, 5, DelayFunction::Exponential, 60),
             policy(3, 10, 5, DelayFunction::Constant, 0),
         ];
         let mut out = String::new();
         for r in &cases {
             let mut p = Problems::default();
             validate_reschedule(&mut p, "", r);
-            writeln!(
-                out,
-                "{} x{} in {}: {:?}",
-                r.delay_function.as_str(),
-                r.attempts,
-                duration(r.interval_ns),
-                p.list
-            )
-            .unwrap();
+            writeln!(out, "{} x{} in {}: {:?}", r.delay_function.as_str(), r.attempts, duration(r.interval_ns), p.list)
+                .unwrap();
         }
         expect![[r#"
             constant x1 in 86400s: []
@@ -1294,12 +970,7 @@ mod tests {
             NodeId(1),
             "n1",
             "dc1",
-            NodeResources {
-                cpu_mhz: 4000,
-                memory_mb: 8192,
-                disk_mb: 0,
-                ..Default::default()
-            },
+            NodeResources { cpu_mhz: 4000, memory_mb: 8192, disk_mb: 0, ..Default::default() },
         );
         expect!["ok\n"].assert_eq(&report(validate_node(&good)));
 
@@ -1344,9 +1015,8 @@ mod tests {
 
     #[test]
     fn problems_are_bounded() {
-        let groups: Vec<TaskGroup> = (0..PROBLEMS_MAX + 5)
-            .map(|i| TaskGroup::new(&format!("g{i}"), 1, JobType::Service, vec![]))
-            .collect();
+        let groups: Vec<TaskGroup> =
+            (0..PROBLEMS_MAX + 5).map(|i| TaskGroup::new(&format!("g{i}"), 1, JobType::Service, vec![])).collect();
         let job = Job::new("many", JobType::Service, groups);
         let err = validate_job(&job).unwrap_err();
         assert_eq!(err.problems.len(), PROBLEMS_MAX);

@@ -10,8 +10,8 @@
 //! as it does, so a lagging worker neither spins nor fails evals. On shutdown
 //! a waiting worker nacks and stops with a warning.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -147,7 +147,8 @@ impl Worker {
     pub fn run(&self) {
         let mut backoff = Backoff { base: self.config.backoff_base, limit: self.config.backoff_limit, failures: 0 };
         while !self.cancel.is_cancelled() {
-            let delivery = match self.leader.dequeue(&self.config.schedulers, self.config.dequeue_timeout, &self.cancel) {
+            let delivery = match self.leader.dequeue(&self.config.schedulers, self.config.dequeue_timeout, &self.cancel)
+            {
                 Ok(Some(d)) => d,
                 Ok(None) => continue,
                 Err(_) => {
@@ -250,25 +251,34 @@ impl Worker {
             if attempts >= limit {
                 return self.finish(eval, &outcome, snapshot.index(), true);
             }
-            snapshot = match self.store.snapshot_min_index(result.refresh_index, self.config.raft_sync_limit, &self.cancel) {
-                Ok(s) => s,
-                Err(WaitError::Cancelled { .. }) => return Err(Interrupted::Shutdown),
-                Err(WaitError::Timeout { .. }) => return Err(Interrupted::Service),
-            };
+            snapshot =
+                match self.store.snapshot_min_index(result.refresh_index, self.config.raft_sync_limit, &self.cancel) {
+                    Ok(s) => s,
+                    Err(WaitError::Cancelled { .. }) => return Err(Interrupted::Shutdown),
+                    Err(WaitError::Timeout { .. }) => return Err(Interrupted::Service),
+                };
         }
     }
 
     /// Write the eval's outcome: completed (or failed after too many plan
     /// attempts), plus its blocked and follow-up evals, in one raft entry.
-    fn finish(&self, eval: &Evaluation, outcome: &ScheduleOutcome, snapshot_index: u64, out_of_attempts: bool) -> Result<(), Interrupted> {
+    fn finish(
+        &self,
+        eval: &Evaluation,
+        outcome: &ScheduleOutcome,
+        snapshot_index: u64,
+        out_of_attempts: bool,
+    ) -> Result<(), Interrupted> {
         let now = self.clock.now_ns();
         let mut evals = Vec::with_capacity(2 + outcome.followup_evals.len());
         let mut done = scheduler::completed_eval(eval, outcome, snapshot_index, now);
         if out_of_attempts {
             done.status = EvalStatus::Failed;
-            done.status_description = format!("maximum plan attempts reached ({})", max_plan_attempts(eval.job_type)).into();
+            done.status_description =
+                format!("maximum plan attempts reached ({})", max_plan_attempts(eval.job_type)).into();
         }
-        let max_plans_blocked = (out_of_attempts && outcome.blocked_eval.is_none()).then(|| max_plans_blocked_eval(eval, snapshot_index, now));
+        let max_plans_blocked = (out_of_attempts && outcome.blocked_eval.is_none())
+            .then(|| max_plans_blocked_eval(eval, snapshot_index, now));
         match max_plans_blocked.as_ref().or(outcome.blocked_eval.as_ref()) {
             // Re-blocking the same eval replaces its completion.
             Some(blocked) if blocked.id == eval.id => evals.push(blocked.clone()),

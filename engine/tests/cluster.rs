@@ -2,19 +2,19 @@
 //! plan applier and FSM, with nodes failing mid-run and the safety
 //! invariants checked after every commit.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use caravan_engine::clock::ManualClock;
-use caravan_engine::fixtures::{job, node};
 use caravan_engine::endpoints;
+use caravan_engine::fixtures::{job, node};
 use caravan_engine::fsm::Command;
 use caravan_engine::ids::IdGen;
 use caravan_engine::local::{LocalCluster, LocalConfig};
-use caravan_engine::plan::Pipelining;
 use caravan_engine::model::*;
-use caravan_engine::state::{usage_from_allocs, State};
+use caravan_engine::plan::Pipelining;
+use caravan_engine::state::{State, usage_from_allocs};
 use caravan_engine::worker::WorkerConfig;
 
 /// Liveness bound for the pipeline to drain; generous, not a measurement.
@@ -23,14 +23,20 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 fn check_invariants(state: &State) -> Result<(), String> {
     for node in state.nodes() {
         let live = state.allocs_by_node(node.id).filter(|a| !a.is_terminal()).map(|a| &**a);
-        usage_from_allocs(node, live).map_err(|e| format!("index {}: node {} over-committed: {e}", state.index(), node.name))?;
+        usage_from_allocs(node, live)
+            .map_err(|e| format!("index {}: node {} over-committed: {e}", state.index(), node.name))?;
     }
     Ok(())
 }
 
 fn start(workers: usize) -> (LocalCluster, ManualClock) {
     let clock = ManualClock::new(1_700_000_000 * SECOND_NS);
-    let config = LocalConfig { workers, worker: WorkerConfig { raft_sync_limit: Duration::from_millis(200), ..WorkerConfig::default() }, seed: 11, ..LocalConfig::default() };
+    let config = LocalConfig {
+        workers,
+        worker: WorkerConfig { raft_sync_limit: Duration::from_millis(200), ..WorkerConfig::default() },
+        seed: 11,
+        ..LocalConfig::default()
+    };
     let cluster = LocalCluster::start(config, Arc::new(clock.clone()));
     cluster.log.set_after_commit(Box::new(check_invariants));
     (cluster, clock)
@@ -63,7 +69,9 @@ fn mixed_jobs_on_a_thousand_nodes_with_failures() {
         if j == 100 {
             // Fail 50 nodes mid-run; the evals they trigger replace lost work.
             for node_id in node_ids.iter().take(50) {
-                cluster.write(|state, ids, now| endpoints::update_node_status(state, *node_id, NodeStatus::Down, now, ids)).unwrap();
+                cluster
+                    .write(|state, ids, now| endpoints::update_node_status(state, *node_id, NodeStatus::Down, now, ids))
+                    .unwrap();
             }
         }
     }
@@ -78,7 +86,13 @@ fn mixed_jobs_on_a_thousand_nodes_with_failures() {
             assert_ne!(snapshot.node(a.node_id).unwrap().status, NodeStatus::Down, "{} left on a down node", a.name());
         }
         let expected = match spec.job_type {
-            JobType::System => snapshot.nodes().filter(|n| n.ready_for_placement() && (spec.datacenters[0].as_ref() == "*" || n.datacenter.text() == spec.datacenters[0])).count(),
+            JobType::System => snapshot
+                .nodes()
+                .filter(|n| {
+                    n.ready_for_placement()
+                        && (spec.datacenters[0].as_ref() == "*" || n.datacenter.text() == spec.datacenters[0])
+                })
+                .count(),
             _ => spec.task_groups[0].count as usize,
         };
         assert_eq!(live.len(), expected, "job {} has {} live allocations", spec.id, live.len());
@@ -109,7 +123,11 @@ fn blocked_eval_is_unblocked_by_new_capacity() {
     }
     assert!(cluster.wait_idle(IDLE_TIMEOUT));
     let snapshot = cluster.store.snapshot();
-    assert_eq!(snapshot.allocs_by_job(&spec.key()).filter(|a| !a.is_terminal()).count(), 3, "capacity change unblocked the eval");
+    assert_eq!(
+        snapshot.allocs_by_job(&spec.key()).filter(|a| !a.is_terminal()).count(),
+        3,
+        "capacity change unblocked the eval"
+    );
     assert_eq!(snapshot.eval(blocked_id).unwrap().status, EvalStatus::Complete);
     let stats: u64 = cluster.worker_stats.iter().map(|s| s.evals_processed.load(Ordering::Relaxed)).sum();
     assert!(stats >= 2);
@@ -153,7 +171,19 @@ fn overlapped_applier_never_over_commits() {
     let snapshot = cluster.store.snapshot();
     for k in &keys {
         let live = snapshot.allocs_by_job(k).filter(|a| !a.is_terminal()).count();
-        let evals: Vec<String> = snapshot.evals_by_job(k).map(|e| format!("{:?} {:?} {:?} q={:?} failed={:?}", e.triggered_by, e.status, e.status_description, e.queued_allocations, e.failed_tg_allocs.values().map(|m| m.summary()).collect::<Vec<_>>())).collect();
+        let evals: Vec<String> = snapshot
+            .evals_by_job(k)
+            .map(|e| {
+                format!(
+                    "{:?} {:?} {:?} q={:?} failed={:?}",
+                    e.triggered_by,
+                    e.status,
+                    e.status_description,
+                    e.queued_allocations,
+                    e.failed_tg_allocs.values().map(|m| m.summary()).collect::<Vec<_>>()
+                )
+            })
+            .collect();
         assert_eq!(live, 10, "job {k}: {evals:#?}");
     }
     cluster.shutdown();

@@ -13,7 +13,7 @@ use caravan_engine::ids::{AllocId, JobKey};
 use caravan_engine::model::*;
 use caravan_engine::scheduler::describe_plan;
 use caravan_engine::sim::SimCluster;
-use caravan_engine::state::{usage_from_allocs, State};
+use caravan_engine::state::{State, usage_from_allocs};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -45,7 +45,14 @@ fn job_spec() -> impl Strategy<Value = JobSpec> {
         any::<bool>(),
         prop_oneof![Just(20u8), Just(50), Just(80)],
     )
-        .prop_map(|(job_type, count, cpu, mem, static_port, priority)| JobSpec { job_type, count, cpu, mem, static_port, priority })
+        .prop_map(|(job_type, count, cpu, mem, static_port, priority)| JobSpec {
+            job_type,
+            count,
+            cpu,
+            mem,
+            static_port,
+            priority,
+        })
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -62,7 +69,8 @@ fn event() -> impl Strategy<Value = Event> {
 fn check_invariants(state: &State) {
     for node in state.nodes() {
         let live: Vec<&Allocation> = state.allocs_by_node(node.id).filter(|a| !a.is_terminal()).map(|a| &**a).collect();
-        let recount = usage_from_allocs(node, live.iter().copied()).unwrap_or_else(|e| panic!("node {} over-committed: {e}", node.name));
+        let recount = usage_from_allocs(node, live.iter().copied())
+            .unwrap_or_else(|e| panic!("node {} over-committed: {e}", node.name));
         let incremental = state.node_usage(node.id).cloned().unwrap_or_default();
         assert_eq!(recount.used, incremental.used, "incremental usage drifted on {}", node.name);
         assert_eq!(recount.ports, incremental.ports, "port usage drifted on {}", node.name);
@@ -89,13 +97,25 @@ fn process_checked(c: &mut SimCluster, eval: &Evaluation) {
     for (node_id, allocs) in &result.node_allocation {
         let node = before.node(*node_id).expect("placed on a known node");
         for a in allocs.iter().filter(|a| before.alloc(a.id).is_none()) {
-            assert!(node.ready_for_placement(), "new alloc {} placed on {} which is {:?}/{:?}/drain={}", a.name(), node.name, node.status, node.eligibility, node.drain.is_some());
+            assert!(
+                node.ready_for_placement(),
+                "new alloc {} placed on {} which is {:?}/{:?}/drain={}",
+                a.name(),
+                node.name,
+                node.status,
+                node.eligibility,
+                node.drain.is_some()
+            );
         }
     }
     check_invariants(&c.snapshot());
     if result.rejected_nodes.is_empty() {
         let rerun = c.schedule(eval);
-        assert!(rerun.plan.is_no_op(), "rerun after apply must be empty, got:\n{}", describe_plan(&c.snapshot(), &rerun.plan));
+        assert!(
+            rerun.plan.is_no_op(),
+            "rerun after apply must be empty, got:\n{}",
+            describe_plan(&c.snapshot(), &rerun.plan)
+        );
     }
 }
 

@@ -169,7 +169,13 @@ fn failed_batch_alloc_reschedules_after_delay() {
     c.advance(6 * SECOND_NS);
     let eval = c.eval_for(&JobKey::new("default", "b"), TriggeredBy::RetryFailedAlloc);
     let outcome = c.schedule(&eval);
-    let replacement = outcome.plan.node_allocation.values().flatten().find(|a| a.previous_alloc == Some(alloc.id)).expect("rescheduled");
+    let replacement = outcome
+        .plan
+        .node_allocation
+        .values()
+        .flatten()
+        .find(|a| a.previous_alloc == Some(alloc.id))
+        .expect("rescheduled");
     assert_eq!(replacement.reschedule_tracker.as_ref().unwrap().events.len(), 1);
     assert_ne!(replacement.node_id, alloc.node_id, "the reschedule penalty steers away from the failed node");
     c.apply(&outcome);

@@ -49,7 +49,12 @@ impl ScriptedLeader {
 }
 
 impl LeaderServices for ScriptedLeader {
-    fn dequeue(&self, _types: &[JobType], timeout: Duration, cancel: &Cancel) -> Result<Option<Delivery>, ServiceError> {
+    fn dequeue(
+        &self,
+        _types: &[JobType],
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<Option<Delivery>, ServiceError> {
         self.dequeues.fetch_add(1, Ordering::SeqCst);
         if let Some(d) = self.queue.lock().unwrap().pop_front() {
             return Ok(Some(d));
@@ -76,14 +81,22 @@ impl LeaderServices for ScriptedLeader {
     }
 }
 
-fn start(store: Arc<StateStore>, leader: Arc<ScriptedLeader>, sync_limit: Duration) -> (Cancel, Arc<WorkerStats>, std::thread::JoinHandle<()>) {
+fn start(
+    store: Arc<StateStore>,
+    leader: Arc<ScriptedLeader>,
+    sync_limit: Duration,
+) -> (Cancel, Arc<WorkerStats>, std::thread::JoinHandle<()>) {
     let cancel = Cancel::new();
     let stats = Arc::new(WorkerStats::default());
     let worker = Worker {
         store,
         leader,
         clock: Arc::new(SystemClock),
-        config: WorkerConfig { raft_sync_limit: sync_limit, dequeue_timeout: Duration::from_millis(20), ..WorkerConfig::default() },
+        config: WorkerConfig {
+            raft_sync_limit: sync_limit,
+            dequeue_timeout: Duration::from_millis(20),
+            ..WorkerConfig::default()
+        },
         stats: stats.clone(),
         cancel: cancel.clone(),
     };
@@ -182,7 +195,11 @@ fn partial_commit_refreshes_and_replans() {
             if n == 0 {
                 PlanResult { rejected_nodes: plan.nodes(), refresh_index: index_now, ..Default::default() }
             } else {
-                PlanResult { node_allocation: plan.node_allocation.clone(), alloc_index: index_now + 1, ..Default::default() }
+                PlanResult {
+                    node_allocation: plan.node_allocation.clone(),
+                    alloc_index: index_now + 1,
+                    ..Default::default()
+                }
             }
         }),
     );
@@ -205,7 +222,11 @@ fn plan_attempts_are_bounded() {
     let delivery = Delivery { eval: Arc::new(eval), token: 1, wait_index: index_now };
     let leader = ScriptedLeader::new(
         delivery,
-        Box::new(move |plan: &Plan, _| PlanResult { rejected_nodes: plan.nodes(), refresh_index: index_now, ..Default::default() }),
+        Box::new(move |plan: &Plan, _| PlanResult {
+            rejected_nodes: plan.nodes(),
+            refresh_index: index_now,
+            ..Default::default()
+        }),
     );
     let (cancel, _stats, handle) = start(c.fsm.store().clone(), leader.clone(), Duration::from_secs(5));
     wait_until("eval finished", || leader.acks.load(Ordering::SeqCst) == 1);

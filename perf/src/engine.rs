@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use caravan_engine::clock::SystemClock;
 use caravan_engine::fixtures::{job, node};
 use caravan_engine::fsm::Command;
@@ -82,7 +82,9 @@ pub(crate) fn run(args: &EngineArgs) -> anyhow::Result<()> {
     let allocs_placed = snapshot.allocs().filter(|a| !a.is_terminal()).count() as u64;
     let overcommitted_nodes = snapshot
         .nodes()
-        .filter(|n| usage_from_allocs(n, snapshot.allocs_by_node(n.id).filter(|a| !a.is_terminal()).map(|a| &**a)).is_err())
+        .filter(|n| {
+            usage_from_allocs(n, snapshot.allocs_by_node(n.id).filter(|a| !a.is_terminal()).map(|a| &**a)).is_err()
+        })
         .count();
     let mut latencies = cluster.eval_latencies_us();
     latencies.sort_unstable();
@@ -121,7 +123,8 @@ pub(crate) fn run(args: &EngineArgs) -> anyhow::Result<()> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
         if !args.json {
             eprintln!("wrote {}", path.display());
         }

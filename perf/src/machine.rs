@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// Cores, memory, kernel, build profile and git commit.
 pub(crate) fn facts() -> Value {

@@ -118,11 +118,7 @@ struct Ready {
 
 impl Ready {
     fn rank(&self) -> (u8, Reverse<u64>, Reverse<u64>) {
-        (
-            self.eval.priority,
-            Reverse(self.eval.create_index),
-            Reverse(self.seq),
-        )
+        (self.eval.priority, Reverse(self.eval.create_index), Reverse(self.seq))
     }
 }
 
@@ -306,31 +302,17 @@ impl EvalBroker {
         let Some((job_type, _)) = best else {
             return Ok(None);
         };
-        let ready = self
-            .ready
-            .get_mut(&job_type)
-            .and_then(|heap| heap.pop())
-            .expect("peeked above");
-        Ok(Some(self.hand_out(
-            ready.eval,
-            Queue::Scheduler(job_type),
-            now_ns,
-        )))
+        let ready = self.ready.get_mut(&job_type).and_then(|heap| heap.pop()).expect("peeked above");
+        Ok(Some(self.hand_out(ready.eval, Queue::Scheduler(job_type), now_ns)))
     }
 
     /// The oldest eval that reached the delivery limit. The leader writes it
     /// as failed with a follow-up ([`failed_followup`]), then acks it.
-    pub fn dequeue_failed(
-        &mut self,
-        now_ns: TimeNs,
-    ) -> Result<Option<(Arc<Evaluation>, u64)>, BrokerError> {
+    pub fn dequeue_failed(&mut self, now_ns: TimeNs) -> Result<Option<(Arc<Evaluation>, u64)>, BrokerError> {
         if !self.enabled {
             return Err(BrokerError::BrokerDisabled);
         }
-        Ok(self
-            .failed
-            .pop_front()
-            .map(|eval| self.hand_out(eval, Queue::Failed, now_ns)))
+        Ok(self.failed.pop_front().map(|eval| self.hand_out(eval, Queue::Failed, now_ns)))
     }
 
     /// The worker is done with the eval: it leaves the broker, and the best
@@ -360,11 +342,8 @@ impl EvalBroker {
         assert!(!pending.is_empty());
         // Newest wins at equal priority: it reflects the latest job version.
         // `max_by_key` returns the last maximum, the latest enqueued on a tie.
-        let (best_index, _) = pending
-            .iter()
-            .enumerate()
-            .max_by_key(|(_, eval)| (eval.priority, eval.modify_index))
-            .expect("not empty");
+        let (best_index, _) =
+            pending.iter().enumerate().max_by_key(|(_, eval)| (eval.priority, eval.modify_index)).expect("not empty");
         let best = pending.swap_remove(best_index);
         for eval in &pending {
             let removed = self.nacks.remove(&eval.id);
@@ -380,12 +359,7 @@ impl EvalBroker {
 
     /// The worker gave up on the eval: redeliver it after a back-off, or move
     /// it to the failed queue once it was nacked `delivery_limit` times.
-    pub fn nack(
-        &mut self,
-        eval_id: EvalId,
-        token: u64,
-        now_ns: TimeNs,
-    ) -> Result<Vec<BrokerOutput>, BrokerError> {
+    pub fn nack(&mut self, eval_id: EvalId, token: u64, now_ns: TimeNs) -> Result<Vec<BrokerOutput>, BrokerError> {
         let unacked = self.take_unacked(eval_id, token)?;
         // The nack redelivers the eval anyway.
         self.requeue.remove(&eval_id);
@@ -395,12 +369,7 @@ impl EvalBroker {
     }
 
     /// The worker is alive and still working: restart the nack timer.
-    pub fn outstanding_reset(
-        &mut self,
-        eval_id: EvalId,
-        token: u64,
-        now_ns: TimeNs,
-    ) -> Result<(), BrokerError> {
+    pub fn outstanding_reset(&mut self, eval_id: EvalId, token: u64, now_ns: TimeNs) -> Result<(), BrokerError> {
         let timeout_ns = self.config.nack_timeout_ns;
         let unacked = self.unacked_mut(eval_id, token)?;
         if unacked.nack_deadline_ns.is_some() {
@@ -417,15 +386,9 @@ impl EvalBroker {
     }
 
     /// The plan was applied: a full nack timeout starts again from `now_ns`.
-    pub fn resume_nack_timeout(
-        &mut self,
-        eval_id: EvalId,
-        token: u64,
-        now_ns: TimeNs,
-    ) -> Result<(), BrokerError> {
+    pub fn resume_nack_timeout(&mut self, eval_id: EvalId, token: u64, now_ns: TimeNs) -> Result<(), BrokerError> {
         let timeout_ns = self.config.nack_timeout_ns;
-        self.unacked_mut(eval_id, token)?.nack_deadline_ns =
-            Some(now_ns.saturating_add(timeout_ns));
+        self.unacked_mut(eval_id, token)?.nack_deadline_ns = Some(now_ns.saturating_add(timeout_ns));
         Ok(())
     }
 
@@ -439,11 +402,7 @@ impl EvalBroker {
         let mut expired: Vec<(TimeNs, EvalId)> = self
             .unacked
             .iter()
-            .filter_map(|(id, u)| {
-                u.nack_deadline_ns
-                    .filter(|&d| d <= now_ns)
-                    .map(|d| (d, *id))
-            })
+            .filter_map(|(id, u)| u.nack_deadline_ns.filter(|&d| d <= now_ns).map(|d| (d, *id)))
             .collect();
         expired.sort_unstable();
         for (_, eval_id) in expired {
@@ -463,11 +422,7 @@ impl EvalBroker {
     /// When [`EvalBroker::tick`] next has work: the earliest nack deadline or
     /// waiting eval due time.
     pub fn next_deadline_ns(&self) -> Option<TimeNs> {
-        let nack_ns = self
-            .unacked
-            .values()
-            .filter_map(|u| u.nack_deadline_ns)
-            .min();
+        let nack_ns = self.unacked.values().filter_map(|u| u.nack_deadline_ns).min();
         let waiting_ns = self.waiting.peek().map(|w| w.due_ns);
         match (nack_ns, waiting_ns) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -476,12 +431,8 @@ impl EvalBroker {
     }
 
     pub fn stats(&self) -> BrokerStats {
-        let ready_by_type: BTreeMap<JobType, usize> = self
-            .ready
-            .iter()
-            .filter(|(_, heap)| !heap.is_empty())
-            .map(|(t, heap)| (*t, heap.len()))
-            .collect();
+        let ready_by_type: BTreeMap<JobType, usize> =
+            self.ready.iter().filter(|(_, heap)| !heap.is_empty()).map(|(t, heap)| (*t, heap.len())).collect();
         BrokerStats {
             total_ready: ready_by_type.values().sum(),
             total_unacked: self.unacked.len(),
@@ -492,22 +443,12 @@ impl EvalBroker {
         }
     }
 
-    fn hand_out(
-        &mut self,
-        eval: Arc<Evaluation>,
-        queue: Queue,
-        now_ns: TimeNs,
-    ) -> (Arc<Evaluation>, u64) {
+    fn hand_out(&mut self, eval: Arc<Evaluation>, queue: Queue, now_ns: TimeNs) -> (Arc<Evaluation>, u64) {
         assert_eq!(self.job_slots.get(&eval.job_key()), Some(&eval.id));
         self.tokens_issued += 1;
         let token = mix_token(self.config.token_seed, self.tokens_issued);
         let deadline_ns = now_ns.saturating_add(self.config.nack_timeout_ns);
-        let unacked = Unacked {
-            eval: eval.clone(),
-            token,
-            nack_deadline_ns: Some(deadline_ns),
-            queue,
-        };
+        let unacked = Unacked { eval: eval.clone(), token, nack_deadline_ns: Some(deadline_ns), queue };
         let previous = self.unacked.insert(eval.id, unacked);
         assert!(previous.is_none(), "an eval is handed out once at a time");
         (eval, token)
@@ -522,10 +463,7 @@ impl EvalBroker {
         if !self.enabled {
             return Err(BrokerError::BrokerDisabled);
         }
-        let unacked = self
-            .unacked
-            .get_mut(&eval_id)
-            .ok_or(BrokerError::NotOutstanding(eval_id))?;
+        let unacked = self.unacked.get_mut(&eval_id).ok_or(BrokerError::NotOutstanding(eval_id))?;
         if unacked.token != token {
             return Err(BrokerError::TokenMismatch(eval_id));
         }
@@ -534,17 +472,9 @@ impl EvalBroker {
 
     /// A nacked (or timed-out) eval keeps its job's slot: it goes back to the
     /// front of its job's line, after a back-off, or to the failed queue.
-    fn requeue_nacked(
-        &mut self,
-        unacked: Unacked,
-        now_ns: TimeNs,
-        outputs: &mut Vec<BrokerOutput>,
-    ) {
+    fn requeue_nacked(&mut self, unacked: Unacked, now_ns: TimeNs, outputs: &mut Vec<BrokerOutput>) {
         let eval = unacked.eval;
-        let nacks = self
-            .nacks
-            .get_mut(&eval.id)
-            .expect("an unacked eval is known");
+        let nacks = self.nacks.get_mut(&eval.id).expect("an unacked eval is known");
         *nacks += 1;
         let nacks = *nacks;
         if nacks >= self.config.delivery_limit {
@@ -552,23 +482,13 @@ impl EvalBroker {
             self.failed.push_back(eval);
             return;
         }
-        assert!(
-            unacked.queue != Queue::Failed,
-            "failed evals are past the delivery limit"
-        );
-        let delay_ns = if nacks == 1 {
-            self.config.initial_nack_delay_ns
-        } else {
-            self.config.subsequent_nack_delay_ns
-        };
+        assert!(unacked.queue != Queue::Failed, "failed evals are past the delivery limit");
+        let delay_ns =
+            if nacks == 1 { self.config.initial_nack_delay_ns } else { self.config.subsequent_nack_delay_ns };
         if delay_ns == 0 {
             self.push_ready(eval, unacked.queue);
         } else {
-            self.push_waiting(
-                eval,
-                now_ns.saturating_add(delay_ns),
-                WaitKind::Nacked(unacked.queue),
-            );
+            self.push_waiting(eval, now_ns.saturating_add(delay_ns), WaitKind::Nacked(unacked.queue));
         }
     }
 
@@ -596,22 +516,14 @@ impl EvalBroker {
             Queue::Scheduler(job_type) => {
                 self.seq += 1;
                 let seq = self.seq;
-                self.ready
-                    .entry(job_type)
-                    .or_default()
-                    .push(Ready { eval, seq });
+                self.ready.entry(job_type).or_default().push(Ready { eval, seq });
             }
         }
     }
 
     fn push_waiting(&mut self, eval: Arc<Evaluation>, due_ns: TimeNs, kind: WaitKind) {
         self.seq += 1;
-        self.waiting.push(Waiting {
-            due_ns,
-            seq: self.seq,
-            eval,
-            kind,
-        });
+        self.waiting.push(Waiting { due_ns, seq: self.seq, eval, kind });
     }
 }
 
@@ -651,13 +563,8 @@ pub fn failed_followup(
     delivery_limit: u32,
 ) -> (Evaluation, Evaluation) {
     assert!(delay_ns >= 0);
-    let mut followup = Evaluation::new(
-        ids.eval(),
-        &eval.job_key(),
-        eval.job_type,
-        eval.priority,
-        TriggeredBy::FailedFollowUp,
-    );
+    let mut followup =
+        Evaluation::new(ids.eval(), &eval.job_key(), eval.job_type, eval.priority, TriggeredBy::FailedFollowUp);
     followup.job_modify_index = eval.job_modify_index;
     followup.node_id = eval.node_id;
     followup.wait_until_ns = now_ns.saturating_add(delay_ns);
@@ -667,8 +574,7 @@ pub fn failed_followup(
 
     let mut failed = eval.clone();
     failed.status = EvalStatus::Failed;
-    failed.status_description =
-        format!("evaluation reached delivery limit ({delivery_limit})").into();
+    failed.status_description = format!("evaluation reached delivery limit ({delivery_limit})").into();
     failed.next_eval = Some(followup.id);
     failed.modify_time_ns = now_ns;
     assert_eq!(followup.status, EvalStatus::Pending);
@@ -685,13 +591,7 @@ mod tests {
     /// An eval named `job#create_index`, so test output reads as a story.
     fn eval(job: &str, create_index: u64, job_type: JobType, priority: u8) -> Arc<Evaluation> {
         let id = EvalId(u128::from(create_index) << 96 | 1);
-        let mut eval = Evaluation::new(
-            id,
-            &JobKey::new("default", job),
-            job_type,
-            priority,
-            TriggeredBy::JobRegister,
-        );
+        let mut eval = Evaluation::new(id, &JobKey::new("default", job), job_type, priority, TriggeredBy::JobRegister);
         eval.create_index = create_index;
         eval.modify_index = create_index;
         Arc::new(eval)
@@ -702,10 +602,7 @@ mod tests {
     }
 
     fn enabled() -> EvalBroker {
-        let mut broker = EvalBroker::new(BrokerConfig {
-            token_seed: 7,
-            ..BrokerConfig::default()
-        });
+        let mut broker = EvalBroker::new(BrokerConfig { token_seed: 7, ..BrokerConfig::default() });
         broker.set_enabled(true);
         broker
     }
@@ -713,12 +610,7 @@ mod tests {
     fn dequeue_all(broker: &mut EvalBroker, types: &[JobType]) -> String {
         let mut lines = Vec::new();
         while let Some((eval, _)) = broker.dequeue(types, T0_NS).unwrap() {
-            lines.push(format!(
-                "{:<8} {:<8} prio={}",
-                name(&eval),
-                eval.job_type.as_str(),
-                eval.priority
-            ));
+            lines.push(format!("{:<8} {:<8} prio={}", name(&eval), eval.job_type.as_str(), eval.priority));
         }
         lines.join("\n")
     }
@@ -756,15 +648,9 @@ mod tests {
             a#1      service  prio=50
             d#4      service  prio=50
             e#5      batch    prio=50"#]]
-        .assert_eq(&dequeue_all(
-            &mut broker,
-            &[JobType::Service, JobType::Batch],
-        ));
+        .assert_eq(&dequeue_all(&mut broker, &[JobType::Service, JobType::Batch]));
         // The system eval was never offered to these types.
-        assert_eq!(
-            broker.stats().ready_by_type,
-            BTreeMap::from([(JobType::System, 1)])
-        );
+        assert_eq!(broker.stats().ready_by_type, BTreeMap::from([(JobType::System, 1)]));
     }
 
     #[test]
@@ -789,17 +675,11 @@ mod tests {
         assert_eq!(broker.dequeue(&[JobType::Service], T0_NS).unwrap(), None);
 
         let outputs = broker.ack(first.id, token).unwrap();
-        let [BrokerOutput::Cancel(canceled)] = outputs.as_slice() else {
-            panic!("{outputs:?}")
-        };
+        let [BrokerOutput::Cancel(canceled)] = outputs.as_slice() else { panic!("{outputs:?}") };
         let canceled: Vec<String> = canceled.iter().map(|e| name(e)).collect();
         assert_eq!(canceled, ["j1#2", "j1#4"]);
         let (promoted, _) = broker.dequeue(&[JobType::Service], T0_NS).unwrap().unwrap();
-        assert_eq!(
-            name(&promoted),
-            "j1#3",
-            "highest priority pending eval wins"
-        );
+        assert_eq!(name(&promoted), "j1#3", "highest priority pending eval wins");
         assert_eq!(broker.stats().total_pending, 0);
 
         let update = cancel_update(&eval("j1", 2, JobType::Service, 50), T0_NS);
@@ -810,24 +690,14 @@ mod tests {
     #[test]
     fn newest_pending_wins_at_equal_priority() {
         let mut broker = enabled();
-        for e in [
-            eval("j1", 1, JobType::Batch, 50),
-            eval("j1", 3, JobType::Batch, 50),
-            eval("j1", 2, JobType::Batch, 50),
-        ] {
+        for e in
+            [eval("j1", 1, JobType::Batch, 50), eval("j1", 3, JobType::Batch, 50), eval("j1", 2, JobType::Batch, 50)]
+        {
             broker.enqueue(e, T0_NS).unwrap();
         }
         let (first, token) = broker.dequeue(&[JobType::Batch], T0_NS).unwrap().unwrap();
         let outputs = broker.ack(first.id, token).unwrap();
-        assert_eq!(
-            outputs,
-            vec![BrokerOutput::Cancel(vec![eval(
-                "j1",
-                2,
-                JobType::Batch,
-                50
-            )])]
-        );
+        assert_eq!(outputs, vec![BrokerOutput::Cancel(vec![eval("j1", 2, JobType::Batch, 50)])]);
         let (next, _) = broker.dequeue(&[JobType::Batch], T0_NS).unwrap().unwrap();
         assert_eq!(name(&next), "j1#3");
     }
@@ -839,34 +709,15 @@ mod tests {
         broker.enqueue(e.clone(), T0_NS).unwrap();
         let (_, token) = broker.dequeue(&[JobType::Service], T0_NS).unwrap().unwrap();
         let before = broker.stats();
-        assert_eq!(
-            broker.ack(e.id, token ^ 1),
-            Err(BrokerError::TokenMismatch(e.id))
-        );
-        assert_eq!(
-            broker.nack(e.id, token ^ 1, T0_NS),
-            Err(BrokerError::TokenMismatch(e.id))
-        );
-        assert_eq!(
-            broker.pause_nack_timeout(e.id, token ^ 1),
-            Err(BrokerError::TokenMismatch(e.id))
-        );
+        assert_eq!(broker.ack(e.id, token ^ 1), Err(BrokerError::TokenMismatch(e.id)));
+        assert_eq!(broker.nack(e.id, token ^ 1, T0_NS), Err(BrokerError::TokenMismatch(e.id)));
+        assert_eq!(broker.pause_nack_timeout(e.id, token ^ 1), Err(BrokerError::TokenMismatch(e.id)));
         let unknown = EvalId(99);
-        assert_eq!(
-            broker.ack(unknown, token),
-            Err(BrokerError::NotOutstanding(unknown))
-        );
-        assert_eq!(
-            broker.outstanding_reset(unknown, token, T0_NS),
-            Err(BrokerError::NotOutstanding(unknown))
-        );
+        assert_eq!(broker.ack(unknown, token), Err(BrokerError::NotOutstanding(unknown)));
+        assert_eq!(broker.outstanding_reset(unknown, token, T0_NS), Err(BrokerError::NotOutstanding(unknown)));
         assert_eq!(broker.stats(), before);
         assert_eq!(broker.ack(e.id, token), Ok(vec![]));
-        assert_eq!(
-            broker.ack(e.id, token),
-            Err(BrokerError::NotOutstanding(e.id)),
-            "acked once only"
-        );
+        assert_eq!(broker.ack(e.id, token), Err(BrokerError::NotOutstanding(e.id)), "acked once only");
     }
 
     #[test]
@@ -878,10 +729,7 @@ mod tests {
         let (_, _) = broker.dequeue(&[JobType::Service], T0_NS).unwrap().unwrap();
         broker.enqueue(e, T0_NS).unwrap();
         let stats = broker.stats();
-        assert_eq!(
-            (stats.total_ready, stats.total_pending, stats.total_unacked),
-            (0, 0, 1)
-        );
+        assert_eq!((stats.total_ready, stats.total_pending, stats.total_unacked), (0, 0, 1));
     }
 
     /// Drives one eval through nacks until the failed queue, printing when it
@@ -894,17 +742,11 @@ mod tests {
         let mut log = Vec::new();
         let mut now_ns = T0_NS;
         for _ in 0..3 {
-            let (_, token) = broker
-                .dequeue(&[JobType::Service], now_ns)
-                .unwrap()
-                .unwrap();
+            let (_, token) = broker.dequeue(&[JobType::Service], now_ns).unwrap().unwrap();
             let outputs = broker.nack(e.id, token, now_ns).unwrap();
             let nacked_at_ns = now_ns;
             if !outputs.is_empty() {
-                log.push(format!(
-                    "nack at +{}s: {outputs:?}",
-                    (now_ns - T0_NS) / SECOND_NS
-                ));
+                log.push(format!("nack at +{}s: {outputs:?}", (now_ns - T0_NS) / SECOND_NS));
                 break;
             }
             // Not ready one nanosecond early; ready exactly when due.
@@ -926,15 +768,10 @@ mod tests {
             nack at +21s: [DeliveryLimitReached(00000001)]"#]]
         .assert_eq(&log.join("\n"));
         let stats = broker.stats();
-        assert_eq!(
-            (stats.total_failed, stats.total_ready, stats.total_waiting),
-            (1, 0, 0)
-        );
+        assert_eq!((stats.total_failed, stats.total_ready, stats.total_waiting), (1, 0, 0));
 
         // A newer eval of the job waits behind the failed one.
-        broker
-            .enqueue(eval("j1", 2, JobType::Service, 50), now_ns)
-            .unwrap();
+        broker.enqueue(eval("j1", 2, JobType::Service, 50), now_ns).unwrap();
         assert_eq!(broker.stats().total_pending, 1);
 
         let (failed, token) = broker.dequeue_failed(now_ns).unwrap().unwrap();
@@ -942,26 +779,17 @@ mod tests {
         let mut ids = IdGen::with_seed(1);
         let (marked, followup) = failed_followup(&failed, &mut ids, now_ns, 90 * SECOND_NS, 3);
         assert_eq!(marked.status, EvalStatus::Failed);
-        assert_eq!(
-            &*marked.status_description,
-            "evaluation reached delivery limit (3)"
-        );
+        assert_eq!(&*marked.status_description, "evaluation reached delivery limit (3)");
         assert_eq!(marked.next_eval, Some(followup.id));
         assert_eq!(followup.status, EvalStatus::Pending);
         assert_eq!(followup.triggered_by, TriggeredBy::FailedFollowUp);
         assert_eq!(followup.previous_eval, Some(e.id));
         assert_eq!(followup.wait_until_ns, now_ns + 90 * SECOND_NS);
-        assert_eq!(
-            (followup.job_key(), followup.job_type, followup.priority),
-            (e.job_key(), e.job_type, e.priority)
-        );
+        assert_eq!((followup.job_key(), followup.job_type, followup.priority), (e.job_key(), e.job_type, e.priority));
 
         // Acking the failed eval frees the job for the newer eval.
         assert_eq!(broker.ack(failed.id, token), Ok(vec![]));
-        let (next, _) = broker
-            .dequeue(&[JobType::Service], now_ns)
-            .unwrap()
-            .unwrap();
+        let (next, _) = broker.dequeue(&[JobType::Service], now_ns).unwrap().unwrap();
         assert_eq!(name(&next), "j1#2");
     }
 
@@ -992,17 +820,12 @@ mod tests {
         let e = eval("j1", 1, JobType::Service, 50);
         broker.enqueue(e.clone(), T0_NS).unwrap();
         let (_, token) = broker.dequeue(&[JobType::Service], T0_NS).unwrap().unwrap();
-        assert_eq!(
-            broker.next_deadline_ns(),
-            Some(T0_NS + NACK_TIMEOUT_NS_DEFAULT)
-        );
+        assert_eq!(broker.next_deadline_ns(), Some(T0_NS + NACK_TIMEOUT_NS_DEFAULT));
         broker.tick(T0_NS + NACK_TIMEOUT_NS_DEFAULT - 1);
         assert_eq!(broker.stats().total_unacked, 1);
 
         // A heartbeat from the worker pushes the deadline out.
-        broker
-            .outstanding_reset(e.id, token, T0_NS + 30 * SECOND_NS)
-            .unwrap();
+        broker.outstanding_reset(e.id, token, T0_NS + 30 * SECOND_NS).unwrap();
         broker.tick(T0_NS + NACK_TIMEOUT_NS_DEFAULT);
         assert_eq!(broker.stats().total_unacked, 1);
 
@@ -1010,15 +833,8 @@ mod tests {
         assert!(broker.tick(expiry_ns).is_empty());
         let stats = broker.stats();
         assert_eq!((stats.total_unacked, stats.total_waiting), (0, 1));
-        assert_eq!(
-            broker.ack(e.id, token),
-            Err(BrokerError::NotOutstanding(e.id)),
-            "the worker lost it"
-        );
-        assert_eq!(
-            broker.next_deadline_ns(),
-            Some(expiry_ns + INITIAL_NACK_DELAY_NS_DEFAULT)
-        );
+        assert_eq!(broker.ack(e.id, token), Err(BrokerError::NotOutstanding(e.id)), "the worker lost it");
+        assert_eq!(broker.next_deadline_ns(), Some(expiry_ns + INITIAL_NACK_DELAY_NS_DEFAULT));
     }
 
     #[test]
@@ -1034,10 +850,7 @@ mod tests {
         assert_eq!(broker.stats().total_unacked, 1);
 
         broker.resume_nack_timeout(e.id, token, later_ns).unwrap();
-        assert_eq!(
-            broker.next_deadline_ns(),
-            Some(later_ns + NACK_TIMEOUT_NS_DEFAULT)
-        );
+        assert_eq!(broker.next_deadline_ns(), Some(later_ns + NACK_TIMEOUT_NS_DEFAULT));
         broker.tick(later_ns + NACK_TIMEOUT_NS_DEFAULT - 1);
         assert_eq!(broker.stats().total_unacked, 1);
         broker.tick(later_ns + NACK_TIMEOUT_NS_DEFAULT);
@@ -1057,19 +870,12 @@ mod tests {
             broker.enqueue(Arc::new(e), T0_NS).unwrap();
         }
         let stats = broker.stats();
-        assert_eq!(
-            (stats.total_waiting, stats.total_ready),
-            (2, 1),
-            "a wait in the past is no wait"
-        );
+        assert_eq!((stats.total_waiting, stats.total_ready), (2, 1), "a wait in the past is no wait");
         let mut log = Vec::new();
         for at_s in [0, 4, 5, 9, 10] {
             broker.tick(T0_NS + at_s * SECOND_NS);
             let ready = dequeue_all(&mut broker, &[JobType::Batch]);
-            log.push(format!(
-                "+{at_s}s: {}",
-                ready.split_whitespace().next().unwrap_or("-")
-            ));
+            log.push(format!("+{at_s}s: {}", ready.split_whitespace().next().unwrap_or("-")));
         }
         expect![[r#"
             +0s: j3#3
@@ -1084,26 +890,15 @@ mod tests {
     fn disabled_broker_refuses_and_drops_everything() {
         let mut broker = EvalBroker::new(BrokerConfig::default());
         let e = eval("j1", 1, JobType::Service, 50);
-        assert_eq!(
-            broker.enqueue(e.clone(), T0_NS),
-            Err(BrokerError::BrokerDisabled)
-        );
+        assert_eq!(broker.enqueue(e.clone(), T0_NS), Err(BrokerError::BrokerDisabled));
         broker.set_enabled(true);
         broker.enqueue(e.clone(), T0_NS).unwrap();
-        broker
-            .enqueue(eval("j1", 2, JobType::Service, 50), T0_NS)
-            .unwrap();
+        broker.enqueue(eval("j1", 2, JobType::Service, 50), T0_NS).unwrap();
         let (_, token) = broker.dequeue(&[JobType::Service], T0_NS).unwrap().unwrap();
 
         broker.set_enabled(false);
-        assert_eq!(
-            broker.dequeue(&[JobType::Service], T0_NS),
-            Err(BrokerError::BrokerDisabled)
-        );
-        assert_eq!(
-            broker.dequeue_failed(T0_NS),
-            Err(BrokerError::BrokerDisabled)
-        );
+        assert_eq!(broker.dequeue(&[JobType::Service], T0_NS), Err(BrokerError::BrokerDisabled));
+        assert_eq!(broker.dequeue_failed(T0_NS), Err(BrokerError::BrokerDisabled));
         assert_eq!(broker.ack(e.id, token), Err(BrokerError::BrokerDisabled));
         assert!(broker.tick(T0_NS + NACK_TIMEOUT_NS_DEFAULT).is_empty());
         assert_eq!(broker.stats(), BrokerStats::default());
@@ -1121,21 +916,12 @@ mod tests {
     #[test]
     fn same_seed_same_tokens() {
         let tokens = |seed: u64| {
-            let mut broker = EvalBroker::new(BrokerConfig {
-                token_seed: seed,
-                ..BrokerConfig::default()
-            });
+            let mut broker = EvalBroker::new(BrokerConfig { token_seed: seed, ..BrokerConfig::default() });
             broker.set_enabled(true);
             (1..=4)
                 .map(|i| {
-                    broker
-                        .enqueue(eval(&format!("j{i}"), i, JobType::Service, 50), T0_NS)
-                        .unwrap();
-                    broker
-                        .dequeue(&[JobType::Service], T0_NS)
-                        .unwrap()
-                        .unwrap()
-                        .1
+                    broker.enqueue(eval(&format!("j{i}"), i, JobType::Service, 50), T0_NS).unwrap();
+                    broker.dequeue(&[JobType::Service], T0_NS).unwrap().unwrap().1
                 })
                 .collect::<Vec<u64>>()
         };

@@ -16,7 +16,7 @@ pub mod core;
 pub mod runtime;
 
 pub use self::core::{
-    BrokerConfig, BrokerError, BrokerOutput, BrokerStats, EvalBroker, cancel_update,
-    failed_followup, failed_followup_delay_ns,
+    BrokerConfig, BrokerError, BrokerOutput, BrokerStats, EvalBroker, cancel_update, failed_followup,
+    failed_followup_delay_ns,
 };
 pub use self::runtime::SharedBroker;

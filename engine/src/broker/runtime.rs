@@ -55,10 +55,7 @@ impl SharedBroker {
     pub fn new(config: BrokerConfig, clock: Arc<dyn Clock>) -> SharedBroker {
         SharedBroker {
             clock,
-            inner: Mutex::new(Inner {
-                broker: EvalBroker::new(config),
-                outputs: Vec::new(),
-            }),
+            inner: Mutex::new(Inner { broker: EvalBroker::new(config), outputs: Vec::new() }),
             ready_changed: Condvar::new(),
             deadlines_changed: Condvar::new(),
         }
@@ -97,10 +94,7 @@ impl SharedBroker {
 
     /// Enqueues under one lock; stops at the first refusal (only
     /// [`BrokerError::BrokerDisabled`], which refuses them all).
-    pub fn enqueue_all(
-        &self,
-        evals: impl IntoIterator<Item = Arc<Evaluation>>,
-    ) -> Result<(), BrokerError> {
+    pub fn enqueue_all(&self, evals: impl IntoIterator<Item = Arc<Evaluation>>) -> Result<(), BrokerError> {
         let mut inner = self.lock();
         let now_ns = self.clock.now_ns();
         for eval in evals {
@@ -133,18 +127,11 @@ impl SharedBroker {
                 self.deadlines_changed.notify_all();
                 return Ok(Some(found));
             }
-            let Some(left) = timeout
-                .checked_sub(started.elapsed())
-                .filter(|left| !left.is_zero())
-            else {
+            let Some(left) = timeout.checked_sub(started.elapsed()).filter(|left| !left.is_zero()) else {
                 return Ok(None);
             };
             let wait = left.min(CANCEL_POLL_SLICE);
-            inner = self
-                .ready_changed
-                .wait_timeout(inner, wait)
-                .expect("eval broker mutex poisoned")
-                .0;
+            inner = self.ready_changed.wait_timeout(inner, wait).expect("eval broker mutex poisoned").0;
         }
     }
 
@@ -239,16 +226,11 @@ impl SharedBroker {
                     continue;
                 }
                 Some(deadline_ns) => {
-                    Duration::from_nanos(u64::try_from(deadline_ns - now_ns).unwrap_or(0))
-                        .min(TIMER_SLEEP_MAX)
+                    Duration::from_nanos(u64::try_from(deadline_ns - now_ns).unwrap_or(0)).min(TIMER_SLEEP_MAX)
                 }
                 None => TIMER_SLEEP_MAX,
             };
-            inner = self
-                .deadlines_changed
-                .wait_timeout(inner, sleep)
-                .expect("eval broker mutex poisoned")
-                .0;
+            inner = self.deadlines_changed.wait_timeout(inner, sleep).expect("eval broker mutex poisoned").0;
         }
     }
 }
@@ -267,23 +249,15 @@ mod tests {
 
     fn eval(job: &str, n: u64) -> Arc<Evaluation> {
         let id = EvalId(u128::from(n) << 96 | 1);
-        let mut eval = Evaluation::new(
-            id,
-            &JobKey::new("default", job),
-            JobType::Service,
-            50,
-            TriggeredBy::JobRegister,
-        );
+        let mut eval =
+            Evaluation::new(id, &JobKey::new("default", job), JobType::Service, 50, TriggeredBy::JobRegister);
         eval.create_index = n;
         Arc::new(eval)
     }
 
     fn broker() -> (Arc<SharedBroker>, ManualClock) {
         let clock = ManualClock::new(T0_NS);
-        let broker = Arc::new(SharedBroker::new(
-            BrokerConfig::default(),
-            Arc::new(clock.clone()),
-        ));
+        let broker = Arc::new(SharedBroker::new(BrokerConfig::default(), Arc::new(clock.clone())));
         broker.set_enabled(true);
         (broker, clock)
     }
@@ -293,9 +267,7 @@ mod tests {
         let (broker, _) = broker();
         let waiter = {
             let broker = Arc::clone(&broker);
-            std::thread::spawn(move || {
-                broker.dequeue(&[JobType::Service], Duration::from_secs(30), &Cancel::new())
-            })
+            std::thread::spawn(move || broker.dequeue(&[JobType::Service], Duration::from_secs(30), &Cancel::new()))
         };
         // Give the waiter a chance to block first; correctness does not
         // depend on it, only what the test exercises.
@@ -313,13 +285,7 @@ mod tests {
     fn dequeue_times_out_with_none() {
         let (broker, _) = broker();
         let started = Instant::now();
-        let got = broker
-            .dequeue(
-                &[JobType::Service],
-                Duration::from_millis(120),
-                &Cancel::new(),
-            )
-            .unwrap();
+        let got = broker.dequeue(&[JobType::Service], Duration::from_millis(120), &Cancel::new()).unwrap();
         assert_eq!(got, None);
         assert!(started.elapsed() >= Duration::from_millis(120));
     }
@@ -330,9 +296,7 @@ mod tests {
         let cancel = Cancel::new();
         let waiter = {
             let (broker, cancel) = (Arc::clone(&broker), cancel.clone());
-            std::thread::spawn(move || {
-                broker.dequeue(&[JobType::Service], Duration::from_secs(60), &cancel)
-            })
+            std::thread::spawn(move || broker.dequeue(&[JobType::Service], Duration::from_secs(60), &cancel))
         };
         std::thread::sleep(Duration::from_millis(20));
         let started = Instant::now();
@@ -346,17 +310,12 @@ mod tests {
         let (broker, _) = broker();
         let waiter = {
             let broker = Arc::clone(&broker);
-            std::thread::spawn(move || {
-                broker.dequeue(&[JobType::Service], Duration::from_secs(60), &Cancel::new())
-            })
+            std::thread::spawn(move || broker.dequeue(&[JobType::Service], Duration::from_secs(60), &Cancel::new()))
         };
         std::thread::sleep(Duration::from_millis(20));
         broker.set_enabled(false);
         assert_eq!(waiter.join().unwrap(), Err(BrokerError::BrokerDisabled));
-        assert_eq!(
-            broker.enqueue(eval("j1", 1)),
-            Err(BrokerError::BrokerDisabled)
-        );
+        assert_eq!(broker.enqueue(eval("j1", 1)), Err(BrokerError::BrokerDisabled));
     }
 
     #[test]
@@ -365,25 +324,13 @@ mod tests {
         let no_wait = Duration::ZERO;
         let cancel = Cancel::new();
         broker.enqueue(eval("j1", 1)).unwrap();
-        let (got, token) = broker
-            .dequeue(&[JobType::Service], no_wait, &cancel)
-            .unwrap()
-            .unwrap();
+        let (got, token) = broker.dequeue(&[JobType::Service], no_wait, &cancel).unwrap().unwrap();
         broker.nack(got.id, token).unwrap();
         broker.tick_now();
-        assert_eq!(
-            broker
-                .dequeue(&[JobType::Service], no_wait, &cancel)
-                .unwrap(),
-            None,
-            "backing off"
-        );
+        assert_eq!(broker.dequeue(&[JobType::Service], no_wait, &cancel).unwrap(), None, "backing off");
         clock.advance_ns(SECOND_NS);
         broker.tick_now();
-        let (again, token) = broker
-            .dequeue(&[JobType::Service], no_wait, &cancel)
-            .unwrap()
-            .unwrap();
+        let (again, token) = broker.dequeue(&[JobType::Service], no_wait, &cancel).unwrap().unwrap();
         assert_eq!(again.id, got.id);
 
         // Two more silent deliveries: nack timeouts, then the failed queue.
@@ -391,24 +338,14 @@ mod tests {
         broker.tick_now();
         clock.advance_ns(20 * SECOND_NS);
         broker.tick_now();
-        let (_, _) = broker
-            .dequeue(&[JobType::Service], no_wait, &cancel)
-            .unwrap()
-            .unwrap();
+        let (_, _) = broker.dequeue(&[JobType::Service], no_wait, &cancel).unwrap().unwrap();
         clock.advance_ns(60 * SECOND_NS);
         broker.tick_now();
-        assert_eq!(
-            broker.take_outputs(),
-            vec![BrokerOutput::DeliveryLimitReached(got.id)]
-        );
+        assert_eq!(broker.take_outputs(), vec![BrokerOutput::DeliveryLimitReached(got.id)]);
         assert!(broker.take_outputs().is_empty());
         let (failed, failed_token) = broker.dequeue_failed().unwrap().unwrap();
         assert_eq!(failed.id, got.id);
-        assert_eq!(
-            broker.ack(got.id, token),
-            Err(BrokerError::TokenMismatch(got.id)),
-            "a stale token"
-        );
+        assert_eq!(broker.ack(got.id, token), Err(BrokerError::TokenMismatch(got.id)), "a stale token");
         broker.ack(failed.id, failed_token).unwrap();
         assert_eq!(broker.stats(), BrokerStats::default());
     }
@@ -421,16 +358,9 @@ mod tests {
         let mut delayed = (*eval("j1", 1)).clone();
         delayed.wait_until_ns = T0_NS + 5 * SECOND_NS;
         broker.enqueue(Arc::new(delayed)).unwrap();
-        assert_eq!(
-            broker
-                .dequeue(&[JobType::Service], Duration::from_millis(60), &cancel)
-                .unwrap(),
-            None
-        );
+        assert_eq!(broker.dequeue(&[JobType::Service], Duration::from_millis(60), &cancel).unwrap(), None);
         clock.advance_ns(5 * SECOND_NS);
-        let got = broker
-            .dequeue(&[JobType::Service], Duration::from_secs(30), &cancel)
-            .unwrap();
+        let got = broker.dequeue(&[JobType::Service], Duration::from_secs(30), &cancel).unwrap();
         assert!(got.is_some(), "the timer saw the clock move");
         cancel.cancel();
         timer.join().unwrap();

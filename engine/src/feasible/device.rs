@@ -7,18 +7,13 @@ use std::borrow::Cow;
 use super::operator::RegexCache;
 use super::target::interpolation;
 use super::units::{check_attribute_operator, parse_attribute};
-use crate::model::{
-    Affinity, Constraint, DeviceAttribute, DeviceRequest, Node, NodeDeviceResource,
-};
+use crate::model::{Affinity, Constraint, DeviceAttribute, DeviceRequest, Node, NodeDeviceResource};
 
 /// The value a device constraint target names on `group`: a literal parsed
 /// with its unit, `${device.model}` (the group name), `${device.vendor}`,
 /// `${device.type}`, `${device.ids}` (comma-joined instance ids) or
 /// `${device.attr.<key>}`; `None` for an unset attribute or unknown variable.
-pub fn resolve_device_target<'a>(
-    target: &str,
-    group: &'a NodeDeviceResource,
-) -> Option<Cow<'a, DeviceAttribute>> {
+pub fn resolve_device_target<'a>(target: &str, group: &'a NodeDeviceResource) -> Option<Cow<'a, DeviceAttribute>> {
     let Some(variable) = interpolation(target) else {
         return Some(Cow::Owned(parse_attribute(target)));
     };
@@ -31,19 +26,12 @@ pub fn resolve_device_target<'a>(
             let ids: Vec<&str> = group.instances.iter().map(|i| &*i.id).collect();
             Some(Cow::Owned(DeviceAttribute::String(ids.join(",").into())))
         }
-        _ => variable
-            .strip_prefix("device.attr.")
-            .and_then(|key| group.attributes.get(key))
-            .map(Cow::Borrowed),
+        _ => variable.strip_prefix("device.attr.").and_then(|key| group.attributes.get(key)).map(Cow::Borrowed),
     }
 }
 
 /// Whether `group` satisfies one device constraint.
-pub fn device_constraint_holds(
-    c: &Constraint,
-    group: &NodeDeviceResource,
-    cache: &mut RegexCache,
-) -> bool {
+pub fn device_constraint_holds(c: &Constraint, group: &NodeDeviceResource, cache: &mut RegexCache) -> bool {
     let l = resolve_device_target(&c.l_target, group);
     let r = resolve_device_target(&c.r_target, group);
     check_attribute_operator(c.operand, l.as_deref(), r.as_deref(), cache)
@@ -57,16 +45,8 @@ fn device_affinity_holds(a: &Affinity, group: &NodeDeviceResource, cache: &mut R
 
 /// Whether `group` is named by the request and passes all its constraints;
 /// instance counts are not considered.
-pub fn group_matches(
-    group: &NodeDeviceResource,
-    req: &DeviceRequest,
-    cache: &mut RegexCache,
-) -> bool {
-    group.matches_name(&req.name)
-        && req
-            .constraints
-            .iter()
-            .all(|c| device_constraint_holds(c, group, cache))
+pub fn group_matches(group: &NodeDeviceResource, req: &DeviceRequest, cache: &mut RegexCache) -> bool {
+    group.matches_name(&req.name) && req.constraints.iter().all(|c| device_constraint_holds(c, group, cache))
 }
 
 /// The node's device groups (index into `node.resources.devices`, group) that
@@ -77,11 +57,7 @@ pub fn device_groups_for<'a>(
     req: &DeviceRequest,
 ) -> impl Iterator<Item = (usize, &'a NodeDeviceResource)> {
     let mut cache = RegexCache::new();
-    node.resources
-        .devices
-        .iter()
-        .enumerate()
-        .filter(move |(_, group)| group_matches(group, req, &mut cache))
+    node.resources.devices.iter().enumerate().filter(move |(_, group)| group_matches(group, req, &mut cache))
 }
 
 /// Whether some matching group has at least `req.count` healthy instances.
@@ -144,27 +120,9 @@ mod tests {
         instances: Vec<DeviceInstance>,
     ) -> NodeDeviceResource {
         let mut attributes = BTreeMap::new();
-        attributes.insert(
-            Arc::from("memory"),
-            DeviceAttribute::Int {
-                value: memory_mib,
-                unit: Some("MiB".into()),
-            },
-        );
-        attributes.insert(
-            Arc::from("cuda_cores"),
-            DeviceAttribute::Int {
-                value: 16896,
-                unit: None,
-            },
-        );
-        NodeDeviceResource {
-            vendor: vendor.into(),
-            kind: kind.into(),
-            name: name.into(),
-            attributes,
-            instances,
-        }
+        attributes.insert(Arc::from("memory"), DeviceAttribute::Int { value: memory_mib, unit: Some("MiB".into()) });
+        attributes.insert(Arc::from("cuda_cores"), DeviceAttribute::Int { value: 16896, unit: None });
+        NodeDeviceResource { vendor: vendor.into(), kind: kind.into(), name: name.into(), attributes, instances }
     }
 
     fn node() -> Node {
@@ -172,28 +130,11 @@ mod tests {
             NodeId(1),
             "n1",
             "dc1",
-            NodeResources {
-                cpu_mhz: 4000,
-                memory_mb: 8192,
-                disk_mb: 10000,
-                ..Default::default()
-            },
+            NodeResources { cpu_mhz: 4000, memory_mb: 8192, disk_mb: 10000, ..Default::default() },
         );
         node.resources.devices = vec![
-            group(
-                "nvidia",
-                "gpu",
-                "NVIDIA H200",
-                143_771,
-                instances("h200", 8, 8),
-            ),
-            group(
-                "nvidia",
-                "gpu",
-                "NVIDIA A100",
-                40_960,
-                instances("a100", 4, 2),
-            ),
+            group("nvidia", "gpu", "NVIDIA H200", 143_771, instances("h200", 8, 8)),
+            group("nvidia", "gpu", "NVIDIA A100", 40_960, instances("a100", 4, 2)),
             group("xilinx", "fpga", "U250", 65_536, instances("u250", 1, 1)),
         ];
         node.compute_class();
@@ -204,10 +145,7 @@ mod tests {
         DeviceRequest {
             name: name.into(),
             count,
-            constraints: constraints
-                .iter()
-                .map(|(l, op, r)| Constraint::new(l, op.parse().unwrap(), r))
-                .collect(),
+            constraints: constraints.iter().map(|(l, op, r)| Constraint::new(l, op.parse().unwrap(), r)).collect(),
             affinities: vec![],
         }
     }
@@ -226,14 +164,7 @@ mod tests {
             request("gpu", 2, &[("${device.attr.memory}", "<", "80 GiB")]),
             request("gpu", 1, &[("${device.attr.memory}", ">=", "140 GiB")]),
             request("gpu", 1, &[("${device.model}", "regexp", "A100$")]),
-            request(
-                "gpu",
-                1,
-                &[
-                    ("${device.vendor}", "=", "nvidia"),
-                    ("${device.type}", "=", "gpu"),
-                ],
-            ),
+            request("gpu", 1, &[("${device.vendor}", "=", "nvidia"), ("${device.type}", "=", "gpu")]),
             request("gpu", 1, &[("${device.ids}", "set_contains", "a100-3")]),
             request("gpu", 1, &[("${device.attr.cuda_cores}", ">", "10000")]),
             request("gpu", 1, &[("${device.attr.missing}", "is_not_set", "")]),
@@ -298,26 +229,11 @@ mod tests {
             writeln!(out, "{label}: {}", scores.join(" ")).unwrap();
         };
         score_all(&req, "none");
-        req.affinities.push(affinity(
-            "${device.model}",
-            ConstraintOp::Equal,
-            "NVIDIA H200",
-            100,
-        ));
+        req.affinities.push(affinity("${device.model}", ConstraintOp::Equal, "NVIDIA H200", 100));
         score_all(&req, "prefer H200");
-        req.affinities.push(affinity(
-            "${device.attr.memory}",
-            ConstraintOp::Less,
-            "64 GiB",
-            -50,
-        ));
+        req.affinities.push(affinity("${device.attr.memory}", ConstraintOp::Less, "64 GiB", -50));
         score_all(&req, "and avoid small memory");
-        req.affinities.push(affinity(
-            "${device.vendor}",
-            ConstraintOp::Equal,
-            "nvidia",
-            50,
-        ));
+        req.affinities.push(affinity("${device.vendor}", ConstraintOp::Equal, "nvidia", 50));
         score_all(&req, "and prefer nvidia");
         expect![[r#"
             none: NVIDIA H200=0.000 NVIDIA A100=0.000 U250=0.000

@@ -37,12 +37,9 @@ pub mod operator;
 pub mod target;
 pub mod units;
 
-pub use device::{
-    device_affinity_score, device_feasible, device_groups_for, resolve_device_target,
-};
+pub use device::{device_affinity_score, device_feasible, device_groups_for, resolve_device_target};
 pub use operator::{
-    REGEX_CACHE_MAX, RegexCache, check_operator, compile_regex, parse_semver_constraint,
-    parse_version_constraint,
+    REGEX_CACHE_MAX, RegexCache, check_operator, compile_regex, parse_semver_constraint, parse_version_constraint,
 };
 pub use target::{constraint_escapes, escapes_class, resolve_target};
 pub use units::{compare_attribute, parse_attribute};
@@ -62,13 +59,7 @@ pub fn check_affinity(a: &Affinity, node: &Node, cache: &mut RegexCache) -> bool
     check_targets(a.operand, &a.l_target, &a.r_target, node, cache)
 }
 
-fn check_targets(
-    op: ConstraintOp,
-    l_target: &str,
-    r_target: &str,
-    node: &Node,
-    cache: &mut RegexCache,
-) -> bool {
+fn check_targets(op: ConstraintOp, l_target: &str, r_target: &str, node: &Node, cache: &mut RegexCache) -> bool {
     let l = resolve_target(l_target, node);
     let r = resolve_target(r_target, node);
     check_operator(op, l.as_deref(), r.as_deref(), cache)
@@ -90,19 +81,12 @@ mod tests {
             NodeId(7),
             "n7",
             "dc1",
-            NodeResources {
-                cpu_mhz: 4000,
-                memory_mb: 8192,
-                disk_mb: 10000,
-                ..Default::default()
-            },
+            NodeResources { cpu_mhz: 4000, memory_mb: 8192, disk_mb: 10000, ..Default::default() },
         );
         node.attributes.insert("kernel.name".into(), "linux".into());
         node.attributes.insert("cpu.numcores".into(), "16".into());
-        node.attributes
-            .insert("driver.docker.version".into(), "v24.0.7".into());
-        node.attributes
-            .insert("unique.network.ip-address".into(), "10.0.0.7".into());
+        node.attributes.insert("driver.docker.version".into(), "v24.0.7".into());
+        node.attributes.insert("unique.network.ip-address".into(), "10.0.0.7".into());
         node.meta.insert("zones".into(), "a, b, c".into());
         node.compute_class();
         let cases = [
@@ -127,12 +111,7 @@ mod tests {
         let mut out = String::new();
         for (l, op, r) in cases {
             let c = Constraint::new(l, op.parse().unwrap(), r);
-            let affinity = Affinity {
-                l_target: l.into(),
-                r_target: r.into(),
-                operand: c.operand,
-                weight: 50,
-            };
+            let affinity = Affinity { l_target: l.into(), r_target: r.into(), operand: c.operand, weight: 50 };
             let holds = check_constraint(&c, &node, &mut cache);
             assert_eq!(holds, check_affinity(&affinity, &node, &mut cache));
             writeln!(out, "{c} => {holds}").unwrap();

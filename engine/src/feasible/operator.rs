@@ -25,9 +25,7 @@ pub const REGEX_SIZE_MAX_BYTES: usize = 1 << 20;
 /// Compile a constraint's pattern with the limits every caller shares
 /// (validation and feasibility must agree on what compiles).
 pub fn compile_regex(pattern: &str) -> Result<Regex, regex::Error> {
-    regex::RegexBuilder::new(pattern)
-        .size_limit(REGEX_SIZE_MAX_BYTES)
-        .build()
+    regex::RegexBuilder::new(pattern).size_limit(REGEX_SIZE_MAX_BYTES).build()
 }
 
 /// Compiled `regexp` patterns, invalid ones included (as `None`) so they are
@@ -74,12 +72,7 @@ impl RegexCache {
 /// - `regexp`, `version`, `semver`, `set_contains*`: both set, see the helpers.
 /// - `distinct_hosts`, `distinct_property`: true; the scheduler checks them
 ///   against the plan, which a single node cannot.
-pub fn check_operator(
-    op: ConstraintOp,
-    l: Option<&str>,
-    r: Option<&str>,
-    regex_cache: &mut RegexCache,
-) -> bool {
+pub fn check_operator(op: ConstraintOp, l: Option<&str>, r: Option<&str>, regex_cache: &mut RegexCache) -> bool {
     use ConstraintOp::*;
     match op {
         DistinctHosts | DistinctProperty => true,
@@ -174,9 +167,7 @@ impl<'a> LenientVersion<'a> {
         if !metadata.chars().all(is_prerelease_char) {
             return None;
         }
-        let numeric_end = text
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(text.len());
+        let numeric_end = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
         let (numeric, rest) = text.split_at(numeric_end);
         let prerelease = match rest.strip_prefix('-') {
             Some(pre) if !pre.is_empty() => pre,
@@ -189,12 +180,8 @@ impl<'a> LenientVersion<'a> {
         if !prerelease.chars().all(is_prerelease_char) {
             return None;
         }
-        let mut version = LenientVersion {
-            segments: [0; VERSION_SEGMENTS_MAX],
-            segments_len: 0,
-            segments_given: 0,
-            prerelease,
-        };
+        let mut version =
+            LenientVersion { segments: [0; VERSION_SEGMENTS_MAX], segments_len: 0, segments_given: 0, prerelease };
         for part in numeric.split('.') {
             if version.segments_given == VERSION_SEGMENTS_MAX || part.is_empty() {
                 return None;
@@ -208,9 +195,7 @@ impl<'a> LenientVersion<'a> {
 
     fn compare(&self, other: &LenientVersion<'_>) -> Ordering {
         // Unwritten segments are zero in both arrays, so comparing them all pads.
-        self.segments
-            .cmp(&other.segments)
-            .then_with(|| compare_prereleases(self.prerelease, other.prerelease))
+        self.segments.cmp(&other.segments).then_with(|| compare_prereleases(self.prerelease, other.prerelease))
     }
 }
 
@@ -353,9 +338,7 @@ fn parse_semver(text: &str) -> Option<semver::Version> {
 
 /// Semver precedence: build metadata does not count.
 fn semver_compare(a: &semver::Version, b: &semver::Version) -> Ordering {
-    (a.major, a.minor, a.patch)
-        .cmp(&(b.major, b.minor, b.patch))
-        .then_with(|| a.pre.cmp(&b.pre))
+    (a.major, a.minor, a.patch).cmp(&(b.major, b.minor, b.patch)).then_with(|| a.pre.cmp(&b.pre))
 }
 
 fn split_semver_part(part: &str) -> Option<(VersionOp, semver::Version)> {

@@ -35,28 +35,22 @@ pub fn resolve_target<'a>(target: &'a str, node: &'a Node) -> Option<Cow<'a, str
 
 /// The variable inside `${...}`, or `None` for a literal.
 pub(crate) fn interpolation(target: &str) -> Option<&str> {
-    target
-        .strip_prefix("${")
-        .and_then(|rest| rest.strip_suffix('}'))
+    target.strip_prefix("${").and_then(|rest| rest.strip_suffix('}'))
 }
 
 /// Whether a target names a value that differs per node (`${node.unique.*}`,
 /// `${attr.unique.*}`, `${meta.unique.*}`): such values are left out of the
 /// computed class, so a check that reads them cannot be cached per class.
 pub fn escapes_class(target: &str) -> bool {
-    ["${node.unique.", "${attr.unique.", "${meta.unique."]
-        .iter()
-        .any(|prefix| target.starts_with(prefix))
+    ["${node.unique.", "${attr.unique.", "${meta.unique."].iter().any(|prefix| target.starts_with(prefix))
 }
 
 /// Whether a constraint's result may differ between nodes of one computed
 /// class: a side reads a unique value, or the operator is a per-placement
 /// check (`distinct_hosts`, `distinct_property`).
 pub fn constraint_escapes(c: &Constraint) -> bool {
-    matches!(
-        c.operand,
-        ConstraintOp::DistinctHosts | ConstraintOp::DistinctProperty
-    ) || escapes_class(&c.l_target)
+    matches!(c.operand, ConstraintOp::DistinctHosts | ConstraintOp::DistinctProperty)
+        || escapes_class(&c.l_target)
         || escapes_class(&c.r_target)
 }
 
@@ -76,17 +70,11 @@ mod tests {
             NodeId(1),
             "n1",
             "dc1",
-            NodeResources {
-                cpu_mhz: 4000,
-                memory_mb: 8192,
-                disk_mb: 10000,
-                ..Default::default()
-            },
+            NodeResources { cpu_mhz: 4000, memory_mb: 8192, disk_mb: 10000, ..Default::default() },
         );
         node.node_class = Sym::new("gpu-large");
         node.attributes.insert("kernel.name".into(), "linux".into());
-        node.attributes
-            .insert("unique.hostname".into(), "host-1".into());
+        node.attributes.insert("unique.hostname".into(), "host-1".into());
         node.meta.insert("rack".into(), "r12".into());
         node.compute_class();
         node

@@ -32,12 +32,7 @@ pub struct Unit {
 }
 
 const fn unit(name: &'static str, family: UnitFamily, numerator: i128, denominator: i128) -> Unit {
-    Unit {
-        name,
-        family,
-        numerator,
-        denominator,
-    }
+    Unit { name, family, numerator, denominator }
 }
 
 const KILO: i128 = 1000;
@@ -100,10 +95,7 @@ pub fn lookup_unit(name: &str) -> Option<&'static Unit> {
 pub fn parse_attribute(input: &str) -> DeviceAttribute {
     let trimmed = input.trim();
     let (numeric, unit) = match UNITS.iter().find(|u| trimmed.ends_with(u.name)) {
-        Some(u) => (
-            trimmed[..trimmed.len() - u.name.len()].trim_end(),
-            Some(u.name),
-        ),
+        Some(u) => (trimmed[..trimmed.len() - u.name.len()].trim_end(), Some(u.name)),
         None => (trimmed, None),
     };
     let unit: Option<Arc<str>> = unit.map(Arc::from);
@@ -111,9 +103,7 @@ pub fn parse_attribute(input: &str) -> DeviceAttribute {
         return DeviceAttribute::Int { value, unit };
     }
     if !numeric.is_empty()
-        && numeric
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
+        && numeric.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
         && let Ok(value) = numeric.parse::<f64>()
     {
         return DeviceAttribute::Float { value, unit };
@@ -133,9 +123,7 @@ fn known_unit(unit: &Option<Arc<str>>) -> Option<&'static Unit> {
 
 fn number_parts(a: &DeviceAttribute) -> Option<(Option<i64>, f64, Option<&'static Unit>)> {
     match a {
-        DeviceAttribute::Int { value, unit } => {
-            Some((Some(*value), *value as f64, known_unit(unit)))
-        }
+        DeviceAttribute::Int { value, unit } => Some((Some(*value), *value as f64, known_unit(unit))),
         DeviceAttribute::Float { value, unit } => Some((None, *value, known_unit(unit))),
         _ => None,
     }
@@ -147,11 +135,9 @@ fn number_parts(a: &DeviceAttribute) -> Option<(Option<i64>, f64, Option<&'stati
 pub fn compare_attributes(a: &DeviceAttribute, b: &DeviceAttribute) -> Option<Ordering> {
     match (a, b) {
         (DeviceAttribute::String(x), DeviceAttribute::String(y)) => Some(x.cmp(y)),
-        (DeviceAttribute::Bool(x), DeviceAttribute::Bool(y)) => Some(if x == y {
-            Ordering::Equal
-        } else {
-            Ordering::Greater
-        }),
+        (DeviceAttribute::Bool(x), DeviceAttribute::Bool(y)) => {
+            Some(if x == y { Ordering::Equal } else { Ordering::Greater })
+        }
         _ => {
             let (a_int, a_float, a_unit) = number_parts(a)?;
             let (b_int, b_float, b_unit) = number_parts(b)?;
@@ -164,12 +150,8 @@ pub fn compare_attributes(a: &DeviceAttribute, b: &DeviceAttribute) -> Option<Or
             };
             // Integers compare exactly: a*an/ad vs b*bn/bd as a*an*bd vs b*bn*ad.
             if let (Some(a_int), Some(b_int)) = (a_int, b_int) {
-                let left = i128::from(a_int)
-                    .checked_mul(a_num)
-                    .and_then(|v| v.checked_mul(b_den));
-                let right = i128::from(b_int)
-                    .checked_mul(b_num)
-                    .and_then(|v| v.checked_mul(a_den));
+                let left = i128::from(a_int).checked_mul(a_num).and_then(|v| v.checked_mul(b_den));
+                let right = i128::from(b_int).checked_mul(b_num).and_then(|v| v.checked_mul(a_den));
                 if let (Some(left), Some(right)) = (left, right) {
                     return Some(left.cmp(&right));
                 }
@@ -189,14 +171,8 @@ pub fn attribute_text(a: &DeviceAttribute) -> Cow<'_, str> {
         DeviceAttribute::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
         DeviceAttribute::Int { value, unit: None } => Cow::Owned(value.to_string()),
         DeviceAttribute::Float { value, unit: None } => Cow::Owned(value.to_string()),
-        DeviceAttribute::Int {
-            value,
-            unit: Some(u),
-        } => Cow::Owned(format!("{value} {u}")),
-        DeviceAttribute::Float {
-            value,
-            unit: Some(u),
-        } => Cow::Owned(format!("{value} {u}")),
+        DeviceAttribute::Int { value, unit: Some(u) } => Cow::Owned(format!("{value} {u}")),
+        DeviceAttribute::Float { value, unit: Some(u) } => Cow::Owned(format!("{value} {u}")),
     }
 }
 
@@ -233,12 +209,7 @@ pub fn check_attribute_operator(
             let (Some(l), Some(r)) = (l, r) else {
                 return false;
             };
-            check_operator(
-                op,
-                Some(&attribute_text(l)),
-                Some(&attribute_text(r)),
-                regex_cache,
-            )
+            check_operator(op, Some(&attribute_text(l)), Some(&attribute_text(r)), regex_cache)
         }
     }
 }
@@ -262,12 +233,7 @@ mod tests {
     fn units_are_longest_first_where_suffixes_overlap() {
         for (i, a) in UNITS.iter().enumerate() {
             for b in &UNITS[i + 1..] {
-                assert!(
-                    !b.name.ends_with(a.name),
-                    "{} must come before {}",
-                    b.name,
-                    a.name
-                );
+                assert!(!b.name.ends_with(a.name), "{} must come before {}", b.name, a.name);
             }
         }
     }
@@ -314,22 +280,10 @@ mod tests {
 
     #[test]
     fn compares_with_units() {
-        let memory = DeviceAttribute::Int {
-            value: 81920,
-            unit: Some("MiB".into()),
-        };
-        let clock = DeviceAttribute::Int {
-            value: 1200,
-            unit: Some("MHz".into()),
-        };
-        let power = DeviceAttribute::Float {
-            value: 700.0,
-            unit: Some("W".into()),
-        };
-        let plain = DeviceAttribute::Int {
-            value: 4,
-            unit: None,
-        };
+        let memory = DeviceAttribute::Int { value: 81920, unit: Some("MiB".into()) };
+        let clock = DeviceAttribute::Int { value: 1200, unit: Some("MHz".into()) };
+        let power = DeviceAttribute::Float { value: 700.0, unit: Some("W".into()) };
+        let plain = DeviceAttribute::Int { value: 4, unit: None };
         let model = DeviceAttribute::String("NVIDIA H200".into());
         let mig = DeviceAttribute::Bool(true);
         let cases: [(&str, &DeviceAttribute, &str, &str); 24] = [
@@ -395,18 +349,13 @@ mod tests {
     #[test]
     fn unset_sides() {
         let mut cache = RegexCache::new();
-        let one = DeviceAttribute::Int {
-            value: 1,
-            unit: None,
-        };
+        let one = DeviceAttribute::Int { value: 1, unit: None };
         let mut out = String::new();
         for op in ["=", "!=", "<", "is_set", "is_not_set", "regexp"] {
             let op: ConstraintOp = op.parse().unwrap();
             let cases = [(None, Some(&one)), (Some(&one), None), (None, None)];
-            let results: Vec<bool> = cases
-                .iter()
-                .map(|(l, r)| check_attribute_operator(op, *l, *r, &mut cache))
-                .collect();
+            let results: Vec<bool> =
+                cases.iter().map(|(l, r)| check_attribute_operator(op, *l, *r, &mut cache)).collect();
             writeln!(out, "{op}: {results:?}").unwrap();
         }
         expect![[r#"
@@ -422,14 +371,8 @@ mod tests {
 
     #[test]
     fn huge_integers_fall_back_to_floats() {
-        let big = DeviceAttribute::Int {
-            value: i64::MAX,
-            unit: Some("EiB".into()),
-        };
-        let small = DeviceAttribute::Int {
-            value: 1,
-            unit: Some("EB".into()),
-        };
+        let big = DeviceAttribute::Int { value: i64::MAX, unit: Some("EiB".into()) };
+        let small = DeviceAttribute::Int { value: 1, unit: Some("EB".into()) };
         assert_eq!(compare_attributes(&big, &small), Some(Ordering::Greater));
     }
 }

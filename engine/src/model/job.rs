@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use super::{Affinity, ConfigValue, Constraint, PortRequest, Spread, TaskResources, TimeNs, SECOND_NS};
+use super::{Affinity, ConfigValue, Constraint, PortRequest, SECOND_NS, Spread, TaskResources, TimeNs};
 use crate::ids::JobKey;
 
 /// Which scheduler handles a job.

@@ -107,9 +107,7 @@ impl NodeDeviceResource {
         match parts.as_slice() {
             [kind] => *kind == &*self.kind,
             [vendor, kind] => *vendor == &*self.vendor && *kind == &*self.kind,
-            [vendor, kind, model] => {
-                *vendor == &*self.vendor && *kind == &*self.kind && *model == &*self.name
-            }
+            [vendor, kind, model] => *vendor == &*self.vendor && *kind == &*self.kind && *model == &*self.name,
             _ => false,
         }
     }
@@ -213,9 +211,7 @@ impl Node {
 
     /// Whether new work may be placed here.
     pub fn ready_for_placement(&self) -> bool {
-        self.status == NodeStatus::Ready
-            && self.eligibility == SchedulingEligibility::Eligible
-            && self.drain.is_none()
+        self.status == NodeStatus::Ready && self.eligibility == SchedulingEligibility::Eligible && self.drain.is_none()
     }
 
     /// Capacity left for allocations: total minus reserved.

@@ -1,5 +1,5 @@
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -27,7 +27,11 @@ pub trait Committer: Send + Sync + std::fmt::Debug {
     /// write in between; `None` from `build` commits nothing. A log that can
     /// do this (in-process) makes plan evaluation and commit atomic; raft
     /// cannot, and keeps the default, which reads a snapshot first.
-    fn commit_built(&self, store: &StateStore, build: &mut dyn FnMut(&State) -> Option<Command>) -> Result<Option<u64>, CommitError> {
+    fn commit_built(
+        &self,
+        store: &StateStore,
+        build: &mut dyn FnMut(&State) -> Option<Command>,
+    ) -> Result<Option<u64>, CommitError> {
         match build(&store.snapshot()) {
             Some(command) => self.commit(command).map(Some),
             None => Ok(None),
@@ -94,7 +98,14 @@ pub fn spawn_applier(
     vec![applier, commit]
 }
 
-fn serial_loop(queue: &PlanQueue, store: &StateStore, committer: &dyn Committer, clock: &Arc<dyn Clock>, seed: u64, cancel: &Cancel) {
+fn serial_loop(
+    queue: &PlanQueue,
+    store: &StateStore,
+    committer: &dyn Committer,
+    clock: &Arc<dyn Clock>,
+    seed: u64,
+    cancel: &Cancel,
+) {
     let mut ids = IdGen::with_seed(seed);
     while !cancel.is_cancelled() {
         let Some(pending) = queue.dequeue(DEQUEUE_SLICE, cancel) else { continue };
@@ -168,7 +179,12 @@ fn apply_loop(
     }
 }
 
-fn commit_loop(rx: &crossbeam_channel::Receiver<InFlight>, store: &StateStore, committer: &dyn Committer, in_flight: &AtomicU64) {
+fn commit_loop(
+    rx: &crossbeam_channel::Receiver<InFlight>,
+    store: &StateStore,
+    committer: &dyn Committer,
+    in_flight: &AtomicU64,
+) {
     let mut previous_failed = false;
     for InFlight { pending, mut result, command } in rx.iter() {
         let answer = if previous_failed {

@@ -7,7 +7,7 @@
 use crate::fsm::PlanApplied;
 use crate::ids::NodeId;
 use crate::model::{Allocation, Plan, PlanResult, TimeNs};
-use crate::state::{check_fit, FitError, NodeUsage, State};
+use crate::state::{FitError, NodeUsage, State, check_fit};
 
 /// Why one node's part of a plan was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,7 +40,11 @@ pub fn evaluate_node(state: &State, plan: &Plan, node_id: NodeId) -> Result<(), 
     }
     let stops = plan.node_update.get(&node_id).map(Vec::as_slice).unwrap_or(&[]);
     let preemptions = plan.node_preemptions.get(&node_id).map(Vec::as_slice).unwrap_or(&[]);
-    let removed_ids = stops.iter().map(|s| s.alloc_id).chain(preemptions.iter().map(|p| p.alloc_id)).chain(new_allocs.iter().filter(|a| a.create_index != 0).map(|a| a.id));
+    let removed_ids = stops
+        .iter()
+        .map(|s| s.alloc_id)
+        .chain(preemptions.iter().map(|p| p.alloc_id))
+        .chain(new_allocs.iter().filter(|a| a.create_index != 0).map(|a| a.id));
 
     let committed = state.node_usage(node_id);
     let mut removed: Vec<&Allocation> = Vec::new();
@@ -90,7 +94,8 @@ fn add_checked(node: &crate::model::Node, usage: &mut NodeUsage, alloc: &Allocat
             if usage.instance_used(id) {
                 return Err(FitError::DeviceCollision(id.clone()));
             }
-            let healthy = node.resources.devices.iter().flat_map(|g| g.instances.iter()).any(|i| i.id == *id && i.healthy);
+            let healthy =
+                node.resources.devices.iter().flat_map(|g| g.instances.iter()).any(|i| i.id == *id && i.healthy);
             if !healthy {
                 return Err(FitError::DeviceUnknown(id.clone()));
             }
@@ -111,7 +116,11 @@ pub fn evaluate_plan(state: &State, plan: &Plan) -> (PlanResult, Vec<NodeRejecti
         .node_allocation
         .keys()
         .chain(plan.node_update.keys().filter(|n| !plan.node_allocation.contains_key(n)))
-        .chain(plan.node_preemptions.keys().filter(|n| !plan.node_allocation.contains_key(n) && !plan.node_update.contains_key(n)));
+        .chain(
+            plan.node_preemptions
+                .keys()
+                .filter(|n| !plan.node_allocation.contains_key(n) && !plan.node_update.contains_key(n)),
+        );
     for &node_id in touched {
         match evaluate_node(state, plan, node_id) {
             Ok(()) => {
@@ -143,7 +152,12 @@ pub fn evaluate_plan(state: &State, plan: &Plan) -> (PlanResult, Vec<NodeRejecti
 }
 
 /// The raft command that commits a plan result.
-pub fn plan_applied(plan: &Plan, result: &PlanResult, preemption_evals: Vec<crate::model::Evaluation>, now_ns: TimeNs) -> PlanApplied {
+pub fn plan_applied(
+    plan: &Plan,
+    result: &PlanResult,
+    preemption_evals: Vec<crate::model::Evaluation>,
+    now_ns: TimeNs,
+) -> PlanApplied {
     PlanApplied {
         eval_id: plan.eval_id,
         allocs: result.node_allocation.values().flatten().cloned().collect(),

@@ -11,6 +11,6 @@ pub mod applier;
 pub mod evaluate;
 pub mod queue;
 
-pub use applier::{spawn_applier, CommitError, Committer, Pipelining};
-pub use evaluate::{evaluate_node, evaluate_plan, NodeRejection};
+pub use applier::{CommitError, Committer, Pipelining, spawn_applier};
+pub use evaluate::{NodeRejection, evaluate_node, evaluate_plan};
 pub use queue::{PlanError, PlanQueue, PlanTicket};

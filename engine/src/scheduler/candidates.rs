@@ -34,7 +34,9 @@ pub(super) fn datacenter_matches(pattern: &str, datacenter: &str) -> bool {
         Some((prefix, rest)) => {
             datacenter.len() >= prefix.len()
                 && datacenter.starts_with(prefix)
-                && (rest.is_empty() || (0..=datacenter.len() - prefix.len()).any(|i| datacenter_matches(rest, &datacenter[prefix.len() + i..])))
+                && (rest.is_empty()
+                    || (0..=datacenter.len() - prefix.len())
+                        .any(|i| datacenter_matches(rest, &datacenter[prefix.len() + i..])))
         }
     }
 }

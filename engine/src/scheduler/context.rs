@@ -67,7 +67,10 @@ impl NodeView<'_> {
     pub(super) fn instance_used(&self, id: &str) -> bool {
         let committed = self.committed.is_some_and(|u| u.instance_used(id));
         match self.delta {
-            Some(d) => d.instances_added.iter().any(|i| &**i == id) || (committed && !d.instances_removed.iter().any(|i| &**i == id)),
+            Some(d) => {
+                d.instances_added.iter().any(|i| &**i == id)
+                    || (committed && !d.instances_removed.iter().any(|i| &**i == id))
+            }
             None => committed,
         }
     }

@@ -16,7 +16,11 @@ use super::context::NodeView;
 /// Assign instances for every device request of every task of a group.
 /// Returns the assignments and the mean device affinity score, or the name
 /// of the request that could not be met.
-pub(super) fn assign_devices(node: &Node, view: &NodeView<'_>, tasks: &[Task]) -> Result<(Vec<AssignedDevice>, Option<f64>), String> {
+pub(super) fn assign_devices(
+    node: &Node,
+    view: &NodeView<'_>,
+    tasks: &[Task],
+) -> Result<(Vec<AssignedDevice>, Option<f64>), String> {
     let mut out: Vec<AssignedDevice> = Vec::new();
     let mut affinity_scores = Vec::new();
     for (ti, task) in tasks.iter().enumerate() {
@@ -26,7 +30,9 @@ pub(super) fn assign_devices(node: &Node, view: &NodeView<'_>, tasks: &[Task]) -
                 let free: Vec<&DeviceInstance> = group
                     .instances
                     .iter()
-                    .filter(|i| i.healthy && !view.instance_used(&i.id) && !out.iter().any(|a| a.instance_ids.contains(&i.id)))
+                    .filter(|i| {
+                        i.healthy && !view.instance_used(&i.id) && !out.iter().any(|a| a.instance_ids.contains(&i.id))
+                    })
                     .collect();
                 let Some(chosen) = choose_instances(&free, req.count as usize) else { continue };
                 let score = feasible::device_affinity_score(group, req);
@@ -52,7 +58,8 @@ pub(super) fn assign_devices(node: &Node, view: &NodeView<'_>, tasks: &[Task]) -
             out.push(assigned);
         }
     }
-    let affinity = (!affinity_scores.is_empty()).then(|| affinity_scores.iter().sum::<f64>() / affinity_scores.len() as f64);
+    let affinity =
+        (!affinity_scores.is_empty()).then(|| affinity_scores.iter().sum::<f64>() / affinity_scores.len() as f64);
     Ok((out, affinity))
 }
 
@@ -72,7 +79,11 @@ fn choose_instances(free: &[&DeviceInstance], count: usize) -> Option<Vec<Arc<st
 }
 
 /// The smallest locality group (by free instances) that holds `count`.
-fn tightest(free: &[&DeviceInstance], count: usize, key: impl Fn(&DeviceInstance) -> Option<u16>) -> Option<Vec<Arc<str>>> {
+fn tightest(
+    free: &[&DeviceInstance],
+    count: usize,
+    key: impl Fn(&DeviceInstance) -> Option<u16>,
+) -> Option<Vec<Arc<str>>> {
     let mut groups: BTreeMap<u16, Vec<&DeviceInstance>> = BTreeMap::new();
     for i in free {
         if let Some(k) = key(i) {

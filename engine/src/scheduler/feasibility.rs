@@ -69,7 +69,12 @@ impl JobPlacements {
 }
 
 impl GroupChecker {
-    pub(super) fn new(job: &Job, group_index: u16, existing: &[Arc<Allocation>], nodes: &dyn Fn(NodeId) -> Option<Arc<Node>>) -> GroupChecker {
+    pub(super) fn new(
+        job: &Job,
+        group_index: u16,
+        existing: &[Arc<Allocation>],
+        nodes: &dyn Fn(NodeId) -> Option<Arc<Node>>,
+    ) -> GroupChecker {
         let group = &job.task_groups[usize::from(group_index)];
         let mut checker = GroupChecker {
             class_constraints: Vec::new(),
@@ -95,7 +100,8 @@ impl GroupChecker {
                     let limit = c.r_target.trim().parse::<u32>().ok().filter(|n| *n > 0).unwrap_or(1);
                     let mut counts: HashMap<String, u32> = HashMap::new();
                     for alloc in existing.iter().filter(|a| !a.is_terminal()) {
-                        let in_scope = scope.is_none_or(|g| job.group_index(alloc.group_name()) == Some(usize::from(g)));
+                        let in_scope =
+                            scope.is_none_or(|g| job.group_index(alloc.group_name()) == Some(usize::from(g)));
                         if !in_scope {
                             continue;
                         }
@@ -105,7 +111,12 @@ impl GroupChecker {
                             *counts.entry(v.into_owned()).or_default() += 1;
                         }
                     }
-                    checker.distinct_properties.push(DistinctProperty { constraint: c.clone(), group: scope, limit, counts });
+                    checker.distinct_properties.push(DistinctProperty {
+                        constraint: c.clone(),
+                        group: scope,
+                        limit,
+                        counts,
+                    });
                 }
                 _ if feasible::constraint_escapes(c) => checker.escaped_constraints.push(c.clone()),
                 _ => checker.class_constraints.push(c.clone()),

@@ -10,22 +10,35 @@ use crate::model::{
 };
 use crate::state::State;
 
+use super::ScheduleOutcome;
 use super::reconcile::{self, Placement, PlacementReason};
 use super::stack::{Selection, Stack, StackConfig};
-use super::ScheduleOutcome;
 
-pub(super) fn schedule(state: &State, eval: &Evaluation, job: Option<Arc<Job>>, now_ns: TimeNs, seed: u64, ids: &mut IdGen) -> ScheduleOutcome {
+pub(super) fn schedule(
+    state: &State,
+    eval: &Evaluation,
+    job: Option<Arc<Job>>,
+    now_ns: TimeNs,
+    seed: u64,
+    ids: &mut IdGen,
+) -> ScheduleOutcome {
     let mut allocs: Vec<Arc<Allocation>> = state.allocs_by_job(&eval.job_key()).cloned().collect();
     allocs.sort_unstable_by_key(|a| a.id);
     let rec = reconcile::reconcile(state, eval, job.as_ref(), &allocs, now_ns, ids);
-    let mut out = ScheduleOutcome { desired_updates: rec.desired, followup_evals: rec.followup_evals, ..Default::default() };
+    let mut out =
+        ScheduleOutcome { desired_updates: rec.desired, followup_evals: rec.followup_evals, ..Default::default() };
     out.plan.job = job.clone();
     out.plan.all_at_once = job.as_ref().is_some_and(|j| j.all_at_once);
 
     for stop in &rec.stop {
         out.plan.append_stop(
             stop.alloc.node_id,
-            AllocStop { alloc_id: stop.alloc.id, description: stop.description.into(), client_status: stop.client_status, followup_eval_id: None },
+            AllocStop {
+                alloc_id: stop.alloc.id,
+                description: stop.description.into(),
+                client_status: stop.client_status,
+                followup_eval_id: None,
+            },
         );
     }
     for (alloc, followup) in &rec.annotate_followup {
@@ -102,7 +115,15 @@ fn place_all<'a>(
             };
             match stack.select(gi, &penalty) {
                 Ok(selection) => {
-                    let alloc = build_alloc(job, eval, p, &selection, now_ns, ids, shared.entry(gi).or_insert_with(|| Arc::new(AllocatedResources::default())));
+                    let alloc = build_alloc(
+                        job,
+                        eval,
+                        p,
+                        &selection,
+                        now_ns,
+                        ids,
+                        shared.entry(gi).or_insert_with(|| Arc::new(AllocatedResources::default())),
+                    );
                     stack.commit(gi, &selection);
                     placed.push((alloc, selection.preempted, Some(p)));
                 }
@@ -132,11 +153,20 @@ fn place_all<'a>(
             {
                 out.plan.append_stop(
                     prev.node_id,
-                    AllocStop { alloc_id: prev.id, description: "alloc is being updated due to job update".into(), client_status: None, followup_eval_id: None },
+                    AllocStop {
+                        alloc_id: prev.id,
+                        description: "alloc is being updated due to job update".into(),
+                        client_status: None,
+                        followup_eval_id: None,
+                    },
                 );
             }
             for victim in preempted {
-                out.plan.node_preemptions.entry(victim.node_id).or_default().push(AllocPreemption { alloc_id: victim.id, preempted_by: alloc.id });
+                out.plan
+                    .node_preemptions
+                    .entry(victim.node_id)
+                    .or_default()
+                    .push(AllocPreemption { alloc_id: victim.id, preempted_by: alloc.id });
             }
             out.plan.append_alloc(alloc);
         }
@@ -163,7 +193,9 @@ fn build_alloc(
     };
     let group = &job.task_groups[usize::from(p.group_index)];
     let reschedule_tracker = match (&p.reason, &p.previous) {
-        (PlacementReason::Reschedule, Some(prev)) => Some(reconcile::next_tracker(prev, group.reschedule_policy.as_ref(), now_ns)),
+        (PlacementReason::Reschedule, Some(prev)) => {
+            Some(reconcile::next_tracker(prev, group.reschedule_policy.as_ref(), now_ns))
+        }
         (_, Some(prev)) => prev.reschedule_tracker.clone(),
         _ => None,
     };

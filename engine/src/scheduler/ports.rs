@@ -11,7 +11,12 @@ use super::context::NodeView;
 const DYNAMIC_PORT_RANDOM_TRIES: u32 = 20;
 
 /// Assign every requested port, or say which one could not be had.
-pub(super) fn assign_ports(node: &Node, view: &NodeView<'_>, asks: &[PortRequest], rng: &mut fastrand::Rng) -> Result<Vec<AssignedPort>, String> {
+pub(super) fn assign_ports(
+    node: &Node,
+    view: &NodeView<'_>,
+    asks: &[PortRequest],
+    rng: &mut fastrand::Rng,
+) -> Result<Vec<AssignedPort>, String> {
     let mut assigned: Vec<AssignedPort> = Vec::with_capacity(asks.len());
     let taken = |port: u16, assigned: &[AssignedPort]| {
         view.port_used(port) || node.reserved.ports.contains(&port) || assigned.iter().any(|p| p.value == port)
@@ -21,7 +26,11 @@ pub(super) fn assign_ports(node: &Node, view: &NodeView<'_>, asks: &[PortRequest
         if taken(port, &assigned) {
             return Err(format!("reserved port collision {}={port}", ask.label));
         }
-        assigned.push(AssignedPort { label: ask.label.clone(), value: port, to: if ask.to == 0 { port } else { ask.to } });
+        assigned.push(AssignedPort {
+            label: ask.label.clone(),
+            value: port,
+            to: if ask.to == 0 { port } else { ask.to },
+        });
     }
     let (lo, hi) = (node.resources.min_dynamic_port, node.resources.max_dynamic_port);
     for ask in asks.iter().filter(|a| a.static_port.is_none()) {
@@ -39,7 +48,11 @@ pub(super) fn assign_ports(node: &Node, view: &NodeView<'_>, asks: &[PortRequest
         let Some(port) = found else {
             return Err("dynamic port selection failed".to_string());
         };
-        assigned.push(AssignedPort { label: ask.label.clone(), value: port, to: if ask.to == 0 { port } else { ask.to } });
+        assigned.push(AssignedPort {
+            label: ask.label.clone(),
+            value: port,
+            to: if ask.to == 0 { port } else { ask.to },
+        });
     }
     Ok(assigned)
 }

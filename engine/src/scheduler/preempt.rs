@@ -17,7 +17,10 @@ pub(super) const PREEMPTION_PRIORITY_DELTA: u8 = 10;
 /// Normalised distance between what is missing and what an allocation frees.
 fn distance(missing: &ComparableResources, frees: &ComparableResources) -> f64 {
     let dim = |need: u64, have: u64| if need == 0 { 0.0 } else { (need as f64 - have as f64) / need as f64 };
-    (dim(missing.cpu_mhz, frees.cpu_mhz).powi(2) + dim(missing.memory_mb, frees.memory_mb).powi(2) + dim(missing.disk_mb, frees.disk_mb).powi(2)).sqrt()
+    (dim(missing.cpu_mhz, frees.cpu_mhz).powi(2)
+        + dim(missing.memory_mb, frees.memory_mb).powi(2)
+        + dim(missing.disk_mb, frees.disk_mb).powi(2))
+    .sqrt()
 }
 
 fn missing(used_with_ask: &ComparableResources, capacity: &ComparableResources) -> ComparableResources {
@@ -31,7 +34,13 @@ fn missing(used_with_ask: &ComparableResources, capacity: &ComparableResources) 
 
 /// Victims that make `used_with_ask` fit the node, or `None` if evicting
 /// every eligible allocation would still not be enough.
-pub(super) fn find_victims(state: &State, node: &Node, view: &NodeView<'_>, used_with_ask: ComparableResources, priority: u8) -> Option<Vec<Arc<Allocation>>> {
+pub(super) fn find_victims(
+    state: &State,
+    node: &Node,
+    view: &NodeView<'_>,
+    used_with_ask: ComparableResources,
+    priority: u8,
+) -> Option<Vec<Arc<Allocation>>> {
     let capacity = node.allocatable();
     let mut eligible: Vec<&Arc<Allocation>> = state
         .allocs_by_node(node.id)
@@ -44,11 +53,10 @@ pub(super) fn find_victims(state: &State, node: &Node, view: &NodeView<'_>, used
     while used.exceeded_dimension(&capacity).is_some() {
         let need = missing(&used, &capacity);
         let lowest = eligible.first()?.job.priority;
-        let (at, _) = eligible
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| a.job.priority == lowest)
-            .min_by(|(_, a), (_, b)| distance(&need, &a.resources.comparable).total_cmp(&distance(&need, &b.resources.comparable)))?;
+        let (at, _) =
+            eligible.iter().enumerate().filter(|(_, a)| a.job.priority == lowest).min_by(|(_, a), (_, b)| {
+                distance(&need, &a.resources.comparable).total_cmp(&distance(&need, &b.resources.comparable))
+            })?;
         let victim = eligible.remove(at);
         used.subtract(&victim.resources.comparable);
         victims.push(victim.clone());

@@ -22,14 +22,16 @@ fn free_fraction(used: u64, capacity: u64) -> f64 {
 /// Nomad's bin-packing fit: `20 − (10^freeCpu + 10^freeMem)`, normalised to
 /// [0, 1] by 18. Fuller nodes score higher.
 pub(super) fn binpack_score(used: &ComparableResources, capacity: &ComparableResources) -> f64 {
-    let total = pow10(free_fraction(used.cpu_mhz, capacity.cpu_mhz)) + pow10(free_fraction(used.memory_mb, capacity.memory_mb));
+    let total =
+        pow10(free_fraction(used.cpu_mhz, capacity.cpu_mhz)) + pow10(free_fraction(used.memory_mb, capacity.memory_mb));
     ((20.0 - total) / BINPACK_MAX_FIT_SCORE).clamp(0.0, 1.0)
 }
 
 /// Nomad's spread fit: `(10^freeCpu + 10^freeMem) − 2`, normalised by 18.
 /// Emptier nodes score higher.
 pub(super) fn spread_fit_score(used: &ComparableResources, capacity: &ComparableResources) -> f64 {
-    let total = pow10(free_fraction(used.cpu_mhz, capacity.cpu_mhz)) + pow10(free_fraction(used.memory_mb, capacity.memory_mb));
+    let total =
+        pow10(free_fraction(used.cpu_mhz, capacity.cpu_mhz)) + pow10(free_fraction(used.memory_mb, capacity.memory_mb));
     ((total - 2.0) / BINPACK_MAX_FIT_SCORE).clamp(0.0, 1.0)
 }
 
@@ -82,7 +84,13 @@ mod tests {
         let cap = res(4000, 8192);
         let table: Vec<String> = [(0, 0), (1000, 2048), (2000, 4096), (4000, 8192)]
             .iter()
-            .map(|&(c, m)| format!("{c:>4} {m:>4} binpack={:.3} spread={:.3}", binpack_score(&res(c, m), &cap), spread_fit_score(&res(c, m), &cap)))
+            .map(|&(c, m)| {
+                format!(
+                    "{c:>4} {m:>4} binpack={:.3} spread={:.3}",
+                    binpack_score(&res(c, m), &cap),
+                    spread_fit_score(&res(c, m), &cap)
+                )
+            })
             .collect();
         expect![[r#"
                0    0 binpack=0.000 spread=1.000

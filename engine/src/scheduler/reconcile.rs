@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use crate::ids::IdGen;
 use crate::model::{
-    Allocation, ClientStatus, DelayFunction, EvalStatus, Evaluation, Job, NodeStatus,
-    RescheduleEvent, ReschedulePolicy, RescheduleTracker, TaskGroup, TimeNs, TriggeredBy, SECOND_NS,
+    Allocation, ClientStatus, DelayFunction, EvalStatus, Evaluation, Job, NodeStatus, RescheduleEvent,
+    ReschedulePolicy, RescheduleTracker, SECOND_NS, TaskGroup, TimeNs, TriggeredBy,
 };
 use crate::state::State;
 
@@ -107,7 +107,11 @@ pub fn reconcile(
     let Some(job) = live_job else {
         for alloc in allocs.iter().filter(|a| !a.is_terminal()) {
             out.desired.entry(alloc.group().name.clone()).or_default().stop += 1;
-            out.stop.push(StopRequest { alloc: alloc.clone(), description: "alloc not needed due to job update", client_status: None });
+            out.stop.push(StopRequest {
+                alloc: alloc.clone(),
+                description: "alloc not needed due to job update",
+                client_status: None,
+            });
         }
         return out;
     };
@@ -154,14 +158,20 @@ fn reconcile_group(
     let count = group.count;
     let mut taken: BTreeSet<u32> = BTreeSet::new();
     let mut untainted: Vec<&Arc<Allocation>> = Vec::new();
-    let replace = |alloc: &Arc<Allocation>, reason: PlacementReason, out: &mut Reconciled, taken: &mut BTreeSet<u32>| {
-        if alloc.name_index < count && taken.insert(alloc.name_index) {
-            out.place.push(Placement { group_index: gi, name_index: alloc.name_index, reason, previous: Some(alloc.clone()) });
-            true
-        } else {
-            false
-        }
-    };
+    let replace =
+        |alloc: &Arc<Allocation>, reason: PlacementReason, out: &mut Reconciled, taken: &mut BTreeSet<u32>| {
+            if alloc.name_index < count && taken.insert(alloc.name_index) {
+                out.place.push(Placement {
+                    group_index: gi,
+                    name_index: alloc.name_index,
+                    reason,
+                    previous: Some(alloc.clone()),
+                });
+                true
+            } else {
+                false
+            }
+        };
 
     for &alloc in allocs {
         if alloc.server_terminal() {
@@ -229,7 +239,11 @@ fn reconcile_group(
         if draining || transition.migrate || transition.reschedule || transition.force_reschedule {
             desired.migrate += 1;
             desired.stop += 1;
-            out.stop.push(StopRequest { alloc: alloc.clone(), description: "alloc is being migrated", client_status: None });
+            out.stop.push(StopRequest {
+                alloc: alloc.clone(),
+                description: "alloc is being migrated",
+                client_status: None,
+            });
             if replace(alloc, PlacementReason::Migrate, out, &mut taken) {
                 desired.place += 1;
             }
@@ -242,7 +256,11 @@ fn reconcile_group(
     for alloc in untainted {
         if alloc.name_index >= count || !taken.insert(alloc.name_index) {
             desired.stop += 1;
-            out.stop.push(StopRequest { alloc: alloc.clone(), description: "alloc not needed due to job update", client_status: None });
+            out.stop.push(StopRequest {
+                alloc: alloc.clone(),
+                description: "alloc not needed due to job update",
+                client_status: None,
+            });
             continue;
         }
         if alloc.job.job_modify_index == job.job_modify_index && alloc.job.version == job.version {
@@ -272,7 +290,10 @@ fn reconcile_group(
 /// Whether moving from `old` to `new` needs new allocations (Nomad's
 /// `tasksUpdated`): anything the running tasks depend on changed.
 pub fn tasks_updated(old: &TaskGroup, new: &TaskGroup) -> bool {
-    old.tasks != new.tasks || old.ports != new.ports || old.ephemeral_disk_mb != new.ephemeral_disk_mb || old.meta != new.meta
+    old.tasks != new.tasks
+        || old.ports != new.ports
+        || old.ephemeral_disk_mb != new.ephemeral_disk_mb
+        || old.meta != new.meta
 }
 
 fn reschedule_when(alloc: &Allocation, policy: Option<&ReschedulePolicy>, now_ns: TimeNs) -> Option<RescheduleWhen> {
@@ -302,14 +323,27 @@ pub fn next_delay_ns(policy: &ReschedulePolicy, events: &[RescheduleEvent]) -> i
         (DelayFunction::Fibonacci, [only]) => only.delay_ns,
         (DelayFunction::Fibonacci, [.., second, last]) => last.delay_ns.saturating_add(second.delay_ns),
     };
-    if policy.max_delay_ns > 0 && policy.delay_function != DelayFunction::Constant { delay.min(policy.max_delay_ns) } else { delay }
+    if policy.max_delay_ns > 0 && policy.delay_function != DelayFunction::Constant {
+        delay.min(policy.max_delay_ns)
+    } else {
+        delay
+    }
 }
 
 /// The tracker a replacement carries: the old one plus this reschedule.
-pub fn next_tracker(previous: &Allocation, policy: Option<&ReschedulePolicy>, now_ns: TimeNs) -> Arc<RescheduleTracker> {
+pub fn next_tracker(
+    previous: &Allocation,
+    policy: Option<&ReschedulePolicy>,
+    now_ns: TimeNs,
+) -> Arc<RescheduleTracker> {
     let mut events = previous.reschedule_tracker.as_ref().map(|t| t.events.clone()).unwrap_or_default();
     let delay_ns = policy.map_or(0, |p| next_delay_ns(p, &events));
-    events.push(RescheduleEvent { at_ns: now_ns, prev_alloc_id: previous.id, prev_node_id: previous.node_id, delay_ns });
+    events.push(RescheduleEvent {
+        at_ns: now_ns,
+        prev_alloc_id: previous.id,
+        prev_node_id: previous.node_id,
+        delay_ns,
+    });
     match policy {
         Some(p) if !p.unlimited => events.retain(|e| e.at_ns > now_ns - p.interval_ns),
         _ => {
@@ -321,14 +355,21 @@ pub fn next_tracker(previous: &Allocation, policy: Option<&ReschedulePolicy>, no
 }
 
 /// One follow-up eval per window of reschedule times.
-fn batch_followups(eval: &Evaluation, job: &Job, mut later: Vec<(TimeNs, Arc<Allocation>)>, ids: &mut IdGen, out: &mut Reconciled) {
+fn batch_followups(
+    eval: &Evaluation,
+    job: &Job,
+    mut later: Vec<(TimeNs, Arc<Allocation>)>,
+    ids: &mut IdGen,
+    out: &mut Reconciled,
+) {
     later.sort_by_key(|(at, a)| (*at, a.id));
     let mut current: Option<(TimeNs, crate::ids::EvalId)> = None;
     for (at, alloc) in later {
         let eval_id = match current {
             Some((start, id)) if at - start <= FOLLOWUP_BATCH_WINDOW_NS => id,
             _ => {
-                let mut followup = Evaluation::new(ids.eval(), &job.key(), job.job_type, job.priority, TriggeredBy::RetryFailedAlloc);
+                let mut followup =
+                    Evaluation::new(ids.eval(), &job.key(), job.job_type, job.priority, TriggeredBy::RetryFailedAlloc);
                 followup.status = EvalStatus::Pending;
                 followup.wait_until_ns = at;
                 followup.previous_eval = Some(eval.id);

@@ -91,7 +91,13 @@ pub(super) struct Stack<'a> {
 }
 
 impl<'a> Stack<'a> {
-    pub(super) fn new(state: &'a State, job: &'a Arc<Job>, existing: &'a [Arc<Allocation>], seed: u64, config: StackConfig) -> Stack<'a> {
+    pub(super) fn new(
+        state: &'a State,
+        job: &'a Arc<Job>,
+        existing: &'a [Arc<Allocation>],
+        seed: u64,
+        config: StackConfig,
+    ) -> Stack<'a> {
         let mut rng = fastrand::Rng::with_seed(seed);
         let scratch = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
         let candidates = Candidates::new(state, job, rng.u64(..), scratch.order);
@@ -146,7 +152,12 @@ impl<'a> Stack<'a> {
             .iter()
             .chain(group.affinities.iter())
             .chain(group.tasks.iter().flat_map(|t| t.affinities.iter()))
-            .map(|a| (Constraint { l_target: a.l_target.clone(), r_target: a.r_target.clone(), operand: a.operand }, a.weight))
+            .map(|a| {
+                (
+                    Constraint { l_target: a.l_target.clone(), r_target: a.r_target.clone(), operand: a.operand },
+                    a.weight,
+                )
+            })
             .collect();
         let affinity_abs_sum = affinities.iter().map(|(_, w)| i32::from(*w).abs()).sum();
         let affinity_escapes = affinities.iter().any(|(c, _)| feasible::constraint_escapes(c));
@@ -156,9 +167,14 @@ impl<'a> Stack<'a> {
             .into_iter()
             .map(|s| {
                 let count = f64::from(group.count);
-                let desired: Vec<(Arc<str>, f64)> = s.targets.iter().map(|t| (t.value.clone(), f64::from(t.percent) / 100.0 * count)).collect();
+                let desired: Vec<(Arc<str>, f64)> =
+                    s.targets.iter().map(|t| (t.value.clone(), f64::from(t.percent) / 100.0 * count)).collect();
                 let percent_sum: u32 = s.targets.iter().map(|t| u32::from(t.percent)).sum();
-                let remainder = if s.targets.is_empty() { 0.0 } else { f64::from(100u32.saturating_sub(percent_sum)) / 100.0 * count };
+                let remainder = if s.targets.is_empty() {
+                    0.0
+                } else {
+                    f64::from(100u32.saturating_sub(percent_sum)) / 100.0 * count
+                };
                 let mut used: HashMap<String, u32> = HashMap::new();
                 for alloc in self.existing.iter().filter(|a| !a.is_terminal() && a.group_name() == &*group.name) {
                     if let Some(node) = state.node(alloc.node_id)
@@ -244,7 +260,8 @@ impl<'a> Stack<'a> {
                     }
                 }
                 None => {
-                    if exhausted.len() < PREEMPTION_CANDIDATES_MAX && metric.nodes_exhausted as usize > exhausted.len() {
+                    if exhausted.len() < PREEMPTION_CANDIDATES_MAX && metric.nodes_exhausted as usize > exhausted.len()
+                    {
                         exhausted.push(idx);
                     }
                 }
@@ -305,7 +322,13 @@ impl<'a> Stack<'a> {
         }
     }
 
-    fn try_node(&mut self, gi: u16, node: &'a Arc<Node>, penalty_nodes: &[NodeId], metric: &mut AllocMetric) -> Option<Selection<'a>> {
+    fn try_node(
+        &mut self,
+        gi: u16,
+        node: &'a Arc<Node>,
+        penalty_nodes: &[NodeId],
+        metric: &mut AllocMetric,
+    ) -> Option<Selection<'a>> {
         let state = self.state;
         let job = self.job;
         let group = &job.task_groups[usize::from(gi)];
@@ -417,7 +440,12 @@ impl<'a> Stack<'a> {
             let Some(victims) = find_victims(self.state, node, &view, used, self.job.priority) else { continue };
             let cost: u64 = victims.iter().map(|v| u64::from(v.job.priority) + 1).sum();
             if best.as_ref().is_none_or(|(c, _)| cost < *c) {
-                let selection = Selection { node, resources: AllocatedResources { comparable: ask, ..Default::default() }, preempted: victims, score: 0.0 };
+                let selection = Selection {
+                    node,
+                    resources: AllocatedResources { comparable: ask, ..Default::default() },
+                    preempted: victims,
+                    score: 0.0,
+                };
                 best = Some((cost, selection));
             }
         }

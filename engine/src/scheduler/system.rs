@@ -7,24 +7,37 @@ use std::sync::Arc;
 
 use crate::ids::{IdGen, NodeId};
 use crate::model::{
-    AllocMetric, AllocPreemption, AllocStop, Allocation, ClientStatus, DesiredStatus, DesiredTransition, Evaluation, Job,
-    JobType, NodeStatus, TimeNs,
+    AllocMetric, AllocPreemption, AllocStop, Allocation, ClientStatus, DesiredStatus, DesiredTransition, Evaluation,
+    Job, JobType, NodeStatus, TimeNs,
 };
 use crate::state::State;
 
-use super::candidates::PlacementScope;
-use super::reconcile::{tasks_updated, DesiredUpdates};
-use super::stack::{Stack, StackConfig};
 use super::ScheduleOutcome;
+use super::candidates::PlacementScope;
+use super::reconcile::{DesiredUpdates, tasks_updated};
+use super::stack::{Stack, StackConfig};
 
-pub(super) fn schedule(state: &State, eval: &Evaluation, job: Option<Arc<Job>>, now_ns: TimeNs, seed: u64, ids: &mut IdGen) -> ScheduleOutcome {
+pub(super) fn schedule(
+    state: &State,
+    eval: &Evaluation,
+    job: Option<Arc<Job>>,
+    now_ns: TimeNs,
+    seed: u64,
+    ids: &mut IdGen,
+) -> ScheduleOutcome {
     let mut allocs: Vec<Arc<Allocation>> = state.allocs_by_job(&eval.job_key()).cloned().collect();
     allocs.sort_unstable_by_key(|a| a.id);
     let mut out = ScheduleOutcome::default();
     out.plan.job = job.clone();
-    let stop = |out: &mut ScheduleOutcome, alloc: &Allocation, description: &str, client_status: Option<ClientStatus>| {
+    let stop = |out: &mut ScheduleOutcome,
+                alloc: &Allocation,
+                description: &str,
+                client_status: Option<ClientStatus>| {
         out.desired_updates.entry(alloc.group().name.clone()).or_default().stop += 1;
-        out.plan.append_stop(alloc.node_id, AllocStop { alloc_id: alloc.id, description: description.into(), client_status, followup_eval_id: None });
+        out.plan.append_stop(
+            alloc.node_id,
+            AllocStop { alloc_id: alloc.id, description: description.into(), client_status, followup_eval_id: None },
+        );
     };
     let Some(job) = job.filter(|j| !j.stop) else {
         for alloc in allocs.iter().filter(|a| !a.is_terminal()) {
@@ -51,7 +64,9 @@ pub(super) fn schedule(state: &State, eval: &Evaluation, job: Option<Arc<Job>>, 
     for alloc in allocs.iter().filter(|a| !a.is_terminal()) {
         match state.node(alloc.node_id) {
             None => stop(&mut out, alloc, "alloc is lost since its node is down", Some(ClientStatus::Lost)),
-            Some(node) if !scope.contains(node) => stop(&mut out, alloc, "alloc not needed as node is no longer in the job's datacenters", None),
+            Some(node) if !scope.contains(node) => {
+                stop(&mut out, alloc, "alloc not needed as node is no longer in the job's datacenters", None)
+            }
             _ => {}
         }
     }
@@ -187,7 +202,11 @@ fn place_on<'a>(
                 modify_time_ns: now_ns,
             });
             for victim in &selection.preempted {
-                out.plan.node_preemptions.entry(victim.node_id).or_default().push(AllocPreemption { alloc_id: victim.id, preempted_by: alloc.id });
+                out.plan
+                    .node_preemptions
+                    .entry(victim.node_id)
+                    .or_default()
+                    .push(AllocPreemption { alloc_id: victim.id, preempted_by: alloc.id });
             }
             out.plan.append_alloc(alloc);
         }

@@ -18,8 +18,8 @@ use arc_swap::ArcSwap;
 
 pub use cancel::Cancel;
 use cancel::IndexWaiter;
-pub use tables::{SchedulerAlgorithm, SchedulerConfig, State, Table, JOB_VERSIONS_KEPT};
-pub use usage::{check_fit, usage_from_allocs, FitError, NodeUsage};
+pub use tables::{JOB_VERSIONS_KEPT, SchedulerAlgorithm, SchedulerConfig, State, Table};
+pub use usage::{FitError, NodeUsage, check_fit, usage_from_allocs};
 
 /// An immutable view of the state at one raft index.
 pub type Snapshot = Arc<State>;

@@ -169,7 +169,8 @@ impl State {
 
     /// Kept versions of a job, newest first.
     pub fn job_versions(&self, key: &JobKey) -> Vec<Arc<Job>> {
-        let mut versions: Vec<Arc<Job>> = self.job_versions.get(key).map(|v| v.iter().cloned().collect()).unwrap_or_default();
+        let mut versions: Vec<Arc<Job>> =
+            self.job_versions.get(key).map(|v| v.iter().cloned().collect()).unwrap_or_default();
         versions.sort_by_key(|v| std::cmp::Reverse(v.version));
         versions
     }
@@ -198,7 +199,8 @@ impl State {
     /// Nodes that accept new allocations (ready, eligible, not draining),
     /// in id order. Cached per node-table version.
     pub fn ready_nodes(&self) -> &Arc<Vec<Arc<Node>>> {
-        self.ready_nodes.get_or_init(|| Arc::new(self.sorted_nodes().iter().filter(|n| n.ready_for_placement()).cloned().collect()))
+        self.ready_nodes
+            .get_or_init(|| Arc::new(self.sorted_nodes().iter().filter(|n| n.ready_for_placement()).cloned().collect()))
     }
 
     pub fn node_count(&self) -> usize {

@@ -86,7 +86,10 @@ pub fn check_fit(node: &Node, used: &ComparableResources) -> Result<(), FitError
 /// Build a node's usage from scratch out of the allocations on it, checking
 /// ports and device instances for collisions. The plan applier uses this for
 /// every node a plan touches; the FSM's incremental usage must agree with it.
-pub fn usage_from_allocs<'a>(node: &Node, allocs: impl IntoIterator<Item = &'a Allocation>) -> Result<NodeUsage, FitError> {
+pub fn usage_from_allocs<'a>(
+    node: &Node,
+    allocs: impl IntoIterator<Item = &'a Allocation>,
+) -> Result<NodeUsage, FitError> {
     let mut usage = NodeUsage::default();
     for alloc in allocs {
         debug_assert!(!alloc.is_terminal(), "terminal allocations hold nothing");
@@ -103,12 +106,7 @@ pub fn usage_from_allocs<'a>(node: &Node, allocs: impl IntoIterator<Item = &'a A
                 if usage.instance_used(id) {
                     return Err(FitError::DeviceCollision(id.clone()));
                 }
-                let known = node
-                    .resources
-                    .devices
-                    .iter()
-                    .flat_map(|g| g.instances.iter())
-                    .any(|i| i.id == *id);
+                let known = node.resources.devices.iter().flat_map(|g| g.instances.iter()).any(|i| i.id == *id);
                 if !known {
                     return Err(FitError::DeviceUnknown(id.clone()));
                 }
