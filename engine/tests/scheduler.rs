@@ -300,3 +300,134 @@ fn same_inputs_same_plan() {
     assert_eq!(a, b);
     assert_eq!(a.lines().count(), 30);
 }
+
+#[test]
+fn affinity_steers_placements() {
+    let mut c = SimCluster::new(7);
+    for i in 0..6 {
+        let mut n = node(&mut c.ids, &format!("n{i}"), "dc1", 8000, 8192);
+        n.meta.insert("rack".into(), if i < 3 { "r1" } else { "r2" }.into());
+        n.compute_class();
+        c.add_node(n);
+    }
+    let mut j = job("web", JobType::Service, 3, 100, 64);
+    j.affinities.push(Affinity {
+        l_target: "${meta.rack}".into(),
+        r_target: "r2".into(),
+        operand: ConstraintOp::Equal,
+        weight: 100,
+    });
+    let eval = c.register(j);
+    let outcome = c.schedule(&eval);
+    let snap = c.snapshot();
+    for node_id in outcome.plan.node_allocation.keys() {
+        assert_eq!(&*snap.node(*node_id).unwrap().meta["rack"], "r2");
+    }
+}
+
+#[test]
+fn spread_targets_split_placements() {
+    let mut c = SimCluster::new(7);
+    // Enough nodes per datacenter that every allocation can have its own:
+    // job anti-affinity then does not compete with the spread.
+    for i in 0..24 {
+        let dc = if i % 2 == 0 { "east" } else { "west" };
+        let n = node(&mut c.ids, &format!("n{i}"), dc, 16_000, 16_384);
+        c.add_node(n);
+    }
+    let mut j = job("web", JobType::Service, 10, 100, 64);
+    j.spreads.push(Spread {
+        attribute: "${node.datacenter}".into(),
+        weight: 100,
+        targets: vec![
+            SpreadTarget { value: "east".into(), percent: 70 },
+            SpreadTarget { value: "west".into(), percent: 30 },
+        ],
+    });
+    let eval = c.register(j);
+    let outcome = c.schedule(&eval);
+    let snap = c.snapshot();
+    let east = outcome
+        .plan
+        .node_allocation
+        .iter()
+        .filter(|(n, _)| &*snap.node(**n).unwrap().datacenter.text() == "east")
+        .map(|(_, a)| a.len())
+        .sum::<usize>();
+    assert_eq!(outcome.plan.alloc_count(), 10);
+    assert_eq!(east, 7, "70% of 10 in east");
+}
+
+#[test]
+fn all_at_once_commits_whole_or_nothing() {
+    let mut c = cluster(2, 1000, 4096);
+    let mut a = job("a", JobType::Batch, 2, 600, 64);
+    a.all_at_once = true;
+    let mut b = job("b", JobType::Batch, 2, 600, 64);
+    b.all_at_once = true;
+    let eval_a = c.register(a);
+    let eval_b = c.register(b);
+    // Both plan against the same snapshot; `a` commits first.
+    let plan_a = c.schedule(&eval_a);
+    let plan_b = c.schedule(&eval_b);
+    assert_eq!(c.apply(&plan_a).alloc_count_committed(), 2);
+    let result_b = c.apply(&plan_b);
+    assert!(result_b.node_allocation.is_empty(), "nothing of an all-at-once plan commits when a node does not fit");
+    assert_eq!(result_b.rejected_nodes.len(), 2);
+}
+
+#[test]
+fn multi_gpu_request_takes_one_island() {
+    let mut c = SimCluster::new(7);
+    let mut n = node(&mut c.ids, "gpu0", "dc1", 64_000, 512 * 1024);
+    let instances = (0..8)
+        .map(|i| DeviceInstance {
+            id: format!("GPU-{i}").into(),
+            healthy: true,
+            health_description: "".into(),
+            pci_bus_id: None,
+            numa_node: Some(i / 4),
+            link_island: Some(i / 4),
+        })
+        .collect();
+    n.resources.devices.push(NodeDeviceResource {
+        vendor: "nvidia".into(),
+        kind: "gpu".into(),
+        name: "NVIDIA H200".into(),
+        attributes: Default::default(),
+        instances,
+    });
+    n.compute_class();
+    c.add_node(n);
+    let mut one = job("one", JobType::Batch, 1, 100, 64);
+    one.task_groups[0].tasks[0].resources.devices.push(DeviceRequest {
+        name: "nvidia/gpu".into(),
+        count: 1,
+        constraints: vec![],
+        affinities: vec![],
+    });
+    let eval = c.register(one);
+    c.process(&eval);
+    let mut two = job("two", JobType::Batch, 1, 100, 64);
+    two.task_groups[0].tasks[0].resources.devices.push(DeviceRequest {
+        name: "nvidia/gpu".into(),
+        count: 2,
+        constraints: vec![],
+        affinities: vec![],
+    });
+    let eval = c.register(two);
+    let (outcome, _) = c.process(&eval);
+    let alloc = outcome.plan.node_allocation.values().flatten().next().expect("placed");
+    let ids: Vec<&str> = alloc.resources.devices[0].instance_ids.iter().map(|s| &**s).collect();
+    // The single GPU went to one island; the pair goes to the same, partly
+    // used island (tightest fit), keeping the other island whole.
+    let used: Vec<String> = c
+        .snapshot()
+        .allocs()
+        .flat_map(|a| a.resources.devices.iter().flat_map(|d| d.instance_ids.iter().map(|s| s.to_string())))
+        .collect();
+    assert_eq!(used.len(), 3);
+    let island = |id: &str| id.trim_start_matches("GPU-").parse::<u16>().unwrap() / 4;
+    assert_eq!(island(ids[0]), island(ids[1]), "one island: {ids:?}");
+    assert!(used.iter().all(|u| island(u) == island(ids[0])), "tightest fit keeps the other island free: {used:?}");
+}

@@ -103,6 +103,11 @@ impl PlanResult {
         self.node_update.is_empty() && self.node_allocation.is_empty() && self.node_preemptions.is_empty()
     }
 
+    /// Allocations (new and updated) in the committed part.
+    pub fn alloc_count_committed(&self) -> usize {
+        self.node_allocation.values().map(Vec::len).sum()
+    }
+
     /// Whether everything in `plan` was committed.
     pub fn full_commit(&self, plan: &Plan) -> bool {
         self.rejected_nodes.is_empty()
