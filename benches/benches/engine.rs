@@ -13,6 +13,10 @@ use caravan_engine::scheduler::{self, probe::Probe};
 use caravan_engine::sim::SimCluster;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
+// Measure with the allocator the binaries ship with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const FLEET_NODES: usize = 10_000;
 
 /// 10,000 nodes, half of them already running some allocations.

@@ -5,6 +5,7 @@ use imbl::{GenericHashMap, OrdMap, Vector};
 
 use super::usage::NodeUsage;
 use crate::ids::{AllocId, DeploymentId, EvalId, IdBuildHasher, JobKey, NodeId};
+use crate::intern::Sym;
 use crate::model::{Allocation, Deployment, Evaluation, Job, JobType, Node};
 
 // Every hashed table uses the deterministic id hasher, so iteration order is
@@ -88,6 +89,7 @@ pub struct State {
     jobs: OrdMap<JobKey, Arc<Job>>,
     job_versions: HashMap<JobKey, Vector<Arc<Job>>>,
     nodes: IdMap<NodeId, Arc<Node>>,
+    nodes_by_pool: HashMap<Sym, IdList<NodeId>>,
     /// Per node: what its live allocations hold and the ids of all its
     /// allocations, in one record so a plan touches one map entry per node.
     node_slots: IdMap<NodeId, Arc<NodeSlot>>,
@@ -203,6 +205,11 @@ impl State {
             .get_or_init(|| Arc::new(self.sorted_nodes().iter().filter(|n| n.ready_for_placement()).cloned().collect()))
     }
 
+    /// Ids of the nodes in a node pool, in registration order.
+    pub fn nodes_in_pool(&self, pool: Sym) -> &[NodeId] {
+        self.nodes_by_pool.get(&pool).map_or(&[], |ids| ids.as_slice())
+    }
+
     pub fn node_count(&self) -> usize {
         self.nodes.len()
     }
@@ -312,6 +319,13 @@ impl State {
 
     pub(crate) fn put_node(&mut self, index: u64, node: Arc<Node>) {
         self.node_slots.entry(node.id).or_default();
+        let moved_from = self.nodes.get(&node.id).map(|old| old.node_pool).filter(|p| *p != node.node_pool);
+        if let Some(old_pool) = moved_from {
+            self.unindex_pool(old_pool, node.id);
+        }
+        if moved_from.is_some() || !self.nodes.contains_key(&node.id) {
+            append_ids(self.nodes_by_pool.entry(node.node_pool).or_default(), std::iter::once(node.id));
+        }
         self.nodes.insert(node.id, node);
         self.ready_nodes = Default::default();
         self.sorted_nodes = Default::default();
@@ -320,6 +334,9 @@ impl State {
 
     pub(crate) fn remove_node(&mut self, index: u64, id: NodeId) -> Option<Arc<Node>> {
         let removed = self.nodes.remove(&id);
+        if let Some(node) = &removed {
+            self.unindex_pool(node.node_pool, id);
+        }
         self.ready_nodes = Default::default();
         self.sorted_nodes = Default::default();
         self.touch(Table::Nodes, index);
@@ -403,6 +420,15 @@ impl State {
             }
         }
         self.touch(Table::Allocs, index);
+    }
+
+    fn unindex_pool(&mut self, pool: Sym, id: NodeId) {
+        if let Some(ids) = self.nodes_by_pool.get_mut(&pool) {
+            Arc::make_mut(ids).retain(|n| *n != id);
+            if ids.is_empty() {
+                self.nodes_by_pool.remove(&pool);
+            }
+        }
     }
 
     /// The job's allocation table, created (and its tag indexed) on first use.

@@ -1,0 +1,61 @@
+//! State store and FSM: indexes, job versions, and errors that change nothing.
+
+use caravan_engine::fixtures::{job, node};
+use caravan_engine::fsm::{ApplyError, Command};
+use caravan_engine::ids::{JobKey, NodeId};
+use caravan_engine::intern::Sym;
+use caravan_engine::model::*;
+use caravan_engine::sim::SimCluster;
+use caravan_engine::state::Table;
+
+#[test]
+fn nodes_by_pool_follow_moves_and_removals() {
+    let mut c = SimCluster::new(1);
+    let mut a = node(&mut c.ids, "a", "dc1", 1000, 1024);
+    a.node_pool = Sym::new("gpu");
+    let a_id = c.add_node(a.clone());
+    let b = node(&mut c.ids, "b", "dc1", 1000, 1024);
+    let b_id = c.add_node(b);
+    assert_eq!(c.snapshot().nodes_in_pool(Sym::new("gpu")), &[a_id]);
+    assert_eq!(c.snapshot().nodes_in_pool(Sym::new("default")), &[b_id]);
+    a.node_pool = Sym::new("default");
+    c.add_node(a);
+    assert!(c.snapshot().nodes_in_pool(Sym::new("gpu")).is_empty());
+    assert_eq!(c.snapshot().nodes_in_pool(Sym::new("default")), &[b_id, a_id]);
+    c.commit(Command::NodeDeregister { node_id: b_id, evals: vec![] });
+    assert_eq!(c.snapshot().nodes_in_pool(Sym::new("default")), &[a_id]);
+}
+
+#[test]
+fn job_versions_bump_only_on_spec_change() {
+    let mut c = SimCluster::new(1);
+    let key = JobKey::new("default", "web");
+    c.register(job("web", JobType::Service, 1, 100, 64));
+    c.register(job("web", JobType::Service, 1, 100, 64));
+    assert_eq!(c.snapshot().job(&key).unwrap().version, 0, "same spec, same version");
+    c.register(job("web", JobType::Service, 2, 100, 64));
+    let snap = c.snapshot();
+    assert_eq!(snap.job(&key).unwrap().version, 1);
+    assert_eq!(snap.job_versions(&key).iter().map(|j| j.version).collect::<Vec<_>>(), [1, 0]);
+    assert!(snap.table_index(Table::Jobs) > 0, "job writes move the jobs table index");
+}
+
+#[test]
+fn failed_command_changes_nothing() {
+    let mut c = SimCluster::new(1);
+    let a = node(&mut c.ids, "a", "dc1", 1000, 1024);
+    c.add_node(a);
+    let before = c.snapshot();
+    let missing = NodeId(42);
+    let err = c
+        .fsm
+        .apply(
+            before.index() + 1,
+            &Command::NodeStatusUpdate { node_id: missing, status: NodeStatus::Down, evals: vec![], now_ns: 0 },
+        )
+        .unwrap_err();
+    assert_eq!(err, ApplyError::NodeNotFound(missing));
+    let after = c.snapshot();
+    assert_eq!(after.node_count(), 1);
+    assert_eq!(after.table_index(Table::Nodes), before.table_index(Table::Nodes));
+}
