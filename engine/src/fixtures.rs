@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use crate::ids::{IdGen, JobKey};
-use crate::model::{DriverInfo, Evaluation, Job, JobType, Node, NodeResources, Task, TaskGroup, TimeNs, TriggeredBy};
+use crate::model::{
+    DeviceAttribute, DeviceInstance, DeviceRequest, DriverInfo, Evaluation, Job, JobType, Node, NodeDeviceResource,
+    NodeResources, Task, TaskGroup, TimeNs, TriggeredBy,
+};
 
 /// A ready node with `raw_exec`, `exec` and `docker` drivers and Nomad-style
 /// attributes.
@@ -34,6 +37,46 @@ pub fn node(ids: &mut IdGen, name: &str, datacenter: &str, cpu_mhz: u64, memory_
     n.attributes.insert("unique.hostname".into(), name.into());
     n.compute_class();
     n
+}
+
+/// A node with `gpus` H200-class GPUs in NVLink islands of `island_size`
+/// (also its NUMA nodes), as the simulated GPU backend describes them.
+pub fn gpu_node(ids: &mut IdGen, name: &str, datacenter: &str, gpus: u16, island_size: u16) -> Node {
+    let mut n = node(ids, name, datacenter, 128_000, 2 * 1024 * 1024);
+    let instances = (0..gpus)
+        .map(|i| DeviceInstance {
+            id: format!("GPU-{name}-{i}").into(),
+            healthy: true,
+            health_description: "".into(),
+            pci_bus_id: None,
+            numa_node: Some(i / island_size.max(1)),
+            link_island: Some(i / island_size.max(1)),
+        })
+        .collect();
+    let mut attributes = BTreeMap::new();
+    attributes.insert("memory".into(), DeviceAttribute::Int { value: 143_771, unit: Some("MiB".into()) });
+    attributes.insert("power".into(), DeviceAttribute::Int { value: 700, unit: Some("W".into()) });
+    n.resources.devices.push(NodeDeviceResource {
+        vendor: "nvidia".into(),
+        kind: "gpu".into(),
+        name: "NVIDIA H200".into(),
+        attributes,
+        instances,
+    });
+    n.compute_class();
+    n
+}
+
+/// A batch job of one group whose task asks for `gpus` GPUs.
+pub fn gpu_job(id: &str, count: u32, gpus: u32) -> Job {
+    let mut j = job(id, JobType::Batch, count, 1000, 4096);
+    j.task_groups[0].tasks[0].resources.devices.push(DeviceRequest {
+        name: "nvidia/gpu".into(),
+        count: gpus,
+        constraints: Vec::new(),
+        affinities: Vec::new(),
+    });
+    j
 }
 
 /// A job of one group with one `raw_exec` task asking for `cpu_mhz`/`memory_mb`.

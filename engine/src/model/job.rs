@@ -266,6 +266,9 @@ pub struct TaskGroup {
     pub meta: BTreeMap<Arc<str>, Arc<str>>,
     /// Place all `count` allocations in one plan, or none of them.
     pub gang: bool,
+    /// For gang groups: prefer nodes sharing this attribute's value (for
+    /// example `${meta.rack}`) with the group's first placement.
+    pub gang_topology: Option<Arc<str>>,
     /// How long an allocation on a disconnected node stays before it is replaced.
     pub max_client_disconnect_ns: Option<i64>,
 }
@@ -288,6 +291,7 @@ impl TaskGroup {
             ports: Vec::new(),
             meta: BTreeMap::new(),
             gang: false,
+            gang_topology: None,
             max_client_disconnect_ns: None,
         }
     }
@@ -304,6 +308,9 @@ pub struct Job {
     /// 1..=100, default 50.
     pub priority: u8,
     pub all_at_once: bool,
+    /// Every task group of the job placed together, all or nothing (the
+    /// job-level form of `TaskGroup::gang`).
+    pub gang: bool,
     /// Datacenter names; `*` globs allowed.
     pub datacenters: Vec<Arc<str>>,
     pub node_pool: Arc<str>,
@@ -336,6 +343,7 @@ impl Job {
             job_type,
             priority: 50,
             all_at_once: false,
+            gang: false,
             datacenters: vec!["*".into()],
             node_pool: "default".into(),
             constraints: Vec::new(),

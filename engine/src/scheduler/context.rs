@@ -28,6 +28,17 @@ impl NodeDelta {
         self.placed_by_group.iter().find(|(g, _)| *g == group_index).map_or(0, |(_, n)| *n)
     }
 
+    /// Record that `alloc` stops holding its resources in this run.
+    pub(super) fn release(&mut self, alloc: &Allocation) {
+        if alloc.is_terminal() || self.removed_allocs.contains(&alloc.id) {
+            return;
+        }
+        self.removed_allocs.push(alloc.id);
+        self.removed.add(&alloc.resources.comparable);
+        self.ports_removed.extend(alloc.resources.ports.iter().map(|p| p.value));
+        self.instances_removed.extend(alloc.resources.devices.iter().flat_map(|dev| dev.instance_ids.iter().cloned()));
+    }
+
     pub(super) fn placed_total(&self) -> u32 {
         self.placed_by_group.iter().map(|(_, n)| n).sum()
     }
@@ -112,16 +123,8 @@ impl PlanLocal {
 
     /// Record that `alloc` stops holding its resources in this run.
     pub(super) fn remove(&mut self, alloc: &Allocation) {
-        if alloc.is_terminal() {
-            return;
+        if !alloc.is_terminal() {
+            self.deltas.entry(alloc.node_id).or_default().release(alloc);
         }
-        let d = self.deltas.entry(alloc.node_id).or_default();
-        if d.removed_allocs.contains(&alloc.id) {
-            return;
-        }
-        d.removed_allocs.push(alloc.id);
-        d.removed.add(&alloc.resources.comparable);
-        d.ports_removed.extend(alloc.resources.ports.iter().map(|p| p.value));
-        d.instances_removed.extend(alloc.resources.devices.iter().flat_map(|dev| dev.instance_ids.iter().cloned()));
     }
 }

@@ -94,6 +94,7 @@ fn place_all<'a>(
     // One shared resources record per group when nothing node-specific
     // (ports, devices) is assigned: a million allocations share a handful.
     let mut shared: BTreeMap<u16, Arc<AllocatedResources>> = BTreeMap::new();
+    let mut outcomes: Vec<(u16, Vec<Placed<'_>>, bool)> = Vec::new();
     for (gi, group_placements) in by_group {
         let group = &job.task_groups[usize::from(gi)];
         let mut placed: Vec<Placed<'_>> = Vec::with_capacity(group_placements.len());
@@ -134,17 +135,28 @@ fn place_all<'a>(
         if let Some(metric) = failure {
             let metric = *metric;
             let unplaced = metric.coalesced_failures + 1;
-            let queued = if group.gang { group.count } else { unplaced };
+            let queued = if group.gang || job.gang { group.count } else { unplaced };
             out.queued_allocations.insert(group.name.clone(), queued);
             out.failed_tg_allocs.insert(group.name.clone(), metric);
         } else {
             out.queued_allocations.insert(group.name.clone(), 0);
         }
-        if failed && group.gang {
-            // All or nothing: drop this group's placements. The stack keeps
-            // their reservations, which only makes later groups in this run
-            // more conservative, never over-committed.
+        outcomes.push((gi, placed, failed));
+    }
+    // A gang job places every group or none; a gang group, all of itself.
+    // Dropped placements keep their reservations in the stack, which only
+    // makes later choices in this run more conservative.
+    let job_failed = job.gang && outcomes.iter().any(|(_, _, failed)| *failed);
+    for (gi, placed, failed) in outcomes {
+        let group = &job.task_groups[usize::from(gi)];
+        let gang = group.gang || job.gang;
+        if (failed && group.gang) || job_failed {
+            out.queued_allocations.insert(group.name.clone(), group.count);
             continue;
+        }
+        if gang && !placed.is_empty() {
+            // Committed atomically: the applier takes the whole plan or none.
+            out.plan.all_at_once = true;
         }
         for (alloc, preempted, placement) in placed {
             if let Some(p) = placement

@@ -13,11 +13,12 @@ use crate::model::{
 use crate::state::{SchedulerAlgorithm, State};
 
 use super::candidates::Candidates;
+use super::context::NodeView;
 use super::context::PlanLocal;
 use super::devices::assign_devices;
 use super::feasibility::{Filtered, GroupChecker, JobPlacements};
 use super::ports::assign_ports;
-use super::preempt::find_victims;
+use super::preempt::{PREEMPTION_PRIORITY_DELTA, find_victims};
 use super::rank;
 
 /// Options with a negative score the limit may pass over before taking them
@@ -65,6 +66,9 @@ struct GroupPlan {
     spreads: Vec<SpreadState>,
     has_devices: bool,
     has_ports: bool,
+    /// Gang topology hint: the attribute, and the value of the group's first
+    /// placement in this run once there is one.
+    topology: Option<(Arc<str>, Option<String>)>,
 }
 
 /// Stack configuration derived from job type and scheduler config.
@@ -200,6 +204,7 @@ impl<'a> Stack<'a> {
             spreads,
             has_devices: group.tasks.iter().any(|t| !t.resources.devices.is_empty()),
             has_ports: !group.ports.is_empty(),
+            topology: group.gang_topology.clone().filter(|_| group.gang || job.gang).map(|attr| (attr, None)),
         }
     }
 
@@ -210,7 +215,7 @@ impl<'a> Stack<'a> {
         let n = self.candidates.len();
         let job_type = self.job.job_type;
         let g = self.group(gi);
-        if !g.affinities.is_empty() || !g.spreads.is_empty() {
+        if !g.affinities.is_empty() || !g.spreads.is_empty() || g.topology.is_some() {
             return n.max(1);
         }
         match job_type {
@@ -288,19 +293,11 @@ impl<'a> Stack<'a> {
         if let Some(option) = self.try_node(gi, node, &[], &mut metric) {
             return Ok(option);
         }
-        if self.config.preemption && metric.nodes_exhausted > 0 {
-            let ask = self.ask_on(gi, node);
-            let view = self.local.view(self.state, node);
-            let mut used = view.used();
-            used.add(&ask);
-            if let Some(victims) = find_victims(self.state, node, &view, used, self.job.priority) {
-                return Ok(Selection {
-                    node,
-                    resources: AllocatedResources { comparable: ask, ..Default::default() },
-                    preempted: victims,
-                    score: 0.0,
-                });
-            }
+        if self.config.preemption
+            && metric.nodes_exhausted > 0
+            && let Some(selection) = self.preempt_on(gi, node)
+        {
+            return Ok(selection);
         }
         Err(Box::new(metric))
     }
@@ -425,6 +422,10 @@ impl<'a> Stack<'a> {
         if let Some(s) = device_affinity {
             push(s);
         }
+        if let Some((attr, Some(wanted))) = &g.topology {
+            let here = feasible::resolve_target(attr, node);
+            push(if here.as_deref() == Some(wanted.as_str()) { 1.0 } else { 0.0 });
+        }
         let score = rank::normalise(&scores[..n_scores]);
         Some(Selection { node, resources, preempted: Vec::new(), score })
     }
@@ -433,23 +434,64 @@ impl<'a> Stack<'a> {
         let mut best: Option<(u64, Selection<'a>)> = None;
         for &idx in exhausted {
             let node = self.candidates.node(idx);
-            let ask = self.ask_on(gi, node);
-            let view = self.local.view(self.state, node);
-            let mut used = view.used();
-            used.add(&ask);
-            let Some(victims) = find_victims(self.state, node, &view, used, self.job.priority) else { continue };
-            let cost: u64 = victims.iter().map(|v| u64::from(v.job.priority) + 1).sum();
+            let Some(selection) = self.preempt_on(gi, node) else { continue };
+            let cost: u64 = selection.preempted.iter().map(|v| u64::from(v.job.priority) + 1).sum();
             if best.as_ref().is_none_or(|(c, _)| cost < *c) {
-                let selection = Selection {
-                    node,
-                    resources: AllocatedResources { comparable: ask, ..Default::default() },
-                    preempted: victims,
-                    score: 0.0,
-                };
                 best = Some((cost, selection));
             }
         }
         best.map(|(_, s)| s)
+    }
+
+    /// Make room on `node` by evicting lower-priority allocations: first
+    /// for cpu, memory and disk, then, if the group asks for devices, the
+    /// holders of matching instances (lowest priority first, larger holders
+    /// first so fewer are evicted) until the devices can be assigned.
+    fn preempt_on(&mut self, gi: u16, node: &'a Arc<Node>) -> Option<Selection<'a>> {
+        let ask = self.ask_on(gi, node);
+        let priority = self.job.priority;
+        let state = self.state;
+        let group = &self.job.task_groups[usize::from(gi)];
+        let committed = state.node_usage(node.id);
+        let base = self.local.delta(node.id).cloned().unwrap_or_default();
+        let view = NodeView { committed, delta: Some(&base) };
+        let mut used = view.used();
+        used.add(&ask);
+        let mut victims = find_victims(state, node, &view, used, priority)?;
+        let has_devices = group.tasks.iter().any(|t| !t.resources.devices.is_empty());
+        let mut device_holders: Vec<&Arc<Allocation>> = if has_devices {
+            state
+                .allocs_by_node(node.id)
+                .filter(|a| !a.is_terminal() && !base.removed_allocs.contains(&a.id) && !a.resources.devices.is_empty())
+                .filter(|a| u16::from(a.job.priority) + u16::from(PREEMPTION_PRIORITY_DELTA) <= u16::from(priority))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        device_holders.sort_by_key(|a| {
+            let instances: usize = a.resources.devices.iter().map(|d| d.instance_ids.len()).sum();
+            (a.job.priority, std::cmp::Reverse(instances), a.id)
+        });
+        let mut holders = device_holders.into_iter();
+        loop {
+            let mut delta = base.clone();
+            for v in &victims {
+                delta.release(v);
+            }
+            let view = NodeView { committed, delta: Some(&delta) };
+            let ports = assign_ports(node, &view, &group.ports, &mut self.rng).ok()?;
+            let assigned = if has_devices { assign_devices(node, &view, &group.tasks) } else { Ok((Vec::new(), None)) };
+            match assigned {
+                Ok((devices, _)) => {
+                    let resources = AllocatedResources { comparable: ask, ports, devices };
+                    return Some(Selection { node, resources, preempted: victims, score: 0.0 });
+                }
+                Err(_) => {
+                    let next = holders.by_ref().find(|h| !victims.iter().any(|v| v.id == h.id))?;
+                    victims.push(next.clone());
+                }
+            }
+        }
     }
 
     /// Record a placement so later selections in this run see it.
@@ -462,6 +504,9 @@ impl<'a> Stack<'a> {
             g.checker.record_placement(selection.node, gi);
         }
         if let Some(g) = self.groups[usize::from(gi)].as_mut() {
+            if let Some((attr, chosen @ None)) = &mut g.topology {
+                *chosen = feasible::resolve_target(attr, selection.node).map(|v| v.into_owned());
+            }
             for s in &mut g.spreads {
                 if let Some(v) = feasible::resolve_target(&s.spread.attribute, selection.node) {
                     *s.used.entry(v.into_owned()).or_default() += 1;
