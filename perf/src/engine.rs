@@ -118,17 +118,7 @@ pub(crate) fn run(args: &EngineArgs) -> anyhow::Result<()> {
         "machine": machine::facts(),
     });
     cluster.shutdown();
-    if !args.no_save {
-        let path = machine::result_path("engine");
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(&path, serde_json::to_string_pretty(&result)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-        if !args.json {
-            eprintln!("wrote {}", path.display());
-        }
-    }
+    machine::save("engine", &result, args.no_save, args.json)?;
     #[allow(clippy::print_stdout)]
     {
         println!("{result}");

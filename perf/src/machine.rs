@@ -48,3 +48,19 @@ pub(crate) fn result_path(scenario: &str) -> PathBuf {
         .unwrap_or_else(|| "undated".into());
     root.join("results").join(format!("{scenario}-{date}.json"))
 }
+
+/// Write a scenario's result to `perf/results/` unless told not to.
+pub(crate) fn save(scenario: &str, result: &Value, no_save: bool, quiet: bool) -> anyhow::Result<()> {
+    if no_save {
+        return Ok(());
+    }
+    let path = result_path(scenario);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(result)? + "\n")?;
+    if !quiet {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

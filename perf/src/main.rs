@@ -6,8 +6,11 @@
 //! - `engine`: the full in-process pipeline (broker, workers on every core,
 //!   plan applier, FSM; no network, no raft) placing `--jobs × --count`
 //!   allocations onto `--nodes` simulated nodes.
+//! - `gpu`: a fleet of simulated 8-GPU nodes filled with a mix of GPU jobs
+//!   and gang jobs until the first request cannot be placed.
 
 mod engine;
+mod gpu;
 mod machine;
 
 use clap::{Parser, Subcommand};
@@ -27,12 +30,15 @@ struct Cli {
 enum Scenario {
     /// The in-process engine pipeline, no network and no raft.
     Engine(engine::EngineArgs),
+    /// A GPU fleet filled with a mix of GPU jobs until the first failure.
+    Gpu(gpu::GpuArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.scenario {
         Scenario::Engine(args) => engine::run(&args),
+        Scenario::Gpu(args) => gpu::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
