@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::intern::Sym;
 use crate::model::{Job, Node};
-use crate::state::State;
+use crate::state::{ScopedNodes, State};
 
 /// The node pool that matches every node.
 pub(super) const POOL_ALL: &str = "all";
@@ -76,18 +76,24 @@ impl<'a> Candidates<'a> {
     /// `order` is a reused buffer.
     pub(super) fn new(state: &'a State, job: &Job, seed: u64, mut order: Vec<u32>) -> Candidates<'a> {
         let ready: &'a [Arc<Node>] = state.ready_nodes();
-        let mut scope = PlacementScope::new(job);
-        let mut per_datacenter: Vec<(Sym, u32)> = Vec::new();
-        order.clear();
-        for (i, node) in ready.iter().enumerate() {
-            if scope.contains(node) {
-                order.push(u32::try_from(i).expect("fewer than 2^32 nodes"));
-                match per_datacenter.iter_mut().find(|(dc, _)| *dc == node.datacenter) {
-                    Some((_, n)) => *n += 1,
-                    None => per_datacenter.push((node.datacenter, 1)),
+        let key = (job.node_pool.clone(), job.datacenters.clone());
+        let scoped = state.scoped_ready_nodes(key, |ready| {
+            let mut scope = PlacementScope::new(job);
+            let mut out = ScopedNodes::default();
+            for (i, node) in ready.iter().enumerate() {
+                if scope.contains(node) {
+                    out.indexes.push(u32::try_from(i).expect("fewer than 2^32 nodes"));
+                    match out.per_datacenter.iter_mut().find(|(dc, _)| *dc == node.datacenter) {
+                        Some((_, n)) => *n += 1,
+                        None => out.per_datacenter.push((node.datacenter, 1)),
+                    }
                 }
             }
-        }
+            out
+        });
+        order.clear();
+        order.extend_from_slice(&scoped.indexes);
+        let per_datacenter = scoped.per_datacenter.clone();
         Candidates { ready, order, shuffled: 0, rng: fastrand::Rng::with_seed(seed), cursor: 0, per_datacenter }
     }
 

@@ -1,4 +1,4 @@
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use imbl::shared_ptr::DefaultSharedPtr;
 use imbl::{GenericHashMap, OrdMap, Vector};
@@ -109,6 +109,24 @@ pub struct State {
     /// All nodes in id order, cached the same way (a hash map is faster
     /// for lookups; callers that iterate want a stable order).
     sorted_nodes: Arc<OnceLock<Arc<Vec<Arc<Node>>>>>,
+    /// Ready nodes per placement scope (pool and datacenter patterns),
+    /// memoized per node-table version like `ready_nodes`.
+    scoped_nodes: Arc<Mutex<std::collections::HashMap<ScopeKey, Arc<ScopedNodes>>>>,
+}
+
+/// A placement scope: node pool and datacenter patterns.
+pub type ScopeKey = (Arc<str>, Vec<Arc<str>>);
+
+/// Scopes memoized at once. Jobs share a handful of (pool, datacenters)
+/// pairs; past this many the memo starts over rather than grow unbounded.
+const SCOPES_MEMOIZED_MAX: usize = 1024;
+
+/// The ready nodes of one scope, as indexes into [`State::ready_nodes`].
+#[derive(Debug, Default)]
+pub struct ScopedNodes {
+    pub indexes: Vec<u32>,
+    /// Nodes per datacenter, for failure metrics.
+    pub per_datacenter: Vec<(Sym, u32)>,
 }
 
 /// Append to a shared id list: in place when this state owns it, else one
@@ -208,6 +226,21 @@ impl State {
     /// Ids of the nodes in a node pool, in registration order.
     pub fn nodes_in_pool(&self, pool: Sym) -> &[NodeId] {
         self.nodes_by_pool.get(&pool).map_or(&[], |ids| ids.as_slice())
+    }
+
+    /// The ready nodes of a placement scope, computed by `compute` on first
+    /// use after a node write and shared by every later caller.
+    pub fn scoped_ready_nodes(&self, key: ScopeKey, compute: impl FnOnce(&[Arc<Node>]) -> ScopedNodes) -> Arc<ScopedNodes> {
+        let mut memo = self.scoped_nodes.lock().expect("scope memo poisoned");
+        if let Some(hit) = memo.get(&key) {
+            return hit.clone();
+        }
+        let scoped = Arc::new(compute(self.ready_nodes()));
+        if memo.len() >= SCOPES_MEMOIZED_MAX {
+            memo.clear();
+        }
+        memo.insert(key, scoped.clone());
+        scoped
     }
 
     pub fn node_count(&self) -> usize {
@@ -329,6 +362,7 @@ impl State {
         self.nodes.insert(node.id, node);
         self.ready_nodes = Default::default();
         self.sorted_nodes = Default::default();
+        self.scoped_nodes = Default::default();
         self.touch(Table::Nodes, index);
     }
 
@@ -339,6 +373,7 @@ impl State {
         }
         self.ready_nodes = Default::default();
         self.sorted_nodes = Default::default();
+        self.scoped_nodes = Default::default();
         self.touch(Table::Nodes, index);
         removed
     }
