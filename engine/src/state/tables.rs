@@ -230,7 +230,11 @@ impl State {
 
     /// The ready nodes of a placement scope, computed by `compute` on first
     /// use after a node write and shared by every later caller.
-    pub fn scoped_ready_nodes(&self, key: ScopeKey, compute: impl FnOnce(&[Arc<Node>]) -> ScopedNodes) -> Arc<ScopedNodes> {
+    pub fn scoped_ready_nodes(
+        &self,
+        key: ScopeKey,
+        compute: impl FnOnce(&[Arc<Node>]) -> ScopedNodes,
+    ) -> Arc<ScopedNodes> {
         let mut memo = self.scoped_nodes.lock().expect("scope memo poisoned");
         if let Some(hit) = memo.get(&key) {
             return hit.clone();
