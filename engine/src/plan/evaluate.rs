@@ -7,7 +7,7 @@
 use crate::fsm::PlanApplied;
 use crate::ids::NodeId;
 use crate::model::{Allocation, Plan, PlanResult, TimeNs};
-use crate::state::{FitError, NodeUsage, State, check_fit};
+use crate::state::{FitError, InstanceRule, NodeUsage, State, check_fit};
 
 /// Why one node's part of a plan was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,34 +75,11 @@ pub fn evaluate_node(state: &State, plan: &Plan, node_id: NodeId) -> Result<(), 
         usage.remove(r);
     }
     for alloc in new_allocs.iter().filter(|a| !a.is_terminal()) {
-        add_checked(node, &mut usage, alloc).map_err(|fit| NodeRejection::DoesNotFit { node: node_id, fit })?;
+        // New placements need healthy instances; updates keep theirs.
+        let rule = if alloc.create_index == 0 { InstanceRule::Healthy } else { InstanceRule::Exists };
+        usage.add_checked(node, alloc, rule).map_err(|fit| NodeRejection::DoesNotFit { node: node_id, fit })?;
     }
     check_fit(node, &usage.used).map_err(|fit| NodeRejection::DoesNotFit { node: node_id, fit })
-}
-
-fn add_checked(node: &crate::model::Node, usage: &mut NodeUsage, alloc: &Allocation) -> Result<(), FitError> {
-    for p in &alloc.resources.ports {
-        if node.reserved.ports.contains(&p.value) {
-            return Err(FitError::PortReserved(p.value));
-        }
-        if usage.port_used(p.value) {
-            return Err(FitError::PortCollision(p.value));
-        }
-    }
-    for d in &alloc.resources.devices {
-        for id in &d.instance_ids {
-            if usage.instance_used(id) {
-                return Err(FitError::DeviceCollision(id.clone()));
-            }
-            let healthy =
-                node.resources.devices.iter().flat_map(|g| g.instances.iter()).any(|i| i.id == *id && i.healthy);
-            if !healthy {
-                return Err(FitError::DeviceUnknown(id.clone()));
-            }
-        }
-    }
-    usage.add(alloc);
-    Ok(())
 }
 
 /// Evaluate a whole plan: the parts that fit, the nodes that did not, and

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::ids::{IdGen, NodeId};
 use crate::model::{
-    AllocMetric, AllocPreemption, AllocStop, AllocatedResources, Allocation, ClientStatus, DesiredStatus,
-    DesiredTransition, EvalStatus, Evaluation, Job, JobType, TimeNs, TriggeredBy,
+    AllocMetric, AllocPreemption, AllocStop, AllocatedResources, Allocation, EvalStatus, Evaluation, Job, JobType,
+    TimeNs, TriggeredBy,
 };
 use crate::state::State;
 
@@ -211,31 +211,17 @@ fn build_alloc(
         (_, Some(prev)) => prev.reschedule_tracker.clone(),
         _ => None,
     };
-    Arc::new(Allocation {
-        id: ids.alloc_for(&job.key()),
-        eval_id: eval.id,
-        node_id: selection.node.id,
-        job: job.clone(),
+    let spec = super::NewAlloc {
+        job,
+        eval,
         group_index: p.group_index,
         name_index: p.name_index,
+        node_id: selection.node.id,
         resources,
-        desired_status: DesiredStatus::Run,
-        desired_description: "".into(),
-        desired_transition: DesiredTransition::default(),
-        client_status: ClientStatus::Pending,
-        client_description: "".into(),
-        previous_alloc: p.previous.as_ref().map(|a| a.id),
-        next_alloc: None,
+        previous: p.previous.as_ref().map(|a| a.id),
         reschedule_tracker,
-        followup_eval_id: None,
-        deployment_id: None,
-        preempted_by: None,
-        create_index: 0,
-        modify_index: 0,
-        alloc_modify_index: 0,
-        create_time_ns: now_ns,
-        modify_time_ns: now_ns,
-    })
+    };
+    super::new_allocation(spec, ids, now_ns)
 }
 
 /// The eval that waits for capacity. A blocked eval that failed again is

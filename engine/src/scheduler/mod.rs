@@ -95,3 +95,47 @@ pub fn completed_eval(eval: &Evaluation, outcome: &ScheduleOutcome, snapshot_ind
     done.modify_time_ns = now_ns;
     done
 }
+
+/// Where and what a new allocation is: the parts that differ between the
+/// service/batch and the system schedulers.
+pub(crate) struct NewAlloc<'a> {
+    pub(crate) job: &'a Arc<crate::model::Job>,
+    pub(crate) eval: &'a Evaluation,
+    pub(crate) group_index: u16,
+    pub(crate) name_index: u32,
+    pub(crate) node_id: crate::ids::NodeId,
+    pub(crate) resources: Arc<crate::model::AllocatedResources>,
+    pub(crate) previous: Option<crate::ids::AllocId>,
+    pub(crate) reschedule_tracker: Option<Arc<crate::model::RescheduleTracker>>,
+}
+
+/// A new allocation as the scheduler creates it: desired run, client
+/// pending, `create_index` 0 (the applier's mark for "new").
+pub(crate) fn new_allocation(spec: NewAlloc<'_>, ids: &mut IdGen, now_ns: TimeNs) -> Arc<crate::model::Allocation> {
+    use crate::model::{Allocation, ClientStatus, DesiredStatus, DesiredTransition};
+    Arc::new(Allocation {
+        id: ids.alloc_for(&spec.job.key()),
+        eval_id: spec.eval.id,
+        node_id: spec.node_id,
+        job: spec.job.clone(),
+        group_index: spec.group_index,
+        name_index: spec.name_index,
+        resources: spec.resources,
+        desired_status: DesiredStatus::Run,
+        desired_description: "".into(),
+        desired_transition: DesiredTransition::default(),
+        client_status: ClientStatus::Pending,
+        client_description: "".into(),
+        previous_alloc: spec.previous,
+        next_alloc: None,
+        reschedule_tracker: spec.reschedule_tracker,
+        followup_eval_id: None,
+        deployment_id: None,
+        preempted_by: None,
+        create_index: 0,
+        modify_index: 0,
+        alloc_modify_index: 0,
+        create_time_ns: now_ns,
+        modify_time_ns: now_ns,
+    })
+}

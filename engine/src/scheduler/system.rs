@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use crate::ids::{IdGen, NodeId};
 use crate::model::{
-    AllocMetric, AllocPreemption, AllocStop, Allocation, ClientStatus, DesiredStatus, DesiredTransition, Evaluation,
-    Job, JobType, NodeStatus, TimeNs,
+    AllocMetric, AllocPreemption, AllocStop, Allocation, ClientStatus, Evaluation, Job, JobType, NodeStatus, TimeNs,
 };
 use crate::state::State;
 
@@ -176,31 +175,17 @@ fn place_on<'a>(
     match stack.select_on_node(gi, node) {
         Ok(selection) => {
             stack.commit(gi, &selection);
-            let alloc = Arc::new(Allocation {
-                id: ids.alloc_for(&job.key()),
-                eval_id: eval.id,
-                node_id: node.id,
-                job: job.clone(),
+            let spec = super::NewAlloc {
+                job,
+                eval,
                 group_index: gi,
                 name_index: 0,
+                node_id: node.id,
                 resources: Arc::new(selection.resources),
-                desired_status: DesiredStatus::Run,
-                desired_description: "".into(),
-                desired_transition: DesiredTransition::default(),
-                client_status: ClientStatus::Pending,
-                client_description: "".into(),
-                previous_alloc: previous.map(|a| a.id),
-                next_alloc: None,
+                previous: previous.map(|a| a.id),
                 reschedule_tracker: None,
-                followup_eval_id: None,
-                deployment_id: None,
-                preempted_by: None,
-                create_index: 0,
-                modify_index: 0,
-                alloc_modify_index: 0,
-                create_time_ns: now_ns,
-                modify_time_ns: now_ns,
-            });
+            };
+            let alloc = super::new_allocation(spec, ids, now_ns);
             for victim in &selection.preempted {
                 out.plan
                     .node_preemptions

@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 pub use cancel::Cancel;
 use cancel::IndexWaiter;
 pub use tables::{JOB_VERSIONS_KEPT, SchedulerAlgorithm, SchedulerConfig, ScopeKey, ScopedNodes, State, Table};
-pub use usage::{FitError, NodeUsage, check_fit, usage_from_allocs};
+pub use usage::{FitError, InstanceRule, NodeUsage, check_fit, usage_from_allocs};
 
 /// An immutable view of the state at one raft index.
 pub type Snapshot = Arc<State>;

@@ -69,7 +69,7 @@ pub enum FitError {
     PortReserved(u16),
     #[error("device instance {0} assigned twice")]
     DeviceCollision(Arc<str>),
-    #[error("device instance {0} does not exist on the node")]
+    #[error("device instance {0} does not exist on the node or is unhealthy")]
     DeviceUnknown(Arc<str>),
 }
 
@@ -83,9 +83,53 @@ pub fn check_fit(node: &Node, used: &ComparableResources) -> Result<(), FitError
     }
 }
 
+/// What a device instance must be for an allocation to hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceRule {
+    /// It exists on the node (allocations already placed keep theirs even
+    /// when the instance turned unhealthy since).
+    Exists,
+    /// It exists and is healthy (new placements).
+    Healthy,
+}
+
+impl NodeUsage {
+    /// Add `alloc` after checking its ports and device instances against
+    /// what is already counted: the one collision check, shared by the
+    /// plan applier and the from-scratch recount.
+    pub fn add_checked(&mut self, node: &Node, alloc: &Allocation, rule: InstanceRule) -> Result<(), FitError> {
+        for p in &alloc.resources.ports {
+            if node.reserved.ports.contains(&p.value) {
+                return Err(FitError::PortReserved(p.value));
+            }
+            if self.port_used(p.value) {
+                return Err(FitError::PortCollision(p.value));
+            }
+        }
+        for d in &alloc.resources.devices {
+            for id in &d.instance_ids {
+                if self.instance_used(id) {
+                    return Err(FitError::DeviceCollision(id.clone()));
+                }
+                let usable = node
+                    .resources
+                    .devices
+                    .iter()
+                    .flat_map(|g| g.instances.iter())
+                    .any(|i| i.id == *id && (rule == InstanceRule::Exists || i.healthy));
+                if !usable {
+                    return Err(FitError::DeviceUnknown(id.clone()));
+                }
+            }
+        }
+        self.add(alloc);
+        Ok(())
+    }
+}
+
 /// Build a node's usage from scratch out of the allocations on it, checking
-/// ports and device instances for collisions. The plan applier uses this for
-/// every node a plan touches; the FSM's incremental usage must agree with it.
+/// ports and device instances for collisions. Tests and the perf harness
+/// check that the FSM's incremental usage agrees with it.
 pub fn usage_from_allocs<'a>(
     node: &Node,
     allocs: impl IntoIterator<Item = &'a Allocation>,
@@ -93,26 +137,7 @@ pub fn usage_from_allocs<'a>(
     let mut usage = NodeUsage::default();
     for alloc in allocs {
         debug_assert!(!alloc.is_terminal(), "terminal allocations hold nothing");
-        for p in &alloc.resources.ports {
-            if node.reserved.ports.contains(&p.value) {
-                return Err(FitError::PortReserved(p.value));
-            }
-            if usage.port_used(p.value) {
-                return Err(FitError::PortCollision(p.value));
-            }
-        }
-        for d in &alloc.resources.devices {
-            for id in &d.instance_ids {
-                if usage.instance_used(id) {
-                    return Err(FitError::DeviceCollision(id.clone()));
-                }
-                let known = node.resources.devices.iter().flat_map(|g| g.instances.iter()).any(|i| i.id == *id);
-                if !known {
-                    return Err(FitError::DeviceUnknown(id.clone()));
-                }
-            }
-        }
-        usage.add(alloc);
+        usage.add_checked(node, alloc, InstanceRule::Exists)?;
     }
     check_fit(node, &usage.used)?;
     Ok(usage)
