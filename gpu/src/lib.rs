@@ -1,7 +1,42 @@
-//! GPU support for client agents: NVML fingerprinting (the library is loaded
-//! at run time, so machines without NVIDIA drivers report no GPUs), a
-//! simulated backend for tests and fleet simulation, conversion to the
-//! engine's device model, and per-task device reservation.
+//! GPU support for client agents.
 //!
-//! Not built yet; the engine already schedules device requests against the
-//! `NodeDeviceResource` shape this crate will fill.
+//! - [`GpuBackend`] reports a [`Fingerprint`] (every GPU's model, memory, clocks,
+//!   PCIe link, NUMA node, MIG instances, NVLink peers, health) and [`GpuStats`].
+//!   [`NvmlBackend`] asks NVML, loaded at run time, so machines without NVIDIA
+//!   drivers build, run and report no GPUs; [`SimulatedBackend`] answers from a
+//!   [`SimulatedGpus`] configuration (tests, the perf fleet simulator).
+//! - [`to_node_devices`] converts a fingerprint into the engine's
+//!   `NodeDeviceResource` groups, in the shape of Nomad's NVIDIA device plugin.
+//! - [`Fingerprinter`] picks the backend from a [`GpuConfig`] for the agent.
+//! - [`reserve`] gives a task its assigned GPUs: visible-device environment
+//!   variables, a Docker device request, device cgroup nodes.
+//!
+//! ```
+//! use caravan_gpu::{GpuBackend, SimulatedBackend, SimulatedGpus, to_node_devices};
+//!
+//! let backend = SimulatedBackend::new(SimulatedGpus::h200_8x()).unwrap();
+//! let fingerprint = backend.fingerprint().unwrap();
+//! let groups = to_node_devices(&fingerprint, &[]);
+//! assert_eq!(groups.len(), 1);
+//! assert_eq!(&*groups[0].name, "NVIDIA H200");
+//! assert_eq!(groups[0].healthy_count(), 8);
+//! ```
+
+mod backend;
+mod convert;
+mod error;
+mod fingerprinter;
+mod nvml;
+pub mod reserve;
+mod simulated;
+
+pub use backend::{
+    Fingerprint, GPUS_PER_NODE_MAX, GpuBackend, GpuInfo, GpuStats, Health, HealthEvent, MIG_INSTANCES_PER_GPU_MAX,
+    MigInstance, pci_bandwidth_mb_per_s,
+};
+pub use convert::{KIND_GPU, MODEL_NOT_AVAILABLE, VENDOR_NVIDIA, link_islands, to_node_devices};
+pub use error::GpuError;
+pub use fingerprinter::{FINGERPRINT_PERIOD_DEFAULT, Fingerprinter, GpuConfig};
+pub use nvml::NvmlBackend;
+pub use reserve::{DeviceNode, DockerDeviceRequest, device_cgroup_rules, docker_device_request, visible_devices_env};
+pub use simulated::{MigLayout, SIMULATED_NUMA_NODES_MAX, SIMULATED_UNHEALTHY_REASON, SimulatedBackend, SimulatedGpus};

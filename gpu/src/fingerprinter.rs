@@ -1,0 +1,116 @@
+//! The client agent's entry point: picks a backend from the configuration and
+//! turns its fingerprint into the node's device groups.
+
+use std::time::Duration;
+
+use caravan_engine::model::NodeDeviceResource;
+
+use crate::GpuError;
+use crate::backend::{Fingerprint, GpuBackend, GpuStats};
+use crate::convert::to_node_devices;
+use crate::nvml::NvmlBackend;
+use crate::simulated::{SimulatedBackend, SimulatedGpus};
+
+/// How often the agent re-fingerprints GPUs: Nomad's NVIDIA plugin default.
+pub const FINGERPRINT_PERIOD_DEFAULT: Duration = Duration::from_secs(60);
+
+/// The agent's GPU settings (Nomad's `nvidia-gpu` plugin block, plus simulation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuConfig {
+    /// `false`: no GPU is fingerprinted, NVML is not even loaded.
+    pub enabled: bool,
+    /// GPU or MIG UUIDs never offered to the scheduler.
+    pub ignored_gpu_ids: Vec<String>,
+    pub fingerprint_period: Duration,
+    /// Use these simulated GPUs instead of NVML.
+    pub simulated: Option<SimulatedGpus>,
+}
+
+impl Default for GpuConfig {
+    fn default() -> GpuConfig {
+        GpuConfig {
+            enabled: true,
+            ignored_gpu_ids: Vec::new(),
+            fingerprint_period: FINGERPRINT_PERIOD_DEFAULT,
+            simulated: None,
+        }
+    }
+}
+
+/// A backend (or none: no GPUs) and the settings applied to what it reports.
+#[derive(Debug)]
+pub struct Fingerprinter {
+    backend: Option<Box<dyn GpuBackend>>,
+    config: GpuConfig,
+}
+
+impl Fingerprinter {
+    /// The simulated backend when configured, else NVML when it loads, else none.
+    /// A machine without NVIDIA library or driver logs one line and reports no
+    /// devices. Fails only for an invalid simulated configuration.
+    pub fn detect(config: GpuConfig) -> Result<Fingerprinter, GpuError> {
+        if !config.enabled {
+            return Ok(Fingerprinter { backend: None, config });
+        }
+        let backend: Option<Box<dyn GpuBackend>> = match &config.simulated {
+            Some(simulated) => Some(Box::new(SimulatedBackend::new(simulated.clone())?)),
+            None => match NvmlBackend::try_new() {
+                Ok(nvml) => Some(Box::new(nvml)),
+                Err(error @ GpuError::NvmlUnavailable { .. }) => {
+                    tracing::info!(%error, "no NVIDIA GPUs");
+                    None
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "NVML failed to start; reporting no NVIDIA GPUs");
+                    None
+                }
+            },
+        };
+        Ok(Fingerprinter { backend, config })
+    }
+
+    /// A fingerprinter over a given backend (tests, the perf simulator).
+    pub fn with_backend(backend: Box<dyn GpuBackend>, config: GpuConfig) -> Fingerprinter {
+        Fingerprinter { backend: Some(backend), config }
+    }
+
+    pub fn backend(&self) -> Option<&dyn GpuBackend> {
+        self.backend.as_deref()
+    }
+
+    pub fn config(&self) -> &GpuConfig {
+        &self.config
+    }
+
+    /// The raw fingerprint, `None` with no backend.
+    pub fn fingerprint(&self) -> Option<Result<Fingerprint, GpuError>> {
+        self.backend.as_ref().map(|b| b.fingerprint())
+    }
+
+    /// The node's device groups; none when there is no backend or it fails (logged).
+    pub fn devices(&self) -> Vec<NodeDeviceResource> {
+        match self.fingerprint() {
+            None => Vec::new(),
+            Some(Ok(fingerprint)) => to_node_devices(&fingerprint, &self.config.ignored_gpu_ids),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "GPU fingerprint failed; reporting no GPUs");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Live usage of the GPUs not ignored; empty with no backend or on failure (logged).
+    pub fn stats(&self) -> Vec<GpuStats> {
+        let Some(backend) = &self.backend else { return Vec::new() };
+        match backend.stats() {
+            Ok(mut stats) => {
+                stats.retain(|s| !self.config.ignored_gpu_ids.contains(&s.uuid));
+                stats
+            }
+            Err(error) => {
+                tracing::warn!(%error, "GPU stats failed");
+                Vec::new()
+            }
+        }
+    }
+}
