@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use caravan_engine::clock::SystemClock;
-use caravan_engine::fixtures::{gpu_job, gpu_node};
+use caravan_engine::fixtures::{gpu_job, node};
 use caravan_engine::fsm::Command;
 use caravan_engine::ids::{IdGen, JobKey};
 use caravan_engine::local::{LocalCluster, LocalConfig};
 use caravan_engine::state::State;
+use caravan_gpu::{GpuBackend, SimulatedBackend, SimulatedGpus, to_node_devices};
 use serde_json::json;
 
 use crate::machine;
@@ -113,7 +114,21 @@ pub(crate) fn run(args: &GpuArgs) -> anyhow::Result<()> {
     let cluster = LocalCluster::start(config, Arc::new(SystemClock));
     let mut ids = IdGen::with_seed(args.seed);
     for i in 0..args.nodes {
-        let n = gpu_node(&mut ids, &format!("gpu-{i}"), "dc1", args.gpus_per_node, args.island_size);
+        // The agent's own path: a simulated backend fingerprints the GPUs
+        // and the same conversion as for NVML builds the node's devices.
+        let name = format!("gpu-{i}");
+        let gpus = SimulatedGpus {
+            count: u32::from(args.gpus_per_node),
+            nvlink_island_size: u32::from(args.island_size),
+            numa_nodes: u32::from(args.gpus_per_node / args.island_size.max(1)).max(1),
+            seed: args.seed,
+            host: name.clone(),
+            ..SimulatedGpus::h200_8x()
+        };
+        let backend = SimulatedBackend::new(gpus)?;
+        let mut n = node(&mut ids, &name, "dc1", 128_000, 2 * 1024 * 1024);
+        n.resources.devices = to_node_devices(&backend.fingerprint()?, &[]);
+        n.compute_class();
         cluster.commit(&Command::NodeRegister { node: n, evals: vec![] })?;
     }
     let mut rng = fastrand::Rng::with_seed(args.seed);
