@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::feasible::{self, RegexCache};
 use crate::ids::{IdBuildHasher, NodeId};
+use crate::intern::Sym;
 use crate::model::{
     AllocMetric, AllocatedResources, Allocation, ComparableResources, Constraint, Job, JobType, Node, Spread,
 };
@@ -29,6 +30,44 @@ const NEGATIVE_SCORE_SKIPS_MAX: usize = 3;
 /// Exhausted nodes remembered per placement as preemption candidates: the
 /// preemption pass is a fallback and must stay bounded on large fleets.
 const PREEMPTION_CANDIDATES_MAX: usize = 64;
+
+/// Why nodes were passed over during one walk, counted cheaply (symbols and
+/// shared strings in small vectors); turned into an [`AllocMetric`] only
+/// when the placement fails, which is rare next to the walks that succeed.
+#[derive(Debug, Default)]
+pub(super) struct WalkStats {
+    evaluated: u32,
+    filtered: u32,
+    exhausted: u32,
+    class_filtered: Vec<(Sym, u32)>,
+    constraint_filtered: Vec<(Arc<str>, u32)>,
+    class_exhausted: Vec<(Sym, u32)>,
+    dimension_exhausted: Vec<(Arc<str>, u32)>,
+}
+
+fn bump<K: PartialEq>(counts: &mut Vec<(K, u32)>, key: K) {
+    match counts.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, n)) => *n += 1,
+        None => counts.push((key, 1)),
+    }
+}
+
+impl WalkStats {
+    fn into_metric(self, nodes_in_pool: u32) -> AllocMetric {
+        let named = |v: Vec<(Sym, u32)>| v.into_iter().map(|(s, n)| (s.text(), n)).collect();
+        AllocMetric {
+            nodes_evaluated: self.evaluated,
+            nodes_filtered: self.filtered,
+            nodes_in_pool,
+            nodes_exhausted: self.exhausted,
+            class_filtered: named(self.class_filtered),
+            constraint_filtered: self.constraint_filtered.into_iter().collect(),
+            class_exhausted: named(self.class_exhausted),
+            dimension_exhausted: self.dimension_exhausted.into_iter().collect(),
+            ..AllocMetric::default()
+        }
+    }
+}
 
 /// A chosen node and what the placement gets there.
 #[derive(Debug)]
@@ -232,11 +271,10 @@ impl<'a> Stack<'a> {
     /// Choose a node for one allocation of group `gi`. On failure the
     /// returned metric says why.
     pub(super) fn select(&mut self, gi: u16, penalty_nodes: &[NodeId]) -> Result<Selection<'a>, Box<AllocMetric>> {
-        let mut metric = AllocMetric::default();
+        let mut metric = WalkStats::default();
         let n = self.candidates.len();
-        metric.nodes_in_pool = n as u32;
         if n == 0 {
-            return Err(Box::new(metric));
+            return Err(Box::new(metric.into_metric(0)));
         }
         let limit = self.limit(gi);
         let start = self.candidates.cursor;
@@ -249,7 +287,7 @@ impl<'a> Stack<'a> {
             let idx = (start + step) % n;
             next_cursor = (idx + 1) % n;
             let node = self.candidates.node(idx);
-            metric.nodes_evaluated += 1;
+            metric.evaluated += 1;
             match self.try_node(gi, node, penalty_nodes, &mut metric) {
                 Some(option) => {
                     if option.score < 0.0 && skipped.len() < NEGATIVE_SCORE_SKIPS_MAX {
@@ -265,7 +303,7 @@ impl<'a> Stack<'a> {
                     }
                 }
                 None => {
-                    if exhausted.len() < PREEMPTION_CANDIDATES_MAX && metric.nodes_exhausted as usize > exhausted.len()
+                    if exhausted.len() < PREEMPTION_CANDIDATES_MAX && metric.exhausted as usize > exhausted.len()
                     {
                         exhausted.push(idx);
                     }
@@ -282,30 +320,31 @@ impl<'a> Stack<'a> {
             best = self.select_with_preemption(gi, &exhausted);
         }
         best.ok_or_else(|| {
-            metric.nodes_available = self.candidates.per_datacenter();
-            Box::new(metric)
+            let mut failed = metric.into_metric(n as u32);
+            failed.nodes_available = self.candidates.per_datacenter();
+            Box::new(failed)
         })
     }
 
     /// Check one node for group `gi` (system jobs place node by node).
     pub(super) fn select_on_node(&mut self, gi: u16, node: &'a Arc<Node>) -> Result<Selection<'a>, Box<AllocMetric>> {
-        let mut metric = AllocMetric { nodes_evaluated: 1, nodes_in_pool: 1, ..Default::default() };
+        let mut metric = WalkStats { evaluated: 1, ..WalkStats::default() };
         if let Some(option) = self.try_node(gi, node, &[], &mut metric) {
             return Ok(option);
         }
         if self.config.preemption
-            && metric.nodes_exhausted > 0
+            && metric.exhausted > 0
             && let Some(selection) = self.preempt_on(gi, node)
         {
             return Ok(selection);
         }
-        Err(Box::new(metric))
+        Err(Box::new(metric.into_metric(1)))
     }
 
     /// Score candidate `i` for group `gi` (benchmarks).
     pub(super) fn score_candidate(&mut self, gi: u16, i: usize) -> Option<f64> {
         let node = self.candidates.node(i);
-        let mut metric = AllocMetric::default();
+        let mut metric = WalkStats::default();
         self.try_node(gi, node, &[], &mut metric).map(|s| s.score)
     }
 
@@ -324,7 +363,7 @@ impl<'a> Stack<'a> {
         gi: u16,
         node: &'a Arc<Node>,
         penalty_nodes: &[NodeId],
-        metric: &mut AllocMetric,
+        metric: &mut WalkStats,
     ) -> Option<Selection<'a>> {
         let state = self.state;
         let job = self.job;
@@ -332,13 +371,13 @@ impl<'a> Stack<'a> {
         let ask = self.ask_on(gi, node);
         let g = self.groups[usize::from(gi)].as_mut().expect("ask_on planned the group");
         if let Err(why) = g.checker.check(node, &self.placements, &self.local) {
-            metric.nodes_filtered += 1;
+            metric.filtered += 1;
             match why {
                 Filtered::Class(reason) => {
-                    *metric.class_filtered.entry(node.node_class.text()).or_default() += 1;
-                    *metric.constraint_filtered.entry(reason).or_default() += 1;
+                    bump(&mut metric.class_filtered, node.node_class);
+                    bump(&mut metric.constraint_filtered, reason);
                 }
-                Filtered::Node(reason) => *metric.constraint_filtered.entry(reason).or_default() += 1,
+                Filtered::Node(reason) => bump(&mut metric.constraint_filtered, reason),
             }
             return None;
         }
@@ -347,9 +386,9 @@ impl<'a> Stack<'a> {
         let mut used = view.used();
         used.add(&ask);
         if let Some(dim) = used.exceeded_dimension(&capacity) {
-            metric.nodes_exhausted += 1;
-            *metric.dimension_exhausted.entry(dim.into()).or_default() += 1;
-            *metric.class_exhausted.entry(node.node_class.text()).or_default() += 1;
+            metric.exhausted += 1;
+            bump(&mut metric.dimension_exhausted, exhausted_dimension(dim));
+            bump(&mut metric.class_exhausted, node.node_class);
             return None;
         }
         let mut resources = AllocatedResources { comparable: ask, ports: Vec::new(), devices: Vec::new() };
@@ -357,8 +396,8 @@ impl<'a> Stack<'a> {
             match assign_ports(node, &view, &group.ports, &mut self.rng) {
                 Ok(ports) => resources.ports = ports,
                 Err(why) => {
-                    metric.nodes_exhausted += 1;
-                    *metric.dimension_exhausted.entry(why.into()).or_default() += 1;
+                    metric.exhausted += 1;
+                    bump(&mut metric.dimension_exhausted, Arc::from(why));
                     return None;
                 }
             }
@@ -371,8 +410,8 @@ impl<'a> Stack<'a> {
                     device_affinity = affinity;
                 }
                 Err(why) => {
-                    metric.nodes_exhausted += 1;
-                    *metric.dimension_exhausted.entry(why.into()).or_default() += 1;
+                    metric.exhausted += 1;
+                    bump(&mut metric.dimension_exhausted, Arc::from(why));
                     return None;
                 }
             }
@@ -549,6 +588,14 @@ impl Drop for Stack<'_> {
         let deltas = std::mem::take(&mut self.local).into_buffer();
         SCRATCH.with(|s| *s.borrow_mut() = Scratch { order, deltas });
     }
+}
+
+/// Shared names of the fixed dimensions, so counting an exhausted node
+/// allocates nothing.
+fn exhausted_dimension(dim: &'static str) -> Arc<str> {
+    static NAMES: std::sync::OnceLock<[Arc<str>; 4]> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| ["cpu".into(), "memory".into(), "disk".into(), "cores".into()]);
+    names.iter().find(|n| &***n == dim).cloned().unwrap_or_else(|| dim.into())
 }
 
 /// Spread score of a node: weighted boosts of each spread stanza.
