@@ -119,8 +119,13 @@ impl IdGen {
     /// An allocation id for a job: its high word carries the job's tag, so
     /// the state store finds the allocation inside its job's table.
     pub fn alloc_for(&mut self, job: &JobKey) -> AllocId {
+        self.alloc_tagged(job.tag())
+    }
+
+    /// [`IdGen::alloc_for`] with the job's tag computed once by the caller.
+    pub fn alloc_tagged(&mut self, job_tag: u64) -> AllocId {
         let random = self.next_u128();
-        let tagged = (u128::from(job.tag()) << 64) | (random & u128::from(u64::MAX));
+        let tagged = (u128::from(job_tag) << 64) | (random & u128::from(u64::MAX));
         // Keep the version nibble of a v4 UUID in place.
         AllocId((tagged & !(0xF << 76)) | (0x4 << 76))
     }

@@ -94,6 +94,7 @@ fn place_all<'a>(
     // One shared resources record per group when nothing node-specific
     // (ports, devices) is assigned: a million allocations share a handful.
     let mut shared: BTreeMap<u16, Arc<AllocatedResources>> = BTreeMap::new();
+    let job_tag = job.key().tag();
     let mut outcomes: Vec<(u16, Vec<Placed<'_>>, bool)> = Vec::new();
     for (gi, group_placements) in by_group {
         let group = &job.task_groups[usize::from(gi)];
@@ -118,6 +119,7 @@ fn place_all<'a>(
                 Ok(selection) => {
                     let alloc = build_alloc(
                         job,
+                        job_tag,
                         eval,
                         p,
                         &selection,
@@ -185,8 +187,10 @@ fn place_all<'a>(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build_alloc(
     job: &Arc<Job>,
+    job_tag: u64,
     eval: &Evaluation,
     p: &Placement,
     selection: &Selection<'_>,
@@ -213,6 +217,7 @@ fn build_alloc(
     };
     let spec = super::NewAlloc {
         job,
+        job_tag,
         eval,
         group_index: p.group_index,
         name_index: p.name_index,

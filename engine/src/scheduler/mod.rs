@@ -100,6 +100,8 @@ pub fn completed_eval(eval: &Evaluation, outcome: &ScheduleOutcome, snapshot_ind
 /// service/batch and the system schedulers.
 pub(crate) struct NewAlloc<'a> {
     pub(crate) job: &'a Arc<crate::model::Job>,
+    /// `job.key().tag()`, computed once per run.
+    pub(crate) job_tag: u64,
     pub(crate) eval: &'a Evaluation,
     pub(crate) group_index: u16,
     pub(crate) name_index: u32,
@@ -114,7 +116,7 @@ pub(crate) struct NewAlloc<'a> {
 pub(crate) fn new_allocation(spec: NewAlloc<'_>, ids: &mut IdGen, now_ns: TimeNs) -> Arc<crate::model::Allocation> {
     use crate::model::{Allocation, ClientStatus, DesiredStatus, DesiredTransition};
     Arc::new(Allocation {
-        id: ids.alloc_for(&spec.job.key()),
+        id: ids.alloc_tagged(spec.job_tag),
         eval_id: spec.eval.id,
         node_id: spec.node_id,
         job: spec.job.clone(),

@@ -303,8 +303,7 @@ impl<'a> Stack<'a> {
                     }
                 }
                 None => {
-                    if exhausted.len() < PREEMPTION_CANDIDATES_MAX && metric.exhausted as usize > exhausted.len()
-                    {
+                    if exhausted.len() < PREEMPTION_CANDIDATES_MAX && metric.exhausted as usize > exhausted.len() {
                         exhausted.push(idx);
                     }
                 }

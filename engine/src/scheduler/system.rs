@@ -177,6 +177,7 @@ fn place_on<'a>(
             stack.commit(gi, &selection);
             let spec = super::NewAlloc {
                 job,
+                job_tag: job.key().tag(),
                 eval,
                 group_index: gi,
                 name_index: 0,
