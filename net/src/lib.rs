@@ -1,5 +1,15 @@
-//! Networking for Caravan servers: wire codecs (rkyv), the QUIC transport,
-//! openraft's network and durable log storage, server RPC and the HTTP /v1 API.
+//! Networking for Caravan servers: wire codecs, the QUIC transport,
+//! openraft's network and durable log storage, server RPC and the HTTP /v1
+//! API.
 //!
-//! Not built yet: the engine runs in-process (see `caravan_engine::harness`)
-//! until this crate carries its commands through raft.
+//! Built so far:
+//! - [`api`]: Nomad's `/v1` JSON shapes (PascalCase fields, durations in
+//!   nanoseconds) and their conversion to and from the engine's model,
+//!   with Nomad's canonicalization of submitted jobs.
+//! - [`jobspec`]: HCL2 jobspecs (`job "x" { ... }`, `variable`, `locals`,
+//!   `-var` overrides) parsed into that same API JSON.
+//!
+//! Raft, QUIC and the HTTP server arrive with their issues.
+
+pub mod api;
+pub mod jobspec;
