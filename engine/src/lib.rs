@@ -31,6 +31,7 @@ pub mod fixtures;
 pub mod fsm;
 pub mod ids;
 pub mod intern;
+pub mod leader;
 pub mod local;
 pub mod model;
 pub mod plan;

@@ -29,6 +29,10 @@ const LEADER_TICK: Duration = Duration::from_millis(20);
 /// Nomad's `failedEvalUnblockInterval`.
 const FAILED_UNBLOCK_INTERVAL_NS: i64 = 60 * crate::model::SECOND_NS;
 
+/// How often the leader garbage-collects (Nomad's core scheduler runs its
+/// GC passes every 5 minutes).
+const GC_INTERVAL_NS: i64 = 5 * 60 * crate::model::SECOND_NS;
+
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
     pub workers: usize,
@@ -418,8 +422,20 @@ fn spawn_leader_loop(
             let mut rng = fastrand::Rng::with_seed(seed);
             let delivery_limit = BrokerConfig::default().delivery_limit;
             let mut last_failed_unblock_ns = clock.now_ns();
+            let mut last_gc_ns = clock.now_ns();
             while cancel.sleep(LEADER_TICK) {
                 let now = clock.now_ns();
+                if now - last_gc_ns >= GC_INTERVAL_NS {
+                    last_gc_ns = now;
+                    let snapshot = log.fsm.store().snapshot();
+                    for command in
+                        crate::leader::collect_garbage(&snapshot, now, crate::leader::GcThresholds::default())
+                    {
+                        // A purge racing a new registration fails cleanly and
+                        // is retried on the next pass.
+                        let _ = log.commit(&command);
+                    }
+                }
                 if now - last_failed_unblock_ns >= FAILED_UNBLOCK_INTERVAL_NS {
                     last_failed_unblock_ns = now;
                     log.unblock_failed();
