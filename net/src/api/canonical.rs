@@ -100,6 +100,10 @@ impl Cx {
     ) -> T {
         let Some(v) = v else { return fallback };
         let (min, max) = range;
+        if v < 0 && min == 0 {
+            self.problem(path, field, format!("must not be negative, got {v}"));
+            return fallback;
+        }
         if v < min || v > max {
             self.problem(path, field, format!("must be between {min} and {max}, got {v}"));
             return fallback;

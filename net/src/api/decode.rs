@@ -82,7 +82,8 @@ fn check_depth(text: &str) -> Result<(), ApiError> {
             b'{' | b'[' => {
                 depth += 1;
                 if depth > JSON_DEPTH_MAX {
-                    let path = path_at(text, offset, "");
+                    // A bare job has no `Job` key, so stripping it is right for both forms.
+                    let path = path_at(text, offset, "Job.");
                     return Err(ApiError::one(&path, format!("nested deeper than {JSON_DEPTH_MAX} levels")));
                 }
             }
