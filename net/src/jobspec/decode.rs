@@ -55,10 +55,10 @@ pub(super) fn decode_file(
         let name = job["ID"].clone();
         job.insert("Name".into(), name);
     }
-    if let Some(Json::Object(periodic)) = job.get_mut("Periodic") {
-        if periodic.contains_key("Spec") {
-            periodic.insert("SpecType".into(), Json::String("cron".into()));
-        }
+    if let Some(Json::Object(periodic)) = job.get_mut("Periodic")
+        && periodic.contains_key("Spec")
+    {
+        periodic.insert("SpecType".into(), Json::String("cron".into()));
     }
     let mut root = JsonMap::new();
     root.insert("Job".into(), Json::Object(job));

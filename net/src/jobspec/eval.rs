@@ -162,9 +162,12 @@ impl Evaluator {
                 }
             }
             if !progressed {
-                if let Some(err) = first_error {
-                    return Err(err);
-                }
+                // Nothing resolved this round: a cycle or a real error; report the first.
+                return Err(first_error.unwrap_or(JobspecError::Eval {
+                    path: "locals".into(),
+                    name: "locals".into(),
+                    message: "locals could not be resolved".into(),
+                }));
             }
             pending = still_pending;
         }
@@ -387,8 +390,11 @@ fn decode_variable_block(
         };
         match attr.key.as_str() {
             "type" => {
-                ty = parse_type(&attr.expr)
-                    .map_err(|message| JobspecError::WrongType { path: path.clone(), name: "type".into(), message })?;
+                ty = parse_type(&attr.expr).map_err(|message| JobspecError::WrongType {
+                    path: path.clone(),
+                    name: "type".into(),
+                    message,
+                })?;
             }
             "default" => {
                 let value = attr.expr.evaluate(plain).map_err(|err| JobspecError::Eval {
@@ -405,9 +411,9 @@ fn decode_variable_block(
     let value = match default {
         // `default = null` means "no default".
         Some(Value::Null) | None => None,
-        Some(value) => Some(
-            convert(value, &ty).map_err(|message| JobspecError::BadVariable { name: name.clone(), message })?,
-        ),
+        Some(value) => {
+            Some(convert(value, &ty).map_err(|message| JobspecError::BadVariable { name: name.clone(), message })?)
+        }
     };
     Ok(Declared { name, ty, value })
 }
@@ -534,10 +540,7 @@ fn functions_context() -> Context<'static> {
             .variadic_param(ParamType::array_of(ParamType::Any))
             .build(func_join),
     );
-    ctx.declare_func(
-        "split",
-        FuncDef::builder().param(ParamType::String).param(ParamType::String).build(func_split),
-    );
+    ctx.declare_func("split", FuncDef::builder().param(ParamType::String).param(ParamType::String).build(func_split));
     ctx.declare_func(
         "replace",
         FuncDef::builder()

@@ -17,7 +17,10 @@ pub(super) enum Kind {
     Any,
     /// Constraint/affinity shorthand (`regexp = "..."`): the value goes to `target` and the
     /// `Operand` becomes `operand`.
-    Shorthand { operand: &'static str, target: &'static str },
+    Shorthand {
+        operand: &'static str,
+        target: &'static str,
+    },
     /// `distinct_hosts = true`: sets `Operand` to "distinct_hosts".
     DistinctHosts,
 }
@@ -362,10 +365,7 @@ static ARTIFACT: Schema = Schema {
         attr("options", "GetterOptions", Kind::StrMap),
         attr("headers", "GetterHeaders", Kind::StrMap),
     ],
-    blocks: &[
-        str_map("options", "GetterOptions"),
-        str_map("headers", "GetterHeaders"),
-    ],
+    blocks: &[str_map("options", "GetterOptions"), str_map("headers", "GetterHeaders")],
     post: Post::None,
 };
 
