@@ -565,3 +565,17 @@ fn mangled_inputs_never_panic() {
         }
     }
 }
+
+#[test]
+fn locals_cycle_is_an_error() {
+    let err = parse_err("locals {\n  a = local.b\n  b = local.a\n}\njob \"j\" {}\n");
+    assert!(err.starts_with("locals: a:"), "{err}");
+}
+
+#[test]
+fn heredoc_keeps_runtime_references() {
+    let source =
+        "job \"j\" {\n  meta {\n    script = <<EOT\ncd ${NOMAD_TASK_DIR} && echo ${upper(\"x\")}\nEOT\n  }\n}\n";
+    let job = parse_jobspec(source, &[], &[]).unwrap();
+    assert_eq!(job["Job"]["Meta"]["script"], "cd ${NOMAD_TASK_DIR} && echo X\n");
+}
