@@ -1,22 +1,66 @@
-//! The `caravan` binary. Today it only reports its version: the agent, the
-//! CLI verbs and the HTTP API arrive with the server, client and API issues.
+//! The `caravan` binary: `main` parses arguments and maps errors to exit
+//! codes; each verb lives in its own module.
+//!
+//! Today it validates jobspecs offline (`caravan job validate`); the agent,
+//! the HTTP-backed verbs and `agent -dev` arrive with the server, client and
+//! API issues.
 
+mod job;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        Some("version") | Some("-version") | Some("--version") => {
+#[derive(Parser, Debug)]
+#[command(name = "caravan", version, about = "Caravan: a fast workload orchestrator in the family of Nomad")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Work with jobs.
+    #[command(subcommand)]
+    Job(job::JobCommand),
+    /// Print the version.
+    Version,
+}
+
+/// Nomad's CLI spells flags with one dash (`-var`, `-json`, `-dev`); clap
+/// wants two for long flags. Accept both.
+fn nomad_style_args() -> Vec<std::ffi::OsString> {
+    std::env::args_os()
+        .map(|arg| match arg.to_str() {
+            Some(s) if s.len() > 2 && s.starts_with('-') && s.as_bytes()[1].is_ascii_alphabetic() => {
+                format!("-{s}").into()
+            }
+            _ => arg,
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(nomad_style_args());
+    let result = match cli.command {
+        Command::Job(cmd) => job::run(cmd),
+        Command::Version => {
             #[allow(clippy::print_stdout)]
             {
                 println!("Caravan v{}", env!("CARGO_PKG_VERSION"));
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Some(other) => anyhow::bail!("unknown command {other:?}: this build only knows `caravan version`"),
-        None => anyhow::bail!("usage: caravan version"),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }
