@@ -12,4 +12,5 @@
 //! Raft, QUIC and the HTTP server arrive with their issues.
 
 pub mod api;
+pub mod http;
 pub mod jobspec;

@@ -1,0 +1,76 @@
+//! The HTTP `/v1` API: axum routes on the compio runtime, speaking Nomad's
+//! JSON (see [`crate::api`]), with Nomad's blocking queries
+//! (`?index=N&wait=5s`) and index headers (`X-Nomad-Index`,
+//! `X-Nomad-KnownLeader`, `X-Nomad-LastContact`).
+//!
+//! The routes reach the server through [`Server`]: the in-process cluster
+//! implements it today; the raft-replicated server will too.
+
+mod blocking;
+mod handlers;
+mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+
+pub use server::{LocalServer, Server};
+
+/// The router for every implemented `/v1` endpoint.
+pub fn router(server: Arc<dyn Server>) -> Router {
+    Router::new()
+        .route("/v1/jobs", get(handlers::list_jobs).put(handlers::register_job).post(handlers::register_job))
+        .route("/v1/job/{*rest}", get(handlers::read_job).delete(handlers::deregister_job))
+        .route("/v1/evaluations", get(handlers::list_evals))
+        .route("/v1/evaluation/{*rest}", get(handlers::read_eval))
+        .route("/v1/allocations", get(handlers::list_allocs))
+        .route("/v1/allocation/{id}", get(handlers::read_alloc))
+        .route("/v1/nodes", get(handlers::list_nodes))
+        .route("/v1/node/{*rest}", get(handlers::read_node))
+        .route("/v1/status/leader", get(handlers::status_leader))
+        .route("/v1/status/peers", get(handlers::status_peers))
+        .route("/v1/agent/health", get(handlers::agent_health))
+        .route("/v1/agent/self", get(handlers::agent_self))
+        .fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(crate::api::BODY_BYTES_MAX))
+        .with_state(server)
+}
+
+/// Serve the API on `addr` until the process ends. Runs on the calling
+/// thread's compio runtime.
+pub async fn serve(addr: SocketAddr, server: Arc<dyn Server>) -> std::io::Result<()> {
+    let listener = compio::net::TcpListener::bind(addr).await?;
+    cyper_axum::serve(listener, router(server)).await
+}
+
+/// Start the API on its own thread with its own compio runtime, returning
+/// the address it listens on (port 0 picks a free one).
+pub fn spawn(addr: SocketAddr, server: Arc<dyn Server>) -> std::io::Result<SocketAddr> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new().name("http".into()).spawn(move || {
+        let runtime = match compio::runtime::Runtime::new() {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            match compio::net::TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    let _ = tx.send(listener.local_addr());
+                    if let Err(e) = cyper_axum::serve(listener, router(server)).await {
+                        eprintln!("http server stopped: {e}");
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+    })?;
+    rx.recv().map_err(|_| std::io::Error::other("http thread exited before binding"))?
+}

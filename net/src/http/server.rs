@@ -1,0 +1,58 @@
+use std::sync::Arc;
+
+use caravan_engine::endpoints::EndpointError;
+use caravan_engine::ids::{EvalId, JobKey};
+use caravan_engine::local::LocalCluster;
+use caravan_engine::model::Job;
+use caravan_engine::state::StateStore;
+
+/// What the HTTP API needs from a server.
+pub trait Server: Send + Sync + 'static {
+    fn store(&self) -> &Arc<StateStore>;
+    /// Register a validated job with its eval; returns the eval id and the
+    /// index the write committed at.
+    fn register_job(&self, job: Job) -> Result<(EvalId, u64), EndpointError>;
+    /// Stop (or purge) a job with its eval.
+    fn deregister_job(&self, key: &JobKey, purge: bool) -> Result<(EvalId, u64), EndpointError>;
+    /// The leader's RPC address, as `/v1/status/leader` reports it.
+    fn leader_addr(&self) -> String;
+    fn peers(&self) -> Vec<String>;
+}
+
+/// The in-process cluster, a one-server "cluster" for `agent -dev`.
+#[derive(Debug)]
+pub struct LocalServer {
+    pub cluster: LocalCluster,
+    pub rpc_addr: String,
+}
+
+impl Server for LocalServer {
+    fn store(&self) -> &Arc<StateStore> {
+        &self.cluster.store
+    }
+
+    fn register_job(&self, job: Job) -> Result<(EvalId, u64), EndpointError> {
+        let eval = self.cluster.register_job(job)?;
+        Ok((eval, self.cluster.store.latest_index()))
+    }
+
+    fn deregister_job(&self, key: &JobKey, purge: bool) -> Result<(EvalId, u64), EndpointError> {
+        let mut eval_id = EvalId::NIL;
+        let index = self.cluster.write(|state, ids, now| {
+            let command = caravan_engine::endpoints::deregister_job(state, key, purge, now, ids)?;
+            if let caravan_engine::fsm::Command::JobDeregister { eval: Some(eval), .. } = &command {
+                eval_id = eval.id;
+            }
+            Ok(command)
+        })?;
+        Ok((eval_id, index))
+    }
+
+    fn leader_addr(&self) -> String {
+        self.rpc_addr.clone()
+    }
+
+    fn peers(&self) -> Vec<String> {
+        vec![self.rpc_addr.clone()]
+    }
+}

@@ -1,0 +1,175 @@
+//! The `/v1` HTTP API over a real socket, against an in-process cluster:
+//! register (JSON and from HCL), read back, evaluations complete,
+//! allocations placed, blocking queries, purge, and bad input refused.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use caravan_engine::clock::SystemClock;
+use caravan_engine::fixtures::node;
+use caravan_engine::fsm::Command;
+use caravan_engine::ids::IdGen;
+use caravan_engine::local::{LocalCluster, LocalConfig};
+use caravan_net::http::{self, LocalServer};
+use serde_json::Value;
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    fn index(&self) -> u64 {
+        self.headers
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-nomad-index: ").map(|v| v.trim().parse().unwrap()))
+            .expect("X-Nomad-Index header")
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+fn call(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = headers.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap();
+    let body = if headers.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Reply { status, headers: headers.to_string(), body }
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = &tail[n + 2..];
+    }
+    out
+}
+
+fn start() -> (SocketAddr, Arc<LocalServer>) {
+    let cluster = LocalCluster::start(LocalConfig { workers: 2, ..LocalConfig::default() }, Arc::new(SystemClock));
+    let mut ids = IdGen::with_seed(1);
+    for i in 0..3 {
+        let n = node(&mut ids, &format!("n{i}"), "dc1", 4000, 8192);
+        cluster.commit(&Command::NodeRegister { node: n, evals: vec![] }).unwrap();
+    }
+    let server = Arc::new(LocalServer { cluster, rpc_addr: "127.0.0.1:4647".into() });
+    let addr = http::spawn("127.0.0.1:0".parse().unwrap(), server.clone()).unwrap();
+    (addr, server)
+}
+
+fn hello_json() -> Vec<u8> {
+    let source =
+        std::fs::read_to_string(format!("{}/../examples/hello.nomad.hcl", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    serde_json::to_vec(&caravan_net::jobspec::parse_jobspec(&source, &[], &[]).unwrap()).unwrap()
+}
+
+#[test]
+fn register_read_evaluate_and_purge() {
+    let (addr, server) = start();
+    let r = call(addr, "PUT", "/v1/jobs", &hello_json());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let eval_id = r.json()["EvalID"].as_str().unwrap().to_string();
+
+    assert!(server.cluster.wait_idle(Duration::from_secs(30)));
+    let job = call(addr, "GET", "/v1/job/hello", b"");
+    assert_eq!(job.status, 200);
+    assert_eq!(job.json()["ID"], "hello");
+    assert_eq!(job.json()["Type"], "batch");
+    let eval = call(addr, "GET", &format!("/v1/evaluation/{eval_id}"), b"");
+    assert_eq!(eval.json()["Status"], "complete", "{}", eval.body);
+    let allocs = call(addr, "GET", "/v1/job/hello/allocations", b"").json();
+    assert_eq!(allocs.as_array().unwrap().len(), 1);
+    let alloc_id = allocs[0]["ID"].as_str().unwrap().to_string();
+    let alloc = call(addr, "GET", &format!("/v1/allocation/{alloc_id}"), b"");
+    assert_eq!(alloc.json()["JobID"], "hello");
+    assert_eq!(alloc.json()["DesiredStatus"], "run");
+    let node_id = alloc.json()["NodeID"].as_str().unwrap().to_string();
+    let on_node = call(addr, "GET", &format!("/v1/node/{node_id}/allocations"), b"").json();
+    assert_eq!(on_node.as_array().unwrap().len(), 1);
+    let list = call(addr, "GET", "/v1/jobs?prefix=hel", b"").json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(call(addr, "GET", "/v1/nodes", b"").json().as_array().unwrap().len(), 3);
+    assert_eq!(call(addr, "GET", "/v1/status/leader", b"").json(), "127.0.0.1:4647");
+
+    let del = call(addr, "DELETE", "/v1/job/hello?purge=true", b"");
+    assert_eq!(del.status, 200, "{}", del.body);
+    assert_eq!(call(addr, "GET", "/v1/job/hello", b"").status, 404);
+    server.cluster.wait_idle(Duration::from_secs(30));
+}
+
+#[test]
+fn blocking_query_returns_when_jobs_change() {
+    let (addr, server) = start();
+    let first = call(addr, "GET", "/v1/jobs", b"");
+    let index = first.index();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        call(addr, "PUT", "/v1/jobs", &hello_json())
+    });
+    // Without a change this would wait the full 30 s; it returns with the
+    // new job because the registration moved the jobs index past `index`.
+    let blocked = call(addr, "GET", &format!("/v1/jobs?index={index}&wait=30s"), b"");
+    assert_eq!(blocked.status, 200);
+    assert!(blocked.index() > index);
+    assert_eq!(blocked.json().as_array().unwrap().len(), 1, "{}", blocked.body);
+    assert_eq!(writer.join().unwrap().status, 200);
+    assert!(server.cluster.wait_idle(Duration::from_secs(30)));
+    let settled = call(addr, "GET", "/v1/jobs", b"").index();
+    let quiet = call(addr, "GET", &format!("/v1/jobs?index={settled}&wait=200ms"), b"");
+    assert_eq!(quiet.index(), settled, "nothing changed: the wait ends with the same index");
+}
+
+#[test]
+fn bad_input_is_refused_with_a_reason_and_stores_nothing() {
+    let (addr, _server) = start();
+    let cases: [(&str, &str, &[u8], u16, &str); 7] = [
+        ("PUT", "/v1/jobs", b"{not json", 400, ""),
+        ("PUT", "/v1/jobs", br#"{"Job":{"ID":"x","Priority":"high"}}"#, 400, "Priority"),
+        (
+            "PUT",
+            "/v1/jobs",
+            br#"{"Job":{"ID":"x","TaskGroups":[{"Name":"g","Count":-1,"Tasks":[{"Name":"t","Driver":"raw_exec"}]}]}}"#,
+            400,
+            "Count",
+        ),
+        ("PUT", "/v1/jobs", &[0xff, 0xfe, 0x00], 400, ""),
+        ("GET", "/v1/job/nope", b"", 404, "not found"),
+        ("GET", "/v1/evaluation/not-a-uuid", b"", 400, "invalid evaluation id"),
+        ("GET", "/v1/jobs?index=abc", b"", 400, "invalid index"),
+    ];
+    for (method, path, body, status, needle) in cases {
+        let r = call(addr, method, path, body);
+        assert_eq!(r.status, status, "{method} {path}: {}", r.body);
+        assert!(r.body.contains(needle), "{method} {path}: {}", r.body);
+    }
+    let huge = vec![b' '; caravan_net::api::BODY_BYTES_MAX + 1];
+    assert_eq!(call(addr, "PUT", "/v1/jobs", &huge).status, 413);
+    assert_eq!(call(addr, "GET", "/v1/no/such/path", b"").status, 404);
+    assert_eq!(call(addr, "GET", "/v1/jobs", b"").json().as_array().unwrap().len(), 0, "nothing stored");
+}
