@@ -2,6 +2,10 @@
 //! blocking queries) and render Nomad's JSON; writes decode, validate and go
 //! through the server. Every refusal is a 4xx with a text body saying why.
 
+// Helpers return `Err(Response)` to let a handler bail out with the refusal
+// itself; it is built at most once per request, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
