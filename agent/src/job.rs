@@ -6,25 +6,63 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
+/// A jobspec on the command line, with its HCL variables.
+#[derive(clap::Args, Debug)]
+pub(crate) struct JobspecArgs {
+    /// The jobspec file (HCL2, or JSON); `-` reads standard input.
+    pub(crate) file: PathBuf,
+    /// Set an HCL variable: `-var name=value` (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    vars: Vec<String>,
+    /// Read HCL variables from a file (repeatable).
+    #[arg(long = "var-file", value_name = "FILE")]
+    var_files: Vec<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum JobCommand {
-    /// Check a jobspec (HCL2 or JSON) without submitting it.
-    Validate {
-        /// The jobspec file; `-` reads standard input.
-        file: PathBuf,
-        /// Set an HCL variable: `-var name=value` (repeatable).
-        #[arg(long = "var", value_name = "NAME=VALUE")]
-        vars: Vec<String>,
-        /// Read HCL variables from a file (repeatable).
-        #[arg(long = "var-file", value_name = "FILE")]
-        var_files: Vec<PathBuf>,
+    /// Check a jobspec without submitting it.
+    Validate(JobspecArgs),
+    /// Submit a jobspec and follow its evaluation.
+    Run {
+        #[command(flatten)]
+        spec: JobspecArgs,
+        /// Print the job as API JSON instead of submitting it.
+        #[arg(long)]
+        output: bool,
+        /// Return after submitting, without following the evaluation.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Show a job and its allocations.
+    Status {
+        /// The job id.
+        id: String,
     },
 }
 
 pub(crate) fn run(cmd: JobCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        JobCommand::Validate { file, vars, var_files } => validate(&file, &vars, &var_files),
+        JobCommand::Validate(spec) => validate(&spec.file, &spec.vars, &spec.var_files),
+        JobCommand::Run { spec, output, detach } => crate::monitor::run_job(&spec, output, detach),
+        JobCommand::Status { id } => crate::monitor::status(&id),
     }
+}
+
+/// The jobspec as Nomad API JSON (`{"Job": ...}`), or the parse error text.
+pub(crate) fn load(spec: &JobspecArgs) -> anyhow::Result<Result<serde_json::Value, String>> {
+    let source = read_source(&spec.file)?;
+    if spec.file.extension().is_some_and(|e| e == "json") || source.trim_start().starts_with('{') {
+        return Ok(serde_json::from_str(&source).map_err(|e| format!("invalid JSON: {e}")));
+    }
+    let mut parsed_vars = Vec::with_capacity(spec.vars.len());
+    for v in &spec.vars {
+        let Some((name, value)) = v.split_once('=') else { bail!("-var {v:?}: expected NAME=VALUE") };
+        parsed_vars.push((name.to_string(), value.to_string()));
+    }
+    let var_sources: Vec<String> = spec.var_files.iter().map(read_source).collect::<anyhow::Result<_>>()?;
+    let var_refs: Vec<&str> = var_sources.iter().map(String::as_str).collect();
+    Ok(caravan_net::jobspec::parse_jobspec(&source, &parsed_vars, &var_refs).map_err(|e| e.to_string()))
 }
 
 fn read_source(file: &PathBuf) -> anyhow::Result<String> {
@@ -38,24 +76,12 @@ fn read_source(file: &PathBuf) -> anyhow::Result<String> {
 
 /// Parse (HCL or JSON), canonicalize and validate; print what is wrong.
 fn validate(file: &PathBuf, vars: &[String], var_files: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let source = read_source(file)?;
-    let mut parsed_vars = Vec::with_capacity(vars.len());
-    for v in vars {
-        let Some((name, value)) = v.split_once('=') else { bail!("-var {v:?}: expected NAME=VALUE") };
-        parsed_vars.push((name.to_string(), value.to_string()));
-    }
-    let var_sources: Vec<String> = var_files.iter().map(read_source).collect::<anyhow::Result<_>>()?;
-    let var_refs: Vec<&str> = var_sources.iter().map(String::as_str).collect();
-    let is_json = file.extension().is_some_and(|e| e == "json") || source.trim_start().starts_with('{');
-    let body = if is_json {
-        source.into_bytes()
-    } else {
-        match caravan_net::jobspec::parse_jobspec(&source, &parsed_vars, &var_refs) {
-            Ok(json) => serde_json::to_vec(&json)?,
-            Err(e) => {
-                eprintln!("Error parsing job file from {}:\n{e}", file.display());
-                return Ok(ExitCode::from(1));
-            }
+    let spec = JobspecArgs { file: file.clone(), vars: vars.to_vec(), var_files: var_files.to_vec() };
+    let body = match load(&spec)? {
+        Ok(json) => serde_json::to_vec(&json)?,
+        Err(e) => {
+            eprintln!("Error parsing job file from {}:\n{e}", file.display());
+            return Ok(ExitCode::from(1));
         }
     };
     match caravan_net::api::decode_job_request(&body) {

@@ -1,11 +1,14 @@
 //! The `caravan` binary: `main` parses arguments and maps errors to exit
 //! codes; each verb lives in its own module.
 //!
-//! Today it validates jobspecs offline (`caravan job validate`); the agent,
-//! the HTTP-backed verbs and `agent -dev` arrive with the server, client and
-//! API issues.
+//! Today: `caravan agent -dev` (one in-process server with the HTTP API)
+//! and `caravan job validate` (offline). Server mode with raft, the client
+//! agent and the HTTP-backed CLI verbs arrive with their issues.
 
+mod agent;
+mod client;
 mod job;
+mod monitor;
 
 use std::process::ExitCode;
 
@@ -24,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a Caravan agent.
+    Agent(agent::AgentArgs),
     /// Work with jobs.
     #[command(subcommand)]
     Job(job::JobCommand),
@@ -47,6 +52,7 @@ fn nomad_style_args() -> Vec<std::ffi::OsString> {
 fn main() -> ExitCode {
     let cli = Cli::parse_from(nomad_style_args());
     let result = match cli.command {
+        Command::Agent(args) => agent::run(args),
         Command::Job(cmd) => job::run(cmd),
         Command::Version => {
             #[allow(clippy::print_stdout)]

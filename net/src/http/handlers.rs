@@ -72,6 +72,11 @@ fn namespace(params: &HashMap<String, String>) -> &str {
     params.get("namespace").map(String::as_str).filter(|n| !n.is_empty()).unwrap_or("default")
 }
 
+/// Go's `strconv.ParseBool` truths, which Nomad's query flags accept.
+fn parse_bool(v: &str) -> bool {
+    matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
+}
+
 fn parse_id<T: FromStr>(text: &str, what: &str) -> Result<T, Response> {
     text.parse().map_err(|_| refuse(StatusCode::BAD_REQUEST, format!("invalid {what} id {text:?}")))
 }
@@ -155,7 +160,7 @@ pub(super) async fn read_job(State(server): Shared, Path(rest): Path<String>, Qu
 
 pub(super) async fn deregister_job(State(server): Shared, Path(rest): Path<String>, Query(params): Params) -> Response {
     let key = JobKey::new(namespace(&params), &rest);
-    let purge = params.get("purge").is_some_and(|v| v == "true" || v == "1");
+    let purge = params.get("purge").is_some_and(|v| parse_bool(v));
     match server.deregister_job(&key, purge) {
         Ok((eval_id, index)) => reply(
             index,

@@ -1,0 +1,49 @@
+//! The CLI's view of the HTTP API: `NOMAD_ADDR` / `CARAVAN_ADDR`, default
+//! `http://127.0.0.1:4646`, as Nomad's CLI.
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+const ADDR_DEFAULT: &str = "http://127.0.0.1:4646";
+
+#[derive(Debug)]
+pub(crate) struct ApiClient {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl ApiClient {
+    pub(crate) fn from_env() -> ApiClient {
+        let base = std::env::var("CARAVAN_ADDR")
+            .or_else(|_| std::env::var("NOMAD_ADDR"))
+            .unwrap_or_else(|_| ADDR_DEFAULT.to_string())
+            .trim_end_matches('/')
+            .to_string();
+        let config = ureq::Agent::config_builder().http_status_as_error(false).build();
+        ApiClient { base, agent: config.into() }
+    }
+
+    fn finish(
+        &self,
+        what: &str,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<Value> {
+        let mut response = response.with_context(|| format!("{what}: cannot reach {}", self.base))?;
+        let status = response.status();
+        let text = response.body_mut().read_to_string().with_context(|| format!("{what}: reading the response"))?;
+        if !status.is_success() {
+            bail!("{what}: {} ({status})", text.trim());
+        }
+        serde_json::from_str(&text).with_context(|| format!("{what}: response is not JSON"))
+    }
+
+    pub(crate) fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        self.finish(&format!("GET {path}"), self.agent.get(&url).call())
+    }
+
+    pub(crate) fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        self.finish(&format!("PUT {path}"), self.agent.put(&url).send_json(body))
+    }
+}

@@ -1,0 +1,144 @@
+//! `caravan job run` (submit, then follow the evaluation as Nomad's CLI
+//! does) and `caravan job status`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::client::ApiClient;
+use crate::job::{JobspecArgs, load};
+
+/// Evaluations followed at most this many steps (blocked re-evaluations
+/// included) before the CLI stops following and says so.
+const MONITOR_STEPS_MAX: usize = 600;
+
+#[allow(clippy::print_stdout)]
+pub(crate) fn run_job(spec: &JobspecArgs, output: bool, detach: bool) -> anyhow::Result<ExitCode> {
+    let job = match load(spec)? {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("Error parsing job file from {}:\n{e}", spec.file.display());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let job = if job.get("Job").is_some() { job } else { serde_json::json!({ "Job": job }) };
+    if output {
+        println!("{}", serde_json::to_string_pretty(&job)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let client = ApiClient::from_env();
+    let registered = client.put("/v1/jobs", &job)?;
+    let eval_id = registered["EvalID"].as_str().context("register response has no EvalID")?.to_string();
+    if detach {
+        println!("Job registration successful\nEvaluation ID: {eval_id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    monitor(&client, &eval_id)
+}
+
+/// Follow an evaluation to a terminal status, print its placements and any
+/// failures. Exit 0 when everything was placed, 2 on placement failures
+/// (as Nomad's CLI).
+#[allow(clippy::print_stdout)]
+fn monitor(client: &ApiClient, eval_id: &str) -> anyhow::Result<ExitCode> {
+    println!("==> Monitoring evaluation \"{}\"", short(eval_id));
+    let mut index = 0u64;
+    let mut eval = Value::Null;
+    for _ in 0..MONITOR_STEPS_MAX {
+        eval = client.get(&format!("/v1/evaluation/{eval_id}?index={index}&wait=2s"))?;
+        index = eval["ModifyIndex"].as_u64().unwrap_or(index);
+        let status = eval["Status"].as_str().unwrap_or("");
+        if status != "pending" {
+            break;
+        }
+    }
+    let status = eval["Status"].as_str().unwrap_or("unknown").to_string();
+    println!("    Evaluation triggered by job \"{}\"", eval["JobID"].as_str().unwrap_or(""));
+    let allocs = client.get(&format!("/v1/evaluation/{eval_id}/allocations"))?;
+    for a in allocs.as_array().into_iter().flatten() {
+        println!(
+            "    Allocation \"{}\" created: node \"{}\", group \"{}\"",
+            short(a["ID"].as_str().unwrap_or("")),
+            short(a["NodeID"].as_str().unwrap_or("")),
+            a["TaskGroup"].as_str().unwrap_or("")
+        );
+    }
+    println!("    Evaluation status changed: \"pending\" -> \"{status}\"");
+    let failed = eval["FailedTGAllocs"].as_object().filter(|m| !m.is_empty());
+    match failed {
+        None => {
+            println!("==> Evaluation \"{}\" finished with status \"{status}\"", short(eval_id));
+            Ok(if status == "complete" { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Some(groups) => {
+            println!(
+                "==> Evaluation \"{}\" finished with status \"{status}\" but failed to place all allocations:",
+                short(eval_id)
+            );
+            for (group, metric) in groups {
+                let coalesced = metric["CoalescedFailures"].as_u64().unwrap_or(0);
+                println!(
+                    "    Task Group \"{group}\" (failed to place {} allocation{}):",
+                    coalesced + 1,
+                    if coalesced == 0 { "" } else { "s" }
+                );
+                for (name, n) in metric["DimensionExhausted"].as_object().into_iter().flatten() {
+                    println!("      * Resources exhausted on {n} nodes: {name}");
+                }
+                for (name, n) in metric["ConstraintFiltered"].as_object().into_iter().flatten() {
+                    println!("      * Constraint \"{name}\": {n} nodes excluded by filter");
+                }
+                if metric["NodesEvaluated"].as_u64() == Some(0) {
+                    println!("      * No nodes were eligible for evaluation");
+                }
+            }
+            if let Some(blocked) = eval["BlockedEval"].as_str().filter(|b| !b.is_empty()) {
+                println!("    Evaluation \"{}\" waiting for additional capacity to place remainder", short(blocked));
+            }
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+pub(crate) fn status(id: &str) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_env();
+    let job = client.get(&format!("/v1/job/{id}"))?;
+    let field = |k: &str| job[k].as_str().map(str::to_string).unwrap_or_else(|| job[k].to_string());
+    println!("ID            = {}", field("ID"));
+    println!("Name          = {}", field("Name"));
+    println!("Type          = {}", field("Type"));
+    println!("Priority      = {}", field("Priority"));
+    println!(
+        "Datacenters   = {}",
+        job["Datacenters"]
+            .as_array()
+            .map(|d| d.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+            .unwrap_or_default()
+    );
+    println!("Status        = {}", field("Status"));
+    println!();
+    println!("Allocations");
+    println!(
+        "{:<8}  {:<8}  {:<10}  {:<8}  {:<8}  {:<8}",
+        "ID", "Node ID", "Task Group", "Version", "Desired", "Status"
+    );
+    let allocs = client.get(&format!("/v1/job/{id}/allocations"))?;
+    for a in allocs.as_array().into_iter().flatten() {
+        println!(
+            "{:<8}  {:<8}  {:<10}  {:<8}  {:<8}  {:<8}",
+            short(a["ID"].as_str().unwrap_or("")),
+            short(a["NodeID"].as_str().unwrap_or("")),
+            a["TaskGroup"].as_str().unwrap_or(""),
+            a["JobVersion"].as_u64().unwrap_or(0),
+            a["DesiredStatus"].as_str().unwrap_or(""),
+            a["ClientStatus"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
