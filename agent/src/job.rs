@@ -43,7 +43,7 @@ pub(crate) enum JobCommand {
 
 pub(crate) fn run(cmd: JobCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        JobCommand::Validate(spec) => validate(&spec.file, &spec.vars, &spec.var_files),
+        JobCommand::Validate(spec) => validate(&spec),
         JobCommand::Run { spec, output, detach } => crate::monitor::run_job(&spec, output, detach),
         JobCommand::Status { id } => crate::monitor::status(&id),
     }
@@ -60,12 +60,12 @@ pub(crate) fn load(spec: &JobspecArgs) -> anyhow::Result<Result<serde_json::Valu
         let Some((name, value)) = v.split_once('=') else { bail!("-var {v:?}: expected NAME=VALUE") };
         parsed_vars.push((name.to_string(), value.to_string()));
     }
-    let var_sources: Vec<String> = spec.var_files.iter().map(read_source).collect::<anyhow::Result<_>>()?;
+    let var_sources: Vec<String> = spec.var_files.iter().map(|f| read_source(f)).collect::<anyhow::Result<_>>()?;
     let var_refs: Vec<&str> = var_sources.iter().map(String::as_str).collect();
     Ok(caravan_net::jobspec::parse_jobspec(&source, &parsed_vars, &var_refs).map_err(|e| e.to_string()))
 }
 
-fn read_source(file: &PathBuf) -> anyhow::Result<String> {
+fn read_source(file: &std::path::Path) -> anyhow::Result<String> {
     if file.as_os_str() == "-" {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading standard input")?;
@@ -75,9 +75,9 @@ fn read_source(file: &PathBuf) -> anyhow::Result<String> {
 }
 
 /// Parse (HCL or JSON), canonicalize and validate; print what is wrong.
-fn validate(file: &PathBuf, vars: &[String], var_files: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let spec = JobspecArgs { file: file.clone(), vars: vars.to_vec(), var_files: var_files.to_vec() };
-    let body = match load(&spec)? {
+fn validate(spec: &JobspecArgs) -> anyhow::Result<ExitCode> {
+    let file = &spec.file;
+    let body = match load(spec)? {
         Ok(json) => serde_json::to_vec(&json)?,
         Err(e) => {
             eprintln!("Error parsing job file from {}:\n{e}", file.display());
