@@ -173,3 +173,69 @@ fn bad_input_is_refused_with_a_reason_and_stores_nothing() {
     assert_eq!(call(addr, "GET", "/v1/no/such/path", b"").status, 404);
     assert_eq!(call(addr, "GET", "/v1/jobs", b"").json().as_array().unwrap().len(), 0, "nothing stored");
 }
+
+#[test]
+fn parse_plan_evaluate_drain_and_scheduler_config() {
+    let (addr, server) = start();
+    let hcl = std::fs::read_to_string(format!("{}/../examples/web.nomad.hcl", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let parse = serde_json::json!({"JobHCL": hcl, "Canonicalize": true});
+    let parsed = call(addr, "POST", "/v1/jobs/parse", parse.to_string().as_bytes());
+    assert_eq!(parsed.status, 200, "{}", parsed.body);
+    assert_eq!(parsed.json()["ID"], "web");
+    assert_eq!(parsed.json()["Priority"], 50, "canonicalized");
+
+    // A dry run: the plan says what would happen and nothing is stored.
+    let job = serde_json::json!({"Job": parsed.json()});
+    let plan = call(addr, "POST", "/v1/job/web/plan", job.to_string().as_bytes());
+    assert_eq!(plan.status, 200, "{}", plan.body);
+    assert_eq!(plan.json()["Diff"]["Type"], "Added");
+    let groups = plan.json()["Annotations"]["DesiredTGUpdates"].clone();
+    let (_, updates) = groups.as_object().unwrap().iter().next().unwrap();
+    assert_eq!(updates["Place"], 3, "{groups}");
+    assert_eq!(call(addr, "GET", "/v1/job/web", b"").status, 404, "a plan stores nothing");
+
+    assert_eq!(call(addr, "PUT", "/v1/jobs", job.to_string().as_bytes()).status, 200);
+    assert!(server.cluster.wait_idle(Duration::from_secs(30)));
+    let again = call(addr, "POST", "/v1/job/web/plan", job.to_string().as_bytes());
+    assert_eq!(again.json()["Diff"]["Type"], "None");
+    let evaluate = call(addr, "POST", "/v1/job/web/evaluate", b"{}");
+    assert_eq!(evaluate.status, 200, "{}", evaluate.body);
+    assert!(evaluate.json()["EvalID"].is_string());
+    assert!(server.cluster.wait_idle(Duration::from_secs(30)));
+
+    // Drain the node of one allocation: it moves elsewhere.
+    let allocs = call(addr, "GET", "/v1/job/web/allocations", b"").json();
+    let node_id = allocs[0]["NodeID"].as_str().unwrap().to_string();
+    let drain = serde_json::json!({"DrainSpec": {"Deadline": 3_600_000_000_000i64, "IgnoreSystemJobs": false}, "MarkEligible": false});
+    let r = call(addr, "POST", &format!("/v1/node/{node_id}/drain"), drain.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(server.cluster.wait_idle(Duration::from_secs(30)));
+    let node = call(addr, "GET", &format!("/v1/node/{node_id}"), b"").json();
+    assert_eq!(node["SchedulingEligibility"], "ineligible");
+    let live_on_node = call(addr, "GET", &format!("/v1/node/{node_id}/allocations"), b"")
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["DesiredStatus"] == "run")
+        .count();
+    assert_eq!(live_on_node, 0, "drained");
+    let undrain = serde_json::json!({"DrainSpec": null, "MarkEligible": true});
+    assert_eq!(call(addr, "POST", &format!("/v1/node/{node_id}/drain"), undrain.to_string().as_bytes()).status, 200);
+    assert_eq!(call(addr, "GET", &format!("/v1/node/{node_id}"), b"").json()["SchedulingEligibility"], "eligible");
+    let bad = call(addr, "POST", &format!("/v1/node/{node_id}/eligibility"), br#"{"Eligibility":"maybe"}"#);
+    assert_eq!(bad.status, 400);
+
+    let config = call(addr, "GET", "/v1/operator/scheduler/configuration", b"").json();
+    assert_eq!(config["SchedulerConfig"]["SchedulerAlgorithm"], "binpack");
+    let set =
+        serde_json::json!({"SchedulerAlgorithm": "spread", "PreemptionConfig": {"ServiceSchedulerEnabled": true}});
+    assert_eq!(call(addr, "PUT", "/v1/operator/scheduler/configuration", set.to_string().as_bytes()).status, 200);
+    let config = call(addr, "GET", "/v1/operator/scheduler/configuration", b"").json();
+    assert_eq!(config["SchedulerConfig"]["SchedulerAlgorithm"], "spread");
+    assert_eq!(config["SchedulerConfig"]["PreemptionConfig"]["ServiceSchedulerEnabled"], true);
+    assert_eq!(
+        config["SchedulerConfig"]["PreemptionConfig"]["SystemSchedulerEnabled"], true,
+        "unchanged fields keep their values"
+    );
+}

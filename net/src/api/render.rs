@@ -562,7 +562,8 @@ fn counts(m: &BTreeMap<Arc<str>, u32>) -> BTreeMap<String, u32> {
     m.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
-fn metric(m: &model::AllocMetric) -> read::AllocMetric {
+/// One task group's placement failure, as Nomad renders `AllocMetric`.
+pub fn metric(m: &model::AllocMetric) -> read::AllocMetric {
     read::AllocMetric {
         nodes_evaluated: m.nodes_evaluated,
         nodes_filtered: m.nodes_filtered,

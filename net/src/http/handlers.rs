@@ -24,11 +24,11 @@ use super::blocking::Blocking;
 use super::server::Server;
 use crate::api;
 
-type Shared = State<Arc<dyn Server>>;
-type Params = Query<HashMap<String, String>>;
+pub(super) type Shared = State<Arc<dyn Server>>;
+pub(super) type Params = Query<HashMap<String, String>>;
 
 /// A JSON body with Nomad's query-meta headers.
-fn reply<T: Serialize>(index: u64, body: &T) -> Response {
+pub(super) fn reply<T: Serialize>(index: u64, body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => {
             let mut r = (StatusCode::OK, bytes).into_response();
@@ -43,11 +43,11 @@ fn reply<T: Serialize>(index: u64, body: &T) -> Response {
     }
 }
 
-fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
     (status, message.into()).into_response()
 }
 
-fn endpoint_error(e: EndpointError) -> Response {
+pub(super) fn endpoint_error(e: EndpointError) -> Response {
     match e {
         EndpointError::Invalid(v) => refuse(StatusCode::BAD_REQUEST, v.to_string()),
         EndpointError::JobNotFound(k) => refuse(StatusCode::NOT_FOUND, format!("job not found: {}", k.id)),
@@ -68,7 +68,7 @@ async fn read(
     Ok((snap, index))
 }
 
-fn namespace(params: &HashMap<String, String>) -> &str {
+pub(super) fn namespace(params: &HashMap<String, String>) -> &str {
     params.get("namespace").map(String::as_str).filter(|n| !n.is_empty()).unwrap_or("default")
 }
 

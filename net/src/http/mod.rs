@@ -9,6 +9,7 @@
 mod blocking;
 mod handlers;
 mod server;
+mod writes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,19 +18,28 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
-pub use server::{LocalServer, Server};
+pub use server::{LocalServer, Server, WriteBuilder};
 
 /// The router for every implemented `/v1` endpoint.
 pub fn router(server: Arc<dyn Server>) -> Router {
     Router::new()
         .route("/v1/jobs", get(handlers::list_jobs).put(handlers::register_job).post(handlers::register_job))
-        .route("/v1/job/{*rest}", get(handlers::read_job).delete(handlers::deregister_job))
+        .route("/v1/jobs/parse", axum::routing::put(writes::parse_job).post(writes::parse_job))
+        .route(
+            "/v1/job/{*rest}",
+            get(handlers::read_job).delete(handlers::deregister_job).post(writes::job_post).put(writes::job_post),
+        )
         .route("/v1/evaluations", get(handlers::list_evals))
         .route("/v1/evaluation/{*rest}", get(handlers::read_eval))
         .route("/v1/allocations", get(handlers::list_allocs))
         .route("/v1/allocation/{id}", get(handlers::read_alloc))
         .route("/v1/nodes", get(handlers::list_nodes))
-        .route("/v1/node/{*rest}", get(handlers::read_node))
+        .route("/v1/node/{*rest}", get(handlers::read_node).post(writes::node_post).put(writes::node_post))
+        .route("/v1/regions", get(writes::regions))
+        .route(
+            "/v1/operator/scheduler/configuration",
+            get(writes::scheduler_config).put(writes::set_scheduler_config).post(writes::set_scheduler_config),
+        )
         .route("/v1/status/leader", get(handlers::status_leader))
         .route("/v1/status/peers", get(handlers::status_peers))
         .route("/v1/agent/health", get(handlers::agent_health))

@@ -1,10 +1,16 @@
 use std::sync::Arc;
 
 use caravan_engine::endpoints::EndpointError;
-use caravan_engine::ids::{EvalId, JobKey};
+use caravan_engine::fsm::Command;
+use caravan_engine::ids::{EvalId, IdGen, JobKey};
 use caravan_engine::local::LocalCluster;
 use caravan_engine::model::Job;
+use caravan_engine::model::TimeNs;
+use caravan_engine::state::State;
 use caravan_engine::state::StateStore;
+
+/// Builds one command from the latest state, with an id source and the time.
+pub type WriteBuilder<'a> = dyn FnMut(&State, &mut IdGen, TimeNs) -> Result<Command, EndpointError> + 'a;
 
 /// What the HTTP API needs from a server.
 pub trait Server: Send + Sync + 'static {
@@ -14,6 +20,9 @@ pub trait Server: Send + Sync + 'static {
     fn register_job(&self, job: Job) -> Result<(EvalId, u64), EndpointError>;
     /// Stop (or purge) a job with its eval.
     fn deregister_job(&self, key: &JobKey, purge: bool) -> Result<(EvalId, u64), EndpointError>;
+    /// Build a write from the latest state and commit it atomically;
+    /// returns the commit index.
+    fn write(&self, build: &mut WriteBuilder<'_>) -> Result<u64, EndpointError>;
     /// The leader's RPC address, as `/v1/status/leader` reports it.
     fn leader_addr(&self) -> String;
     fn peers(&self) -> Vec<String>;
@@ -40,12 +49,16 @@ impl Server for LocalServer {
         let mut eval_id = EvalId::NIL;
         let index = self.cluster.write(|state, ids, now| {
             let command = caravan_engine::endpoints::deregister_job(state, key, purge, now, ids)?;
-            if let caravan_engine::fsm::Command::JobDeregister { eval: Some(eval), .. } = &command {
+            if let Command::JobDeregister { eval: Some(eval), .. } = &command {
                 eval_id = eval.id;
             }
             Ok(command)
         })?;
         Ok((eval_id, index))
+    }
+
+    fn write(&self, build: &mut WriteBuilder<'_>) -> Result<u64, EndpointError> {
+        self.cluster.write(|state, ids, now| build(state, ids, now))
     }
 
     fn leader_addr(&self) -> String {

@@ -1,0 +1,268 @@
+//! Write and action endpoints beyond job registration: jobspec parsing,
+//! job evaluate and plan (a dry run), node drain and eligibility, and the
+//! scheduler configuration.
+
+// See handlers.rs: a refusal is returned as the response itself.
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use caravan_engine::endpoints::{self, EndpointError};
+use caravan_engine::fsm::{self, Command};
+use caravan_engine::ids::{IdGen, JobKey, NodeId};
+use caravan_engine::model::{DrainStrategy, Evaluation, SchedulingEligibility, TriggeredBy};
+use caravan_engine::scheduler;
+use caravan_engine::state::{SchedulerAlgorithm, SchedulerConfig};
+use serde_json::{Value, json};
+
+use super::handlers::{Params, Shared, endpoint_error, namespace, refuse, reply};
+use super::server::Server;
+use crate::api;
+
+fn body_json(body: &[u8]) -> Result<Value, Response> {
+    serde_json::from_slice(body).map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+/// `PUT/POST /v1/jobs/parse`: `{"JobHCL": ..., "Variables": ..., "Canonicalize": bool}`.
+pub(super) async fn parse_job(body: Bytes) -> Response {
+    let request = match body_json(&body) {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let Some(hcl) = request["JobHCL"].as_str() else {
+        return refuse(StatusCode::BAD_REQUEST, "JobHCL must be a string");
+    };
+    let var_file = request["Variables"].as_str().unwrap_or("");
+    let var_files: Vec<&str> = if var_file.is_empty() { Vec::new() } else { vec![var_file] };
+    let parsed = match crate::jobspec::parse_jobspec(hcl, &[], &var_files) {
+        Ok(v) => v,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if request["Canonicalize"].as_bool() != Some(true) {
+        return reply(0, &parsed["Job"]);
+    }
+    match api::decode_job_request(parsed.to_string().as_bytes()) {
+        Ok(job) => reply(0, &api::job_to_api(&job)),
+        Err(e) => refuse(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+pub(super) async fn regions() -> Response {
+    reply(0, &["global"])
+}
+
+/// `POST /v1/job/<id>` (register), `/evaluate`, `/plan`.
+pub(super) async fn job_post(state: Shared, Path(rest): Path<String>, query: Params, body: Bytes) -> Response {
+    if let Some(id) = rest.strip_suffix("/evaluate") {
+        return evaluate(&state.0, &JobKey::new(namespace(&query.0), id));
+    }
+    if let Some(id) = rest.strip_suffix("/plan") {
+        return plan(&state.0, &JobKey::new(namespace(&query.0), id), &body);
+    }
+    super::handlers::register_job(state, body).await
+}
+
+fn evaluate(server: &Arc<dyn Server>, key: &JobKey) -> Response {
+    let mut eval_id = None;
+    let result = server.write(&mut |state, ids, now| {
+        let job = state.job(key).ok_or_else(|| EndpointError::JobNotFound(key.clone()))?;
+        let mut eval = Evaluation::new(ids.eval(), key, job.job_type, job.priority, TriggeredBy::JobRegister);
+        eval.job_modify_index = job.job_modify_index;
+        eval.create_time_ns = now;
+        eval.modify_time_ns = now;
+        eval_id = Some(eval.id);
+        Ok(Command::EvalUpsert { evals: vec![eval] })
+    });
+    match result {
+        Ok(index) => reply(
+            index,
+            &json!({"EvalID": eval_id.map(|e| e.to_string()), "EvalCreateIndex": index, "JobModifyIndex": index, "Index": index}),
+        ),
+        Err(e) => endpoint_error(e),
+    }
+}
+
+/// A dry run: the job as submitted is applied to a private copy of the
+/// latest state and scheduled there; nothing is stored.
+fn plan(server: &Arc<dyn Server>, key: &JobKey, body: &[u8]) -> Response {
+    let job = match api::decode_job_request(body) {
+        Ok(job) => job,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if *job.id != *key.id {
+        return refuse(StatusCode::BAD_REQUEST, format!("job ID {:?} does not match the URL {:?}", job.id, key.id));
+    }
+    let snapshot = server.store().snapshot();
+    let diff_type = match snapshot.job(&job.key()) {
+        None => "Added",
+        Some(existing) if job.spec_changed(existing) => "Edited",
+        Some(_) => "None",
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    let mut ids = IdGen::with_seed(now as u64);
+    let mut eval = Evaluation::new(ids.eval(), &job.key(), job.job_type, job.priority, TriggeredBy::JobRegister);
+    eval.annotate_plan = true;
+    let mut scratch = (*snapshot).clone();
+    let index = scratch.index() + 1;
+    let register = Command::JobRegister { job, eval: Some(eval.clone()), now_ns: now };
+    if let Err(e) = fsm::apply_to(&mut scratch, index, &register) {
+        return refuse(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    let outcome = match scheduler::schedule(&scratch, &eval, now) {
+        Ok(o) => o,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let preemptions: usize = outcome.plan.node_preemptions.values().map(Vec::len).sum();
+    let updates: BTreeMap<String, Value> = outcome
+        .desired_updates
+        .iter()
+        .map(|(group, d)| {
+            (
+                group.to_string(),
+                json!({"Place": d.place, "Stop": d.stop, "Ignore": d.ignore, "InPlaceUpdate": d.in_place_update,
+                       "DestructiveUpdate": d.destructive_update, "Migrate": d.migrate, "Canary": 0, "Preemptions": 0}),
+            )
+        })
+        .collect();
+    let failed: BTreeMap<String, api::read::AllocMetric> =
+        outcome.failed_tg_allocs.iter().map(|(g, m)| (g.to_string(), api::metric(m))).collect();
+    reply(
+        snapshot.index(),
+        &json!({
+            "Annotations": {"DesiredTGUpdates": updates, "PreemptedAllocs": Value::Array(vec![]), "Preemptions": preemptions},
+            "FailedTGAllocs": failed,
+            "JobModifyIndex": snapshot.job(key).map_or(0, |j| j.job_modify_index),
+            "CreatedEvals": Value::Array(vec![]),
+            "Diff": {"Type": diff_type, "ID": key.id.to_string()},
+            "NextPeriodicLaunch": "0001-01-01T00:00:00Z",
+            "Warnings": "",
+            "Index": snapshot.index(),
+        }),
+    )
+}
+
+/// `POST /v1/node/<id>/drain` and `/eligibility`.
+pub(super) async fn node_post(state: Shared, Path(rest): Path<String>, body: Bytes) -> Response {
+    let (id, action) = match rest.rsplit_once('/') {
+        Some((id, action)) => (id, action),
+        None => return refuse(StatusCode::METHOD_NOT_ALLOWED, "POST needs /drain or /eligibility"),
+    };
+    let node_id: NodeId = match id.parse() {
+        Ok(id) => id,
+        Err(_) => return refuse(StatusCode::BAD_REQUEST, format!("invalid node id {id:?}")),
+    };
+    let request = match body_json(&body) {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let server = &state.0;
+    let result = match action {
+        "drain" => {
+            let spec = &request["DrainSpec"];
+            let mark_eligible = request["MarkEligible"].as_bool().unwrap_or(false);
+            let drain = if spec.is_null() {
+                None
+            } else {
+                let deadline_ns = match &spec["Deadline"] {
+                    Value::Null => 0,
+                    v => match v.as_i64() {
+                        Some(ns) => ns,
+                        None => {
+                            return refuse(
+                                StatusCode::BAD_REQUEST,
+                                "DrainSpec.Deadline must be an integer of nanoseconds",
+                            );
+                        }
+                    },
+                };
+                Some((deadline_ns, spec["IgnoreSystemJobs"].as_bool().unwrap_or(false)))
+            };
+            server.write(&mut |state, ids, now| {
+                let strategy = drain.map(|(deadline_ns, ignore_system_jobs)| DrainStrategy {
+                    deadline_ns,
+                    ignore_system_jobs,
+                    started_at_ns: now,
+                    force_deadline_ns: if deadline_ns > 0 { now + deadline_ns } else { 0 },
+                });
+                endpoints::update_node_drain(state, node_id, strategy, mark_eligible, now, ids)
+            })
+        }
+        "eligibility" => {
+            let eligibility = match request["Eligibility"].as_str() {
+                Some("eligible") => SchedulingEligibility::Eligible,
+                Some("ineligible") => SchedulingEligibility::Ineligible,
+                other => {
+                    return refuse(
+                        StatusCode::BAD_REQUEST,
+                        format!("Eligibility must be \"eligible\" or \"ineligible\", got {other:?}"),
+                    );
+                }
+            };
+            server
+                .write(&mut |state, ids, now| endpoints::update_node_eligibility(state, node_id, eligibility, now, ids))
+        }
+        other => return refuse(StatusCode::NOT_FOUND, format!("unknown node action {other:?}")),
+    };
+    match result {
+        Ok(index) => reply(
+            index,
+            &json!({"EvalIDs": Value::Array(vec![]), "EvalCreateIndex": index, "NodeModifyIndex": index, "Index": index}),
+        ),
+        Err(e) => endpoint_error(e),
+    }
+}
+
+fn config_json(c: &SchedulerConfig) -> Value {
+    json!({
+        "SchedulerAlgorithm": match c.algorithm { SchedulerAlgorithm::Binpack => "binpack", SchedulerAlgorithm::Spread => "spread" },
+        "PreemptionConfig": {
+            "SystemSchedulerEnabled": c.preemption_system,
+            "SysBatchSchedulerEnabled": c.preemption_sysbatch,
+            "BatchSchedulerEnabled": c.preemption_batch,
+            "ServiceSchedulerEnabled": c.preemption_service,
+        },
+        "MemoryOversubscriptionEnabled": c.memory_oversubscription,
+        "ModifyIndex": c.modify_index,
+    })
+}
+
+pub(super) async fn scheduler_config(State(server): Shared, Query(_params): Params) -> Response {
+    let snap = server.store().snapshot();
+    let config = snap.scheduler_config();
+    reply(config.modify_index, &json!({"SchedulerConfig": config_json(config), "Index": config.modify_index}))
+}
+
+pub(super) async fn set_scheduler_config(State(server): Shared, body: Bytes) -> Response {
+    let request = match body_json(&body) {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let mut config = server.store().snapshot().scheduler_config().clone();
+    match request["SchedulerAlgorithm"].as_str() {
+        None | Some("") => {}
+        Some("binpack") => config.algorithm = SchedulerAlgorithm::Binpack,
+        Some("spread") => config.algorithm = SchedulerAlgorithm::Spread,
+        Some(other) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("SchedulerAlgorithm must be binpack or spread, got {other:?}"),
+            );
+        }
+    }
+    let p = &request["PreemptionConfig"];
+    let flag = |v: &Value, current: bool| v.as_bool().unwrap_or(current);
+    config.preemption_system = flag(&p["SystemSchedulerEnabled"], config.preemption_system);
+    config.preemption_sysbatch = flag(&p["SysBatchSchedulerEnabled"], config.preemption_sysbatch);
+    config.preemption_batch = flag(&p["BatchSchedulerEnabled"], config.preemption_batch);
+    config.preemption_service = flag(&p["ServiceSchedulerEnabled"], config.preemption_service);
+    config.memory_oversubscription = flag(&request["MemoryOversubscriptionEnabled"], config.memory_oversubscription);
+    match server.write(&mut |_, _, _| Ok(Command::SchedulerConfigUpdate { config: config.clone() })) {
+        Ok(index) => reply(index, &json!({"Updated": true, "Index": index})),
+        Err(e) => endpoint_error(e),
+    }
+}
