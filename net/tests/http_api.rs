@@ -116,6 +116,17 @@ fn register_read_evaluate_and_purge() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(call(addr, "GET", "/v1/nodes", b"").json().as_array().unwrap().len(), 3);
     assert_eq!(call(addr, "GET", "/v1/status/leader", b"").json(), "127.0.0.1:4647");
+    let metrics = call(addr, "GET", "/v1/metrics", b"").json();
+    let placements = metrics["Gauges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["Name"] == "caravan.worker.placements")
+        .unwrap()["Value"]
+        .clone();
+    assert_eq!(placements, 1.0);
+    let prometheus = call(addr, "GET", "/v1/metrics?format=prometheus", b"");
+    assert!(prometheus.body.contains("nomad_state_nodes 3"), "{}", prometheus.body);
 
     let del = call(addr, "DELETE", "/v1/job/hello?purge=true", b"");
     assert_eq!(del.status, 200, "{}", del.body);

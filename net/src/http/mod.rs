@@ -36,6 +36,7 @@ pub fn router(server: Arc<dyn Server>) -> Router {
         .route("/v1/nodes", get(handlers::list_nodes))
         .route("/v1/node/{*rest}", get(handlers::read_node).post(writes::node_post).put(writes::node_post))
         .route("/v1/regions", get(writes::regions))
+        .route("/v1/metrics", get(writes::metrics))
         .route(
             "/v1/operator/scheduler/configuration",
             get(writes::scheduler_config).put(writes::set_scheduler_config).post(writes::set_scheduler_config),

@@ -23,6 +23,9 @@ pub trait Server: Send + Sync + 'static {
     /// Build a write from the latest state and commit it atomically;
     /// returns the commit index.
     fn write(&self, build: &mut WriteBuilder<'_>) -> Result<u64, EndpointError>;
+    /// Gauges for `/v1/metrics`, named as Nomad names them where Nomad has
+    /// the same measure (so existing dashboards find them).
+    fn gauges(&self) -> Vec<(&'static str, f64)>;
     /// The leader's RPC address, as `/v1/status/leader` reports it.
     fn leader_addr(&self) -> String;
     fn peers(&self) -> Vec<String>;
@@ -59,6 +62,35 @@ impl Server for LocalServer {
 
     fn write(&self, build: &mut WriteBuilder<'_>) -> Result<u64, EndpointError> {
         self.cluster.write(|state, ids, now| build(state, ids, now))
+    }
+
+    fn gauges(&self) -> Vec<(&'static str, f64)> {
+        use std::sync::atomic::Ordering;
+        let c = &self.cluster;
+        let broker = c.broker.stats();
+        let snap = c.store.snapshot();
+        let sum = |f: fn(&caravan_engine::worker::WorkerStats) -> u64| {
+            c.worker_stats.iter().map(|s| f(s) as f64).sum::<f64>()
+        };
+        vec![
+            ("nomad.broker.total_ready", broker.total_ready as f64),
+            ("nomad.broker.total_unacked", broker.total_unacked as f64),
+            ("nomad.broker.total_pending", broker.total_pending as f64),
+            ("nomad.broker.total_waiting", broker.total_waiting as f64),
+            ("nomad.broker.total_failed", broker.total_failed as f64),
+            ("nomad.plan.queue_depth", c.plans.len() as f64),
+            ("nomad.raft.applied_index", snap.index() as f64),
+            ("nomad.state.jobs", snap.job_count() as f64),
+            ("nomad.state.nodes", snap.node_count() as f64),
+            ("nomad.state.allocations", snap.alloc_count() as f64),
+            ("caravan.worker.evals_processed", sum(|s| s.evals_processed.load(Ordering::Relaxed))),
+            ("caravan.worker.evals_nacked", sum(|s| s.evals_nacked.load(Ordering::Relaxed))),
+            ("caravan.worker.plans_submitted", sum(|s| s.plans_submitted.load(Ordering::Relaxed))),
+            ("caravan.worker.plan_refreshes", sum(|s| s.plan_refreshes.load(Ordering::Relaxed))),
+            ("caravan.worker.placements", sum(|s| s.placements.load(Ordering::Relaxed))),
+            ("caravan.worker.sync_timeouts", sum(|s| s.sync_timeouts.load(Ordering::Relaxed))),
+            ("caravan.log.commits", c.log.commits.load(Ordering::Relaxed) as f64),
+        ]
     }
 
     fn leader_addr(&self) -> String {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use caravan_engine::endpoints::{self, EndpointError};
 use caravan_engine::fsm::{self, Command};
 use caravan_engine::ids::{IdGen, JobKey, NodeId};
@@ -50,6 +50,29 @@ pub(super) async fn parse_job(body: Bytes) -> Response {
         Ok(job) => reply(0, &api::job_to_api(&job)),
         Err(e) => refuse(StatusCode::BAD_REQUEST, e.to_string()),
     }
+}
+
+/// `GET /v1/metrics`: Nomad's JSON shape, or Prometheus text with
+/// `?format=prometheus`.
+pub(super) async fn metrics(State(server): Shared, Query(params): Params) -> Response {
+    let gauges = server.gauges();
+    if params.get("format").map(String::as_str) == Some("prometheus") {
+        let mut text = String::new();
+        for (name, value) in &gauges {
+            let name = name.replace('.', "_");
+            text.push_str(&format!("# TYPE {name} gauge\n{name} {value}\n"));
+        }
+        let mut r = (StatusCode::OK, text).into_response();
+        r.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return r;
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    let gauges: Vec<Value> =
+        gauges.iter().map(|(name, value)| json!({"Name": name, "Value": value, "Labels": {}})).collect();
+    reply(0, &json!({"Timestamp": api::rfc3339(now), "Gauges": gauges, "Counters": [], "Samples": []}))
 }
 
 pub(super) async fn regions() -> Response {
