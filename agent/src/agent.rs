@@ -36,7 +36,10 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let addr: SocketAddr = format!("{}:{}", args.bind, args.http_port)
         .parse()
         .with_context(|| format!("invalid -bind address {:?}", args.bind))?;
-    let cluster = LocalCluster::start(LocalConfig::default(), Arc::new(SystemClock));
+    // Ids must differ from one agent run to the next; only tests want the
+    // seeded, repeatable kind.
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+    let cluster = LocalCluster::start(LocalConfig { seed, ..LocalConfig::default() }, Arc::new(SystemClock));
     let server = Arc::new(LocalServer { cluster, rpc_addr: format!("{}:{RPC_PORT_DEFAULT}", args.bind) });
     let bound = http::spawn(addr, server).with_context(|| format!("starting the HTTP API on {addr}"))?;
     #[allow(clippy::print_stdout)]

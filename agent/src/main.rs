@@ -9,6 +9,7 @@ mod agent;
 mod client;
 mod job;
 mod monitor;
+mod reads;
 
 use std::process::ExitCode;
 
@@ -32,6 +33,23 @@ enum Command {
     /// Work with jobs.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// Work with client nodes.
+    #[command(subcommand)]
+    Node(reads::NodeCommand),
+    /// Work with evaluations.
+    #[command(subcommand)]
+    Eval(reads::EvalCommand),
+    /// Work with allocations.
+    #[command(subcommand)]
+    Alloc(reads::AllocCommand),
+    /// Work with servers.
+    #[command(subcommand)]
+    Server(ServerCommand),
+    /// Cluster operations.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+    /// List jobs.
+    Status,
     /// Print the version.
     Version,
 }
@@ -49,11 +67,36 @@ fn nomad_style_args() -> Vec<std::ffi::OsString> {
         .collect()
 }
 
+#[derive(Subcommand, Debug)]
+enum ServerCommand {
+    /// List the servers.
+    Members,
+}
+
+#[derive(Subcommand, Debug)]
+enum OperatorCommand {
+    /// Raft operations.
+    #[command(subcommand)]
+    Raft(RaftCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum RaftCommand {
+    /// List the raft peers.
+    ListPeers,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse_from(nomad_style_args());
     let result = match cli.command {
         Command::Agent(args) => agent::run(args),
         Command::Job(cmd) => job::run(cmd),
+        Command::Node(cmd) => reads::node(cmd),
+        Command::Eval(cmd) => reads::eval(cmd),
+        Command::Alloc(cmd) => reads::alloc(cmd),
+        Command::Server(ServerCommand::Members) => reads::server_members(),
+        Command::Operator(OperatorCommand::Raft(RaftCommand::ListPeers)) => reads::raft_peers(),
+        Command::Status => reads::status(),
         Command::Version => {
             #[allow(clippy::print_stdout)]
             {

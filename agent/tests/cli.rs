@@ -56,3 +56,70 @@ fn invalid_jobs_say_what_is_wrong() {
     assert!(stderr.contains("missing.hcl"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A dev agent on a free port, stopped when dropped.
+struct DevAgent {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl DevAgent {
+    fn start() -> DevAgent {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(env!("CARGO_BIN_EXE_caravan"))
+            .args(["agent", "-dev", "-http-port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        DevAgent { child, addr }
+    }
+
+    fn caravan(&self, args: &[&str]) -> (i32, String, String) {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_caravan")).args(args).env("NOMAD_ADDR", &self.addr).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+}
+
+impl Drop for DevAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn dev_agent_runs_jobs_through_the_cli() {
+    let agent = DevAgent::start();
+    // No client yet: nothing can be placed, and `job run` says why with exit 2.
+    let (code, stdout, stderr) = agent.caravan(&["job", "run", &example("hello.nomad.hcl")]);
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(stdout.contains("failed to place all allocations"), "{stdout}");
+    assert!(stdout.contains("No nodes were eligible"), "{stdout}");
+    let (code, stdout, _) = agent.caravan(&["status"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("hello") && stdout.contains("batch"), "{stdout}");
+    let (code, stdout, _) = agent.caravan(&["job", "status", "hello"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("ID            = hello"), "{stdout}");
+    let (code, stdout, _) = agent.caravan(&["eval", "list"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("job-register") && stdout.contains("blocked"), "{stdout}");
+    let (code, stdout, _) = agent.caravan(&["operator", "raft", "list-peers"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("leader"), "{stdout}");
+    let (code, _, stderr) = agent.caravan(&["job", "status", "nope"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("not found"), "{stderr}");
+}

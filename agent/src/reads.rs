@@ -1,0 +1,261 @@
+//! Read-only verbs that render the HTTP API as Nomad's CLI tables:
+//! `node status`, `eval status|list`, `alloc status`, `server members`,
+//! `operator raft list-peers`, `status`. `-json` prints the API's JSON.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use serde_json::Value;
+
+use crate::client::ApiClient;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum NodeCommand {
+    /// List nodes, or show one.
+    Status {
+        id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum EvalCommand {
+    /// Show one evaluation.
+    Status {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List evaluations.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum AllocCommand {
+    /// Show one allocation.
+    Status {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn short(v: &Value) -> String {
+    let text = s(v);
+    text.get(..8).map(str::to_string).unwrap_or(text)
+}
+
+#[allow(clippy::print_stdout)]
+fn print_json(v: &Value) -> anyhow::Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Rows padded to their widest cell, two spaces apart, as Nomad prints.
+#[allow(clippy::print_stdout)]
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    println!("{}", line(header.to_vec()));
+    for row in rows {
+        println!("{}", line(row.iter().map(String::as_str).collect()));
+    }
+}
+
+pub(crate) fn node(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_env();
+    let NodeCommand::Status { id, json } = cmd;
+    match id {
+        None => {
+            let nodes = client.get("/v1/nodes")?;
+            if json {
+                return print_json(&nodes);
+            }
+            let rows: Vec<Vec<String>> = nodes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|n| {
+                    vec![
+                        short(&n["ID"]),
+                        s(&n["Datacenter"]),
+                        s(&n["Name"]),
+                        s(&n["NodeClass"]),
+                        s(&n["Drain"]),
+                        s(&n["SchedulingEligibility"]),
+                        s(&n["Status"]),
+                    ]
+                })
+                .collect();
+            table(&["ID", "DC", "Name", "Class", "Drain", "Eligibility", "Status"], &rows);
+        }
+        Some(id) => {
+            let node = client.get(&format!("/v1/node/{id}"))?;
+            if json {
+                return print_json(&node);
+            }
+            #[allow(clippy::print_stdout)]
+            {
+                for key in ["ID", "Name", "Datacenter", "NodePool", "Status", "SchedulingEligibility", "Drain"] {
+                    println!("{key:<22} = {}", s(&node[key]));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn eval(cmd: EvalCommand) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_env();
+    match cmd {
+        EvalCommand::Status { id, json } => {
+            let eval = client.get(&format!("/v1/evaluation/{id}"))?;
+            if json {
+                return print_json(&eval);
+            }
+            #[allow(clippy::print_stdout)]
+            {
+                for key in
+                    ["ID", "Status", "StatusDescription", "Type", "TriggeredBy", "JobID", "Priority", "BlockedEval"]
+                {
+                    println!("{key:<18} = {}", s(&eval[key]));
+                }
+                if let Some(failed) = eval["FailedTGAllocs"].as_object().filter(|m| !m.is_empty()) {
+                    println!("\nFailed Placements");
+                    for (group, metric) in failed {
+                        println!(
+                            "Task Group \"{group}\": {} nodes evaluated, {} filtered, {} exhausted",
+                            s(&metric["NodesEvaluated"]),
+                            s(&metric["NodesFiltered"]),
+                            s(&metric["NodesExhausted"])
+                        );
+                    }
+                }
+            }
+        }
+        EvalCommand::List { json } => {
+            let evals = client.get("/v1/evaluations")?;
+            if json {
+                return print_json(&evals);
+            }
+            let rows: Vec<Vec<String>> = evals
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    vec![
+                        short(&e["ID"]),
+                        s(&e["Priority"]),
+                        s(&e["TriggeredBy"]),
+                        s(&e["JobID"]),
+                        s(&e["Status"]),
+                        s(&e["FailedTGAllocs"].as_object().map_or(0, |m| m.len()).into()),
+                    ]
+                })
+                .collect();
+            table(&["ID", "Priority", "Triggered By", "Job ID", "Status", "Placement Failures"], &rows);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn alloc(cmd: AllocCommand) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_env();
+    let AllocCommand::Status { id, json } = cmd;
+    let alloc = client.get(&format!("/v1/allocation/{id}"))?;
+    if json {
+        return print_json(&alloc);
+    }
+    #[allow(clippy::print_stdout)]
+    {
+        for key in [
+            "ID",
+            "EvalID",
+            "Name",
+            "NodeID",
+            "NodeName",
+            "JobID",
+            "JobVersion",
+            "ClientStatus",
+            "DesiredStatus",
+            "DesiredDescription",
+        ] {
+            println!("{key:<20} = {}", s(&alloc[key]));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `server members`: the servers of the cluster (one in dev mode).
+pub(crate) fn server_members() -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_env();
+    let agent = client.get("/v1/agent/self")?;
+    let leader = client.get("/v1/status/leader")?;
+    let member = &agent["member"];
+    table(
+        &["Name", "Address", "Status", "Leader", "Region"],
+        &[vec![
+            s(&member["Name"]),
+            s(&member["Addr"]),
+            s(&member["Status"]),
+            (s(&member["Addr"]) == s(&leader)).to_string(),
+            s(&member["Tags"]["region"]),
+        ]],
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `operator raft list-peers`.
+pub(crate) fn raft_peers() -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_env();
+    let peers = client.get("/v1/status/peers")?;
+    let leader = s(&client.get("/v1/status/leader")?);
+    let rows: Vec<Vec<String>> = peers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| vec![s(p), if s(p) == leader { "leader".into() } else { "follower".into() }, "true".into()])
+        .collect();
+    table(&["Address", "State", "Voter"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `status`: every job, as `nomad status` lists them.
+pub(crate) fn status() -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_env();
+    let jobs = client.get("/v1/jobs")?;
+    let rows: Vec<Vec<String>> = jobs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|j| vec![s(&j["ID"]), s(&j["Type"]), s(&j["Priority"]), s(&j["Status"])])
+        .collect();
+    if rows.is_empty() {
+        #[allow(clippy::print_stdout)]
+        {
+            println!("No running jobs");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    table(&["ID", "Type", "Priority", "Status"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
