@@ -42,6 +42,16 @@ impl ApiClient {
         self.finish(&format!("GET {path}"), self.agent.get(&url).call())
     }
 
+    pub(crate) fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        self.finish(&format!("POST {path}"), self.agent.post(&url).send_json(body))
+    }
+
+    pub(crate) fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        self.finish(&format!("DELETE {path}"), self.agent.delete(&url).call())
+    }
+
     pub(crate) fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         self.finish(&format!("PUT {path}"), self.agent.put(&url).send_json(body))

@@ -39,6 +39,18 @@ pub(crate) enum JobCommand {
         /// The job id.
         id: String,
     },
+    /// Show what submitting a jobspec would change, without changing anything.
+    Plan(JobspecArgs),
+    /// Stop a job (and with -purge, forget it).
+    Stop {
+        id: String,
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Print a job as the API stores it.
+    Inspect { id: String },
+    /// List a job's kept versions.
+    History { id: String },
 }
 
 pub(crate) fn run(cmd: JobCommand) -> anyhow::Result<ExitCode> {
@@ -46,6 +58,10 @@ pub(crate) fn run(cmd: JobCommand) -> anyhow::Result<ExitCode> {
         JobCommand::Validate(spec) => validate(&spec),
         JobCommand::Run { spec, output, detach } => crate::monitor::run_job(&spec, output, detach),
         JobCommand::Status { id } => crate::monitor::status(&id),
+        JobCommand::Plan(spec) => crate::monitor::plan(&spec),
+        JobCommand::Stop { id, purge } => crate::monitor::stop(&id, purge),
+        JobCommand::Inspect { id } => crate::monitor::inspect(&id),
+        JobCommand::History { id } => crate::monitor::history(&id),
     }
 }
 

@@ -142,3 +142,107 @@ pub(crate) fn status(id: &str) -> anyhow::Result<ExitCode> {
 fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
+
+/// `job plan`: Nomad's exit codes, 0 when nothing would change, 1 when
+/// allocations would be created or destroyed, 255 on error.
+#[allow(clippy::print_stdout)]
+pub(crate) fn plan(spec: &JobspecArgs) -> anyhow::Result<ExitCode> {
+    let job = match load(spec)? {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("Error parsing job file from {}:\n{e}", spec.file.display());
+            return Ok(ExitCode::from(255));
+        }
+    };
+    let job = if job.get("Job").is_some() { job } else { serde_json::json!({ "Job": job }) };
+    let id = job["Job"]["ID"].as_str().unwrap_or("").to_string();
+    let client = ApiClient::from_env();
+    let plan = match client.post(&format!("/v1/job/{id}/plan"), &job) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("Error during plan: {e:#}");
+            return Ok(ExitCode::from(255));
+        }
+    };
+    let diff = plan["Diff"]["Type"].as_str().unwrap_or("None");
+    let marker = match diff {
+        "Added" => "+",
+        "Edited" => "+/-",
+        "Deleted" => "-",
+        _ => "",
+    };
+    println!("{marker} Job: \"{id}\"");
+    println!("\nScheduler dry-run:");
+    let mut changes = false;
+    for (group, u) in plan["Annotations"]["DesiredTGUpdates"].as_object().into_iter().flatten() {
+        let mut parts = Vec::new();
+        for (key, label) in [
+            ("Place", "create"),
+            ("DestructiveUpdate", "create/destroy update"),
+            ("InPlaceUpdate", "in-place update"),
+            ("Stop", "destroy"),
+            ("Migrate", "migrate"),
+            ("Ignore", "ignore"),
+        ] {
+            let n = u[key].as_u64().unwrap_or(0);
+            if n > 0 {
+                parts.push(format!("{n} {label}"));
+                changes |= key != "Ignore";
+            }
+        }
+        println!(
+            "- Task Group: \"{group}\" ({})",
+            if parts.is_empty() { "no changes".to_string() } else { parts.join(", ") }
+        );
+    }
+    match plan["FailedTGAllocs"].as_object().filter(|m| !m.is_empty()) {
+        None => println!("- All tasks successfully allocated."),
+        Some(failed) => {
+            for (group, metric) in failed {
+                println!("- WARNING: Failed to place all allocations for task group \"{group}\":");
+                for (name, n) in metric["DimensionExhausted"].as_object().into_iter().flatten() {
+                    println!("    * Resources exhausted on {n} nodes: {name}");
+                }
+                for (name, n) in metric["ConstraintFiltered"].as_object().into_iter().flatten() {
+                    println!("    * Constraint \"{name}\": {n} nodes excluded by filter");
+                }
+                if metric["NodesEvaluated"].as_u64() == Some(0) {
+                    println!("    * No nodes were eligible for evaluation");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::from(if changes { 1 } else { 0 }))
+}
+
+#[allow(clippy::print_stdout)]
+pub(crate) fn stop(id: &str, purge: bool) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_env();
+    let path = if purge { format!("/v1/job/{id}?purge=true") } else { format!("/v1/job/{id}") };
+    let reply = client.delete(&path)?;
+    let eval_id = reply["EvalID"].as_str().unwrap_or("").to_string();
+    println!(
+        "==> Job \"{id}\" {}; evaluation \"{}\"",
+        if purge { "stopped and purged" } else { "stopped" },
+        short(&eval_id)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::print_stdout)]
+pub(crate) fn inspect(id: &str) -> anyhow::Result<ExitCode> {
+    let job = ApiClient::from_env().get(&format!("/v1/job/{id}"))?;
+    println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "Job": job }))?);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::print_stdout)]
+pub(crate) fn history(id: &str) -> anyhow::Result<ExitCode> {
+    let versions = ApiClient::from_env().get(&format!("/v1/job/{id}/versions"))?;
+    for v in versions["Versions"].as_array().into_iter().flatten() {
+        println!("Version     = {}", v["Version"]);
+        println!("Stable      = {}", v["Stable"]);
+        println!("Submit Date = {}\n", v["SubmitTime"]);
+    }
+    Ok(ExitCode::SUCCESS)
+}

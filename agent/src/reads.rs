@@ -17,6 +17,27 @@ pub(crate) enum NodeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Start or stop draining a node.
+    Drain {
+        id: String,
+        #[arg(long)]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+        /// How long allocations may take to leave, e.g. 1h (default 1h).
+        #[arg(long, default_value = "1h")]
+        deadline: String,
+        #[arg(long = "ignore-system")]
+        ignore_system: bool,
+    },
+    /// Allow or forbid new placements on a node.
+    Eligibility {
+        id: String,
+        #[arg(long)]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,7 +104,39 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 
 pub(crate) fn node(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_env();
-    let NodeCommand::Status { id, json } = cmd;
+    let (id, json) = match cmd {
+        NodeCommand::Status { id, json } => (id, json),
+        NodeCommand::Drain { id, enable, disable, deadline, ignore_system } => {
+            anyhow::ensure!(enable != disable, "exactly one of -enable or -disable is required");
+            let spec = if enable {
+                let ns = caravan_net::jobspec::parse_duration_ns(&deadline)
+                    .ok_or_else(|| anyhow::anyhow!("invalid -deadline {deadline:?}"))?;
+                serde_json::json!({"DrainSpec": {"Deadline": ns, "IgnoreSystemJobs": ignore_system}, "MarkEligible": false})
+            } else {
+                serde_json::json!({"DrainSpec": null, "MarkEligible": true})
+            };
+            client.post(&format!("/v1/node/{id}/drain"), &spec)?;
+            #[allow(clippy::print_stdout)]
+            {
+                println!("Node {:?} drain strategy {}", id, if enable { "set" } else { "unset" });
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        NodeCommand::Eligibility { id, enable, disable } => {
+            anyhow::ensure!(enable != disable, "exactly one of -enable or -disable is required");
+            let body = serde_json::json!({"Eligibility": if enable { "eligible" } else { "ineligible" }});
+            client.post(&format!("/v1/node/{id}/eligibility"), &body)?;
+            #[allow(clippy::print_stdout)]
+            {
+                println!(
+                    "Node {:?} scheduling eligibility set: {}",
+                    id,
+                    if enable { "eligible" } else { "ineligible" }
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     match id {
         None => {
             let nodes = client.get("/v1/nodes")?;

@@ -119,6 +119,17 @@ fn dev_agent_runs_jobs_through_the_cli() {
     let (code, stdout, _) = agent.caravan(&["operator", "raft", "list-peers"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("leader"), "{stdout}");
+    let (code, stdout, _) = agent.caravan(&["job", "plan", &example("web.nomad.hcl")]);
+    assert_eq!(code, 1, "a new job would create allocations: {stdout}");
+    assert!(stdout.contains("+ Job: \"web\"") && stdout.contains("3 create"), "{stdout}");
+    let (code, stdout, _) = agent.caravan(&["job", "inspect", "hello"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("\"ID\": \"hello\""), "{stdout}");
+    let (code, stdout, _) = agent.caravan(&["job", "history", "hello"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("Version     = 0"), "{stdout}");
+    let (code, _, stderr) = agent.caravan(&["job", "stop", "-purge", "hello"]);
+    assert_eq!(code, 0, "{stderr}");
     let (code, _, stderr) = agent.caravan(&["job", "status", "nope"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("not found"), "{stderr}");
