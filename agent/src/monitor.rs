@@ -13,16 +13,35 @@ use crate::job::{JobspecArgs, load};
 /// included) before the CLI stops following and says so.
 const MONITOR_STEPS_MAX: usize = 600;
 
-#[allow(clippy::print_stdout)]
-pub(crate) fn run_job(spec: &JobspecArgs, output: bool, detach: bool) -> anyhow::Result<ExitCode> {
-    let job = match load(spec)? {
-        Ok(job) => job,
+/// The jobspec as `{"Job": ...}`; `None` after printing why it did not parse.
+fn load_wrapped(spec: &JobspecArgs) -> anyhow::Result<Option<Value>> {
+    match load(spec)? {
+        Ok(job) if job.get("Job").is_some() => Ok(Some(job)),
+        Ok(job) => Ok(Some(serde_json::json!({ "Job": job }))),
         Err(e) => {
             eprintln!("Error parsing job file from {}:\n{e}", spec.file.display());
-            return Ok(ExitCode::from(1));
+            Ok(None)
         }
-    };
-    let job = if job.get("Job").is_some() { job } else { serde_json::json!({ "Job": job }) };
+    }
+}
+
+/// The reasons in one task group's failed-placement metric, one per line.
+#[allow(clippy::print_stdout)]
+fn print_failure_reasons(metric: &Value, indent: &str) {
+    for (name, n) in metric["DimensionExhausted"].as_object().into_iter().flatten() {
+        println!("{indent}* Resources exhausted on {n} nodes: {name}");
+    }
+    for (name, n) in metric["ConstraintFiltered"].as_object().into_iter().flatten() {
+        println!("{indent}* Constraint \"{name}\": {n} nodes excluded by filter");
+    }
+    if metric["NodesEvaluated"].as_u64() == Some(0) {
+        println!("{indent}* No nodes were eligible for evaluation");
+    }
+}
+
+#[allow(clippy::print_stdout)]
+pub(crate) fn run_job(spec: &JobspecArgs, output: bool, detach: bool) -> anyhow::Result<ExitCode> {
+    let Some(job) = load_wrapped(spec)? else { return Ok(ExitCode::from(1)) };
     if output {
         println!("{}", serde_json::to_string_pretty(&job)?);
         return Ok(ExitCode::SUCCESS);
@@ -83,15 +102,7 @@ fn monitor(client: &ApiClient, eval_id: &str) -> anyhow::Result<ExitCode> {
                     coalesced + 1,
                     if coalesced == 0 { "" } else { "s" }
                 );
-                for (name, n) in metric["DimensionExhausted"].as_object().into_iter().flatten() {
-                    println!("      * Resources exhausted on {n} nodes: {name}");
-                }
-                for (name, n) in metric["ConstraintFiltered"].as_object().into_iter().flatten() {
-                    println!("      * Constraint \"{name}\": {n} nodes excluded by filter");
-                }
-                if metric["NodesEvaluated"].as_u64() == Some(0) {
-                    println!("      * No nodes were eligible for evaluation");
-                }
+                print_failure_reasons(metric, "      ");
             }
             if let Some(blocked) = eval["BlockedEval"].as_str().filter(|b| !b.is_empty()) {
                 println!("    Evaluation \"{}\" waiting for additional capacity to place remainder", short(blocked));
@@ -147,14 +158,7 @@ fn short(id: &str) -> &str {
 /// allocations would be created or destroyed, 255 on error.
 #[allow(clippy::print_stdout)]
 pub(crate) fn plan(spec: &JobspecArgs) -> anyhow::Result<ExitCode> {
-    let job = match load(spec)? {
-        Ok(job) => job,
-        Err(e) => {
-            eprintln!("Error parsing job file from {}:\n{e}", spec.file.display());
-            return Ok(ExitCode::from(255));
-        }
-    };
-    let job = if job.get("Job").is_some() { job } else { serde_json::json!({ "Job": job }) };
+    let Some(job) = load_wrapped(spec)? else { return Ok(ExitCode::from(255)) };
     let id = job["Job"]["ID"].as_str().unwrap_or("").to_string();
     let client = ApiClient::from_env();
     let plan = match client.post(&format!("/v1/job/{id}/plan"), &job) {
@@ -200,15 +204,7 @@ pub(crate) fn plan(spec: &JobspecArgs) -> anyhow::Result<ExitCode> {
         Some(failed) => {
             for (group, metric) in failed {
                 println!("- WARNING: Failed to place all allocations for task group \"{group}\":");
-                for (name, n) in metric["DimensionExhausted"].as_object().into_iter().flatten() {
-                    println!("    * Resources exhausted on {n} nodes: {name}");
-                }
-                for (name, n) in metric["ConstraintFiltered"].as_object().into_iter().flatten() {
-                    println!("    * Constraint \"{name}\": {n} nodes excluded by filter");
-                }
-                if metric["NodesEvaluated"].as_u64() == Some(0) {
-                    println!("    * No nodes were eligible for evaluation");
-                }
+                print_failure_reasons(metric, "    ");
             }
         }
     }
