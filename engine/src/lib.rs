@@ -26,6 +26,7 @@ pub mod blocked;
 pub mod broker;
 pub mod clock;
 pub mod endpoints;
+pub mod events;
 pub mod feasible;
 pub mod fixtures;
 pub mod fsm;

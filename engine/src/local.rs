@@ -68,6 +68,8 @@ pub struct LocalLog {
     /// A check run on the state after every commit (tests), and what it found.
     after_commit: Mutex<Option<CommitCheck>>,
     violations: Mutex<Vec<String>>,
+    /// What each commit changed, for the event stream.
+    events: Mutex<crate::events::EventBuffer>,
 }
 
 /// An invariant check over a state.
@@ -88,6 +90,9 @@ impl LocalLog {
         *index += 1;
         let outcome = self.fsm.apply(*index, command);
         self.commits.fetch_add(1, Ordering::Relaxed);
+        if outcome.is_ok() {
+            self.events.lock().expect("events poisoned").record(*index, command, &self.fsm.store().snapshot());
+        }
         // Still under the log lock: the check sees exactly this commit.
         if let Some(check) = self.after_commit.lock().expect("check poisoned").as_ref()
             && let Err(violation) = (check.0)(&self.fsm.store().snapshot())
@@ -104,6 +109,11 @@ impl LocalLog {
         for eval in released {
             let _ = self.broker.enqueue(eval);
         }
+    }
+
+    /// Events committed after `index`, oldest first, at most `limit`.
+    pub fn events_since(&self, index: u64, limit: usize) -> Vec<crate::events::Event> {
+        self.events.lock().expect("events poisoned").since(index, limit)
     }
 
     /// Run `check` on the state after every commit from now on.
@@ -272,6 +282,7 @@ impl LocalCluster {
             commits: AtomicU64::new(0),
             after_commit: Mutex::new(None),
             violations: Mutex::new(Vec::new()),
+            events: Mutex::new(Default::default()),
         });
         {
             let mut blocked = log.blocked.lock().expect("blocked evals poisoned");

@@ -250,3 +250,30 @@ fn parse_plan_evaluate_drain_and_scheduler_config() {
         "unchanged fields keep their values"
     );
 }
+
+#[test]
+fn event_stream_delivers_job_registered() {
+    let (addr, _server) = start();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .write_all(format!("GET /v1/event/stream?topic=Job%3A%2A HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        call(addr, "PUT", "/v1/jobs", &hello_json())
+    });
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("JobRegistered") {
+        let n = stream.read(&mut buf).expect("the stream delivers before the read timeout");
+        assert!(n > 0, "stream closed early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("200 OK"), "{seen}");
+    assert!(seen.contains("\"Topic\":\"Job\"") && seen.contains("\"Key\":\"hello\""), "{seen}");
+    assert!(!seen.contains("\"Topic\":\"Evaluation\""), "the filter keeps only Job events: {seen}");
+    assert_eq!(writer.join().unwrap().status, 200);
+    let bad = call(addr, "GET", "/v1/event/stream?topic=Bogus", b"");
+    assert_eq!(bad.status, 400);
+}

@@ -7,6 +7,7 @@
 //! implements it today; the raft-replicated server will too.
 
 mod blocking;
+mod events;
 mod handlers;
 mod server;
 mod writes;
@@ -37,6 +38,7 @@ pub fn router(server: Arc<dyn Server>) -> Router {
         .route("/v1/node/{*rest}", get(handlers::read_node).post(writes::node_post).put(writes::node_post))
         .route("/v1/regions", get(writes::regions))
         .route("/v1/metrics", get(writes::metrics))
+        .route("/v1/event/stream", get(events::stream))
         .route(
             "/v1/operator/scheduler/configuration",
             get(writes::scheduler_config).put(writes::set_scheduler_config).post(writes::set_scheduler_config),

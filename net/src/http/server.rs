@@ -23,6 +23,8 @@ pub trait Server: Send + Sync + 'static {
     /// Build a write from the latest state and commit it atomically;
     /// returns the commit index.
     fn write(&self, build: &mut WriteBuilder<'_>) -> Result<u64, EndpointError>;
+    /// Events committed after `index`, oldest first, at most `limit`.
+    fn events_since(&self, index: u64, limit: usize) -> Vec<caravan_engine::events::Event>;
     /// Gauges for `/v1/metrics`, named as Nomad names them where Nomad has
     /// the same measure (so existing dashboards find them).
     fn gauges(&self) -> Vec<(&'static str, f64)>;
@@ -62,6 +64,10 @@ impl Server for LocalServer {
 
     fn write(&self, build: &mut WriteBuilder<'_>) -> Result<u64, EndpointError> {
         self.cluster.write(|state, ids, now| build(state, ids, now))
+    }
+
+    fn events_since(&self, index: u64, limit: usize) -> Vec<caravan_engine::events::Event> {
+        self.cluster.log.events_since(index, limit)
     }
 
     fn gauges(&self) -> Vec<(&'static str, f64)> {
