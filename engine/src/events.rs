@@ -1,16 +1,38 @@
 //! The event stream's source: a bounded buffer of what each committed
 //! command changed (Nomad's event broker), read by `/v1/event/stream`.
+//!
+//! Recording sits on the commit path, so it stores only ids; the objects are
+//! looked up when a reader asks, from the state it reads with. A payload
+//! can therefore be newer than its event's index (Nomad sends the object as
+//! of the event); the index and type are exact.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::fsm::Command;
+use crate::ids::{AllocId, EvalId, JobKey, NodeId};
 use crate::model::{Allocation, Evaluation, Job, Node};
 use crate::state::State;
 
 /// Events kept for late readers. Nomad keeps 100 by default; a reader that
 /// falls further behind than this resumes from the oldest event kept.
 pub const EVENTS_BUFFERED_MAX: usize = 4096;
+
+/// What an event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Subject {
+    Job(JobKey),
+    Evaluation(EvalId),
+    Allocation(AllocId),
+    Node(NodeId),
+}
+
+#[derive(Debug, Clone)]
+struct Recorded {
+    index: u64,
+    kind: &'static str,
+    subject: Subject,
+}
 
 /// What an event carries.
 #[derive(Debug, Clone)]
@@ -35,108 +57,90 @@ pub struct Event {
 /// The bounded buffer.
 #[derive(Debug, Default)]
 pub struct EventBuffer {
-    events: VecDeque<Event>,
+    events: VecDeque<Recorded>,
 }
 
 impl EventBuffer {
-    /// Record the events of `command`, applied at `index` giving `state`.
-    pub fn record(&mut self, index: u64, command: &Command, state: &State) {
-        let mut push =
-            |topic: &'static str, kind: &'static str, key: String, namespace: String, payload: EventPayload| {
-                if self.events.len() >= EVENTS_BUFFERED_MAX {
-                    self.events.pop_front();
-                }
-                self.events.push_back(Event { index, topic, kind, key, namespace, payload });
-            };
-        let job_event =
-            |push: &mut dyn FnMut(&'static str, &'static str, String, String, EventPayload), kind, job: &Arc<Job>| {
-                push("Job", kind, job.id.to_string(), job.namespace.to_string(), EventPayload::Job(job.clone()))
-            };
+    fn push(&mut self, index: u64, kind: &'static str, subject: Subject) {
+        if self.events.len() >= EVENTS_BUFFERED_MAX {
+            self.events.pop_front();
+        }
+        self.events.push_back(Recorded { index, kind, subject });
+    }
+
+    /// Record the events of `command`, committed at `index`.
+    pub fn record(&mut self, index: u64, command: &Command) {
         let evals: &[Evaluation] = match command {
             Command::JobRegister { job, eval, .. } => {
-                if let Some(stored) = state.job(&job.key()) {
-                    job_event(&mut push, "JobRegistered", stored);
-                }
+                self.push(index, "JobRegistered", Subject::Job(job.key()));
                 eval.as_slice()
             }
             Command::JobDeregister { key, eval, .. } => {
-                if let Some(stored) = state.job(key) {
-                    job_event(&mut push, "JobDeregistered", stored);
-                }
+                self.push(index, "JobDeregistered", Subject::Job(key.clone()));
                 eval.as_slice()
             }
             Command::NodeRegister { node, evals } => {
-                if let Some(n) = state.node(node.id) {
-                    push("Node", "NodeRegistration", n.id.to_string(), String::new(), EventPayload::Node(n.clone()));
-                }
+                self.push(index, "NodeRegistration", Subject::Node(node.id));
                 evals
             }
-            Command::NodeStatusUpdate { node_id, evals, .. }
-            | Command::NodeDrainUpdate { node_id, evals, .. }
-            | Command::NodeEligibilityUpdate { node_id, evals, .. } => {
-                let kind = match command {
-                    Command::NodeDrainUpdate { .. } => "NodeDrain",
-                    Command::NodeEligibilityUpdate { .. } => "NodeEligibility",
-                    _ => "NodeEvent",
-                };
-                if let Some(n) = state.node(*node_id) {
-                    push("Node", kind, n.id.to_string(), String::new(), EventPayload::Node(n.clone()));
-                }
+            Command::NodeStatusUpdate { node_id, evals, .. } => {
+                self.push(index, "NodeEvent", Subject::Node(*node_id));
+                evals
+            }
+            Command::NodeDrainUpdate { node_id, evals, .. } => {
+                self.push(index, "NodeDrain", Subject::Node(*node_id));
+                evals
+            }
+            Command::NodeEligibilityUpdate { node_id, evals, .. } => {
+                self.push(index, "NodeEligibility", Subject::Node(*node_id));
                 evals
             }
             Command::EvalUpsert { evals } => evals,
             Command::AllocClientUpdate { updates, evals } => {
                 for u in updates {
-                    if let Some(a) = state.alloc(u.alloc_id) {
-                        push(
-                            "Allocation",
-                            "AllocationUpdated",
-                            a.id.to_string(),
-                            a.job.namespace.to_string(),
-                            EventPayload::Allocation(a.clone()),
-                        );
-                    }
+                    self.push(index, "AllocationUpdated", Subject::Allocation(u.alloc_id));
                 }
                 evals
             }
             Command::ApplyPlanResults(applied) => {
-                let ids = applied
-                    .allocs
-                    .iter()
-                    .map(|a| a.id)
-                    .chain(applied.stops.iter().map(|s| s.alloc_id))
-                    .chain(applied.preemptions.iter().map(|p| p.alloc_id));
-                for id in ids {
-                    if let Some(a) = state.alloc(id) {
-                        push(
-                            "Allocation",
-                            "PlanResult",
-                            a.id.to_string(),
-                            a.job.namespace.to_string(),
-                            EventPayload::Allocation(a.clone()),
-                        );
-                    }
+                for a in &applied.allocs {
+                    self.push(index, "PlanResult", Subject::Allocation(a.id));
+                }
+                for s in &applied.stops {
+                    self.push(index, "PlanResult", Subject::Allocation(s.alloc_id));
+                }
+                for p in &applied.preemptions {
+                    self.push(index, "PlanResult", Subject::Allocation(p.alloc_id));
                 }
                 &applied.preemption_evals
             }
             _ => &[],
         };
         for e in evals {
-            if let Some(stored) = state.eval(e.id) {
-                push(
-                    "Evaluation",
-                    "EvaluationUpdated",
-                    stored.id.to_string(),
-                    stored.namespace.to_string(),
-                    EventPayload::Evaluation(stored.clone()),
-                );
-            }
+            self.push(index, "EvaluationUpdated", Subject::Evaluation(e.id));
         }
     }
 
-    /// Events after `index`, oldest first, at most `limit`.
-    pub fn since(&self, index: u64, limit: usize) -> Vec<Event> {
+    /// Events after `index`, oldest first, at most `limit`, with their
+    /// objects from `state` (events whose object is gone are skipped).
+    pub fn since(&self, index: u64, limit: usize, state: &State) -> Vec<Event> {
         let start = self.events.partition_point(|e| e.index <= index);
-        self.events.iter().skip(start).take(limit).cloned().collect()
+        self.events.iter().skip(start).filter_map(|r| materialize(r, state)).take(limit).collect()
     }
+}
+
+fn materialize(r: &Recorded, state: &State) -> Option<Event> {
+    let (topic, key, namespace, payload) = match &r.subject {
+        Subject::Job(k) => ("Job", k.id.to_string(), k.namespace.to_string(), EventPayload::Job(state.job(k)?.clone())),
+        Subject::Evaluation(id) => {
+            let e = state.eval(*id)?;
+            ("Evaluation", id.to_string(), e.namespace.to_string(), EventPayload::Evaluation(e.clone()))
+        }
+        Subject::Allocation(id) => {
+            let a = state.alloc(*id)?;
+            ("Allocation", id.to_string(), a.job.namespace.to_string(), EventPayload::Allocation(a.clone()))
+        }
+        Subject::Node(id) => ("Node", id.to_string(), String::new(), EventPayload::Node(state.node(*id)?.clone())),
+    };
+    Some(Event { index: r.index, topic, kind: r.kind, key, namespace, payload })
 }

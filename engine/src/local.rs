@@ -91,7 +91,7 @@ impl LocalLog {
         let outcome = self.fsm.apply(*index, command);
         self.commits.fetch_add(1, Ordering::Relaxed);
         if outcome.is_ok() {
-            self.events.lock().expect("events poisoned").record(*index, command, &self.fsm.store().snapshot());
+            self.events.lock().expect("events poisoned").record(*index, command);
         }
         // Still under the log lock: the check sees exactly this commit.
         if let Some(check) = self.after_commit.lock().expect("check poisoned").as_ref()
@@ -113,7 +113,8 @@ impl LocalLog {
 
     /// Events committed after `index`, oldest first, at most `limit`.
     pub fn events_since(&self, index: u64, limit: usize) -> Vec<crate::events::Event> {
-        self.events.lock().expect("events poisoned").since(index, limit)
+        let state = self.fsm.store().snapshot();
+        self.events.lock().expect("events poisoned").since(index, limit, &state)
     }
 
     /// Run `check` on the state after every commit from now on.
