@@ -8,8 +8,10 @@
 //!   with Nomad's canonicalization of submitted jobs.
 //! - [`jobspec`]: HCL2 jobspecs (`job "x" { ... }`, `variable`, `locals`,
 //!   `-var` overrides) parsed into that same API JSON.
+//! - [`http`]: the `/v1` HTTP API (axum on compio) over a [`http::Server`],
+//!   with blocking queries and the event stream.
 //!
-//! Raft, QUIC and the HTTP server arrive with their issues.
+//! Raft, QUIC and server RPC arrive with their issues.
 
 pub mod api;
 pub mod http;
