@@ -63,6 +63,8 @@ pub(crate) enum AllocCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Stop an allocation; the scheduler replaces it.
+    Stop { id: String },
 }
 
 fn s(v: &Value) -> String {
@@ -233,7 +235,17 @@ pub(crate) fn eval(cmd: EvalCommand) -> anyhow::Result<ExitCode> {
 
 pub(crate) fn alloc(cmd: AllocCommand) -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_env();
-    let AllocCommand::Status { id, json } = cmd;
+    let (id, json) = match cmd {
+        AllocCommand::Status { id, json } => (id, json),
+        AllocCommand::Stop { id } => {
+            let reply = client.post(&format!("/v1/allocation/{id}/stop"), &serde_json::json!({}))?;
+            #[allow(clippy::print_stdout)]
+            {
+                println!("==> Allocation {id:?} stopping; evaluation {:?}", s(&reply["EvalID"]));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let alloc = client.get(&format!("/v1/allocation/{id}"))?;
     if json {
         return print_json(&alloc);

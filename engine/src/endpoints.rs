@@ -7,10 +7,10 @@
 use std::collections::BTreeSet;
 
 use crate::fsm::Command;
-use crate::ids::{IdGen, JobKey, NodeId};
+use crate::ids::{AllocId, IdGen, JobKey, NodeId};
 use crate::model::{
-    AllocClientUpdate, ClientStatus, DrainStrategy, Evaluation, Job, JobType, Node, NodeStatus, SchedulingEligibility,
-    TimeNs, TriggeredBy,
+    AllocClientUpdate, ClientStatus, DesiredTransition, DrainStrategy, Evaluation, Job, JobType, Node, NodeStatus,
+    SchedulingEligibility, TimeNs, TriggeredBy,
 };
 use crate::state::State;
 use crate::validate::{ValidationError, validate_job, validate_node};
@@ -24,6 +24,8 @@ pub enum EndpointError {
     NodeNotFound(NodeId),
     #[error("job {0} not found")]
     JobNotFound(JobKey),
+    #[error("allocation {0} not found")]
+    AllocNotFound(AllocId),
     #[error(transparent)]
     Apply(#[from] crate::fsm::ApplyError),
 }
@@ -136,6 +138,16 @@ pub fn update_node_eligibility(
         Vec::new()
     };
     Ok(Command::NodeEligibilityUpdate { node_id, eligibility, evals, now_ns })
+}
+
+/// `alloc stop`: mark the allocation to be migrated (stopped and replaced)
+/// and evaluate its job, as Nomad's `Alloc.Stop`.
+pub fn stop_alloc(state: &State, alloc_id: AllocId, now_ns: TimeNs, ids: &mut IdGen) -> Result<Command, EndpointError> {
+    let alloc = state.alloc(alloc_id).ok_or(EndpointError::AllocNotFound(alloc_id))?;
+    let job = state.job(&alloc.job_key()).ok_or_else(|| EndpointError::JobNotFound(alloc.job_key()))?;
+    let eval = eval_for(job, TriggeredBy::AllocStop, None, now_ns, ids);
+    let transition = DesiredTransition { migrate: true, ..DesiredTransition::default() };
+    Ok(Command::AllocDesiredTransition { transitions: vec![(alloc_id, transition)], evals: vec![eval] })
 }
 
 /// Client status reports; a job with a newly failed allocation gets one

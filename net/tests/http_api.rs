@@ -110,8 +110,16 @@ fn register_read_evaluate_and_purge() {
     assert_eq!(alloc.json()["JobID"], "hello");
     assert_eq!(alloc.json()["DesiredStatus"], "run");
     let node_id = alloc.json()["NodeID"].as_str().unwrap().to_string();
+    let stopped = call(addr, "POST", &format!("/v1/allocation/{alloc_id}/stop"), b"");
+    assert_eq!(stopped.status, 200, "{}", stopped.body);
+    assert!(server.cluster.wait_idle(Duration::from_secs(30)));
+    let after = call(addr, "GET", &format!("/v1/allocation/{alloc_id}"), b"").json();
+    assert_eq!(after["DesiredStatus"], "stop", "stopped");
+    let replaced = call(addr, "GET", "/v1/job/hello/allocations", b"").json();
+    assert_eq!(replaced.as_array().unwrap().iter().filter(|a| a["DesiredStatus"] == "run").count(), 1, "and replaced");
+    assert_eq!(call(addr, "POST", "/v1/allocation/not-an-id/stop", b"").status, 400);
     let on_node = call(addr, "GET", &format!("/v1/node/{node_id}/allocations"), b"").json();
-    assert_eq!(on_node.as_array().unwrap().len(), 1);
+    assert!(!on_node.as_array().unwrap().is_empty());
     let list = call(addr, "GET", "/v1/jobs?prefix=hel", b"").json();
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(call(addr, "GET", "/v1/nodes", b"").json().as_array().unwrap().len(), 3);
@@ -124,7 +132,7 @@ fn register_read_evaluate_and_purge() {
         .find(|g| g["Name"] == "caravan.worker.placements")
         .unwrap()["Value"]
         .clone();
-    assert_eq!(placements, 1.0);
+    assert_eq!(placements, 2.0, "the first placement and the replacement of the stopped one");
     let prometheus = call(addr, "GET", "/v1/metrics?format=prometheus", b"");
     assert!(prometheus.body.contains("nomad_state_nodes 3"), "{}", prometheus.body);
 

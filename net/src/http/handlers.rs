@@ -52,6 +52,7 @@ pub(super) fn endpoint_error(e: EndpointError) -> Response {
         EndpointError::Invalid(v) => refuse(StatusCode::BAD_REQUEST, v.to_string()),
         EndpointError::JobNotFound(k) => refuse(StatusCode::NOT_FOUND, format!("job not found: {}", k.id)),
         EndpointError::NodeNotFound(n) => refuse(StatusCode::NOT_FOUND, format!("node not found: {n}")),
+        EndpointError::AllocNotFound(a) => refuse(StatusCode::NOT_FOUND, format!("alloc not found: {a}")),
         EndpointError::Apply(a) => refuse(StatusCode::INTERNAL_SERVER_ERROR, a.to_string()),
     }
 }

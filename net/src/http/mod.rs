@@ -33,7 +33,7 @@ pub fn router(server: Arc<dyn Server>) -> Router {
         .route("/v1/evaluations", get(handlers::list_evals))
         .route("/v1/evaluation/{*rest}", get(handlers::read_eval))
         .route("/v1/allocations", get(handlers::list_allocs))
-        .route("/v1/allocation/{id}", get(handlers::read_alloc))
+        .route("/v1/allocation/{*rest}", get(handlers::read_alloc).post(writes::alloc_post).put(writes::alloc_post))
         .route("/v1/nodes", get(handlers::list_nodes))
         .route("/v1/node/{*rest}", get(handlers::read_node).post(writes::node_post).put(writes::node_post))
         .route("/v1/regions", get(writes::regions))

@@ -289,3 +289,27 @@ pub(super) async fn set_scheduler_config(State(server): Shared, body: Bytes) -> 
         Err(e) => endpoint_error(e),
     }
 }
+
+/// `POST/PUT /v1/allocation/<id>/stop`: the allocation is stopped and
+/// replaced (Nomad's `alloc stop`).
+pub(super) async fn alloc_post(State(server): Shared, Path(rest): Path<String>) -> Response {
+    let Some(id) = rest.strip_suffix("/stop") else {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "POST needs /stop");
+    };
+    let alloc_id: caravan_engine::ids::AllocId = match id.parse() {
+        Ok(id) => id,
+        Err(_) => return refuse(StatusCode::BAD_REQUEST, format!("invalid allocation id {id:?}")),
+    };
+    let mut eval_id = None;
+    let result = server.write(&mut |state, ids, now| {
+        let command = endpoints::stop_alloc(state, alloc_id, now, ids)?;
+        if let Command::AllocDesiredTransition { evals, .. } = &command {
+            eval_id = evals.first().map(|e| e.id);
+        }
+        Ok(command)
+    });
+    match result {
+        Ok(index) => reply(index, &json!({"EvalID": eval_id.map(|e| e.to_string()), "Index": index})),
+        Err(e) => endpoint_error(e),
+    }
+}
