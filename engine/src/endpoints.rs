@@ -84,11 +84,9 @@ pub fn deregister_job(
 
 pub fn register_node(state: &State, node: Node, now_ns: TimeNs, ids: &mut IdGen) -> Result<Command, EndpointError> {
     validate_node(&node)?;
+    // A new node has no allocations yet, so this is its system jobs' evals.
     let evals = if node.ready_for_placement() {
-        let mut evals = node_evals(state, node.id, TriggeredBy::NodeUpdate, now_ns, ids);
-        // A node that is new has no allocations yet; its system jobs still count.
-        evals.retain(|e| e.job_type.is_system_like() || state.node(node.id).is_some());
-        evals
+        node_evals(state, node.id, TriggeredBy::NodeUpdate, now_ns, ids)
     } else {
         Vec::new()
     };

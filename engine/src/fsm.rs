@@ -144,18 +144,12 @@ impl Fsm {
     /// Apply one committed command at `index`. On error nothing changed,
     /// but the index still advances (the log entry is committed).
     pub fn apply(&self, index: u64, command: &Command) -> Result<ApplyOutcome, ApplyError> {
-        self.store.write(index, |state| {
-            let mut scratch = state.clone();
-            let mut out = ApplyOutcome { index, ..Default::default() };
-            apply_command(&mut scratch, index, command, &mut out)?;
-            *state = scratch;
-            Ok(out)
-        })
+        self.store.write(index, |state| apply_to(state, index, command))
     }
 }
 
-/// Apply a command to a detached copy of the state (the plan applier's
-/// optimistic view). Same semantics as [`Fsm::apply`].
+/// Apply a command to a state: the FSM's own writes, and the plan applier's
+/// optimistic copy. All or nothing: on error `state` is left as it was.
 pub fn apply_to(state: &mut State, index: u64, command: &Command) -> Result<ApplyOutcome, ApplyError> {
     let mut scratch = state.clone();
     let mut out = ApplyOutcome { index, ..Default::default() };

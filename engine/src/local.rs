@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::endpoints::{self, EndpointError};
 use crate::fsm::{self, ApplyError, ApplyOutcome, Command, Fsm};
 use crate::ids::{EvalId, IdGen};
-use crate::model::{EvalStatus, Evaluation, Job, JobType, Plan, PlanResult, TimeNs, TriggeredBy};
+use crate::model::{EvalStatus, Evaluation, Job, JobType, Plan, PlanResult, TimeNs};
 use crate::plan::{CommitError, Committer, Pipelining, PlanQueue, spawn_applier};
 use crate::state::{Cancel, StateStore};
 use crate::worker::{Delivery, LeaderServices, ServiceError, Worker, WorkerConfig, WorkerStats};
@@ -133,32 +133,27 @@ impl LocalLog {
         &self,
         build: impl FnOnce(&crate::state::State) -> Result<Command, E>,
     ) -> Result<u64, E> {
-        let mut index = self.index.lock().expect("log poisoned");
+        let index = self.index.lock().expect("log poisoned");
         let command = build(&self.fsm.store().snapshot())?;
-        let (at, outcome) = self.apply_locked(&mut index, &command)?;
-        // Route in log order, under the lock; write follow-ups after it.
-        let follow_ups = self.route(&outcome);
-        drop(index);
-        self.write_follow_ups(follow_ups)?;
-        Ok(at)
+        Ok(self.commit_locked(index, &command)?)
     }
 
     /// Commit a command and hand its effects to the broker and blocked evals.
     pub fn commit(&self, command: &Command) -> Result<u64, ApplyError> {
-        let mut index = self.index.lock().expect("log poisoned");
+        self.commit_locked(self.index.lock().expect("log poisoned"), command)
+    }
+
+    /// Apply under the log lock, route the effects in log order while still
+    /// holding it, then write any follow-ups (cancellations of duplicate
+    /// blocked evals) after releasing it.
+    fn commit_locked(&self, mut index: std::sync::MutexGuard<'_, u64>, command: &Command) -> Result<u64, ApplyError> {
         let (at, outcome) = self.apply_locked(&mut index, command)?;
         let follow_ups = self.route(&outcome);
         drop(index);
-        self.write_follow_ups(follow_ups)?;
-        Ok(at)
-    }
-
-    fn write_follow_ups(&self, follow_ups: Vec<Evaluation>) -> Result<(), ApplyError> {
         if !follow_ups.is_empty() {
-            // Cancellations of duplicate blocked evals: written like any eval.
             self.commit(&Command::EvalUpsert { evals: follow_ups })?;
         }
-        Ok(())
+        Ok(at)
     }
 
     /// The leader's reaction to applied state (Nomad's FSM hooks).
@@ -200,12 +195,9 @@ impl Committer for LocalLog {
         _store: &StateStore,
         build: &mut dyn FnMut(&crate::state::State) -> Option<Command>,
     ) -> Result<Option<u64>, CommitError> {
-        let mut index = self.index.lock().expect("log poisoned");
+        let index = self.index.lock().expect("log poisoned");
         let Some(command) = build(&self.fsm.store().snapshot()) else { return Ok(None) };
-        let (at, outcome) = self.apply_locked(&mut index, &command).map_err(|e| CommitError(e.to_string()))?;
-        let follow_ups = self.route(&outcome);
-        drop(index);
-        self.write_follow_ups(follow_ups).map_err(|e| CommitError(e.to_string()))?;
+        let at = self.commit_locked(index, &command).map_err(|e| CommitError(e.to_string()))?;
         Ok(Some(at))
     }
 }
@@ -359,19 +351,6 @@ impl LocalCluster {
         let now = self.clock.now_ns();
         let mut ids = self.ids.lock().expect("ids poisoned");
         self.log.commit_with(|state| build(state, &mut ids, now))
-    }
-
-    /// A new eval for an existing job (node update, retry).
-    pub fn new_eval(&self, job: &Job, triggered_by: TriggeredBy) -> Evaluation {
-        let mut eval = Evaluation::new(
-            self.ids.lock().expect("ids poisoned").eval(),
-            &job.key(),
-            job.job_type,
-            job.priority,
-            triggered_by,
-        );
-        eval.create_time_ns = self.clock.now_ns();
-        eval
     }
 
     /// Wait until no eval is ready, in flight or delayed, and no plan is

@@ -51,13 +51,19 @@ pub struct ValidationError {
 
 impl fmt::Display for ValidationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let total = self.problems.len() + self.omitted;
-        write!(f, "{total} error{}: {}", if total == 1 { "" } else { "s" }, self.problems.join("; "))?;
-        if self.omitted > 0 {
-            write!(f, "; and {} more", self.omitted)?;
-        }
-        Ok(())
+        write_problems(f, &self.problems, self.omitted)
     }
+}
+
+/// "3 errors: a; b; c" (with "; and N more" past the bound): the one
+/// rendering of a problem list, shared with the API's errors.
+pub fn write_problems(f: &mut fmt::Formatter<'_>, problems: &[String], omitted: usize) -> fmt::Result {
+    let total = problems.len() + omitted;
+    write!(f, "{total} error{}: {}", if total == 1 { "" } else { "s" }, problems.join("; "))?;
+    if omitted > 0 {
+        write!(f, "; and {omitted} more")?;
+    }
+    Ok(())
 }
 
 #[derive(Default)]

@@ -22,8 +22,7 @@ pub(super) fn schedule(
     seed: u64,
     ids: &mut IdGen,
 ) -> ScheduleOutcome {
-    let mut allocs: Vec<Arc<Allocation>> = state.allocs_by_job(&eval.job_key()).cloned().collect();
-    allocs.sort_unstable_by_key(|a| a.id);
+    let allocs = super::job_allocs(state, eval);
     let rec = reconcile::reconcile(state, eval, job.as_ref(), &allocs, now_ns, ids);
     let mut out =
         ScheduleOutcome { desired_updates: rec.desired, followup_evals: rec.followup_evals, ..Default::default() };

@@ -96,6 +96,14 @@ pub fn completed_eval(eval: &Evaluation, outcome: &ScheduleOutcome, snapshot_ind
     done
 }
 
+/// The eval's job's allocations in id order: the table's own order is
+/// deterministic but not sorted, and reconciliation reads better sorted.
+pub(crate) fn job_allocs(state: &State, eval: &Evaluation) -> Vec<Arc<crate::model::Allocation>> {
+    let mut allocs: Vec<_> = state.allocs_by_job(&eval.job_key()).cloned().collect();
+    allocs.sort_unstable_by_key(|a| a.id);
+    allocs
+}
+
 /// Where and what a new allocation is: the parts that differ between the
 /// service/batch and the system schedulers.
 pub(crate) struct NewAlloc<'a> {

@@ -14,6 +14,11 @@ use super::context::NodeView;
 /// priority (Nomad's rule), so near-equal jobs never evict each other.
 pub(super) const PREEMPTION_PRIORITY_DELTA: u8 = 10;
 
+/// Whether a job of `priority` may evict an allocation of `victim`.
+pub(super) fn may_preempt(priority: u8, victim: &Allocation) -> bool {
+    u16::from(victim.job.priority) + u16::from(PREEMPTION_PRIORITY_DELTA) <= u16::from(priority)
+}
+
 /// Normalised distance between what is missing and what an allocation frees.
 fn distance(missing: &ComparableResources, frees: &ComparableResources) -> f64 {
     let dim = |need: u64, have: u64| if need == 0 { 0.0 } else { (need as f64 - have as f64) / need as f64 };
@@ -45,7 +50,7 @@ pub(super) fn find_victims(
     let mut eligible: Vec<&Arc<Allocation>> = state
         .allocs_by_node(node.id)
         .filter(|a| !a.is_terminal() && !view.alloc_removed(a.id))
-        .filter(|a| u16::from(a.job.priority) + u16::from(PREEMPTION_PRIORITY_DELTA) <= u16::from(priority))
+        .filter(|a| may_preempt(priority, a))
         .collect();
     eligible.sort_by_key(|a| (a.job.priority, a.id));
     let mut used = used_with_ask;

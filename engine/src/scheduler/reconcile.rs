@@ -374,15 +374,12 @@ fn batch_followups(
                 followup.wait_until_ns = at;
                 followup.previous_eval = Some(eval.id);
                 followup.job_modify_index = job.job_modify_index;
-                current = Some((at, followup.id));
+                let id = followup.id;
+                current = Some((at, id));
                 out.followup_evals.push(followup);
-                followup_id(out)
+                id
             }
         };
         out.annotate_followup.push((alloc, eval_id));
     }
-}
-
-fn followup_id(out: &Reconciled) -> crate::ids::EvalId {
-    out.followup_evals.last().expect("just pushed").id
 }

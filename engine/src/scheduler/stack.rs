@@ -19,7 +19,7 @@ use super::context::PlanLocal;
 use super::devices::assign_devices;
 use super::feasibility::{Filtered, GroupChecker, JobPlacements};
 use super::ports::assign_ports;
-use super::preempt::{PREEMPTION_PRIORITY_DELTA, find_victims};
+use super::preempt::{find_victims, may_preempt};
 use super::rank;
 
 /// Options with a negative score the limit may pass over before taking them
@@ -288,6 +288,7 @@ impl<'a> Stack<'a> {
             next_cursor = (idx + 1) % n;
             let node = self.candidates.node(idx);
             metric.evaluated += 1;
+            let exhausted_before = metric.exhausted;
             match self.try_node(gi, node, penalty_nodes, &mut metric) {
                 Some(option) => {
                     if option.score < 0.0 && skipped.len() < NEGATIVE_SCORE_SKIPS_MAX {
@@ -303,7 +304,10 @@ impl<'a> Stack<'a> {
                     }
                 }
                 None => {
-                    if exhausted.len() < PREEMPTION_CANDIDATES_MAX && metric.exhausted as usize > exhausted.len() {
+                    // Only nodes that were full (not filtered) can be freed,
+                    // and only worth remembering when preemption may run.
+                    let was_full = metric.exhausted > exhausted_before;
+                    if self.config.preemption && was_full && exhausted.len() < PREEMPTION_CANDIDATES_MAX {
                         exhausted.push(idx);
                     }
                 }
@@ -501,7 +505,7 @@ impl<'a> Stack<'a> {
             state
                 .allocs_by_node(node.id)
                 .filter(|a| !a.is_terminal() && !base.removed_allocs.contains(&a.id) && !a.resources.devices.is_empty())
-                .filter(|a| u16::from(a.job.priority) + u16::from(PREEMPTION_PRIORITY_DELTA) <= u16::from(priority))
+                .filter(|a| may_preempt(priority, a))
                 .collect()
         } else {
             Vec::new()

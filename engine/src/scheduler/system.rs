@@ -24,8 +24,7 @@ pub(super) fn schedule(
     seed: u64,
     ids: &mut IdGen,
 ) -> ScheduleOutcome {
-    let mut allocs: Vec<Arc<Allocation>> = state.allocs_by_job(&eval.job_key()).cloned().collect();
-    allocs.sort_unstable_by_key(|a| a.id);
+    let allocs = super::job_allocs(state, eval);
     let mut out = ScheduleOutcome::default();
     out.plan.job = job.clone();
     let stop = |out: &mut ScheduleOutcome,

@@ -28,12 +28,7 @@ impl ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let total = self.problems.len() + self.omitted;
-        write!(f, "{total} error{}: {}", if total == 1 { "" } else { "s" }, self.problems.join("; "))?;
-        if self.omitted > 0 {
-            write!(f, "; and {} more", self.omitted)?;
-        }
-        Ok(())
+        caravan_engine::validate::write_problems(f, &self.problems, self.omitted)
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use caravan_engine::events::{Event, EventPayload};
@@ -42,39 +42,6 @@ impl TopicFilter {
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(hi), Some(lo)) => {
-                    out.push(hi << 4 | lo);
-                    i += 3;
-                }
-                _ => {
-                    out.push(b'%');
-                    i += 1;
-                }
-            },
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
-
 fn payload(p: &EventPayload) -> Value {
     match p {
         EventPayload::Job(j) => json!({"Job": api::job_to_api(j)}),
@@ -93,15 +60,14 @@ fn frame(events: &[Event]) -> String {
     json!({"Index": index, "Events": events}).to_string() + "\n"
 }
 
-pub(super) async fn stream(State(server): Shared, RawQuery(query): RawQuery) -> Response {
+/// The query as pairs: `topic` may repeat, which a map would lose.
+pub(super) async fn stream(State(server): Shared, Query(query): Query<Vec<(String, String)>>) -> Response {
     let mut filters = Vec::new();
     let mut cursor = 0u64;
-    for pair in query.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v);
-        match k {
+    for (k, v) in &query {
+        match k.as_str() {
             "topic" => {
-                let (topic, key) = v.split_once(':').unwrap_or((&v, "*"));
+                let (topic, key) = v.split_once(':').unwrap_or((v, "*"));
                 if !["*", "Job", "Evaluation", "Allocation", "Node", "Deployment"].contains(&topic) {
                     return refuse(StatusCode::BAD_REQUEST, format!("unknown event topic {topic:?}"));
                 }
