@@ -237,6 +237,7 @@ fn apply_command(state: &mut State, index: u64, command: &Command, out: &mut App
                 let mut alloc = (*existing).clone();
                 alloc.client_status = update.client_status;
                 alloc.client_description = update.client_description.clone();
+                alloc.task_states = Arc::new(update.task_states.clone());
                 alloc.modify_index = index;
                 alloc.modify_time_ns = update.at_ns;
                 let freed = !existing.is_terminal() && alloc.is_terminal();
@@ -417,6 +418,7 @@ fn apply_plan(state: &mut State, index: u64, applied: &PlanApplied, out: &mut Ap
                 alloc.create_time_ns = existing.create_time_ns;
                 alloc.client_status = existing.client_status;
                 alloc.client_description = existing.client_description.clone();
+                alloc.task_states = existing.task_states.clone();
                 state.put_alloc(index, Arc::new(alloc));
             }
             None => {

@@ -142,8 +142,13 @@ impl SimCluster {
     }
 
     pub fn client_update(&mut self, alloc_id: AllocId, status: ClientStatus) {
-        let update =
-            AllocClientUpdate { alloc_id, client_status: status, client_description: "".into(), at_ns: self.now_ns };
+        let update = AllocClientUpdate {
+            alloc_id,
+            client_status: status,
+            client_description: "".into(),
+            at_ns: self.now_ns,
+            task_states: Default::default(),
+        };
         self.commit(Command::AllocClientUpdate { updates: vec![update], evals: vec![] });
     }
 

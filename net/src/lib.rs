@@ -11,8 +11,9 @@
 //! - [`http`]: the `/v1` HTTP API (axum on compio) over a [`http::Server`],
 //!   with blocking queries and the event stream.
 //!
-//! Raft, QUIC and server RPC arrive with their issues.
+//! - [`raft`]: openraft over QUIC with a redb log (in progress).
 
 pub mod api;
 pub mod http;
 pub mod jobspec;
+pub mod raft;

@@ -1,4 +1,5 @@
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
 
 use super::{AllocatedResources, Job, TaskGroup, TimeNs};
 use crate::ids::{AllocId, DeploymentId, EvalId, JobKey, NodeId};
@@ -115,6 +116,9 @@ pub struct Allocation {
     pub alloc_modify_index: u64,
     pub create_time_ns: TimeNs,
     pub modify_time_ns: TimeNs,
+    /// The client's view of each task, by task name; shared until a client
+    /// update replaces it.
+    pub task_states: Arc<BTreeMap<Arc<str>, TaskState>>,
 }
 
 impl Allocation {
@@ -158,4 +162,102 @@ pub struct AllocClientUpdate {
     pub client_status: ClientStatus,
     pub client_description: Arc<str>,
     pub at_ns: TimeNs,
+    /// Every task's state, whole (Nomad sends the full map each time).
+    pub task_states: BTreeMap<Arc<str>, TaskState>,
+}
+
+/// The task states of an allocation no client has reported on: one shared
+/// empty map, so placing an allocation allocates nothing for it.
+pub fn no_task_states() -> Arc<BTreeMap<Arc<str>, TaskState>> {
+    static EMPTY: LazyLock<Arc<BTreeMap<Arc<str>, TaskState>>> = LazyLock::new(Default::default);
+    EMPTY.clone()
+}
+
+/// Nomad's task lifecycle: pending until started, running, dead at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskLifecycleState {
+    Pending,
+    Running,
+    Dead,
+}
+
+impl TaskLifecycleState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskLifecycleState::Pending => "pending",
+            TaskLifecycleState::Running => "running",
+            TaskLifecycleState::Dead => "dead",
+        }
+    }
+}
+
+/// What a client reports about one task of an allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskState {
+    pub state: TaskLifecycleState,
+    pub failed: bool,
+    pub restarts: u32,
+    pub last_restart_ns: TimeNs,
+    pub started_at_ns: TimeNs,
+    pub finished_at_ns: TimeNs,
+    /// Oldest first, at most [`MAX_TASK_EVENTS`] (the oldest are dropped).
+    pub events: Vec<TaskEvent>,
+}
+
+/// Nomad keeps the last 10 events per task; enough to see a restart loop
+/// without letting a crash-looping task grow the state.
+pub const MAX_TASK_EVENTS: usize = 10;
+
+impl TaskState {
+    pub fn pending() -> TaskState {
+        TaskState {
+            state: TaskLifecycleState::Pending,
+            failed: false,
+            restarts: 0,
+            last_restart_ns: 0,
+            started_at_ns: 0,
+            finished_at_ns: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// Appends an event, dropping the oldest past [`MAX_TASK_EVENTS`].
+    pub fn push_event(&mut self, event: TaskEvent) {
+        if self.events.len() == MAX_TASK_EVENTS {
+            self.events.remove(0);
+        }
+        self.events.push(event);
+    }
+}
+
+/// One event of a task, with Nomad's type names ("Received", "Started",
+/// "Terminated", "Restarting", "Killing", "Killed", "Not Restarting",
+/// "Driver Failure", ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEvent {
+    pub kind: Arc<str>,
+    pub time_ns: TimeNs,
+    /// Human-readable detail (Nomad's `DisplayMessage`).
+    pub message: Arc<str>,
+    /// Set for "Terminated".
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// The restart delay for "Restarting".
+    pub restart_delay_ns: Option<i64>,
+    /// Set when the event ends the task for good (Nomad's `FailsTask`).
+    pub fails_task: bool,
+}
+
+impl TaskEvent {
+    pub fn new(kind: &str, time_ns: TimeNs, message: &str) -> TaskEvent {
+        TaskEvent {
+            kind: kind.into(),
+            time_ns,
+            message: message.into(),
+            exit_code: None,
+            signal: None,
+            restart_delay_ns: None,
+            fails_task: false,
+        }
+    }
 }

@@ -147,5 +147,6 @@ pub(crate) fn new_allocation(spec: NewAlloc<'_>, ids: &mut IdGen, now_ns: TimeNs
         alloc_modify_index: 0,
         create_time_ns: now_ns,
         modify_time_ns: now_ns,
+        task_states: crate::model::no_task_states(),
     })
 }
