@@ -6,6 +6,7 @@
 //! - [`validate`]: [`validate::validate_job`] and [`validate::validate_node`] list every problem.
 //! - [`fsm`]: [`fsm::Fsm::apply`] is the only writer; raft feeds it committed [`fsm::Command`]s.
 //! - [`broker`], [`blocked`]: the eval broker and the blocked-eval tracker (leader only).
+//! - [`duties`]: those leader-only services together, turned on and off with leadership.
 //! - [`scheduler`]: `schedule(snapshot, eval, now) -> plan`, pure and deterministic.
 //! - [`plan`]: the plan queue and the applier that re-checks and commits plans.
 //! - [`worker`]: scheduler worker threads, with the raft-sync catch-up.
@@ -25,6 +26,7 @@
 pub mod blocked;
 pub mod broker;
 pub mod clock;
+pub mod duties;
 pub mod endpoints;
 pub mod events;
 pub mod feasible;

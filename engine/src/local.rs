@@ -9,29 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::blocked::BlockedEvals;
-use crate::broker::{
-    BrokerConfig, BrokerOutput, SharedBroker, cancel_update, failed_followup, failed_followup_delay_ns,
-};
+use crate::broker::SharedBroker;
 use crate::clock::Clock;
+use crate::duties::{LeaderDuties, LeaderThreadsConfig, spawn_leader_threads};
 use crate::endpoints::{self, EndpointError};
-use crate::fsm::{self, ApplyError, ApplyOutcome, Command, Fsm};
+use crate::fsm::{ApplyError, ApplyOutcome, Command, Fsm};
 use crate::ids::{EvalId, IdGen};
-use crate::model::{EvalStatus, Evaluation, Job, JobType, Plan, PlanResult, TimeNs};
-use crate::plan::{CommitError, Committer, Pipelining, PlanQueue, spawn_applier};
+use crate::model::{Evaluation, Job, JobType, Plan, PlanResult, TimeNs};
+use crate::plan::{CommitError, Committer, Pipelining, PlanQueue};
 use crate::state::{Cancel, StateStore};
 use crate::worker::{Delivery, LeaderServices, ServiceError, Worker, WorkerConfig, WorkerStats};
-
-/// How often the leader loop drains broker outputs and the failed queue.
-const LEADER_TICK: Duration = Duration::from_millis(20);
-
-/// How often evals blocked by plan conflicts (not capacity) are retried:
-/// Nomad's `failedEvalUnblockInterval`.
-const FAILED_UNBLOCK_INTERVAL_NS: i64 = 60 * crate::model::SECOND_NS;
-
-/// How often the leader garbage-collects (Nomad's core scheduler runs its
-/// GC passes every 5 minutes).
-const GC_INTERVAL_NS: i64 = 5 * 60 * crate::model::SECOND_NS;
 
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
@@ -61,8 +48,7 @@ impl Default for LocalConfig {
 pub struct LocalLog {
     fsm: Fsm,
     index: Mutex<u64>,
-    broker: Arc<SharedBroker>,
-    blocked: Mutex<BlockedEvals>,
+    duties: Arc<LeaderDuties>,
     /// Commands applied.
     pub commits: AtomicU64,
     /// A check run on the state after every commit (tests), and what it found.
@@ -100,15 +86,6 @@ impl LocalLog {
             self.violations.lock().expect("violations poisoned").push(violation);
         }
         Ok((*index, outcome?))
-    }
-
-    /// Release evals blocked by plan conflicts into the broker.
-    pub fn unblock_failed(&self) {
-        let _log = self.index.lock().expect("log poisoned");
-        let released = self.blocked.lock().expect("blocked evals poisoned").unblock_failed();
-        for eval in released {
-            let _ = self.broker.enqueue(eval);
-        }
     }
 
     /// Events committed after `index`, oldest first, at most `limit`.
@@ -156,32 +133,9 @@ impl LocalLog {
         Ok(at)
     }
 
-    /// The leader's reaction to applied state (Nomad's FSM hooks).
+    /// The leader's reaction to applied state, in log order.
     fn route(&self, outcome: &ApplyOutcome) -> Vec<Evaluation> {
-        let mut writes = Vec::new();
-        let mut blocked = self.blocked.lock().expect("blocked evals poisoned");
-        for eval in &outcome.evals {
-            if fsm::should_enqueue(eval) {
-                let _ = self.broker.enqueue(eval.clone());
-            } else if fsm::should_block(eval) {
-                let out = blocked.block(eval.clone());
-                if let Some(ready) = out.enqueue {
-                    let _ = self.broker.enqueue(ready);
-                }
-                writes.extend(out.cancel.map(|e| (*e).clone()));
-            } else if eval.status == EvalStatus::Complete && eval.failed_tg_allocs.is_empty() {
-                blocked.untrack(&eval.job_key());
-            }
-        }
-        for key in &outcome.jobs_purged {
-            blocked.untrack(key);
-        }
-        for change in &outcome.capacity_changes {
-            for ready in blocked.unblock(change.computed_class, outcome.index) {
-                let _ = self.broker.enqueue(ready);
-            }
-        }
-        writes
+        self.duties.route(outcome)
     }
 }
 
@@ -265,31 +219,25 @@ impl LocalCluster {
     pub fn start(config: LocalConfig, clock: Arc<dyn Clock>) -> LocalCluster {
         let store = Arc::new(StateStore::new());
         let cancel = Cancel::new();
-        let broker = Arc::new(SharedBroker::new(BrokerConfig::default(), clock.clone()));
-        broker.set_enabled(true);
+        let duties = Arc::new(LeaderDuties::new(clock.clone()));
+        duties.establish(&store.snapshot()).expect("an empty state restores into an empty broker");
+        let broker = duties.broker.clone();
+        let plans = duties.plans.clone();
         let log = Arc::new(LocalLog {
             fsm: Fsm::new(store.clone()),
             index: Mutex::new(0),
-            broker: broker.clone(),
-            blocked: Mutex::new(BlockedEvals::new()),
+            duties: duties.clone(),
             commits: AtomicU64::new(0),
             after_commit: Mutex::new(None),
             violations: Mutex::new(Vec::new()),
             events: Mutex::new(Default::default()),
         });
-        {
-            let mut blocked = log.blocked.lock().expect("blocked evals poisoned");
-            blocked.set_enabled(true);
-        }
-        let plans = Arc::new(PlanQueue::new());
-        plans.set_enabled(true);
-        let mut threads = spawn_applier(
-            plans.clone(),
+        let mut threads = spawn_leader_threads(
+            duties,
             store.clone(),
             log.clone(),
             clock.clone(),
-            config.seed,
-            config.pipelining,
+            LeaderThreadsConfig { seed: config.seed, pipelining: config.pipelining },
             cancel.clone(),
         );
         let leader = Arc::new(LocalLeader {
@@ -312,8 +260,6 @@ impl LocalCluster {
             };
             threads.push(worker.spawn(format!("worker-{i}")));
         }
-        threads.push(broker.spawn_timer(cancel.clone()));
-        threads.push(spawn_leader_loop(log.clone(), broker.clone(), clock.clone(), config.seed, cancel.clone()));
         LocalCluster {
             store,
             log,
@@ -394,63 +340,4 @@ impl LocalCluster {
             let _ = t.join();
         }
     }
-}
-
-/// Leader duties: write what the broker decided (cancelled duplicates of
-/// pending evals), and drain the failed queue (mark the eval failed, create
-/// its delayed follow-up, then ack it).
-fn spawn_leader_loop(
-    log: Arc<LocalLog>,
-    broker: Arc<SharedBroker>,
-    clock: Arc<dyn Clock>,
-    seed: u64,
-    cancel: Cancel,
-) -> JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("leader".into())
-        .spawn(move || {
-            let mut ids = IdGen::with_seed(seed ^ 0xfa11);
-            let mut rng = fastrand::Rng::with_seed(seed);
-            let delivery_limit = BrokerConfig::default().delivery_limit;
-            let mut last_failed_unblock_ns = clock.now_ns();
-            let mut last_gc_ns = clock.now_ns();
-            while cancel.sleep(LEADER_TICK) {
-                let now = clock.now_ns();
-                if now - last_gc_ns >= GC_INTERVAL_NS {
-                    last_gc_ns = now;
-                    let snapshot = log.fsm.store().snapshot();
-                    for command in
-                        crate::leader::collect_garbage(&snapshot, now, crate::leader::GcThresholds::default())
-                    {
-                        // A purge racing a new registration fails cleanly and
-                        // is retried on the next pass.
-                        let _ = log.commit(&command);
-                    }
-                }
-                if now - last_failed_unblock_ns >= FAILED_UNBLOCK_INTERVAL_NS {
-                    last_failed_unblock_ns = now;
-                    log.unblock_failed();
-                }
-                let mut writes: Vec<Evaluation> = Vec::new();
-                for output in broker.take_outputs() {
-                    if let BrokerOutput::Cancel(evals) = output {
-                        writes.extend(evals.iter().map(|e| cancel_update(e, now)));
-                    }
-                }
-                let mut failed_acks = Vec::new();
-                while let Ok(Some((failed, token))) = broker.dequeue_failed() {
-                    let delay = failed_followup_delay_ns(&mut rng);
-                    let (marked, follow_up) = failed_followup(&failed, &mut ids, now, delay, delivery_limit);
-                    writes.push(marked);
-                    writes.push(follow_up);
-                    failed_acks.push((failed.id, token));
-                }
-                if !writes.is_empty() && log.commit(&Command::EvalUpsert { evals: writes }).is_ok() {
-                    for (id, token) in failed_acks {
-                        let _ = broker.ack(id, token);
-                    }
-                }
-            }
-        })
-        .expect("spawn leader loop")
 }

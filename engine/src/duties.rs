@@ -1,0 +1,244 @@
+//! The leader-only services of one server (eval broker, blocked evals, plan
+//! queue) and the threads that serve them while it leads: the plan applier,
+//! the broker's timer and the leader loop (failed evals, cancellations,
+//! periodic unblocking, garbage collection).
+//!
+//! Every server owns one [`LeaderDuties`]; it is disabled on followers.
+//! [`LeaderDuties::establish`] turns it on after an election, once the local
+//! state has caught up with the commit index; [`LeaderDuties::revoke`] turns
+//! it off again, which fails queued plans and makes waiting dequeues return,
+//! so workers nack and back off. The FSM's effects reach it through
+//! [`LeaderDuties::route`], called in log order by whoever applies the log.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::blocked::BlockedEvals;
+use crate::broker::{
+    BrokerConfig, BrokerError, BrokerOutput, SharedBroker, cancel_update, failed_followup, failed_followup_delay_ns,
+};
+use crate::clock::Clock;
+use crate::fsm::{self, ApplyOutcome, Command};
+use crate::ids::IdGen;
+use crate::leader::{GcThresholds, Restored, collect_garbage, restore};
+use crate::model::{EvalStatus, Evaluation};
+use crate::plan::{Committer, Pipelining, PlanQueue, spawn_applier};
+use crate::state::{Cancel, State, StateStore};
+
+/// How often the leader loop drains broker outputs and the failed queue.
+const LEADER_TICK: Duration = Duration::from_millis(20);
+
+/// How often evals blocked by plan conflicts (not capacity) are retried:
+/// Nomad's `failedEvalUnblockInterval`.
+const FAILED_UNBLOCK_INTERVAL_NS: i64 = 60 * crate::model::SECOND_NS;
+
+/// How often the leader garbage-collects (Nomad's core scheduler runs its
+/// GC passes every 5 minutes).
+const GC_INTERVAL_NS: i64 = 5 * 60 * crate::model::SECOND_NS;
+
+/// Eval writes the FSM's routing asks for, waiting for the leader loop.
+/// Each is one cancelled duplicate of a blocked eval; more than this means
+/// the loop is not committing and the rest are re-derived on the next
+/// election, so they are dropped rather than held without bound.
+const DEFERRED_WRITES_MAX: usize = 65_536;
+
+/// The broker, blocked evals and plan queue of one server.
+#[derive(Debug)]
+pub struct LeaderDuties {
+    pub broker: Arc<SharedBroker>,
+    pub blocked: Mutex<BlockedEvals>,
+    pub plans: Arc<PlanQueue>,
+    active: AtomicBool,
+    /// Writes asked for by [`Self::route_deferred`], committed by the leader loop.
+    deferred: Mutex<Vec<Evaluation>>,
+}
+
+impl LeaderDuties {
+    /// Disabled until [`Self::establish`].
+    pub fn new(clock: Arc<dyn Clock>) -> LeaderDuties {
+        LeaderDuties {
+            broker: Arc::new(SharedBroker::new(BrokerConfig::default(), clock)),
+            blocked: Mutex::new(BlockedEvals::new()),
+            plans: Arc::new(PlanQueue::new()),
+            active: AtomicBool::new(false),
+            deferred: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Take up the duties with `state` caught up to the commit index: every
+    /// pending eval back into the broker, every blocked eval back into the
+    /// tracker, then plans accepted. The caller holds off applying the log
+    /// while this runs, so no eval is routed twice or missed.
+    pub fn establish(&self, state: &State) -> Result<Restored, BrokerError> {
+        self.broker.set_enabled(true);
+        let mut blocked = self.blocked.lock().expect("blocked evals poisoned");
+        blocked.set_enabled(true);
+        let restored = restore(state, &self.broker, &mut blocked)?;
+        drop(blocked);
+        self.plans.set_enabled(true);
+        self.active.store(true, Ordering::Release);
+        Ok(restored)
+    }
+
+    /// Give up the duties: queued plans fail, waiting dequeues return, and
+    /// everything held is dropped (the next leader rebuilds it from raft).
+    pub fn revoke(&self) {
+        self.active.store(false, Ordering::Release);
+        self.plans.set_enabled(false);
+        self.broker.set_enabled(false);
+        self.blocked.lock().expect("blocked evals poisoned").set_enabled(false);
+        self.deferred.lock().expect("deferred writes poisoned").clear();
+    }
+
+    /// The leader's reaction to one applied command (Nomad's FSM hooks):
+    /// pending evals to the broker, blocked ones to the tracker, capacity
+    /// changes unblock. Returns the eval writes this asks for (cancelled
+    /// duplicates). Call in log order; a no-op while not leading.
+    pub fn route(&self, outcome: &ApplyOutcome) -> Vec<Evaluation> {
+        let mut writes = Vec::new();
+        if !self.is_active() {
+            return writes;
+        }
+        let mut blocked = self.blocked.lock().expect("blocked evals poisoned");
+        for eval in &outcome.evals {
+            if fsm::should_enqueue(eval) {
+                let _ = self.broker.enqueue(eval.clone());
+            } else if fsm::should_block(eval) {
+                let out = blocked.block(eval.clone());
+                if let Some(ready) = out.enqueue {
+                    let _ = self.broker.enqueue(ready);
+                }
+                writes.extend(out.cancel.map(|e| (*e).clone()));
+            } else if eval.status == EvalStatus::Complete && eval.failed_tg_allocs.is_empty() {
+                blocked.untrack(&eval.job_key());
+            }
+        }
+        for key in &outcome.jobs_purged {
+            blocked.untrack(key);
+        }
+        for change in &outcome.capacity_changes {
+            for ready in blocked.unblock(change.computed_class, outcome.index) {
+                let _ = self.broker.enqueue(ready);
+            }
+        }
+        writes
+    }
+
+    /// [`Self::route`] for a log applier that cannot wait for its own
+    /// writes (raft's apply thread): the writes go to the leader loop.
+    pub fn route_deferred(&self, outcome: &ApplyOutcome) {
+        let writes = self.route(outcome);
+        if writes.is_empty() {
+            return;
+        }
+        let mut deferred = self.deferred.lock().expect("deferred writes poisoned");
+        let room = DEFERRED_WRITES_MAX.saturating_sub(deferred.len());
+        deferred.extend(writes.into_iter().take(room));
+    }
+
+    /// Release evals blocked by plan conflicts into the broker.
+    pub fn unblock_failed(&self) {
+        let released = self.blocked.lock().expect("blocked evals poisoned").unblock_failed();
+        for eval in released {
+            let _ = self.broker.enqueue(eval);
+        }
+    }
+
+    fn take_deferred(&self) -> Vec<Evaluation> {
+        std::mem::take(&mut *self.deferred.lock().expect("deferred writes poisoned"))
+    }
+}
+
+/// What the leader threads need.
+#[derive(Debug, Clone)]
+pub struct LeaderThreadsConfig {
+    pub seed: u64,
+    pub pipelining: Pipelining,
+}
+
+/// Start the threads that serve `duties` until `cancel`: the plan applier,
+/// the broker's nack/delay timer and the leader loop.
+pub fn spawn_leader_threads(
+    duties: Arc<LeaderDuties>,
+    store: Arc<StateStore>,
+    committer: Arc<dyn Committer>,
+    clock: Arc<dyn Clock>,
+    config: LeaderThreadsConfig,
+    cancel: Cancel,
+) -> Vec<JoinHandle<()>> {
+    let mut threads = spawn_applier(
+        duties.plans.clone(),
+        store.clone(),
+        committer.clone(),
+        clock.clone(),
+        config.seed,
+        config.pipelining,
+        cancel.clone(),
+    );
+    threads.push(duties.broker.spawn_timer(cancel.clone()));
+    let loop_thread = std::thread::Builder::new()
+        .name("leader".into())
+        .spawn(move || leader_loop(&duties, &store, committer.as_ref(), clock.as_ref(), config.seed, &cancel))
+        .expect("spawn leader loop");
+    threads.push(loop_thread);
+    threads
+}
+
+/// Leader duties: write what the broker decided (cancelled duplicates of
+/// pending evals) and what routing deferred, drain the failed queue (mark
+/// the eval failed, create its delayed follow-up, then ack it), retry evals
+/// blocked by plan conflicts, and collect garbage.
+fn leader_loop(
+    duties: &LeaderDuties,
+    store: &StateStore,
+    committer: &dyn Committer,
+    clock: &dyn Clock,
+    seed: u64,
+    cancel: &Cancel,
+) {
+    let mut ids = IdGen::with_seed(seed ^ 0xfa11);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let delivery_limit = BrokerConfig::default().delivery_limit;
+    let mut last_failed_unblock_ns = clock.now_ns();
+    let mut last_gc_ns = clock.now_ns();
+    while cancel.sleep(LEADER_TICK) {
+        let now = clock.now_ns();
+        if now - last_gc_ns >= GC_INTERVAL_NS {
+            last_gc_ns = now;
+            for command in collect_garbage(&store.snapshot(), now, GcThresholds::default()) {
+                // A purge racing a new registration fails cleanly and is
+                // retried on the next pass.
+                let _ = committer.commit(command);
+            }
+        }
+        if now - last_failed_unblock_ns >= FAILED_UNBLOCK_INTERVAL_NS {
+            last_failed_unblock_ns = now;
+            duties.unblock_failed();
+        }
+        let mut writes = duties.take_deferred();
+        for output in duties.broker.take_outputs() {
+            if let BrokerOutput::Cancel(evals) = output {
+                writes.extend(evals.iter().map(|e| cancel_update(e, now)));
+            }
+        }
+        let mut failed_acks = Vec::new();
+        while let Ok(Some((failed, token))) = duties.broker.dequeue_failed() {
+            let delay = failed_followup_delay_ns(&mut rng);
+            let (marked, follow_up) = failed_followup(&failed, &mut ids, now, delay, delivery_limit);
+            writes.push(marked);
+            writes.push(follow_up);
+            failed_acks.push((failed.id, token));
+        }
+        if !writes.is_empty() && committer.commit(Command::EvalUpsert { evals: writes }).is_ok() {
+            for (id, token) in failed_acks {
+                let _ = duties.broker.ack(id, token);
+            }
+        }
+    }
+}
