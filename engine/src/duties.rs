@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::model::JobType;
+use crate::worker::{Delivery, LeaderServices, ServiceError};
+
 use crate::blocked::BlockedEvals;
 use crate::broker::{
     BrokerConfig, BrokerError, BrokerOutput, SharedBroker, cancel_update, failed_followup, failed_followup_delay_ns,
@@ -23,7 +26,7 @@ use crate::clock::Clock;
 use crate::fsm::{self, ApplyOutcome, Command};
 use crate::ids::IdGen;
 use crate::leader::{GcThresholds, Restored, collect_garbage, restore};
-use crate::model::{EvalStatus, Evaluation};
+use crate::model::{EvalStatus, Evaluation, Plan, PlanResult};
 use crate::plan::{Committer, Pipelining, PlanQueue, spawn_applier};
 use crate::state::{Cancel, State, StateStore};
 
@@ -240,5 +243,50 @@ fn leader_loop(
                 let _ = duties.broker.ack(id, token);
             }
         }
+    }
+}
+
+/// The workers' view of a leader in the same process: its broker and plan
+/// queue directly, eval writes through its committer.
+#[derive(Debug)]
+pub struct DutiesLeader {
+    pub store: Arc<StateStore>,
+    pub duties: Arc<LeaderDuties>,
+    pub committer: Arc<dyn Committer>,
+}
+
+impl LeaderServices for DutiesLeader {
+    fn dequeue(&self, types: &[JobType], timeout: Duration, cancel: &Cancel) -> Result<Option<Delivery>, ServiceError> {
+        let Some((eval, token)) =
+            self.duties.broker.dequeue(types, timeout, cancel).map_err(|e| ServiceError(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        // Wait for every write of the job's evals, not just this one's, so
+        // the scheduler sees the job as the leader last changed it.
+        let snapshot = self.store.snapshot();
+        let job_evals_index = snapshot.evals_by_job(&eval.job_key()).map(|e| e.modify_index).max().unwrap_or(0);
+        let wait_index = eval.modify_index.max(job_evals_index);
+        Ok(Some(Delivery { eval, token, wait_index }))
+    }
+
+    fn ack(&self, d: &Delivery) -> Result<(), ServiceError> {
+        self.duties.broker.ack(d.eval.id, d.token).map_err(|e| ServiceError(e.to_string()))
+    }
+
+    fn nack(&self, d: &Delivery) -> Result<(), ServiceError> {
+        self.duties.broker.nack(d.eval.id, d.token).map_err(|e| ServiceError(e.to_string()))
+    }
+
+    fn submit_plan(&self, d: &Delivery, plan: Plan) -> Result<PlanResult, ServiceError> {
+        // The eval's nack timer pauses while its plan waits in the queue.
+        let _ = self.duties.broker.pause_nack_timeout(d.eval.id, d.token);
+        let result = self.duties.plans.submit(plan).and_then(|ticket| ticket.wait());
+        let _ = self.duties.broker.resume_nack_timeout(d.eval.id, d.token);
+        result.map_err(|e| ServiceError(e.to_string()))
+    }
+
+    fn upsert_evals(&self, evals: Vec<Evaluation>) -> Result<u64, ServiceError> {
+        self.committer.commit(Command::EvalUpsert { evals }).map_err(|e| ServiceError(e.to_string()))
     }
 }

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use crate::broker::SharedBroker;
 use crate::clock::Clock;
-use crate::duties::{LeaderDuties, LeaderThreadsConfig, spawn_leader_threads};
+use crate::duties::{DutiesLeader, LeaderDuties, LeaderThreadsConfig, spawn_leader_threads};
 use crate::endpoints::{self, EndpointError};
 use crate::fsm::{ApplyError, ApplyOutcome, Command, Fsm};
 use crate::ids::{EvalId, IdGen};
-use crate::model::{Evaluation, Job, JobType, Plan, PlanResult, TimeNs};
+use crate::model::{Evaluation, Job, TimeNs};
 use crate::plan::{CommitError, Committer, Pipelining, PlanQueue};
 use crate::state::{Cancel, StateStore};
-use crate::worker::{Delivery, LeaderServices, ServiceError, Worker, WorkerConfig, WorkerStats};
+use crate::worker::{Worker, WorkerConfig, WorkerStats};
 
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
@@ -156,51 +156,6 @@ impl Committer for LocalLog {
     }
 }
 
-/// The worker's view of the leader, in-process.
-#[derive(Debug)]
-struct LocalLeader {
-    store: Arc<StateStore>,
-    broker: Arc<SharedBroker>,
-    plans: Arc<PlanQueue>,
-    log: Arc<LocalLog>,
-}
-
-impl LeaderServices for LocalLeader {
-    fn dequeue(&self, types: &[JobType], timeout: Duration, cancel: &Cancel) -> Result<Option<Delivery>, ServiceError> {
-        let Some((eval, token)) =
-            self.broker.dequeue(types, timeout, cancel).map_err(|e| ServiceError(e.to_string()))?
-        else {
-            return Ok(None);
-        };
-        // Wait for every write of the job's evals, not just this one's, so
-        // the scheduler sees the job as the leader last changed it.
-        let snapshot = self.store.snapshot();
-        let job_evals_index = snapshot.evals_by_job(&eval.job_key()).map(|e| e.modify_index).max().unwrap_or(0);
-        let wait_index = eval.modify_index.max(job_evals_index);
-        Ok(Some(Delivery { eval, token, wait_index }))
-    }
-
-    fn ack(&self, d: &Delivery) -> Result<(), ServiceError> {
-        self.broker.ack(d.eval.id, d.token).map_err(|e| ServiceError(e.to_string()))
-    }
-
-    fn nack(&self, d: &Delivery) -> Result<(), ServiceError> {
-        self.broker.nack(d.eval.id, d.token).map_err(|e| ServiceError(e.to_string()))
-    }
-
-    fn submit_plan(&self, d: &Delivery, plan: Plan) -> Result<PlanResult, ServiceError> {
-        // The eval's nack timer pauses while its plan waits in the queue.
-        let _ = self.broker.pause_nack_timeout(d.eval.id, d.token);
-        let result = self.plans.submit(plan).and_then(|ticket| ticket.wait());
-        let _ = self.broker.resume_nack_timeout(d.eval.id, d.token);
-        result.map_err(|e| ServiceError(e.to_string()))
-    }
-
-    fn upsert_evals(&self, evals: Vec<Evaluation>) -> Result<u64, ServiceError> {
-        self.log.commit(&Command::EvalUpsert { evals }).map_err(|e| ServiceError(e.to_string()))
-    }
-}
-
 /// A running one-server cluster.
 #[derive(Debug)]
 pub struct LocalCluster {
@@ -233,19 +188,14 @@ impl LocalCluster {
             events: Mutex::new(Default::default()),
         });
         let mut threads = spawn_leader_threads(
-            duties,
+            duties.clone(),
             store.clone(),
             log.clone(),
             clock.clone(),
             LeaderThreadsConfig { seed: config.seed, pipelining: config.pipelining },
             cancel.clone(),
         );
-        let leader = Arc::new(LocalLeader {
-            store: store.clone(),
-            broker: broker.clone(),
-            plans: plans.clone(),
-            log: log.clone(),
-        });
+        let leader = Arc::new(DutiesLeader { store: store.clone(), duties: duties.clone(), committer: log.clone() });
         let mut worker_stats = Vec::new();
         for i in 0..config.workers.max(1) {
             let stats = Arc::new(WorkerStats::default());
