@@ -28,6 +28,10 @@ pub enum EndpointError {
     AllocNotFound(AllocId),
     #[error(transparent)]
     Apply(#[from] crate::fsm::ApplyError),
+    /// The write could not be committed (no leader, no quorum, or the
+    /// state machine refused it on apply); nothing changed.
+    #[error("{0}")]
+    Commit(String),
 }
 
 fn eval_for(

@@ -54,6 +54,9 @@ pub(super) fn endpoint_error(e: EndpointError) -> Response {
         EndpointError::NodeNotFound(n) => refuse(StatusCode::NOT_FOUND, format!("node not found: {n}")),
         EndpointError::AllocNotFound(a) => refuse(StatusCode::NOT_FOUND, format!("alloc not found: {a}")),
         EndpointError::Apply(a) => refuse(StatusCode::INTERNAL_SERVER_ERROR, a.to_string()),
+        // Nomad answers 500 "No cluster leader"; 503 says the same and
+        // tells clients to retry.
+        EndpointError::Commit(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 

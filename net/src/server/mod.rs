@@ -1,0 +1,266 @@
+//! A Caravan server: the engine's state store and FSM replicated by raft,
+//! the leader duties that follow leadership, and the HTTP API's view of it.
+//!
+//! Threads: openraft and the QUIC endpoint (raft and server RPC) run on one
+//! compio thread ([`raft_thread`]); the engine's workers, plan applier and
+//! leader loop are OS threads that reach raft through a [`RaftHandle`]; a
+//! leadership thread turns the duties on and off ([`leadership`]).
+//!
+//! ```text
+//! HTTP write ─► RaftServer::write ─► RaftCommitter ─► raft (leader) ─► log (redb) ─► apply on every server
+//!                                      └─ follower: forward to the leader over QUIC
+//! apply ─► EngineFsm: Fsm::apply ─► events, LeaderDuties::route (leader only) ─► broker / blocked evals
+//! ```
+
+mod committer;
+mod engine_fsm;
+mod handle;
+mod leadership;
+mod raft_thread;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use caravan_engine::clock::Clock;
+use caravan_engine::duties::LeaderDuties;
+use caravan_engine::endpoints::{self, EndpointError};
+use caravan_engine::events::{Event, EventBuffer};
+use caravan_engine::fsm::Command;
+use caravan_engine::ids::{EvalId, IdGen, JobKey};
+use caravan_engine::model::Job;
+use caravan_engine::plan::Committer;
+use caravan_engine::state::StateStore;
+use caravan_engine::worker::{WorkerConfig, WorkerStats};
+
+pub use committer::{LeaderForwarder, RaftCommitter, WRITE_TIMEOUT};
+pub use handle::{RaftHandle, RaftView, Role, WriteError};
+pub use raft_thread::RaftTimings;
+
+use crate::http::{Server, WriteBuilder};
+
+/// Everything one server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The agent's `name`; unique in the cluster.
+    pub name: String,
+    /// Raft log, vote, snapshots, the server id and the dev TLS material.
+    pub data_dir: PathBuf,
+    /// Where the QUIC endpoint (raft and server RPC) listens.
+    pub rpc_bind: SocketAddr,
+    /// How other servers reach this one (`host:port`); defaults to the bind
+    /// address when empty.
+    pub rpc_advertise: String,
+    /// How users reach this server's HTTP API, as `/v1/status/*` reports it.
+    pub http_advertise: String,
+    /// Servers needed before the cluster forms (Nomad's `bootstrap_expect`).
+    pub bootstrap_expect: usize,
+    /// Other servers' RPC addresses (Nomad's `server_join.retry_join`).
+    pub retry_join: Vec<String>,
+    pub workers: usize,
+    pub worker: WorkerConfig,
+    pub raft: RaftTimings,
+    pub seed: u64,
+}
+
+impl ServerConfig {
+    /// A one-server cluster in `data_dir` on an ephemeral loopback port.
+    pub fn single(name: &str, data_dir: PathBuf) -> ServerConfig {
+        ServerConfig {
+            name: name.into(),
+            data_dir,
+            rpc_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            rpc_advertise: String::new(),
+            http_advertise: String::new(),
+            bootstrap_expect: 1,
+            retry_join: Vec::new(),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()) + 1,
+            worker: WorkerConfig::default(),
+            raft: RaftTimings::default(),
+            seed: fastrand::u64(..),
+        }
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct RaftServer {
+    pub id: u64,
+    pub name: String,
+    pub store: Arc<StateStore>,
+    pub duties: Arc<LeaderDuties>,
+    pub raft: RaftHandle,
+    pub committer: Arc<RaftCommitter>,
+    /// The address the QUIC endpoint is bound to.
+    pub rpc_addr: SocketAddr,
+    pub worker_stats: Vec<Arc<WorkerStats>>,
+    clock: Arc<dyn Clock>,
+    ids: Mutex<IdGen>,
+    events: Arc<Mutex<EventBuffer>>,
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// How long shutdown waits for raft to stop.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl RaftServer {
+    /// Open the data dir, start raft and the RPC endpoint, join or form the
+    /// cluster, and follow leadership.
+    pub fn start(config: ServerConfig, clock: Arc<dyn Clock>) -> std::io::Result<RaftServer> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let store = Arc::new(StateStore::new());
+        let duties = Arc::new(LeaderDuties::new(clock.clone()));
+        let events = Arc::new(Mutex::new(EventBuffer::default()));
+        let fsm = engine_fsm::EngineFsm::new(store.clone(), duties.clone(), events.clone());
+        let establisher = fsm.establisher();
+        let started = raft_thread::start(&config, fsm)?;
+        let committer = Arc::new(RaftCommitter { raft: started.handle.clone(), forwarder: Some(started.forwarder) });
+        let worker_stats: Vec<_> = (0..config.workers.max(1)).map(|_| Arc::new(WorkerStats::default())).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let leadership = leadership::Leadership {
+            raft: started.handle.clone(),
+            store: store.clone(),
+            duties: duties.clone(),
+            establisher,
+            committer: committer.clone(),
+            clock: clock.clone(),
+            config: leadership::LeadershipConfig {
+                workers: config.workers,
+                worker: config.worker.clone(),
+                seed: config.seed,
+            },
+            worker_stats: worker_stats.clone(),
+        };
+        let threads = vec![leadership.spawn(stop.clone())];
+        Ok(RaftServer {
+            id: started.id,
+            name: config.name.clone(),
+            store,
+            duties,
+            raft: started.handle,
+            committer,
+            rpc_addr: started.rpc_addr,
+            worker_stats,
+            clock,
+            ids: Mutex::new(IdGen::with_seed(config.seed ^ 0x1d5)),
+            events,
+            stop,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Wait until some server leads and this one has applied its commits.
+    pub fn wait_for_leader(&self, timeout: Duration) -> bool {
+        self.raft.wait_view(timeout, |v| v.leader.is_some() && v.last_applied >= v.committed).1
+    }
+
+    /// Stop following leadership (duties revoked) and stop raft.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        for t in self.threads.lock().expect("threads poisoned").drain(..) {
+            let _ = t.join();
+        }
+        self.raft.shutdown(SHUTDOWN_TIMEOUT);
+    }
+
+    fn commit(&self, command: Command) -> Result<u64, EndpointError> {
+        self.committer.commit(command).map_err(|e| EndpointError::Commit(e.0))
+    }
+
+    /// Wait for the write at `index` to be applied here too (a forwarded
+    /// write is applied on the leader first), so a read after the write
+    /// sees it.
+    fn read_your_write(&self, index: u64) {
+        let cancel = caravan_engine::state::Cancel::new();
+        let _ = self.store.snapshot_min_index(index, WRITE_TIMEOUT, &cancel);
+    }
+}
+
+impl Server for RaftServer {
+    fn store(&self) -> &Arc<StateStore> {
+        &self.store
+    }
+
+    fn register_job(&self, job: Job) -> Result<(EvalId, u64), EndpointError> {
+        let command = endpoints::register_job(job, self.clock.now_ns(), &mut self.ids.lock().expect("ids poisoned"))?;
+        let eval_id = match &command {
+            Command::JobRegister { eval: Some(eval), .. } => eval.id,
+            _ => EvalId::NIL,
+        };
+        let index = self.commit(command)?;
+        self.read_your_write(index);
+        Ok((eval_id, index))
+    }
+
+    fn deregister_job(&self, key: &JobKey, purge: bool) -> Result<(EvalId, u64), EndpointError> {
+        let command = endpoints::deregister_job(
+            &self.store.snapshot(),
+            key,
+            purge,
+            self.clock.now_ns(),
+            &mut self.ids.lock().expect("ids poisoned"),
+        )?;
+        let eval_id = match &command {
+            Command::JobDeregister { eval: Some(eval), .. } => eval.id,
+            _ => EvalId::NIL,
+        };
+        let index = self.commit(command)?;
+        self.read_your_write(index);
+        Ok((eval_id, index))
+    }
+
+    fn write(&self, build: &mut WriteBuilder<'_>) -> Result<u64, EndpointError> {
+        // Built from this server's latest state; the FSM re-checks what it
+        // must on apply (a job deleted in between is refused there).
+        let command = build(&self.store.snapshot(), &mut self.ids.lock().expect("ids poisoned"), self.clock.now_ns())?;
+        let index = self.commit(command)?;
+        self.read_your_write(index);
+        Ok(index)
+    }
+
+    fn events_since(&self, index: u64, limit: usize) -> Vec<Event> {
+        let state = self.store.snapshot();
+        self.events.lock().expect("events poisoned").since(index, limit, &state)
+    }
+
+    fn gauges(&self) -> Vec<(&'static str, f64)> {
+        let broker = self.duties.broker.stats();
+        let snap = self.store.snapshot();
+        let view = self.raft.view();
+        let sum = |f: fn(&WorkerStats) -> u64| self.worker_stats.iter().map(|s| f(s) as f64).sum::<f64>();
+        vec![
+            ("nomad.broker.total_ready", broker.total_ready as f64),
+            ("nomad.broker.total_unacked", broker.total_unacked as f64),
+            ("nomad.broker.total_pending", broker.total_pending as f64),
+            ("nomad.broker.total_waiting", broker.total_waiting as f64),
+            ("nomad.broker.total_failed", broker.total_failed as f64),
+            ("nomad.plan.queue_depth", self.duties.plans.len() as f64),
+            ("nomad.raft.applied_index", view.last_applied as f64),
+            ("nomad.raft.commit_index", view.committed as f64),
+            ("nomad.raft.last_index", view.last_log_index as f64),
+            ("nomad.raft.term", view.term as f64),
+            ("nomad.raft.leader", if view.is_leader() { 1.0 } else { 0.0 }),
+            ("nomad.state.jobs", snap.job_count() as f64),
+            ("nomad.state.nodes", snap.node_count() as f64),
+            ("nomad.state.allocations", snap.alloc_count() as f64),
+            ("caravan.worker.evals_processed", sum(|s| s.evals_processed.load(Ordering::Relaxed))),
+            ("caravan.worker.evals_nacked", sum(|s| s.evals_nacked.load(Ordering::Relaxed))),
+            ("caravan.worker.plans_submitted", sum(|s| s.plans_submitted.load(Ordering::Relaxed))),
+            ("caravan.worker.plan_refreshes", sum(|s| s.plan_refreshes.load(Ordering::Relaxed))),
+            ("caravan.worker.placements", sum(|s| s.placements.load(Ordering::Relaxed))),
+            ("caravan.worker.sync_timeouts", sum(|s| s.sync_timeouts.load(Ordering::Relaxed))),
+        ]
+    }
+
+    fn leader_addr(&self) -> String {
+        self.raft.view().leader_node().map(|(_, node)| node.rpc_addr).unwrap_or_default()
+    }
+
+    fn peers(&self) -> Vec<String> {
+        self.raft.view().members.values().filter(|(_, voter)| *voter).map(|(node, _)| node.rpc_addr.clone()).collect()
+    }
+}
