@@ -15,8 +15,8 @@ use caravan_net::raft::{
 use openraft::impls::leader_id_adv::LeaderId;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::log::{StoreBuilder, Suite};
-use redb::ReadableTable;
 use openraft::{EntryPayload, Membership, RaftLogReader, RaftSnapshotBuilder, StorageError, StoredMembership};
+use redb::ReadableTable;
 
 /// A directory under the system temp dir, removed on drop.
 #[derive(Debug)]

@@ -441,8 +441,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 buffer.reserve(payload.bytes.len() + ENTRY_RECORD_OVERHEAD_BYTES);
             }
             let start = buffer.len();
-            entry_codec::encode_entry(&entry, &mut buffer)
-                .map_err(|source| LogStoreError::Encode { index, source })?;
+            entry_codec::encode_entry(&entry, &mut buffer).map_err(|source| LogStoreError::Encode { index, source })?;
             spans.push((index, start, buffer.len()));
             last = Some(entry.log_id);
         }

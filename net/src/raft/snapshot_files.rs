@@ -32,6 +32,9 @@ use super::types::TypeConfig;
 /// openraft's description of a snapshot for Caravan's type configuration.
 pub type SnapshotMeta = SnapshotMetaOf<TypeConfig>;
 
+/// Streams a snapshot of the state into a writer; runs on another thread.
+pub type SnapshotWriter = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>;
+
 const MAGIC: [u8; 8] = *b"CRVNSNAP";
 const TRAILER_MAGIC: [u8; 8] = *b"CRVNSEND";
 /// Bumped when the layout changes; files of an unknown version are refused.
@@ -208,7 +211,7 @@ pub(crate) fn write_snapshot(
     file_name: &str,
     meta: &SnapshotMeta,
     snapshot_id: &str,
-    body: Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>,
+    body: SnapshotWriter,
 ) -> Result<PathBuf, SnapshotError> {
     let final_path = dir.join(file_name);
     let temp_path = dir.join(format!("{file_name}{TEMP_SUFFIX}"));
@@ -318,8 +321,10 @@ pub fn verify_snapshot(file: &mut File, path: &Path) -> Result<VerifiedSnapshot,
     if header_len > HEADER_BYTES_MAX {
         return Err(SnapshotError::HeaderTooLarge { path: path_text(), len: header_len, max: HEADER_BYTES_MAX });
     }
-    let expected_len =
-        PREAMBLE_BYTES.checked_add(header_len as u64).and_then(|n| n.checked_add(body_len)).and_then(|n| n.checked_add(TRAILER_BYTES));
+    let expected_len = PREAMBLE_BYTES
+        .checked_add(header_len as u64)
+        .and_then(|n| n.checked_add(body_len))
+        .and_then(|n| n.checked_add(TRAILER_BYTES));
     if expected_len != Some(file_len) {
         return Err(SnapshotError::Length { path: path_text(), header_len: header_len as u64, body_len, file_len });
     }
@@ -395,7 +400,7 @@ pub(crate) fn list_snapshots(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>, Sna
         let Some((index_key, seq)) = name.to_str().and_then(parse_file_name) else { continue };
         found.push((index_key, seq, item.path()));
     }
-    found.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    found.sort_by_key(|(index_key, seq, _)| std::cmp::Reverse((*index_key, *seq)));
     Ok(found)
 }
 

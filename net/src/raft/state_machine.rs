@@ -28,7 +28,7 @@
 //! committed index durably), before serving.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use futures_util::TryStreamExt;
@@ -38,18 +38,15 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 
 use super::entry_codec::LogId;
 use super::snapshot_files::{
-    self, SnapshotError, SnapshotFile, SnapshotMeta, body_reader, import_snapshot, snapshot_file_name,
-    verify_snapshot, write_snapshot,
+    self, SnapshotError, SnapshotFile, SnapshotMeta, body_reader, import_snapshot, snapshot_file_name, verify_snapshot,
+    write_snapshot,
 };
 use super::types::{ApplyReply, LogPayload, TypeConfig};
 
-pub use super::snapshot_files::SNAPSHOTS_KEPT;
+pub use super::snapshot_files::{SNAPSHOTS_KEPT, SnapshotWriter};
 
 /// The membership openraft asks the state machine to keep.
 pub type StoredMembership = StoredMembershipOf<TypeConfig>;
-
-/// Streams a snapshot of the state into a writer; runs on another thread.
-pub type SnapshotWriter = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>;
 
 /// The application state machine that raft replicates: the engine's FSM in
 /// a server, a small map in tests.
