@@ -17,7 +17,7 @@ use crate::model::{
 use crate::state::{SchedulerConfig, State, StateStore};
 
 /// The committed part of a plan, as one raft entry.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct PlanApplied {
     pub eval_id: EvalId,
     /// New and updated allocations.
@@ -34,7 +34,7 @@ pub struct PlanApplied {
 // Variants differ in size (a whole job vs. a node id); a command is built
 // once per write and moved a handful of times, so boxing buys nothing.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Command {
     /// Store a job (a new version when its spec changed) and its eval, atomically.
     JobRegister {

@@ -5,6 +5,7 @@
 //! [`IdGen`] so that a seeded run (the scheduler, the simulation harness)
 //! produces the same ids every time.
 
+use crate::model::rkyv_with::ArcStr;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::str::FromStr;
@@ -138,9 +139,11 @@ impl IdGen {
 }
 
 /// A job is keyed by namespace and id, both user-chosen strings.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct JobKey {
+    #[rkyv(with = ArcStr)]
     pub namespace: Arc<str>,
+    #[rkyv(with = ArcStr)]
     pub id: Arc<str>,
 }
 

@@ -10,6 +10,8 @@
 //!   `-var` overrides) parsed into that same API JSON.
 //! - [`http`]: the `/v1` HTTP API (axum on compio) over a [`http::Server`],
 //!   with blocking queries and the event stream.
+//! - [`wire`]: rkyv codecs for raft log entries (command batches) and
+//!   streamed, checksummed full-state snapshots.
 //!
 //! - [`raft`]: openraft over QUIC with a redb log (in progress).
 
@@ -17,3 +19,4 @@ pub mod api;
 pub mod http;
 pub mod jobspec;
 pub mod raft;
+pub mod wire;

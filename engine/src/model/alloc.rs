@@ -3,9 +3,11 @@ use std::sync::{Arc, LazyLock};
 
 use super::{AllocatedResources, Job, TaskGroup, TimeNs};
 use crate::ids::{AllocId, DeploymentId, EvalId, JobKey, NodeId};
+use crate::model::rkyv_with::{ArcStr, SharedTaskStates};
+use rkyv::with::{Identity, MapKV};
 
 /// What the servers want for an allocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum DesiredStatus {
     Run,
     Stop,
@@ -23,7 +25,7 @@ impl DesiredStatus {
 }
 
 /// What the client reports for an allocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum ClientStatus {
     Pending,
     Running,
@@ -56,7 +58,7 @@ impl ClientStatus {
 }
 
 /// One past reschedule of an allocation's lineage.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct RescheduleEvent {
     pub at_ns: TimeNs,
     pub prev_alloc_id: AllocId,
@@ -66,13 +68,13 @@ pub struct RescheduleEvent {
 
 /// History carried from an allocation to its replacement, to enforce the
 /// reschedule policy's attempts and compute its next delay.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct RescheduleTracker {
     pub events: Vec<RescheduleEvent>,
 }
 
 /// Server-requested transitions on a running allocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct DesiredTransition {
     /// Move off a draining node.
     pub migrate: bool,
@@ -86,7 +88,7 @@ pub struct DesiredTransition {
 ///
 /// Kept small: the job is shared (`Arc`) with every allocation of the same
 /// version, and the name `job.group[index]` is computed, not stored.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Allocation {
     pub id: AllocId,
     pub eval_id: EvalId,
@@ -99,9 +101,11 @@ pub struct Allocation {
     pub name_index: u32,
     pub resources: Arc<AllocatedResources>,
     pub desired_status: DesiredStatus,
+    #[rkyv(with = ArcStr)]
     pub desired_description: Arc<str>,
     pub desired_transition: DesiredTransition,
     pub client_status: ClientStatus,
+    #[rkyv(with = ArcStr)]
     pub client_description: Arc<str>,
     pub previous_alloc: Option<AllocId>,
     pub next_alloc: Option<AllocId>,
@@ -118,6 +122,7 @@ pub struct Allocation {
     pub modify_time_ns: TimeNs,
     /// The client's view of each task, by task name; shared until a client
     /// update replaces it.
+    #[rkyv(with = SharedTaskStates)]
     pub task_states: Arc<BTreeMap<Arc<str>, TaskState>>,
 }
 
@@ -156,13 +161,15 @@ impl Allocation {
 }
 
 /// A client's report about one allocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct AllocClientUpdate {
     pub alloc_id: AllocId,
     pub client_status: ClientStatus,
+    #[rkyv(with = ArcStr)]
     pub client_description: Arc<str>,
     pub at_ns: TimeNs,
     /// Every task's state, whole (Nomad sends the full map each time).
+    #[rkyv(with = MapKV<ArcStr, Identity>)]
     pub task_states: BTreeMap<Arc<str>, TaskState>,
 }
 
@@ -174,7 +181,7 @@ pub fn no_task_states() -> Arc<BTreeMap<Arc<str>, TaskState>> {
 }
 
 /// Nomad's task lifecycle: pending until started, running, dead at the end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum TaskLifecycleState {
     Pending,
     Running,
@@ -192,7 +199,7 @@ impl TaskLifecycleState {
 }
 
 /// What a client reports about one task of an allocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct TaskState {
     pub state: TaskLifecycleState,
     pub failed: bool,
@@ -233,11 +240,13 @@ impl TaskState {
 /// One event of a task, with Nomad's type names ("Received", "Started",
 /// "Terminated", "Restarting", "Killing", "Killed", "Not Restarting",
 /// "Driver Failure", ...).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct TaskEvent {
+    #[rkyv(with = ArcStr)]
     pub kind: Arc<str>,
     pub time_ns: TimeNs,
     /// Human-readable detail (Nomad's `DisplayMessage`).
+    #[rkyv(with = ArcStr)]
     pub message: Arc<str>,
     /// Set for "Terminated".
     pub exit_code: Option<i32>,

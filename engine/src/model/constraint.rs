@@ -1,9 +1,10 @@
+use crate::model::rkyv_with::ArcStr;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
 /// Constraint operators, with Nomad's spellings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum ConstraintOp {
     Equal,
     NotEqual,
@@ -85,11 +86,13 @@ impl fmt::Display for ConstraintOp {
 }
 
 /// `constraint { attribute = "${attr.kernel.name}" operator = "=" value = "linux" }`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Constraint {
     /// Left target, usually an interpolation such as `${attr.kernel.name}`.
+    #[rkyv(with = ArcStr)]
     pub l_target: Arc<str>,
     /// Right target: a literal, or an interpolation.
+    #[rkyv(with = ArcStr)]
     pub r_target: Arc<str>,
     pub operand: ConstraintOp,
 }
@@ -107,9 +110,11 @@ impl fmt::Display for Constraint {
 }
 
 /// `affinity { attribute = ... operator = ... value = ... weight = 50 }`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Affinity {
+    #[rkyv(with = ArcStr)]
     pub l_target: Arc<str>,
+    #[rkyv(with = ArcStr)]
     pub r_target: Arc<str>,
     pub operand: ConstraintOp,
     /// -100..=100, never 0.
@@ -117,16 +122,18 @@ pub struct Affinity {
 }
 
 /// `spread { attribute = "${node.datacenter}" weight = 50 target "dc1" { percent = 70 } }`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Spread {
+    #[rkyv(with = ArcStr)]
     pub attribute: Arc<str>,
     /// 0..=100.
     pub weight: u8,
     pub targets: Vec<SpreadTarget>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct SpreadTarget {
+    #[rkyv(with = ArcStr)]
     pub value: Arc<str>,
     /// 0..=100; the targets of one spread add up to at most 100.
     pub percent: u8,

@@ -1,8 +1,9 @@
 use std::sync::Arc;
 
 use crate::ids::{DeploymentId, JobKey};
+use crate::model::rkyv_with::ArcStr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum DeploymentStatus {
     Running,
     Paused,
@@ -29,13 +30,14 @@ impl DeploymentStatus {
 
 /// The record of rolling out one job version. Minimal for now: rolling
 /// updates, canaries and health tracking build on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Deployment {
     pub id: DeploymentId,
     pub job: JobKey,
     pub job_version: u64,
     pub job_modify_index: u64,
     pub status: DeploymentStatus,
+    #[rkyv(with = ArcStr)]
     pub status_description: Arc<str>,
     pub create_index: u64,
     pub modify_index: u64,

@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use super::{JobType, TimeNs};
 use crate::ids::{DeploymentId, EvalId, JobKey, NodeId};
+use crate::model::rkyv_with::ArcStr;
+use rkyv::with::{Identity, MapKV};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum EvalStatus {
     Blocked,
     Pending,
@@ -31,7 +33,7 @@ impl EvalStatus {
 }
 
 /// Why an evaluation was created (Nomad's `TriggeredBy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum TriggeredBy {
     JobRegister,
     JobDeregister,
@@ -84,16 +86,21 @@ impl fmt::Display for TriggeredBy {
 }
 
 /// Why placements of one task group failed (Nomad's `AllocMetric`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct AllocMetric {
     pub nodes_evaluated: u32,
     pub nodes_filtered: u32,
     pub nodes_in_pool: u32,
+    #[rkyv(with = MapKV<ArcStr, Identity>)]
     pub nodes_available: BTreeMap<Arc<str>, u32>,
+    #[rkyv(with = MapKV<ArcStr, Identity>)]
     pub class_filtered: BTreeMap<Arc<str>, u32>,
+    #[rkyv(with = MapKV<ArcStr, Identity>)]
     pub constraint_filtered: BTreeMap<Arc<str>, u32>,
     pub nodes_exhausted: u32,
+    #[rkyv(with = MapKV<ArcStr, Identity>)]
     pub class_exhausted: BTreeMap<Arc<str>, u32>,
+    #[rkyv(with = MapKV<ArcStr, Identity>)]
     pub dimension_exhausted: BTreeMap<Arc<str>, u32>,
     /// Placements of this group that failed the same way and were folded in.
     pub coalesced_failures: u32,
@@ -121,19 +128,22 @@ impl AllocMetric {
 }
 
 /// A unit of scheduling work for one job (or one node, for system jobs).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Evaluation {
     pub id: EvalId,
+    #[rkyv(with = ArcStr)]
     pub namespace: Arc<str>,
     pub priority: u8,
     pub job_type: JobType,
     pub triggered_by: TriggeredBy,
+    #[rkyv(with = ArcStr)]
     pub job_id: Arc<str>,
     pub job_modify_index: u64,
     pub node_id: Option<NodeId>,
     pub node_modify_index: u64,
     pub deployment_id: Option<DeploymentId>,
     pub status: EvalStatus,
+    #[rkyv(with = ArcStr)]
     pub status_description: Arc<str>,
     /// Delay before the eval may be processed (relative, from creation).
     pub wait_ns: i64,
@@ -143,6 +153,7 @@ pub struct Evaluation {
     pub previous_eval: Option<EvalId>,
     pub blocked_eval: Option<EvalId>,
     /// Per task group: why placements failed.
+    #[rkyv(with = MapKV<ArcStr, Identity>)]
     pub failed_tg_allocs: BTreeMap<Arc<str>, AllocMetric>,
     /// Per computed node class: whether the job could run on it (blocked evals).
     pub class_eligibility: BTreeMap<u64, bool>,
@@ -150,6 +161,7 @@ pub struct Evaluation {
     pub escaped_computed_class: bool,
     pub annotate_plan: bool,
     /// Per task group: allocations still to place.
+    #[rkyv(with = MapKV<ArcStr, Identity>)]
     pub queued_allocations: BTreeMap<Arc<str>, u32>,
     /// Raft index of the snapshot the scheduler used (blocked evals compare it
     /// with capacity-change indexes to catch missed unblocks).

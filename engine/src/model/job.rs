@@ -4,9 +4,13 @@ use std::sync::Arc;
 
 use super::{Affinity, ConfigValue, Constraint, PortRequest, SECOND_NS, Spread, TaskResources, TimeNs};
 use crate::ids::JobKey;
+use crate::model::rkyv_with::ArcStr;
+use rkyv::with::{Map, MapKV};
 
 /// Which scheduler handles a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub enum JobType {
     Service,
     Batch,
@@ -47,7 +51,7 @@ impl fmt::Display for JobType {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum JobStatus {
     Pending,
     Running,
@@ -65,7 +69,7 @@ impl JobStatus {
 }
 
 /// `restart { attempts interval delay mode }`, applied by the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct RestartPolicy {
     pub attempts: u32,
     pub interval_ns: i64,
@@ -73,7 +77,7 @@ pub struct RestartPolicy {
     pub mode: RestartMode,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum RestartMode {
     Fail,
     Delay,
@@ -99,7 +103,7 @@ impl RestartPolicy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum DelayFunction {
     Constant,
     Exponential,
@@ -126,7 +130,7 @@ impl DelayFunction {
 }
 
 /// `reschedule { ... }`: how the servers replace a failed allocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ReschedulePolicy {
     /// Attempts allowed within `interval_ns` (ignored when `unlimited`).
     pub attempts: u32,
@@ -164,10 +168,11 @@ impl ReschedulePolicy {
 }
 
 /// `update { ... }`: carried and validated; rolling deployments build on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct UpdateStrategy {
     pub stagger_ns: i64,
     pub max_parallel: u32,
+    #[rkyv(with = ArcStr)]
     pub health_check: Arc<str>,
     pub min_healthy_time_ns: i64,
     pub healthy_deadline_ns: i64,
@@ -194,9 +199,10 @@ impl Default for UpdateStrategy {
 }
 
 /// `migrate { ... }`: how allocations leave a draining node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct MigrateStrategy {
     pub max_parallel: u32,
+    #[rkyv(with = ArcStr)]
     pub health_check: Arc<str>,
     pub min_healthy_time_ns: i64,
     pub healthy_deadline_ns: i64,
@@ -214,16 +220,21 @@ impl Default for MigrateStrategy {
 }
 
 /// One process or container.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Task {
+    #[rkyv(with = ArcStr)]
     pub name: Arc<str>,
+    #[rkyv(with = ArcStr)]
     pub driver: Arc<str>,
+    #[rkyv(with = Map<ArcStr>)]
     pub user: Option<Arc<str>>,
     pub config: ConfigValue,
+    #[rkyv(with = MapKV<ArcStr, ArcStr>)]
     pub env: BTreeMap<Arc<str>, Arc<str>>,
     pub resources: TaskResources,
     pub constraints: Vec<Constraint>,
     pub affinities: Vec<Affinity>,
+    #[rkyv(with = MapKV<ArcStr, ArcStr>)]
     pub meta: BTreeMap<Arc<str>, Arc<str>>,
     pub kill_timeout_ns: i64,
     pub leader: bool,
@@ -249,8 +260,9 @@ impl Task {
 }
 
 /// A set of tasks placed together on one node, `count` times.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct TaskGroup {
+    #[rkyv(with = ArcStr)]
     pub name: Arc<str>,
     pub count: u32,
     pub constraints: Vec<Constraint>,
@@ -263,11 +275,13 @@ pub struct TaskGroup {
     pub migrate: Option<MigrateStrategy>,
     pub ephemeral_disk_mb: u32,
     pub ports: Vec<PortRequest>,
+    #[rkyv(with = MapKV<ArcStr, ArcStr>)]
     pub meta: BTreeMap<Arc<str>, Arc<str>>,
     /// Place all `count` allocations in one plan, or none of them.
     pub gang: bool,
     /// For gang groups: prefer nodes sharing this attribute's value (for
     /// example `${meta.rack}`) with the group's first placement.
+    #[rkyv(with = Map<ArcStr>)]
     pub gang_topology: Option<Arc<str>>,
     /// How long an allocation on a disconnected node stays before it is replaced.
     pub max_client_disconnect_ns: Option<i64>,
@@ -298,11 +312,15 @@ impl TaskGroup {
 }
 
 /// A job: what the user asked to run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Job {
+    #[rkyv(with = ArcStr)]
     pub namespace: Arc<str>,
+    #[rkyv(with = ArcStr)]
     pub id: Arc<str>,
+    #[rkyv(with = ArcStr)]
     pub name: Arc<str>,
+    #[rkyv(with = ArcStr)]
     pub region: Arc<str>,
     pub job_type: JobType,
     /// 1..=100, default 50.
@@ -312,13 +330,16 @@ pub struct Job {
     /// job-level form of `TaskGroup::gang`).
     pub gang: bool,
     /// Datacenter names; `*` globs allowed.
+    #[rkyv(with = Map<ArcStr>)]
     pub datacenters: Vec<Arc<str>>,
+    #[rkyv(with = ArcStr)]
     pub node_pool: Arc<str>,
     pub constraints: Vec<Constraint>,
     pub affinities: Vec<Affinity>,
     pub spreads: Vec<Spread>,
     pub task_groups: Vec<TaskGroup>,
     pub update: Option<UpdateStrategy>,
+    #[rkyv(with = MapKV<ArcStr, ArcStr>)]
     pub meta: BTreeMap<Arc<str>, Arc<str>>,
     /// Stopped by the user: the scheduler stops all of its allocations.
     pub stop: bool,

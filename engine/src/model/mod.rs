@@ -12,6 +12,7 @@ mod job;
 mod node;
 mod plan;
 mod resources;
+pub mod rkyv_with;
 mod value;
 
 pub use alloc::*;

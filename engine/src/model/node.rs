@@ -5,8 +5,10 @@ use std::sync::Arc;
 use super::{ComparableResources, TimeNs};
 use crate::ids::NodeId;
 use crate::intern::Sym;
+use crate::model::rkyv_with::{ArcStr, SymText};
+use rkyv::with::{Identity, Map, MapKV};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum NodeStatus {
     Initializing,
     Ready,
@@ -31,7 +33,7 @@ impl NodeStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum SchedulingEligibility {
     Eligible,
     Ineligible,
@@ -47,7 +49,7 @@ impl SchedulingEligibility {
 }
 
 /// `DrainSpec`: how long allocations may take to leave, and whether system jobs stay.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct DrainStrategy {
     /// Negative: force now; zero: no deadline.
     pub deadline_ns: i64,
@@ -58,30 +60,43 @@ pub struct DrainStrategy {
 }
 
 /// A task driver's fingerprint on a node.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct DriverInfo {
     pub detected: bool,
     pub healthy: bool,
+    #[rkyv(with = ArcStr)]
     pub health_description: Arc<str>,
+    #[rkyv(with = MapKV<ArcStr, ArcStr>)]
     pub attributes: BTreeMap<Arc<str>, Arc<str>>,
 }
 
 /// A device attribute value; numbers carry an optional unit (`MiB`, `MHz`, `W`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum DeviceAttribute {
-    Int { value: i64, unit: Option<Arc<str>> },
-    Float { value: f64, unit: Option<Arc<str>> },
-    String(Arc<str>),
+    Int {
+        value: i64,
+        #[rkyv(with = Map<ArcStr>)]
+        unit: Option<Arc<str>>,
+    },
+    Float {
+        value: f64,
+        #[rkyv(with = Map<ArcStr>)]
+        unit: Option<Arc<str>>,
+    },
+    String(#[rkyv(with = ArcStr)] Arc<str>),
     Bool(bool),
 }
 
 /// One device instance (a GPU, or a MIG slice).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct DeviceInstance {
     /// Stable instance id (the GPU UUID).
+    #[rkyv(with = ArcStr)]
     pub id: Arc<str>,
     pub healthy: bool,
+    #[rkyv(with = ArcStr)]
     pub health_description: Arc<str>,
+    #[rkyv(with = Map<ArcStr>)]
     pub pci_bus_id: Option<Arc<str>>,
     pub numa_node: Option<u16>,
     /// Instances with the same island are linked (NVLink); `None` when unknown.
@@ -89,13 +104,17 @@ pub struct DeviceInstance {
 }
 
 /// A group of identical devices on a node, as Nomad's `NodeDeviceResource`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct NodeDeviceResource {
+    #[rkyv(with = ArcStr)]
     pub vendor: Arc<str>,
     /// `gpu`, `fpga`, ...
+    #[rkyv(with = ArcStr)]
     pub kind: Arc<str>,
     /// The model, e.g. `NVIDIA H200`.
+    #[rkyv(with = ArcStr)]
     pub name: Arc<str>,
+    #[rkyv(with = MapKV<ArcStr, Identity>)]
     pub attributes: BTreeMap<Arc<str>, DeviceAttribute>,
     pub instances: Vec<DeviceInstance>,
 }
@@ -118,7 +137,7 @@ impl NodeDeviceResource {
 }
 
 /// What a node offers.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct NodeResources {
     pub cpu_mhz: u64,
     /// Total cores; with `cpu_mhz` this gives MHz per core for `cores` requests.
@@ -145,7 +164,7 @@ impl Default for NodeResources {
 }
 
 /// What the node keeps for itself and the OS.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ReservedResources {
     pub cpu_mhz: u64,
     pub memory_mb: u64,
@@ -154,21 +173,30 @@ pub struct ReservedResources {
 }
 
 /// A client machine as the servers see it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Node {
     pub id: NodeId,
+    #[rkyv(with = ArcStr)]
     pub name: Arc<str>,
+    #[rkyv(with = SymText)]
     pub datacenter: Sym,
+    #[rkyv(with = SymText)]
     pub node_pool: Sym,
     /// User-given class; empty when unset.
+    #[rkyv(with = SymText)]
     pub node_class: Sym,
+    #[rkyv(with = ArcStr)]
     pub http_addr: Arc<str>,
+    #[rkyv(with = MapKV<ArcStr, ArcStr>)]
     pub attributes: BTreeMap<Arc<str>, Arc<str>>,
+    #[rkyv(with = MapKV<ArcStr, ArcStr>)]
     pub meta: BTreeMap<Arc<str>, Arc<str>>,
     pub resources: NodeResources,
     pub reserved: ReservedResources,
+    #[rkyv(with = MapKV<ArcStr, Identity>)]
     pub drivers: BTreeMap<Arc<str>, DriverInfo>,
     pub status: NodeStatus,
+    #[rkyv(with = ArcStr)]
     pub status_description: Arc<str>,
     pub eligibility: SchedulingEligibility,
     pub drain: Option<DrainStrategy>,

@@ -3,11 +3,13 @@ use std::sync::Arc;
 
 use super::{Allocation, ClientStatus, Deployment, Job};
 use crate::ids::{AllocId, EvalId, NodeId};
+use crate::model::rkyv_with::ArcStr;
 
 /// Stop (or evict) one existing allocation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct AllocStop {
     pub alloc_id: AllocId,
+    #[rkyv(with = ArcStr)]
     pub description: Arc<str>,
     /// Set when the client side is known too, e.g. `lost` on a down node.
     pub client_status: Option<ClientStatus>,
@@ -16,7 +18,7 @@ pub struct AllocStop {
 }
 
 /// Evict an allocation to make room for a higher-priority one.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct AllocPreemption {
     pub alloc_id: AllocId,
     pub preempted_by: AllocId,

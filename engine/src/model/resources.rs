@@ -1,9 +1,11 @@
 use std::sync::Arc;
 
 use super::{Affinity, Constraint};
+use crate::model::rkyv_with::ArcStr;
+use rkyv::with::Map;
 
 /// What one task asks for.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct TaskResources {
     /// CPU shares in MHz. Ignored for fit when `cores > 0`.
     pub cpu_mhz: u32,
@@ -16,9 +18,10 @@ pub struct TaskResources {
 }
 
 /// `device "nvidia/gpu" { count = 2 ... }` inside a task's resources.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct DeviceRequest {
     /// `gpu`, `nvidia/gpu` or `nvidia/gpu/<model>`.
+    #[rkyv(with = ArcStr)]
     pub name: Arc<str>,
     pub count: u32,
     pub constraints: Vec<Constraint>,
@@ -39,8 +42,9 @@ impl DeviceRequest {
 }
 
 /// A port asked for in a group's `network { port "label" { ... } }`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct PortRequest {
+    #[rkyv(with = ArcStr)]
     pub label: Arc<str>,
     /// A fixed host port; `None` for a dynamic one.
     pub static_port: Option<u16>,
@@ -49,7 +53,7 @@ pub struct PortRequest {
 }
 
 /// The totals one allocation holds on its node: what fit checks compare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ComparableResources {
     pub cpu_mhz: u64,
     pub memory_mb: u64,
@@ -91,27 +95,32 @@ impl ComparableResources {
 }
 
 /// One host port an allocation holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct AssignedPort {
+    #[rkyv(with = ArcStr)]
     pub label: Arc<str>,
     pub value: u16,
     pub to: u16,
 }
 
 /// Device instances given to one task of an allocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct AssignedDevice {
     /// Index of the task in its task group.
     pub task_index: u16,
+    #[rkyv(with = ArcStr)]
     pub vendor: Arc<str>,
+    #[rkyv(with = ArcStr)]
     pub kind: Arc<str>,
+    #[rkyv(with = ArcStr)]
     pub name: Arc<str>,
     /// Instance ids (GPU UUIDs), as fingerprinted.
+    #[rkyv(with = Map<ArcStr>)]
     pub instance_ids: Vec<Arc<str>>,
 }
 
 /// What an allocation was given on its node.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct AllocatedResources {
     pub comparable: ComparableResources,
     pub ports: Vec<AssignedPort>,

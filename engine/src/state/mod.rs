@@ -8,6 +8,7 @@
 
 mod cancel;
 mod chunks;
+mod restore;
 mod tables;
 mod usage;
 
@@ -18,7 +19,10 @@ use arc_swap::ArcSwap;
 
 pub use cancel::Cancel;
 use cancel::IndexWaiter;
-pub use tables::{JOB_VERSIONS_KEPT, SchedulerAlgorithm, SchedulerConfig, ScopeKey, ScopedNodes, State, Table};
+pub use restore::{JobHistory, RestoreError, StateBuilder};
+pub use tables::{
+    JOB_VERSIONS_KEPT, SchedulerAlgorithm, SchedulerConfig, ScopeKey, ScopedNodes, State, TABLE_COUNT, Table,
+};
 pub use usage::{FitError, InstanceRule, NodeUsage, check_fit, usage_from_allocs};
 
 /// An immutable view of the state at one raft index.

@@ -35,8 +35,11 @@ pub enum Table {
 
 const TABLES: usize = 6;
 
+/// How many tables carry a last-write index ([`State::table_indexes`]).
+pub const TABLE_COUNT: usize = TABLES;
+
 /// Bin-packing or spreading, cluster-wide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum SchedulerAlgorithm {
     #[default]
     Binpack,
@@ -44,7 +47,7 @@ pub enum SchedulerAlgorithm {
 }
 
 /// `/v1/operator/scheduler/configuration`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct SchedulerConfig {
     pub algorithm: SchedulerAlgorithm,
     pub preemption_system: bool,
@@ -502,5 +505,68 @@ impl State {
         config.modify_index = index;
         self.scheduler_config = Arc::new(config);
         self.touch(Table::SchedulerConfig, index);
+    }
+}
+
+/// Raw access for full-state snapshots (`restore.rs`): the secondary index
+/// lists in their stored order, so a restore that inserts in that order
+/// rebuilds the very same indexes.
+impl State {
+    pub(super) fn job_entries(&self) -> impl Iterator<Item = (&JobKey, &Arc<Job>)> + '_ {
+        self.jobs.iter()
+    }
+
+    pub(super) fn job_version_list(&self, key: &JobKey) -> Option<&Vector<Arc<Job>>> {
+        self.job_versions.get(key)
+    }
+
+    pub(super) fn job_version_lists(&self) -> impl Iterator<Item = (&JobKey, &Vector<Arc<Job>>)> + '_ {
+        self.job_versions.iter()
+    }
+
+    pub(super) fn pool_lists(&self) -> impl Iterator<Item = &[NodeId]> + '_ {
+        self.nodes_by_pool.values().map(|ids| ids.as_slice())
+    }
+
+    /// Every node slot (one per node ever registered, removed nodes
+    /// included) with its allocation ids in insertion order.
+    pub fn node_alloc_lists(&self) -> impl Iterator<Item = (NodeId, impl Iterator<Item = AllocId> + '_)> + '_ {
+        self.node_slots.iter().map(|(id, slot)| (*id, slot.alloc_ids.iter().copied()))
+    }
+
+    pub fn node_slot_count(&self) -> usize {
+        self.node_slots.len()
+    }
+
+    pub(super) fn eval_lists(&self) -> impl Iterator<Item = &[EvalId]> + '_ {
+        self.evals_by_job.values().map(|ids| ids.as_slice())
+    }
+
+    /// The last-write index of every table, in slot order (see [`Table`]).
+    pub fn table_indexes(&self) -> [u64; TABLE_COUNT] {
+        self.table_index
+    }
+
+    pub(super) fn set_table_indexes(&mut self, table_index: [u64; TABLE_COUNT]) {
+        self.table_index = table_index;
+    }
+
+    /// Set (or clear) the current record of a job without touching its versions.
+    pub(super) fn restore_current_job(&mut self, key: &JobKey, job: Option<Arc<Job>>) {
+        match job {
+            Some(job) => self.jobs.insert(key.clone(), job),
+            None => self.jobs.remove(key),
+        };
+    }
+
+    /// A node slot exists for every node ever registered (and outlives it):
+    /// restore creates the empty ones too, so `node_usage` answers the same.
+    pub(super) fn ensure_node_slot(&mut self, id: NodeId) {
+        self.node_slots.entry(id).or_default();
+    }
+
+    /// The configuration as stored, its `modify_index` included.
+    pub(super) fn restore_scheduler_config(&mut self, config: SchedulerConfig) {
+        self.scheduler_config = Arc::new(config);
     }
 }

@@ -1,0 +1,176 @@
+//! Full-state snapshots, engine side: reading a [`State`] out in an order
+//! that rebuilds it exactly, and [`StateBuilder`], which rebuilds it.
+//!
+//! The wire format is `net`'s; the engine only promises that feeding the
+//! builder what the read side yields, in that order, gives back a state with
+//! the same tables, the same secondary indexes in the same order (node pool
+//! lists, per-node allocation lists, per-job eval lists) and the same usage,
+//! because the builder goes through the very `put_*` paths the FSM uses.
+
+use std::sync::Arc;
+
+use super::tables::TABLE_COUNT;
+use super::{SchedulerConfig, State};
+use crate::ids::{AllocId, DeploymentId, EvalId, JobKey, NodeId};
+use crate::model::{Allocation, Deployment, Evaluation, Job, Node};
+
+/// One job's records: its current version and the versions kept, oldest
+/// first as stored.
+#[derive(Debug)]
+pub struct JobHistory<'a> {
+    pub key: &'a JobKey,
+    pub current: Option<&'a Arc<Job>>,
+    pub versions: Vec<&'a Arc<Job>>,
+}
+
+/// Reads in restore order.
+impl State {
+    /// Every job key with its current record and kept versions: jobs in key
+    /// order, then (never in a consistent state, but carried all the same)
+    /// version lists whose current record is gone.
+    pub fn job_histories(&self) -> impl Iterator<Item = JobHistory<'_>> + '_ {
+        let current = self.job_entries().map(|(key, job)| JobHistory {
+            key,
+            current: Some(job),
+            versions: self.job_version_list(key).map(|v| v.iter().collect()).unwrap_or_default(),
+        });
+        let orphans = self
+            .job_version_lists()
+            .filter(|(key, _)| self.job(key).is_none())
+            .map(|(key, versions)| JobHistory { key, current: None, versions: versions.iter().collect() });
+        current.chain(orphans)
+    }
+
+    /// Every node, each pool's nodes in registration order.
+    pub fn nodes_in_pool_order(&self) -> impl Iterator<Item = &Arc<Node>> + '_ {
+        self.pool_lists().flat_map(|ids| ids.iter()).filter_map(|id| self.node(*id))
+    }
+
+    /// Every evaluation, each job's evals in insertion order.
+    pub fn evals_in_job_order(&self) -> impl Iterator<Item = &Arc<Evaluation>> + '_ {
+        self.eval_lists().flat_map(|ids| ids.iter()).filter_map(|id| self.eval(*id))
+    }
+}
+
+/// A snapshot that would not rebuild into a consistent state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    #[error("job {0} restored twice")]
+    DuplicateJob(JobKey),
+    #[error("job {key} lists a version belonging to {found}")]
+    ForeignJobVersion { key: JobKey, found: JobKey },
+    #[error("node {0} restored twice")]
+    DuplicateNode(NodeId),
+    #[error("allocation {0} restored twice")]
+    DuplicateAlloc(AllocId),
+    #[error("allocation {0} does not carry its job's tag")]
+    UntaggedAlloc(AllocId),
+    #[error("evaluation {0} restored twice")]
+    DuplicateEval(EvalId),
+    #[error("deployment {0} restored twice")]
+    DuplicateDeployment(DeploymentId),
+}
+
+/// Rebuilds a [`State`] from a full snapshot through the FSM's own write
+/// paths, so every derived index and each node's usage come out as the FSM
+/// would have left them. Feed it in the order the reads above yield.
+#[derive(Debug, Default)]
+pub struct StateBuilder {
+    state: State,
+}
+
+/// Writes made while restoring carry index 0; [`StateBuilder::finish`] then
+/// sets the state's index and every table's last-write index as recorded.
+const RESTORE_INDEX: u64 = 0;
+
+impl StateBuilder {
+    pub fn new() -> StateBuilder {
+        StateBuilder::default()
+    }
+
+    /// A job's kept versions (oldest first) and its current record.
+    pub fn put_job_history(
+        &mut self,
+        key: &JobKey,
+        current: Option<Arc<Job>>,
+        versions: Vec<Arc<Job>>,
+    ) -> Result<(), RestoreError> {
+        if self.state.job(key).is_some() || self.state.job_version_list(key).is_some() {
+            return Err(RestoreError::DuplicateJob(key.clone()));
+        }
+        for job in current.iter().chain(versions.iter()) {
+            let found = job.key();
+            if found != *key {
+                return Err(RestoreError::ForeignJobVersion { key: key.clone(), found });
+            }
+        }
+        for version in versions {
+            self.state.put_job(RESTORE_INDEX, version);
+        }
+        self.state.restore_current_job(key, current);
+        Ok(())
+    }
+
+    pub fn put_node(&mut self, node: Arc<Node>) -> Result<(), RestoreError> {
+        if self.state.node(node.id).is_some() {
+            return Err(RestoreError::DuplicateNode(node.id));
+        }
+        self.state.put_node(RESTORE_INDEX, node);
+        Ok(())
+    }
+
+    /// A node slot, possibly of a node no longer registered. Call before
+    /// the node's allocations.
+    pub fn put_node_slot(&mut self, node_id: NodeId) {
+        self.state.ensure_node_slot(node_id);
+    }
+
+    /// Allocations in their node's list order (see [`State::node_alloc_lists`]).
+    pub fn put_alloc(&mut self, alloc: Arc<Allocation>) -> Result<(), RestoreError> {
+        if self.state.alloc(alloc.id).is_some() {
+            return Err(RestoreError::DuplicateAlloc(alloc.id));
+        }
+        if alloc.id.job_tag() != alloc.job.key().tag() {
+            // The by-id lookup would never find it.
+            return Err(RestoreError::UntaggedAlloc(alloc.id));
+        }
+        self.state.put_alloc(RESTORE_INDEX, alloc);
+        Ok(())
+    }
+
+    pub fn put_eval(&mut self, eval: Arc<Evaluation>) -> Result<(), RestoreError> {
+        if self.state.eval(eval.id).is_some() {
+            return Err(RestoreError::DuplicateEval(eval.id));
+        }
+        self.state.put_eval(RESTORE_INDEX, eval);
+        Ok(())
+    }
+
+    pub fn put_deployment(&mut self, deployment: Arc<Deployment>) -> Result<(), RestoreError> {
+        if self.state.deployment(deployment.id).is_some() {
+            return Err(RestoreError::DuplicateDeployment(deployment.id));
+        }
+        self.state.put_deployment(RESTORE_INDEX, deployment);
+        Ok(())
+    }
+
+    /// The scheduler configuration as stored, `modify_index` included.
+    pub fn set_scheduler_config(&mut self, config: SchedulerConfig) {
+        self.state.restore_scheduler_config(config);
+    }
+
+    /// The current job a restored allocation may share its `Arc` with: the
+    /// kept version equal to `job`, if any (restores the sharing a
+    /// snapshot's chunking loses).
+    pub fn kept_job_version(&self, job: &Job) -> Option<Arc<Job>> {
+        let versions = self.state.job_version_list(&job.key())?;
+        versions.iter().find(|v| v.version == job.version && ***v == *job).cloned()
+    }
+
+    /// The restored state at `index`, with each table's last-write index.
+    pub fn finish(mut self, index: u64, table_indexes: [u64; TABLE_COUNT]) -> State {
+        self.state.set_index(index);
+        self.state.set_table_indexes(table_indexes);
+        self.state
+    }
+}
