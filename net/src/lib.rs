@@ -11,9 +11,15 @@
 //! - [`http`]: the `/v1` HTTP API (axum on compio) over a [`http::Server`],
 //!   with blocking queries and the event stream.
 //!
+//! - [`quic`]: the QUIC transport: cluster CA and node certificates,
+//!   mutual TLS 1.3 configs, endpoints.
+//! - [`rpc`]: server RPC over QUIC: versioned frames, [`rpc::RpcServer`],
+//!   [`rpc::RpcClient`] and [`rpc::BlockingRpcClient`].
 //! - [`raft`]: openraft over QUIC with a redb log (in progress).
 
 pub mod api;
 pub mod http;
 pub mod jobspec;
+pub mod quic;
 pub mod raft;
+pub mod rpc;
