@@ -435,7 +435,7 @@ mod tests {
                 let position = (next(&mut seed) as usize) % bytes.len();
                 bytes[position] = next(&mut seed) as u8;
             }
-            if next(&mut seed) % 8 == 0 {
+            if next(&mut seed).is_multiple_of(8) {
                 bytes.push(next(&mut seed) as u8);
             }
             check_decode_consistent(bytes);
