@@ -384,9 +384,11 @@ impl ServerThread {
                 if graceful {
                     server.shutdown().await;
                 } else {
-                    // Leak the endpoint so that no close is sent: the
-                    // runtime's end then drops the socket like a crash.
-                    std::mem::forget(server);
+                    // Dropping the server only queues the close for the
+                    // connection tasks, which never run again: the runtime
+                    // ends with this future and drops the socket, as a
+                    // crash would.
+                    drop(server);
                 }
                 handler.calls.get()
             })

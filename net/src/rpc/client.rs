@@ -22,7 +22,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use compio::quic::{Connection, Endpoint};
+use compio::quic::{Connection, Endpoint, RecvStream, SendStream};
 use futures_util::future::{LocalBoxFuture, Shared};
 use futures_util::{FutureExt, StreamExt};
 
@@ -164,11 +164,14 @@ impl RpcClient {
         let request_id = self.next_request_id.get();
         self.next_request_id.set(request_id.wrapping_add(1));
 
-        let connection = self.connection(peer, deadline).await?;
-        let exchange = exchange(&connection, peer, request_id, method, body, deadline);
-        let result = match compio::time::timeout_at(deadline, exchange).await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(RpcError::Timeout { peer, timeout }),
+        let attempt = async {
+            let (connection, streams) = self.open_stream(peer, deadline).await?;
+            let result = exchange(streams, peer, request_id, method, body, deadline).await;
+            (result, Some(connection))
+        };
+        let (result, connection) = match compio::time::timeout_at(deadline, attempt).await {
+            Ok((result, connection)) => (result, connection),
+            Err(_elapsed) => (Err(RpcError::Timeout { peer, timeout }), None),
         };
         if matches!(result, Err(RpcError::ConnectionLost { .. } | RpcError::Timeout { .. })) {
             // After a transport failure the connection is dead. After a
@@ -177,9 +180,36 @@ impl RpcClient {
             // otherwise keep timing out until the idle timeout. One fresh
             // handshake is a small price; calls still in flight keep the
             // old connection until they end.
-            self.forget(peer, &connection);
+            self.forget(peer, connection.as_ref());
         }
         result
+    }
+
+    /// A new stream to `peer`. If the cached connection turns out to be
+    /// closed when the stream is opened, nothing has been sent yet, so one
+    /// fresh connection is tried before giving up.
+    async fn open_stream(
+        &self,
+        peer: SocketAddr,
+        deadline: Instant,
+    ) -> Result<(Connection, (SendStream, RecvStream)), RpcError> {
+        let connection = self.connection(peer, deadline).await?;
+        // Waits while the peer's concurrent stream limit is reached.
+        match connection.open_bi_wait().await {
+            Ok(streams) => return Ok((connection, streams)),
+            Err(error) => {
+                tracing::debug!(%peer, %error, "cached rpc connection closed; reconnecting");
+                self.forget(peer, Some(&connection));
+            }
+        }
+        let connection = self.connection(peer, deadline).await?;
+        match connection.open_bi_wait().await {
+            Ok(streams) => Ok((connection, streams)),
+            Err(error) => {
+                self.forget(peer, Some(&connection));
+                Err(RpcError::Unreachable { peer, reason: error.to_string() })
+            }
+        }
     }
 
     /// The peer's connection: cached, being made, or made now.
@@ -232,10 +262,16 @@ impl RpcClient {
         peers.insert(peer, connection);
     }
 
-    /// Drop the cached connection to `peer` if it is still `connection`.
-    fn forget(&self, peer: SocketAddr, connection: &Connection) {
+    /// Drop the cached connection to `peer` if it is still `connection`
+    /// (any ready one if `None`: the call timed out before knowing which).
+    fn forget(&self, peer: SocketAddr, connection: Option<&Connection>) {
         let mut peers = self.peers.borrow_mut();
-        if matches!(peers.get(&peer), Some(PeerConnection::Ready(cached)) if cached == connection) {
+        let stale = match (peers.get(&peer), connection) {
+            (Some(PeerConnection::Ready(cached)), Some(connection)) => cached == connection,
+            (Some(PeerConnection::Ready(_)), None) => true,
+            _ => false,
+        };
+        if stale {
             peers.remove(&peer);
         }
     }
@@ -252,9 +288,9 @@ async fn connect(endpoint: Endpoint, peer: SocketAddr) -> Result<Connection, Rpc
     }
 }
 
-/// One request and its answer on a new stream of `connection`.
+/// One request and its answer on a new stream.
 async fn exchange(
-    connection: &Connection,
+    (mut send, mut recv): (SendStream, RecvStream),
     peer: SocketAddr,
     request_id: u64,
     method: u16,
@@ -263,8 +299,6 @@ async fn exchange(
 ) -> Result<Vec<u8>, RpcError> {
     let lost = |reason: String| RpcError::ConnectionLost { peer, reason };
     let protocol = |reason: String| RpcError::Protocol { peer, reason };
-    // Waits while the peer's stream limit is reached.
-    let (mut send, mut recv) = connection.open_bi_wait().await.map_err(|e| lost(e.to_string()))?;
     // Tell the server the time left now, after connecting, so that its
     // deadline does not outlast ours.
     let remaining = deadline.saturating_duration_since(Instant::now());
@@ -279,11 +313,15 @@ async fn exchange(
             return Err(lost(error.to_string()));
         }
     }
-    let answer = match stream::read_frame(&mut recv).await {
+    // Answers are bounded by FRAME_LEN_MAX alone: we asked for them, and
+    // the caller bounds how many it has in flight.
+    let answer = match stream::read_frame(&mut recv, |_| true).await {
         Ok(answer) => answer,
         Err(ReadFrameError::Read(error)) => return Err(lost(error.to_string())),
         Err(ReadFrameError::Empty) => return Err(protocol("stream finished without an answer".into())),
-        Err(ReadFrameError::Frame(error)) => return Err(protocol(error.to_string())),
+        Err(error @ (ReadFrameError::Frame(_) | ReadFrameError::NotAdmitted { .. })) => {
+            return Err(protocol(error.to_string()));
+        }
     };
     let answer = frame::decode(answer).map_err(|e| protocol(e.to_string()))?;
     let header = answer.header;

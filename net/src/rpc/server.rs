@@ -203,46 +203,55 @@ async fn serve_stream(
     mut recv: RecvStream,
     buffered_bytes: Rc<Cell<usize>>,
 ) {
-    let answer = match compio::time::timeout(REQUEST_READ_TIMEOUT, stream::read_frame(&mut recv)).await {
-        Err(_elapsed) => Some(refusal(&mut recv, 0, 0, ErrorCode::BAD_FRAME, "request frame not received in time")),
+    // Charged as soon as the frame's size is known, before its bytes are
+    // buffered, and released when this task ends (answered, failed or
+    // cancelled).
+    let mut budget = None;
+    let admit = |frame_len: usize| {
+        if buffered_bytes.get() + frame_len > CONNECTION_REQUEST_BYTES_MAX {
+            return false;
+        }
+        budget = Some(CountGuard::new(buffered_bytes.clone(), frame_len));
+        true
+    };
+    let read = compio::time::timeout(REQUEST_READ_TIMEOUT, stream::read_frame(&mut recv, admit)).await;
+    let answer = match read {
+        Err(_elapsed) => refusal(&mut recv, ErrorCode::BAD_FRAME, "request frame not received in time".into()),
         Ok(Err(ReadFrameError::Read(error))) => {
             // The stream or connection failed: nobody to answer.
             tracing::debug!(%error, "rpc stream read failed");
-            None
+            return;
         }
         Ok(Err(ReadFrameError::Empty)) => {
-            Some(refusal(&mut recv, 0, 0, ErrorCode::BAD_FRAME, "stream finished without a request frame"))
+            refusal(&mut recv, ErrorCode::BAD_FRAME, "stream finished without a request frame".into())
+        }
+        Ok(Err(ReadFrameError::NotAdmitted { frame_len })) => {
+            let message = format!(
+                "request of {frame_len} bytes would exceed the {CONNECTION_REQUEST_BYTES_MAX} bytes \
+                 in flight allowed per connection; retry later"
+            );
+            refusal(&mut recv, ErrorCode::OVERLOADED, message)
         }
         Ok(Err(ReadFrameError::Frame(error))) => {
             let (code, message) = frame_error_answer(&error);
-            Some(refusal(&mut recv, 0, 0, code, &message))
+            refusal(&mut recv, code, message)
         }
-        Ok(Ok(bytes)) => Some(answer(&*handler, bytes, &buffered_bytes, &mut recv).await),
+        Ok(Ok(bytes)) => answer(&*handler, bytes).await,
     };
-    let Some(answer) = answer else { return };
     if let Err(error) = stream::write_frame(&mut send, answer).await {
         // The client gave up (timed out) or the connection dropped.
         tracing::debug!(%error, "rpc answer not delivered");
     }
+    drop(budget);
 }
 
 /// Decode a request, run its handler within its deadline, encode the answer.
-async fn answer(
-    handler: &dyn RpcHandler,
-    bytes: Vec<u8>,
-    buffered_bytes: &Rc<Cell<usize>>,
-    recv: &mut RecvStream,
-) -> Vec<u8> {
-    // The budget is charged once the frame is in memory, for as long as the
-    // handler holds it.
-    if buffered_bytes.get() + bytes.len() > CONNECTION_REQUEST_BYTES_MAX {
-        let message = format!("over {CONNECTION_REQUEST_BYTES_MAX} request bytes in flight on this connection");
-        return refusal(recv, 0, 0, ErrorCode::OVERLOADED, &message);
-    }
-    let _budget = CountGuard::new(buffered_bytes.clone(), bytes.len());
+async fn answer(handler: &dyn RpcHandler, bytes: Vec<u8>) -> Vec<u8> {
     let frame = match frame::decode(bytes) {
         Ok(frame) => frame,
         Err(error) => {
+            // Not a frame we can read: its request id is not trustworthy
+            // (or, for another version, not even where we would look).
             let (code, message) = frame_error_answer(&error);
             return frame::encode_error(0, 0, &RemoteError::new(code, message));
         }
@@ -252,13 +261,13 @@ async fn answer(
         let error = RemoteError::new(ErrorCode::BAD_FRAME, format!("expected a request frame, got {kind:?}"));
         return frame::encode_error(request_id, method, &error);
     }
-    let budget = Duration::from_millis(u64::from(deadline_ms)).min(DEADLINE_MAX);
-    let deadline = Instant::now() + budget;
+    let allowed = Duration::from_millis(u64::from(deadline_ms)).min(DEADLINE_MAX);
+    let deadline = Instant::now() + allowed;
     let result = match compio::time::timeout_at(deadline, handler.handle(method, frame.body, deadline)).await {
         Ok(result) => result,
         Err(_elapsed) => Err(RemoteError::new(
             ErrorCode::DEADLINE_EXCEEDED,
-            format!("method {method} did not finish within {} ms", budget.as_millis()),
+            format!("method {method} did not finish within {} ms", allowed.as_millis()),
         )),
     };
     let header = FrameHeader { kind: FrameKind::Response, request_id, deadline_ms: 0, method };
@@ -284,9 +293,10 @@ fn frame_error_answer(error: &FrameError) -> (ErrorCode, String) {
 }
 
 /// An error frame for a request we will not read further, after telling the
-/// client to stop sending the rest of it.
-fn refusal(recv: &mut RecvStream, request_id: u64, method: u16, code: ErrorCode, message: &str) -> Vec<u8> {
+/// client to stop sending the rest of it. The request id is unknown (the
+/// header was not read or not trusted): 0.
+fn refusal(recv: &mut RecvStream, code: ErrorCode, message: String) -> Vec<u8> {
     // Fails only if the stream is already finished, which is fine.
     let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
-    frame::encode_error(request_id, method, &RemoteError::new(code, message))
+    frame::encode_error(0, 0, &RemoteError::new(code, message))
 }

@@ -29,12 +29,23 @@ pub(crate) enum ReadFrameError {
     /// The stream or connection failed.
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// The reader's `admit` refused a frame of this size.
+    #[error("frame of {frame_len} bytes not admitted")]
+    NotAdmitted {
+        /// The frame's size, length prefix included.
+        frame_len: usize,
+    },
 }
 
 /// Read exactly one frame. The length prefix is checked as soon as it has
-/// arrived, so an oversized frame is refused after four bytes. Bytes after
-/// the frame are not read: one frame per stream and direction.
-pub(crate) async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, ReadFrameError> {
+/// arrived, so an oversized frame is refused after four bytes, and `admit`
+/// is asked (once, with the frame's size) before its bytes are buffered: the
+/// server charges them to a memory budget there. Bytes after the frame are
+/// not read: one frame per stream and direction.
+pub(crate) async fn read_frame(
+    recv: &mut RecvStream,
+    mut admit: impl FnMut(usize) -> bool,
+) -> Result<Vec<u8>, ReadFrameError> {
     let mut buf = Vec::with_capacity(frame::HEADER_LEN);
     let mut frame_len = None;
     loop {
@@ -62,6 +73,9 @@ pub(crate) async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, ReadFra
             // Only the length is checked here; the version and the rest are
             // `frame::decode`'s business once the whole frame is in.
             let len = frame::frame_len(*prefix)?;
+            if !admit(len) {
+                return Err(ReadFrameError::NotAdmitted { frame_len: len });
+            }
             buf.reserve(len.min(READ_BUFFER_INITIAL));
             frame_len = Some(len);
         }
