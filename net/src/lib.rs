@@ -12,11 +12,18 @@
 //!   with blocking queries and the event stream.
 //! - [`wire`]: rkyv codecs for raft log entries (command batches) and
 //!   streamed, checksummed full-state snapshots.
-//!
-//! - [`raft`]: openraft over QUIC with a redb log (in progress).
+//! - [`quic`]: the QUIC transport: cluster CA and node certificates,
+//!   mutual TLS 1.3 configs, endpoints.
+//! - [`rpc`]: server RPC over QUIC: versioned frames, [`rpc::RpcServer`],
+//!   [`rpc::RpcClient`] and [`rpc::BlockingRpcClient`].
+//! - [`raft`]: openraft's storage: the redb log and the snapshot-file state machine.
+//! - [`server`]: a raft-replicated server: engine FSM, leader duties, raft over QUIC.
 
 pub mod api;
 pub mod http;
 pub mod jobspec;
+pub mod quic;
 pub mod raft;
+pub mod rpc;
+pub mod server;
 pub mod wire;
