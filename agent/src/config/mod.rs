@@ -31,8 +31,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub(crate) use decode::parse_port_ranges;
-pub(crate) use duration::{format_duration, parse_duration};
 pub(crate) use raw::ConfigValue;
 
 use decode::Problems;

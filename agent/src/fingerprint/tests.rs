@@ -74,7 +74,7 @@ fn mount_source_is_longest_prefix() {
 fn network_default_route_and_named_interface() {
     let routes = network::parse_routes(&fixture("route"));
     let local = network::parse_local_addresses(&fixture("fib_trie"));
-    expect![[r#""#]].assert_eq(&format!("{local:?}"));
+    expect!["[10.0.3.17, 127.0.0.1, 172.17.0.1]"].assert_eq(&format!("{local:?}"));
     assert_eq!(network::default_interface(&routes), Some("ens5"));
     assert_eq!(network::interface_address("ens5", &routes, &local), Some("10.0.3.17".parse().unwrap()));
     assert_eq!(network::interface_address("docker0", &routes, &local), Some("172.17.0.1".parse().unwrap()));
@@ -143,14 +143,34 @@ fn node_from_fixtures() {
     let devices = to_node_devices(&SimulatedGpus::h200_8x().fingerprint(), &[]);
     let node = fingerprint_node(NodeId(7), &fixture_config(), &fixture_host(), &[raw_exec, exec, docker(true)], devices);
     let attributes: Vec<String> = node.attributes.iter().map(|(k, v)| format!("{k} = {v}")).collect();
-    expect![[r#""#]].assert_eq(&attributes.join("\n").replace(env!("CARGO_PKG_VERSION"), "<version>"));
+    expect![[r#"
+        caravan.version = <version>
+        cpu.arch = amd64
+        cpu.frequency = 2000
+        cpu.modelname = Intel(R) Xeon(R) Platinum 8480+
+        cpu.numcores = 4
+        cpu.totalcompute = 8000
+        driver.docker = 1
+        driver.docker.version = 27.1.1
+        driver.raw_exec = 1
+        kernel.arch = x86_64
+        kernel.name = linux
+        kernel.version = 6.8.0-1015-aws
+        memory.totalbytes = 16757821440
+        os.name = ubuntu
+        os.version = 22.04
+        unique.hostname = worker-7
+        unique.network.ip-address = 10.0.3.17
+        unique.storage.bytesfree = 64424509440
+        unique.storage.bytestotal = 107374182400
+        unique.storage.volume = /dev/nvme1n1"#]].assert_eq(&attributes.join("\n").replace(env!("CARGO_PKG_VERSION"), "<version>"));
     assert_eq!(&*node.name, "worker-7");
     assert_eq!(node.datacenter, Sym::new("dc2"));
     assert_eq!(node.node_class, Sym::new("gpu"));
     assert_eq!(node.node_pool, Sym::new("ml"));
     assert_eq!(&*node.http_addr, "10.0.3.17:4646");
     assert_eq!(node.meta.get("rack").map(|v| &**v), Some("r12"));
-    expect![[r#""#]].assert_eq(&format!(
+    expect!["cpu_mhz=8000 cores=4 memory_mb=15981 disk_mb=61440 ports=20000..32000 devices=1x8"].assert_eq(&format!(
         "cpu_mhz={} cores={} memory_mb={} disk_mb={} ports={}..{} devices={}x{}",
         node.resources.cpu_mhz,
         node.resources.cores,
