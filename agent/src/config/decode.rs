@@ -471,7 +471,8 @@ fn tls(mut b: Block, base: &TlsConfig, p: &mut Problems) -> TlsConfig {
     let mut tls = base.clone();
     tls.http = b.bool("http", p).unwrap_or(tls.http);
     tls.rpc = b.bool("rpc", p).unwrap_or(tls.rpc);
-    for (key, slot) in [("ca_file", &mut tls.ca_file), ("cert_file", &mut tls.cert_file), ("key_file", &mut tls.key_file)]
+    for (key, slot) in
+        [("ca_file", &mut tls.ca_file), ("cert_file", &mut tls.cert_file), ("key_file", &mut tls.key_file)]
     {
         if let Some(v) = b.path(key, p) {
             *slot = Some(v);

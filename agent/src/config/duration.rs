@@ -30,7 +30,8 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         if number_len == 0 {
             return Err(format!("expected a number at {rest:?}"));
         }
-        let number: f64 = rest[..number_len].parse().map_err(|_| format!("invalid number {:?}", &rest[..number_len]))?;
+        let number: f64 =
+            rest[..number_len].parse().map_err(|_| format!("invalid number {:?}", &rest[..number_len]))?;
         rest = &rest[number_len..];
         let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let unit_ns: f64 = match &rest[..unit_len] {
@@ -59,8 +60,10 @@ pub(crate) fn format_duration(duration: Duration) -> String {
     if ns == 0 {
         return "0s".to_owned();
     }
-    for (unit, unit_ns) in [("h", 3_600_000_000_000u128), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000)] {
-        if ns % unit_ns == 0 {
+    for (unit, unit_ns) in
+        [("h", 3_600_000_000_000u128), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000)]
+    {
+        if ns.is_multiple_of(unit_ns) {
             return format!("{}{unit}", ns / unit_ns);
         }
     }

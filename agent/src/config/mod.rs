@@ -254,7 +254,7 @@ pub(crate) struct RawExecConfig {
 }
 
 /// `plugin "<name>" { config { ... } }` blocks.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub(crate) struct Plugins {
     pub(crate) raw_exec: RawExecConfig,
     /// `plugin "nvidia-gpu"`, plus `simulated { count = 8 ... }` for GPUs
@@ -263,12 +263,6 @@ pub(crate) struct Plugins {
     /// Every other plugin's `config` block (docker, exec), checked by its
     /// driver, which alone knows its keys.
     pub(crate) others: BTreeMap<String, ConfigValue>,
-}
-
-impl Default for Plugins {
-    fn default() -> Plugins {
-        Plugins { raw_exec: RawExecConfig::default(), gpu: caravan_gpu::GpuConfig::default(), others: BTreeMap::new() }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -330,11 +324,13 @@ impl AgentConfig {
     /// `-dev`: one server and one client in this process, on loopback, with
     /// `raw_exec` on and state in a temporary directory of its own.
     pub(crate) fn dev() -> AgentConfig {
-        let mut config = AgentConfig::default();
-        config.dev = true;
-        config.bind_addr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        config.log_level = LogLevel::Debug;
-        config.data_dir = Some(std::env::temp_dir().join(format!("caravan-dev-{}", std::process::id())));
+        let mut config = AgentConfig {
+            dev: true,
+            bind_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            log_level: LogLevel::Debug,
+            data_dir: Some(std::env::temp_dir().join(format!("caravan-dev-{}", std::process::id()))),
+            ..AgentConfig::default()
+        };
         config.server.enabled = true;
         config.server.bootstrap_expect = 1;
         config.client.enabled = true;
@@ -361,7 +357,7 @@ impl AgentConfig {
             }
             if self.server.bootstrap_expect == 0 {
                 error("server.bootstrap_expect", "must be at least 1 when server.enabled is true".to_owned());
-            } else if self.server.bootstrap_expect % 2 == 0 {
+            } else if self.server.bootstrap_expect.is_multiple_of(2) {
                 warnings.push(format!(
                     "server.bootstrap_expect = {}: an even number of servers tolerates no more failures than one \
                      fewer; 3 or 5 is recommended",
@@ -509,8 +505,10 @@ fn config_dir_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     for entry in entries {
         let path = entry.map_err(|e| format!("cannot read directory: {e}"))?.path();
         let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
-        let wanted =
-            path.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "hcl" | "json"));
+        let wanted = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "hcl" | "json"));
         if !hidden && wanted && path.is_file() {
             files.push(path);
         }

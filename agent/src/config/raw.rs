@@ -71,7 +71,7 @@ pub(crate) struct SyntaxError(pub(crate) String);
 /// `name = { label = { ... } }`, and blocks repeated with different labels
 /// merge, as Nomad's `plugin` blocks do.
 pub(crate) fn from_hcl(text: &str) -> Result<ConfigValue, SyntaxError> {
-    let body = hcl::parse(text).map_err(|e| SyntaxError(e.to_string()))?;
+    let body = hcl::parse(text).map_err(|e| SyntaxError(e.to_string().trim_start().to_owned()))?;
     body_to_value(&body, "", 0)
 }
 

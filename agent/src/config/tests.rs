@@ -140,7 +140,8 @@ fn client_config() {
             disk_free_mb: None,
             min_dynamic_port: 20000,
             max_dynamic_port: 30000,
-        }"#]].assert_eq(&format!("{:#?}", c.client));
+        }"#]]
+    .assert_eq(&format!("{:#?}", c.client));
     assert_eq!(c.datacenter, "dc2");
     assert_eq!(c.region, "global");
     assert!(!c.server.enabled);
@@ -148,7 +149,8 @@ fn client_config() {
     assert_eq!(c.plugins.gpu.ignored_gpu_ids, vec!["GPU-dead".to_owned()]);
     assert_eq!(c.plugins.gpu.fingerprint_period, Duration::from_secs(120));
     assert_eq!(c.plugins.gpu.simulated.as_ref().map(|s| s.count), Some(4));
-    expect![[r#"{"docker": Object({"allow_privileged": Bool(false), "volumes": Object({"enabled": Bool(true)})})}"#]].assert_eq(&format!("{:?}", c.plugins.others));
+    expect![[r#"{"docker": Object({"allow_privileged": Bool(false), "volumes": Object({"enabled": Bool(true)})})}"#]]
+        .assert_eq(&format!("{:?}", c.plugins.others));
 }
 
 #[test]
@@ -230,28 +232,74 @@ fn unknown_keys() {
     check_hcl("server { bootstap_expect = 3 }", expect!["agent.hcl: server.bootstap_expect: unknown key"]);
     check_hcl("colour = \"blue\"", expect!["agent.hcl: colour: unknown key"]);
     check_hcl("client {\n  reserved { gpu = 1 }\n}", expect!["agent.hcl: client.reserved.gpu: unknown key"]);
-    check_hcl("server {\n  server_join { retry_joins = [] }\n}", expect!["agent.hcl: server.server_join.retry_joins: unknown key"]);
-    check_hcl("plugin \"raw_exec\" {\n  config { enabld = true }\n}", expect!["agent.hcl: plugin.raw_exec.config.enabld: unknown key"]);
-    check_hcl("plugin \"raw_exec\" {\n  settings { enabled = true }\n}", expect!["agent.hcl: plugin.raw_exec.settings: unknown key"]);
-    check(&[json("agent.json", r#"{"client": {"enabled": true, "servrs": []}}"#)], expect!["agent.json: client.servrs: unknown key"]);
+    check_hcl(
+        "server {\n  server_join { retry_joins = [] }\n}",
+        expect!["agent.hcl: server.server_join.retry_joins: unknown key"],
+    );
+    check_hcl(
+        "plugin \"raw_exec\" {\n  config { enabld = true }\n}",
+        expect!["agent.hcl: plugin.raw_exec.config.enabld: unknown key"],
+    );
+    check_hcl(
+        "plugin \"raw_exec\" {\n  settings { enabled = true }\n}",
+        expect!["agent.hcl: plugin.raw_exec.settings: unknown key"],
+    );
+    check(
+        &[json("agent.json", r#"{"client": {"enabled": true, "servrs": []}}"#)],
+        expect!["agent.json: client.servrs: unknown key"],
+    );
 }
 
 #[test]
 fn type_errors() {
-    check_hcl("server { bootstrap_expect = \"3\" }", expect!["agent.hcl: server.bootstrap_expect: expected an integer, found string"]);
+    check_hcl(
+        "server { bootstrap_expect = \"3\" }",
+        expect!["agent.hcl: server.bootstrap_expect: expected an integer, found string"],
+    );
     check_hcl("region = 5", expect!["agent.hcl: region: expected a string, found number"]);
     check_hcl("server { enabled = \"yes\" }", expect!["agent.hcl: server.enabled: expected a bool, found string"]);
-    check_hcl("client { servers = \"10.0.0.1\" }", expect!["agent.hcl: client.servers: expected a list of strings, found string"]);
-    check_hcl("client { servers = [\"a\", 2] }", expect!["agent.hcl: client.servers[1]: expected a string, found number"]);
+    check_hcl(
+        "client { servers = \"10.0.0.1\" }",
+        expect!["agent.hcl: client.servers: expected a list of strings, found string"],
+    );
+    check_hcl(
+        "client { servers = [\"a\", 2] }",
+        expect!["agent.hcl: client.servers[1]: expected a string, found number"],
+    );
     check_hcl("ports = 4646", expect!["agent.hcl: ports: expected a block, found number"]);
     check_hcl("client {\n  meta = { a = [1] }\n}", expect!["agent.hcl: client.meta.a: expected a string, found list"]);
-    check_hcl("server { heartbeat_grace = 30 }", expect![[r#"agent.hcl: server.heartbeat_grace: expected a duration string such as "30s", found number"#]]);
-    check_hcl("server { heartbeat_grace = \"30 parsecs\" }", expect![[r#"agent.hcl: server.heartbeat_grace: invalid duration "30 parsecs": unknown unit " parsecs" (ns, us, ms, s, m, h)"#]]);
-    check_hcl("server { raft_snapshot_interval = \"-1m\" }", expect![[r#"agent.hcl: server.raft_snapshot_interval: invalid duration "-1m": negative duration"#]]);
-    check_hcl("bind_addr = \"{{ GetPrivateIP }}\"", expect![[r#"agent.hcl: bind_addr: expected an IP address, found "{{ GetPrivateIP }}""#]]);
-    check_hcl("log_level = \"LOUD\"", expect![[r#"agent.hcl: log_level: expected one of TRACE, DEBUG, INFO, WARN, ERROR, found "LOUD""#]]);
-    check_hcl("client {\n  reserved { reserved_ports = \"22,80-70\" }\n}", expect![[r#"agent.hcl: client.reserved.reserved_ports: port range "80-70" is backwards"#]]);
-    check_hcl("plugin \"nvidia-gpu\" {\n  config {\n    simulated { count = \"many\" }\n  }\n}", expect![[r#"agent.hcl: plugin.nvidia-gpu.config.simulated: invalid simulated GPU config: count = "many": not a non-negative integer (invalid digit found in string)"#]]);
+    check_hcl(
+        "server { heartbeat_grace = 30 }",
+        expect![[r#"agent.hcl: server.heartbeat_grace: expected a duration string such as "30s", found number"#]],
+    );
+    check_hcl(
+        "server { heartbeat_grace = \"30 parsecs\" }",
+        expect![[
+            r#"agent.hcl: server.heartbeat_grace: invalid duration "30 parsecs": unknown unit " parsecs" (ns, us, ms, s, m, h)"#
+        ]],
+    );
+    check_hcl(
+        "server { raft_snapshot_interval = \"-1m\" }",
+        expect![[r#"agent.hcl: server.raft_snapshot_interval: invalid duration "-1m": negative duration"#]],
+    );
+    check_hcl(
+        "bind_addr = \"{{ GetPrivateIP }}\"",
+        expect![[r#"agent.hcl: bind_addr: expected an IP address, found "{{ GetPrivateIP }}""#]],
+    );
+    check_hcl(
+        "log_level = \"LOUD\"",
+        expect![[r#"agent.hcl: log_level: expected one of TRACE, DEBUG, INFO, WARN, ERROR, found "LOUD""#]],
+    );
+    check_hcl(
+        "client {\n  reserved { reserved_ports = \"22,80-70\" }\n}",
+        expect![[r#"agent.hcl: client.reserved.reserved_ports: port range "80-70" is backwards"#]],
+    );
+    check_hcl(
+        "plugin \"nvidia-gpu\" {\n  config {\n    simulated { count = \"many\" }\n  }\n}",
+        expect![[
+            r#"agent.hcl: plugin.nvidia-gpu.config.simulated: invalid simulated GPU config: count = "many": not a non-negative integer (invalid digit found in string)"#
+        ]],
+    );
 }
 
 #[test]
@@ -259,44 +307,76 @@ fn ports_in_range() {
     check_hcl("ports { http = 70000 }", expect!["agent.hcl: ports.http: 70000 is out of range (0 to 65535)"]);
     check_hcl("ports { rpc = -1 }", expect!["agent.hcl: ports.rpc: -1 is out of range (0 to 65535)"]);
     check_hcl("ports {\n  http = 4646\n  rpc = 4646\n}", expect!["ports.rpc: port 4646 is already used by ports.http"]);
-    check_hcl("client {\n  min_dynamic_port = 30000\n  max_dynamic_port = 20000\n}", expect!["client.min_dynamic_port: 30000 is above client.max_dynamic_port (20000)"]);
+    check_hcl(
+        "client {\n  min_dynamic_port = 30000\n  max_dynamic_port = 20000\n}",
+        expect!["client.min_dynamic_port: 30000 is above client.max_dynamic_port (20000)"],
+    );
 }
 
 #[test]
 fn validation() {
-    check(&[hcl("agent.hcl", "server {\n  enabled = true\n  bootstrap_expect = 3\n}")], expect!["data_dir: required when server.enabled is true"]);
-    check(&[hcl("agent.hcl", "data_dir = \"/d\"\nserver { enabled = true }")], expect!["server.bootstrap_expect: must be at least 1 when server.enabled is true"]);
-    check(&[hcl("agent.hcl", "data_dir = \"/d\"\nserver {\n  enabled = true\n  bootstrap_expect = 2\n}")], expect![[r#"ok; warnings: ["server.bootstrap_expect = 2: an even number of servers tolerates no more failures than one fewer; 3 or 5 is recommended"]"#]]);
-    check(&[hcl("agent.hcl", "data_dir = \"/d\"")], expect!["neither server.enabled nor client.enabled is set (or use -dev)"]);
-    check(&[hcl("agent.hcl", "client { enabled = true }")], expect!["data_dir: required when client.enabled is true (or set client.state_dir)"]);
+    check(
+        &[hcl("agent.hcl", "server {\n  enabled = true\n  bootstrap_expect = 3\n}")],
+        expect!["data_dir: required when server.enabled is true"],
+    );
+    check(
+        &[hcl("agent.hcl", "data_dir = \"/d\"\nserver { enabled = true }")],
+        expect!["server.bootstrap_expect: must be at least 1 when server.enabled is true"],
+    );
+    check(
+        &[hcl("agent.hcl", "data_dir = \"/d\"\nserver {\n  enabled = true\n  bootstrap_expect = 2\n}")],
+        expect![[
+            r#"ok; warnings: ["server.bootstrap_expect = 2: an even number of servers tolerates no more failures than one fewer; 3 or 5 is recommended"]"#
+        ]],
+    );
+    check(
+        &[hcl("agent.hcl", "data_dir = \"/d\"")],
+        expect!["neither server.enabled nor client.enabled is set (or use -dev)"],
+    );
+    check(
+        &[hcl("agent.hcl", "client { enabled = true }")],
+        expect!["data_dir: required when client.enabled is true (or set client.state_dir)"],
+    );
     check_hcl("tls { http = true }", expect!["tls: cert_file and key_file are required when http or rpc is true"]);
 }
 
 #[test]
 fn syntax_errors() {
-    check(&[hcl("agent.hcl", "server {")], expect![[r#"
-        agent.hcl:  --> HCL parse error in line 1, column 9
-          |
-        1 | server {
-          |         ^---
-          |
-          = invalid block body; expected `}`, newline or identifier"#]]);
+    check(
+        &[hcl("agent.hcl", "server {")],
+        expect![[r#"
+            agent.hcl: --> HCL parse error in line 1, column 9
+              |
+            1 | server {
+              |         ^---
+              |
+              = invalid block body; expected `}`, newline or identifier"#]],
+    );
     check(&[json("agent.json", "{\"server\": ")], expect!["agent.json: EOF while parsing a value at line 1 column 11"]);
-    check(&[hcl("agent.hcl", "region = \"a\"\nregion = \"b\"")], expect![[r#"
-        agent.hcl:  --> HCL parse error in line 2, column 1
-          |
-        2 | region = "b"
-          | ^---
-          |
-          = invalid attribute; expected unique attribute key; found redefined attribute"#]]);
-    check(&[hcl("agent.hcl", "server { enabled = true }\nserver { enabled = false }")], expect!["agent.hcl: server: block given more than once"]);
+    check(
+        &[hcl("agent.hcl", "region = \"a\"\nregion = \"b\"")],
+        expect![[r#"
+            agent.hcl: --> HCL parse error in line 2, column 1
+              |
+            2 | region = "b"
+              | ^---
+              |
+              = invalid attribute; expected unique attribute key; found redefined attribute"#]],
+    );
+    check(
+        &[hcl("agent.hcl", "server { enabled = true }\nserver { enabled = false }")],
+        expect!["agent.hcl: server: block given more than once"],
+    );
 }
 
 #[test]
 fn errors_from_several_files_name_each_file() {
     check(
         &[
-            hcl("a.hcl", "server { bootstap_expect = 3 }\nports { http = \"x\" }\nclient {\n  enabled = 1\n  meta { x = \"y\" }\n}"),
+            hcl(
+                "a.hcl",
+                "server { bootstap_expect = 3 }\nports { http = \"x\" }\nclient {\n  enabled = 1\n  meta { x = \"y\" }\n}",
+            ),
             json("b.json", r#"{"client": {"enabled": "no"}}"#),
         ],
         expect![[r#"

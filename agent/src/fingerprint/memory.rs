@@ -24,6 +24,7 @@ pub(crate) fn parse_cgroup_memory_max(text: &str) -> Option<u64> {
 /// This machine's memory in bytes, `None` when `/proc/meminfo` is unreadable.
 pub(crate) fn read_total_bytes(root: &Path) -> Option<u64> {
     let total = parse_meminfo_total_bytes(&std::fs::read_to_string(root.join("proc/meminfo")).ok()?)?;
-    let limit = std::fs::read_to_string(root.join("sys/fs/cgroup/memory.max")).ok().and_then(|t| parse_cgroup_memory_max(&t));
+    let limit =
+        std::fs::read_to_string(root.join("sys/fs/cgroup/memory.max")).ok().and_then(|t| parse_cgroup_memory_max(&t));
     Some(limit.map_or(total, |limit| limit.min(total)))
 }

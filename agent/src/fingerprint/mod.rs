@@ -172,8 +172,11 @@ pub(crate) fn fingerprint_node(
         }
         let mut driver_attributes = BTreeMap::new();
         for (key, value) in &driver.attributes {
-            let key: Arc<str> =
-                if key.starts_with(&format!("{prefix}.")) { key.as_str().into() } else { format!("{prefix}.{key}").into() };
+            let key: Arc<str> = if key.starts_with(&format!("{prefix}.")) {
+                key.as_str().into()
+            } else {
+                format!("{prefix}.{key}").into()
+            };
             let value: Arc<str> = value.as_str().into();
             if driver.detected {
                 attributes.insert(key.clone(), value.clone());
@@ -243,7 +246,11 @@ pub(crate) fn fingerprint_node(
 pub(crate) fn node_changes(old: &Node, new: &Node) -> Vec<&'static str> {
     let mut changes = Vec::new();
     let stable = |node: &Node| -> Attributes {
-        node.attributes.iter().filter(|(k, _)| !VOLATILE_ATTRIBUTES.contains(&&***k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+        node.attributes
+            .iter()
+            .filter(|(k, _)| !VOLATILE_ATTRIBUTES.contains(&&***k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     };
     if old.name != new.name || old.http_addr != new.http_addr {
         changes.push("name or address");

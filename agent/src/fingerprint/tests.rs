@@ -108,8 +108,7 @@ fn fixture_host() -> HostFingerprint {
 }
 
 fn fixture_config() -> AgentConfig {
-    let mut config = AgentConfig::default();
-    config.datacenter = "dc2".into();
+    let mut config = AgentConfig { datacenter: "dc2".into(), ..AgentConfig::default() };
     config.client.enabled = true;
     config.client.node_class = "gpu".into();
     config.client.node_pool = "ml".into();
@@ -141,7 +140,8 @@ fn node_from_fixtures() {
     };
     let exec = DriverFingerprint { name: "exec".into(), detected: false, healthy: false, ..raw_exec.clone() };
     let devices = to_node_devices(&SimulatedGpus::h200_8x().fingerprint(), &[]);
-    let node = fingerprint_node(NodeId(7), &fixture_config(), &fixture_host(), &[raw_exec, exec, docker(true)], devices);
+    let node =
+        fingerprint_node(NodeId(7), &fixture_config(), &fixture_host(), &[raw_exec, exec, docker(true)], devices);
     let attributes: Vec<String> = node.attributes.iter().map(|(k, v)| format!("{k} = {v}")).collect();
     expect![[r#"
         caravan.version = <version>
@@ -163,7 +163,8 @@ fn node_from_fixtures() {
         unique.network.ip-address = 10.0.3.17
         unique.storage.bytesfree = 64424509440
         unique.storage.bytestotal = 107374182400
-        unique.storage.volume = /dev/nvme1n1"#]].assert_eq(&attributes.join("\n").replace(env!("CARGO_PKG_VERSION"), "<version>"));
+        unique.storage.volume = /dev/nvme1n1"#]]
+    .assert_eq(&attributes.join("\n").replace(env!("CARGO_PKG_VERSION"), "<version>"));
     assert_eq!(&*node.name, "worker-7");
     assert_eq!(node.datacenter, Sym::new("dc2"));
     assert_eq!(node.node_class, Sym::new("gpu"));
@@ -236,13 +237,12 @@ fn changes_that_matter() {
 /// The real machine: whatever it is, the numbers must be sane.
 #[test]
 fn this_machine() {
-    let mut config = AgentConfig::default();
-    config.data_dir = Some(std::env::temp_dir());
+    let config = AgentConfig { data_dir: Some(std::env::temp_dir()), ..AgentConfig::default() };
     let host = HostFingerprint::read(&config);
     assert!(host.cpu.cores >= 1 && host.cpu.cores <= 65_536, "{:?}", host.cpu);
     assert!(host.cpu.mhz >= 100 && host.cpu.mhz <= 10_000, "{:?}", host.cpu);
     let memory = host.memory_bytes.expect("/proc/meminfo is readable on Linux");
-    assert!(memory >= 64 << 20 && memory <= 1 << 50, "{memory}");
+    assert!((64 << 20..=1 << 50).contains(&memory), "{memory}");
     let disk = host.disk.clone().expect("statvfs of the temp dir works");
     assert!(disk.bytes_total > 0 && disk.bytes_free <= disk.bytes_total, "{disk:?}");
     assert!(!host.host.hostname.is_empty());
