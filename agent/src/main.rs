@@ -7,6 +7,8 @@
 
 mod agent;
 mod client;
+mod config;
+mod fingerprint;
 mod job;
 mod monitor;
 mod reads;
