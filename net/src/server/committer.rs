@@ -44,7 +44,8 @@ impl RaftCommitter {
 
 impl Committer for RaftCommitter {
     fn commit(&self, command: Command) -> Result<u64, CommitError> {
-        let payload = LogPayload { bytes: wire::encode_commands(std::slice::from_ref(&command)) };
+        let bytes = wire::encode_commands(std::slice::from_ref(&command)).map_err(|e| CommitError(e.to_string()))?;
+        let payload = LogPayload { bytes };
         let reply = self.propose(payload).map_err(|e| CommitError(e.to_string()))?;
         match reply.error {
             None => Ok(reply.index),

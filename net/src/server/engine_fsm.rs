@@ -92,12 +92,12 @@ impl ReplicatedFsm for EngineFsm {
         // O(1): the writer streams a persistent snapshot on its own thread
         // while applies go on.
         let snapshot = self.fsm.store().snapshot();
-        Box::new(move |out| wire::write_snapshot(&snapshot, out).map(|_| ()).map_err(std::io::Error::other))
+        Box::new(move |mut out| wire::write_snapshot(&snapshot, &mut out).map(|_| ()).map_err(std::io::Error::other))
     }
 
     fn install(&mut self, index: u64, input: &mut dyn std::io::Read) -> std::io::Result<()> {
         let _applying = self.apply_lock.lock().expect("apply lock poisoned");
-        let state: State = wire::read_snapshot(input).map_err(std::io::Error::other)?;
+        let state: State = wire::read_snapshot(&mut &mut *input).map_err(std::io::Error::other)?;
         if state.index() != index {
             return Err(std::io::Error::other(format!(
                 "snapshot reflects index {} but raft installs it at {index}",

@@ -73,6 +73,10 @@ pub(crate) struct ViewCell {
 }
 
 impl ViewCell {
+    pub(crate) fn view_now(&self) -> RaftView {
+        self.view.lock().expect("raft view poisoned").clone()
+    }
+
     pub(crate) fn publish(&self, view: RaftView) {
         *self.view.lock().expect("raft view poisoned") = view;
         self.changed.notify_all();

@@ -16,7 +16,10 @@ mod committer;
 mod engine_fsm;
 mod handle;
 mod leadership;
+mod network;
+mod raft_messages;
 mod raft_thread;
+mod rpc_methods;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,7 +66,18 @@ pub struct ServerConfig {
     pub workers: usize,
     pub worker: WorkerConfig,
     pub raft: RaftTimings,
+    /// The cluster CA and this server's certificate; `None` generates a dev
+    /// CA in the data dir (one server, or tests that share it).
+    pub tls: Option<TlsFiles>,
     pub seed: u64,
+}
+
+/// Nomad's `tls { ca_file cert_file key_file }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 impl ServerConfig {
@@ -80,6 +94,7 @@ impl ServerConfig {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()) + 1,
             worker: WorkerConfig::default(),
             raft: RaftTimings::default(),
+            tls: None,
             seed: fastrand::u64(..),
         }
     }

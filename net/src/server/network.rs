@@ -13,8 +13,7 @@ use std::time::Duration;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, v2::RaftNetworkV2};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
-use openraft::storage::Snapshot;
-use openraft::type_config::alias::VoteOf;
+use openraft::type_config::alias::{SnapshotOf, VoteOf};
 
 use super::raft_messages::{self as msg, Writer};
 use super::rpc_methods as method;
@@ -61,7 +60,7 @@ impl PeerNetwork {
         };
         self.client.call(addr, method, body, timeout).await.map_err(|e| match e {
             // Not reachable now: openraft backs off before retrying.
-            RpcError::Connect { .. } | RpcError::Timeout { .. } | RpcError::ConnectionLost { .. } => {
+            RpcError::Unreachable { .. } | RpcError::Timeout { .. } | RpcError::ConnectionLost { .. } => {
                 RPCError::Unreachable(Unreachable::new(&e))
             }
             other => RPCError::Network(NetworkError::new(&other)),
@@ -98,7 +97,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     async fn full_snapshot(
         &mut self,
         vote: VoteOf<TypeConfig>,
-        snapshot: Snapshot<TypeConfig, SnapshotFile>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotFile>,
         cancel: impl Future<Output = ReplicationClosed> + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
