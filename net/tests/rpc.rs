@@ -45,7 +45,12 @@ struct TestHandler {
 }
 
 impl RpcHandler for TestHandler {
-    fn handle(&self, method: u16, body: Vec<u8>, _deadline: Instant) -> LocalBoxFuture<'_, Result<Vec<u8>, RemoteError>> {
+    fn handle(
+        &self,
+        method: u16,
+        body: Vec<u8>,
+        _deadline: Instant,
+    ) -> LocalBoxFuture<'_, Result<Vec<u8>, RemoteError>> {
         self.calls.set(self.calls.get() + 1);
         async move {
             self.in_flight.set(self.in_flight.get() + 1);

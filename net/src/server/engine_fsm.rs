@@ -33,7 +33,11 @@ impl EngineFsm {
 
     /// A handle that can take up the leader duties in step with apply.
     pub(crate) fn establisher(&self) -> Establisher {
-        Establisher { store: self.fsm.store().clone(), duties: self.duties.clone(), apply_lock: self.apply_lock.clone() }
+        Establisher {
+            store: self.fsm.store().clone(),
+            duties: self.duties.clone(),
+            apply_lock: self.apply_lock.clone(),
+        }
     }
 }
 

@@ -31,7 +31,6 @@ const WATCH_SLICE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone)]
 pub(crate) struct LeadershipConfig {
-    pub(crate) workers: usize,
     pub(crate) worker: WorkerConfig,
     pub(crate) seed: u64,
 }

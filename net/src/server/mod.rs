@@ -143,11 +143,7 @@ impl RaftServer {
             establisher,
             committer: committer.clone(),
             clock: clock.clone(),
-            config: leadership::LeadershipConfig {
-                workers: config.workers,
-                worker: config.worker.clone(),
-                seed: config.seed,
-            },
+            config: leadership::LeadershipConfig { worker: config.worker.clone(), seed: config.seed },
             worker_stats: worker_stats.clone(),
         };
         let threads = vec![leadership.spawn(stop.clone())];

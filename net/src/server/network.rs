@@ -55,7 +55,8 @@ pub(crate) struct PeerNetwork {
 impl PeerNetwork {
     async fn call(&self, method: u16, body: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, RPCError<TypeConfig>> {
         let Some(addr) = self.addr else {
-            let e = std::io::Error::other(format!("server {} has a bad rpc address {:?}", self.target, self.node.rpc_addr));
+            let e =
+                std::io::Error::other(format!("server {} has a bad rpc address {:?}", self.target, self.node.rpc_addr));
             return Err(RPCError::Unreachable(Unreachable::new(&e)));
         };
         self.client.call(addr, method, body, timeout).await.map_err(|e| match e {
@@ -123,8 +124,8 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             w.u8(u8::from(done));
             w.bytes(&msg::encode_vote_only(&vote));
             w.bytes(&chunk[..n]);
-            let call = self.call(method::RAFT_SNAPSHOT_CHUNK, w.out, SNAPSHOT_CHUNK_TIMEOUT);
-            let reply = futures_util::future::select(std::pin::pin!(call), cancel.as_mut()).await;
+            let call = std::pin::pin!(self.call(method::RAFT_SNAPSHOT_CHUNK, w.out, SNAPSHOT_CHUNK_TIMEOUT));
+            let reply = futures_util::future::select(call, cancel.as_mut()).await;
             let reply = match reply {
                 futures_util::future::Either::Left((reply, _)) => reply.map_err(streaming)?,
                 futures_util::future::Either::Right((closed, _)) => return Err(StreamingError::Closed(closed)),

@@ -198,16 +198,19 @@ async fn run(t: RaftThread) {
         http_addr: t.config.http_advertise.clone(),
         name: t.config.name.clone(),
     };
-    let client_bind = if rpc_addr.is_ipv6() { SocketAddr::from(([0u16; 8], 0)) } else { SocketAddr::from(([0, 0, 0, 0], 0)) };
+    let client_bind =
+        if rpc_addr.is_ipv6() { SocketAddr::from(([0u16; 8], 0)) } else { SocketAddr::from(([0, 0, 0, 0], 0)) };
     let client = match RpcClient::bind(client_bind, &t.tls).await {
         Ok(c) => Rc::new(c),
         Err(e) => return fail(format!("binding the rpc client: {e}")),
     };
-    let raft = match ServerRaft::new(t.id, t.raft_config.clone(), Network { client: client.clone() }, t.log, t.state_machine).await
-    {
-        Ok(r) => r,
-        Err(e) => return fail(format!("starting raft: {e}")),
-    };
+    let raft =
+        match ServerRaft::new(t.id, t.raft_config.clone(), Network { client: client.clone() }, t.log, t.state_machine)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return fail(format!("starting raft: {e}")),
+        };
     *raft_cell.borrow_mut() = Some(raft.clone());
     // STATUS answers with the advertised node from now on.
     *handler.me.borrow_mut() = (t.id, me.clone());
@@ -290,11 +293,11 @@ async fn publish_view(raft: ServerRaft, cell: Arc<ViewCell>) {
                 term: m.current_term,
                 leader: m.current_leader,
                 last_log_index: m.last_log_index.unwrap_or(0),
-                committed: m.committed.as_ref().map_or(0, |id| id.index),
+                committed: m.local_committed.as_ref().map_or(0, |id| id.index),
                 last_applied: m.last_applied.as_ref().map_or(0, |id| id.index),
                 snapshot_index: m.snapshot.as_ref().map_or(0, |id| id.index),
                 members: membership.nodes().map(|(id, node)| (*id, (node.clone(), voters.contains(id)))).collect(),
-                millis_since_quorum_ack: m.millis_since_quorum_ack,
+                millis_since_quorum_ack: None,
             }
         };
         cell.publish(view);
@@ -336,10 +339,12 @@ async fn form_or_join(raft: ServerRaft, client: Rc<RpcClient>, id: u64, me: Serv
         }
         if let Some((leader_id, leader_node)) = leader {
             match leader_node.rpc_addr.parse::<SocketAddr>() {
-                Ok(addr) => match client.call(addr, method::JOIN, method::encode_join(id, &me), PEER_CALL_TIMEOUT).await {
-                    Ok(_) => tracing::info!(leader = leader_id, "joined the cluster"),
-                    Err(e) => tracing::debug!(error = %e, "join refused; retrying"),
-                },
+                Ok(addr) => {
+                    match client.call(addr, method::JOIN, method::encode_join(id, &me), PEER_CALL_TIMEOUT).await {
+                        Ok(_) => tracing::info!(leader = leader_id, "joined the cluster"),
+                        Err(e) => tracing::debug!(error = %e, "join refused; retrying"),
+                    }
+                }
                 Err(_) => tracing::warn!(addr = %leader_node.rpc_addr, "leader has a bad rpc address"),
             }
         } else if found.len() >= config.bootstrap_expect.max(1) && found.keys().next() == Some(&id) {

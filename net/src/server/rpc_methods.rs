@@ -12,15 +12,15 @@ use std::time::Instant;
 
 use futures_util::future::LocalBoxFuture;
 use openraft::Raft;
-use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::storage::Snapshot;
+use openraft::type_config::async_runtime::WatchReceiver;
 
 use super::engine_fsm::EngineFsm;
 use super::raft_messages::{self as msg, Reader, Writer};
 use crate::raft::snapshot_files::verify_snapshot;
 use crate::raft::{ApplyReply, LogPayload, ServerNode, SnapshotFile, StateMachineStore, TypeConfig};
-use crate::rpc::frame::{ErrorCode, RemoteError};
 use crate::rpc::RpcHandler;
+use crate::rpc::frame::{ErrorCode, RemoteError};
 
 pub(crate) const RAFT_APPEND: u16 = 1;
 pub(crate) const RAFT_VOTE: u16 = 2;
@@ -99,9 +99,9 @@ impl Handler {
                 let raft = self.raft()?;
                 let initialized = raft.is_initialized().await.map_err(|e| failed(&e))?;
                 let metrics = raft.metrics().borrow_watched().clone();
-                let leader = metrics.current_leader.and_then(|id| {
-                    metrics.membership_config.membership().get_node(&id).map(|n| (id, n.clone()))
-                });
+                let leader = metrics
+                    .current_leader
+                    .and_then(|id| metrics.membership_config.membership().get_node(&id).map(|n| (id, n.clone())));
                 let (id, node) = self.me.borrow().clone();
                 Ok(encode_status(&Status { id, node, initialized, leader }))
             }
@@ -119,7 +119,8 @@ impl Handler {
                         .unwrap_or_default();
                     return Err(RemoteError::new(NOT_LEADER, leader));
                 }
-                let voters: std::collections::BTreeSet<u64> = metrics.membership_config.membership().voter_ids().collect();
+                let voters: std::collections::BTreeSet<u64> =
+                    metrics.membership_config.membership().voter_ids().collect();
                 if !voters.contains(&id) {
                     raft.add_learner(id, node, true).await.map_err(|e| failed(&e))?;
                     let mut all = voters;
@@ -156,7 +157,8 @@ impl Handler {
                     }
                 }
                 let path = self.incoming_dir.join(format!("{transfer:016x}.part"));
-                let file = File::options().create(true).truncate(true).read(true).write(true).open(&path).map_err(io)?;
+                let file =
+                    File::options().create(true).truncate(true).read(true).write(true).open(&path).map_err(io)?;
                 incoming.insert(transfer, Incoming { path, file, next_offset: 0, started: Instant::now() });
             }
             let Some(part) = incoming.get_mut(&transfer) else {
@@ -192,7 +194,12 @@ impl Handler {
 }
 
 impl RpcHandler for Handler {
-    fn handle(&self, method: u16, body: Vec<u8>, _deadline: Instant) -> LocalBoxFuture<'_, Result<Vec<u8>, RemoteError>> {
+    fn handle(
+        &self,
+        method: u16,
+        body: Vec<u8>,
+        _deadline: Instant,
+    ) -> LocalBoxFuture<'_, Result<Vec<u8>, RemoteError>> {
         Box::pin(self.dispatch(method, body))
     }
 }
@@ -235,7 +242,11 @@ pub(crate) fn write_node(w: &mut Writer, node: &ServerNode) {
 
 pub(crate) fn read_node(r: &mut Reader<'_>) -> Result<ServerNode, msg::MessageError> {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    Ok(ServerNode { rpc_addr: text(r.bytes("rpc_addr")?), http_addr: text(r.bytes("http_addr")?), name: text(r.bytes("name")?) })
+    Ok(ServerNode {
+        rpc_addr: text(r.bytes("rpc_addr")?),
+        http_addr: text(r.bytes("http_addr")?),
+        name: text(r.bytes("name")?),
+    })
 }
 
 pub(crate) fn encode_status(s: &Status) -> Vec<u8> {

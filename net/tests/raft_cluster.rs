@@ -1,0 +1,160 @@
+//! Raft-replicated servers in one process, over real QUIC on loopback:
+//! a single server that survives a restart from its data dir, and a
+//! three-server cluster that forms from `bootstrap_expect`, forwards
+//! follower writes, schedules, and elects a new leader when the old one
+//! stops.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use caravan_engine::clock::SystemClock;
+use caravan_engine::endpoints;
+use caravan_engine::fixtures;
+use caravan_engine::ids::IdGen;
+use caravan_net::http::Server;
+use caravan_net::quic::DevCa;
+use caravan_net::server::{RaftServer, RaftTimings, ServerConfig, TlsFiles};
+
+/// Generous: a 2-core CI machine builds and runs other tests at once.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn fast_timings() -> RaftTimings {
+    RaftTimings {
+        heartbeat_ms: 100,
+        election_timeout_min_ms: 500,
+        election_timeout_max_ms: 1000,
+        snapshot_threshold: 8192,
+    }
+}
+
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// Register `nodes` nodes and a service job of `count`, through `server`.
+fn register_work(server: &RaftServer, ids: &mut IdGen, nodes: usize, job_id: &str, count: u32) {
+    for i in 0..nodes {
+        let node = fixtures::node(ids, &format!("node-{job_id}-{i}"), "dc1", 4000, 8192);
+        server
+            .write(&mut |state, ids, now| endpoints::register_node(state, node.clone(), now, ids))
+            .expect("node registered");
+    }
+    let job = fixtures::job(job_id, caravan_engine::model::JobType::Service, count, 100, 128);
+    server.register_job(job).expect("job registered");
+}
+
+fn running_allocs(server: &RaftServer, job_id: &str) -> usize {
+    let snap = server.store.snapshot();
+    snap.allocs().filter(|a| &*a.job.id == job_id && !a.is_terminal()).count()
+}
+
+#[test]
+fn single_server_commits_through_raft_and_recovers_from_its_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::single("s1", dir.path().to_path_buf());
+    config.raft = fast_timings();
+    let server = RaftServer::start(config.clone(), Arc::new(SystemClock)).unwrap();
+    assert!(server.wait_for_leader(LEADER_TIMEOUT), "a one-server cluster elects itself");
+    let mut ids = IdGen::with_seed(7);
+    register_work(&server, &mut ids, 4, "web", 8);
+    assert!(wait_until(LEADER_TIMEOUT, || running_allocs(&server, "web") == 8), "all 8 placed");
+    let index_before = server.store.latest_index();
+    server.shutdown();
+    drop(server);
+
+    let restarted = RaftServer::start(config, Arc::new(SystemClock)).unwrap();
+    assert!(restarted.wait_for_leader(LEADER_TIMEOUT));
+    assert!(
+        wait_until(LEADER_TIMEOUT, || restarted.store.latest_index() >= index_before),
+        "the log is replayed up to where it was"
+    );
+    let snap = restarted.store.snapshot();
+    assert_eq!(snap.node_count(), 4);
+    assert_eq!(running_allocs(&restarted, "web"), 8, "every placement survived the restart");
+    restarted.shutdown();
+}
+
+fn all(servers: &[Option<RaftServer>]) -> Vec<&RaftServer> {
+    servers.iter().flatten().collect()
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn cluster_tls(ca: &DevCa, dir: &Path) -> TlsFiles {
+    let tls = ca.issue_node(&[]).unwrap();
+    tls.write_pem(dir).unwrap();
+    TlsFiles { ca_file: dir.join("ca.pem"), cert_file: dir.join("cert.pem"), key_file: dir.join("key.pem") }
+}
+
+#[test]
+fn three_servers_form_replicate_forward_and_fail_over() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = DevCa::generate().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut servers: Vec<Option<RaftServer>> = Vec::new();
+    // Started one after another: each waits for its peers through retry_join.
+    let handles: Vec<_> = (0..3)
+        .map(|i| {
+            let dir = root.path().join(format!("s{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut config = ServerConfig::single(&format!("s{i}"), dir.clone());
+            config.rpc_bind = addrs[i].parse().unwrap();
+            config.bootstrap_expect = 3;
+            config.retry_join = addrs.clone();
+            config.raft = fast_timings();
+            config.workers = 2;
+            config.tls = Some(cluster_tls(&ca, &dir.join("tls")));
+            std::thread::spawn(move || RaftServer::start(config, Arc::new(SystemClock)).unwrap())
+        })
+        .collect();
+    for h in handles {
+        servers.push(Some(h.join().unwrap()));
+    }
+    for s in all(&servers) {
+        assert!(s.wait_for_leader(LEADER_TIMEOUT), "server {} sees a leader", s.name);
+    }
+    let leader_id = servers[0].as_ref().unwrap().raft.view().leader.unwrap();
+    for s in all(&servers) {
+        assert_eq!(s.raft.view().leader, Some(leader_id), "one leader for all");
+        assert_eq!(s.raft.view().members.values().filter(|(_, voter)| *voter).count(), 3, "three voters");
+    }
+
+    // A write sent to a follower is forwarded to the leader and replicated.
+    let follower = all(&servers).into_iter().find(|s| s.id != leader_id).unwrap();
+    let mut ids = IdGen::with_seed(11);
+    register_work(follower, &mut ids, 3, "api", 6);
+    for s in all(&servers) {
+        assert!(wait_until(LEADER_TIMEOUT, || running_allocs(s, "api") == 6), "server {} has all 6 placements", s.name);
+    }
+
+    // Stop the leader: the other two elect a new one and keep scheduling.
+    let leader_pos = servers.iter().position(|s| s.as_ref().is_some_and(|s| s.id == leader_id)).unwrap();
+    let old = servers[leader_pos].take().unwrap();
+    old.shutdown();
+    drop(old);
+    let survivors = all(&servers);
+    assert!(
+        wait_until(LEADER_TIMEOUT, || survivors.iter().any(|s| s.raft.view().is_leader() && s.id != leader_id)),
+        "a new leader is elected"
+    );
+    let new_leader = survivors.iter().find(|s| s.raft.view().is_leader()).unwrap();
+    register_work(new_leader, &mut ids, 1, "batch", 2);
+    for s in &survivors {
+        assert!(wait_until(LEADER_TIMEOUT, || running_allocs(s, "batch") == 2), "scheduling continues on {}", s.name);
+        assert_eq!(running_allocs(s, "api"), 6, "nothing acknowledged was lost");
+    }
+    for s in survivors {
+        s.shutdown();
+    }
+}
