@@ -116,7 +116,9 @@ pub(crate) fn spawn(
     let pid = i32::try_from(child.id()).map_err(|_| DriverError::Start("pid out of range".into()))?;
     // The child is reaped by `wait` through waitpid, not through `Child`.
     drop(child);
-    let start_ticks = start_ticks(pid).ok_or_else(|| DriverError::Start(format!("task process {pid} vanished")))?;
+    // A task that already exited is a zombie until `wait` reaps it; its
+    // start time is still there.
+    let (_, start_ticks) = stat(pid).ok_or_else(|| DriverError::Start(format!("task process {pid} vanished")))?;
     for (stream, fifo, reader) in readers {
         start_pump(fifo, reader, log_dir, task, stream, spec.logs);
     }
@@ -184,16 +186,21 @@ pub(crate) fn process_of(handle: &TaskHandle) -> Result<(i32, u64, &[PathBuf]), 
 /// Field 22 of `/proc/<pid>/stat` (start time in ticks since boot), or
 /// `None` when the process is gone or a zombie.
 fn start_ticks(pid: i32) -> Option<u64> {
+    let (state, ticks) = stat(pid)?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    Some(ticks)
+}
+
+/// State (field 3) and start time (field 22) of `/proc/<pid>/stat`.
+fn stat(pid: i32) -> Option<(String, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces.
     let after_name = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     // fields[0] is field 3 (state), so field 22 is fields[19].
-    let state = *fields.first()?;
-    if state == "Z" || state == "X" {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
+    Some((fields.first()?.to_string(), fields.get(19)?.parse().ok()?))
 }
 
 /// The task still runs: its pid exists, is no zombie, and started when the
