@@ -118,10 +118,10 @@ impl KillHandle {
             inner.handle.clone()
         };
         self.shared.killed.notify_all();
-        if let Some(handle) = handle {
-            if let Err(err) = self.driver.stop(&handle, self.kill_timeout) {
-                tracing::warn!(task = %self.shared.task_name, %err, "stopping task failed");
-            }
+        if let Some(handle) = handle
+            && let Err(err) = self.driver.stop(&handle, self.kill_timeout)
+        {
+            tracing::warn!(task = %self.shared.task_name, %err, "stopping task failed");
         }
     }
 }

@@ -155,10 +155,10 @@ fn existing_indexes(dir: &Path, prefix: &str) -> io::Result<Vec<u64>> {
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(index) = name.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('.')) {
-            if let Ok(index) = index.parse::<u64>() {
-                indexes.push(index);
-            }
+        if let Some(index) = name.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('.'))
+            && let Ok(index) = index.parse::<u64>()
+        {
+            indexes.push(index);
         }
     }
     Ok(indexes)

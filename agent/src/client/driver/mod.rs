@@ -273,13 +273,10 @@ impl<'a> ConfigReader<'a> {
             ConfigValue::Map(map) => Some(map),
             _ => return Err(DriverError::InvalidConfig("config must be a block of key = value".into())),
         };
-        if let Some(map) = map {
-            if let Some(key) = map.keys().find(|key| !allowed.contains(&key.as_ref())) {
-                return Err(DriverError::InvalidConfig(format!(
-                    "unknown key {key:?} (allowed: {})",
-                    allowed.join(", ")
-                )));
-            }
+        if let Some(map) = map
+            && let Some(key) = map.keys().find(|key| !allowed.contains(&key.as_ref()))
+        {
+            return Err(DriverError::InvalidConfig(format!("unknown key {key:?} (allowed: {})", allowed.join(", "))));
         }
         Ok(ConfigReader { map })
     }
