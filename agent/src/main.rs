@@ -6,7 +6,7 @@
 //! agent and the HTTP-backed CLI verbs arrive with their issues.
 
 mod agent;
-mod client;
+mod api_client;
 mod config;
 mod fingerprint;
 mod job;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde_json::Value;
 
-use crate::client::ApiClient;
+use crate::api_client::ApiClient;
 use crate::job::{JobspecArgs, load};
 
 /// Evaluations followed at most this many steps (blocked re-evaluations

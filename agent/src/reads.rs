@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::Value;
 
-use crate::client::ApiClient;
+use crate::api_client::ApiClient;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum NodeCommand {

@@ -1,0 +1,282 @@
+//! `exec`: the task in its own PID and mount namespace (a private `/proc`),
+//! inside cgroups that limit its memory and weigh its CPU, as a configured
+//! user (`nobody` unless the task says otherwise, as Nomad).
+//!
+//! The process tree is `sh` (joins the cgroups, then execs) → `unshare
+//! --pid --fork --mount-proc --kill-child` → the task as PID 1 of its
+//! namespace. Joining the cgroups before `exec` means nothing of the task
+//! ever runs outside them; `--kill-child` and the PID namespace mean nothing
+//! of it outlives a kill. The agent must run as root.
+//!
+//! Cgroups: v2 when `/sys/fs/cgroup` is a cgroup2 mount (`memory.max`,
+//! `cpu.weight`), v1 otherwise (`memory.limit_in_bytes`, `cpu.shares`), each
+//! task in `caravan/<alloc id>-<task>`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use caravan_engine::model::ConfigValue;
+
+use super::raw_exec::parse_command_config;
+use super::{Driver, DriverError, DriverFingerprint, ExitResult, TaskHandle, TaskResources, TaskSpec, process};
+
+/// The driver's name in jobspecs.
+pub const EXEC_DRIVER: &str = "exec";
+/// Nomad's default user for `exec` tasks.
+pub const EXEC_USER_DEFAULT: &str = "nobody";
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The cgroup under which every task's cgroup lives.
+const CGROUP_PARENT: &str = "caravan";
+const UNSHARE: &str = "unshare";
+const SHELL: &str = "/bin/sh";
+/// Joins every cgroup named before `--` (writes its own pid into each
+/// `cgroup.procs`), then execs what follows. Exit 125 if a join fails, so a
+/// task never runs unconfined.
+const JOIN_CGROUPS_SCRIPT: &str =
+    r#"while [ "$#" -gt 0 ] && [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@""#;
+/// The kernel refuses `cpu.shares` below 2.
+const CPU_SHARES_MIN: u64 = 2;
+/// `cpu.weight` bounds in cgroup v2.
+const CPU_WEIGHT_MIN: u64 = 1;
+const CPU_WEIGHT_MAX: u64 = 10_000;
+/// `cpu.shares` bound in cgroup v1, the top of the shares → weight scale.
+const CPU_SHARES_MAX: u64 = 262_144;
+/// Bytes per MB of `memory_mb`.
+const BYTES_PER_MB: u64 = 1024 * 1024;
+/// Removing a cgroup fails while the kernel still counts exiting tasks in it;
+/// it takes milliseconds, so retry 50 × 20 ms = 1 s before giving up.
+const CGROUP_REMOVE_ATTEMPTS: u32 = 50;
+const CGROUP_REMOVE_PAUSE: Duration = Duration::from_millis(20);
+
+/// Which cgroup hierarchy the machine has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CgroupVersion {
+    V1,
+    V2,
+}
+
+fn cgroup_version() -> Option<CgroupVersion> {
+    let root = Path::new(CGROUP_ROOT);
+    if root.join("cgroup.controllers").exists() {
+        Some(CgroupVersion::V2)
+    } else if root.join("memory").is_dir() && root.join("cpu").is_dir() {
+        Some(CgroupVersion::V1)
+    } else {
+        None
+    }
+}
+
+/// The `exec` driver; every task lives in its handle.
+#[derive(Debug, Default)]
+pub struct ExecDriver;
+
+impl ExecDriver {
+    pub fn new() -> ExecDriver {
+        ExecDriver
+    }
+
+    /// Why the driver cannot run tasks here, or `None` when it can.
+    pub fn unavailable_reason() -> Option<String> {
+        if !rustix::process::geteuid().is_root() {
+            return Some("the exec driver needs the agent to run as root".into());
+        }
+        if cgroup_version().is_none() {
+            return Some(format!("no cgroup v2 or v1 memory and cpu controllers under {CGROUP_ROOT}"));
+        }
+        if process::resolve_command(UNSHARE, &Default::default()).is_err() {
+            return Some("unshare (util-linux) not found in PATH".into());
+        }
+        if !Path::new("/proc/self/ns/pid").exists() {
+            return Some("the kernel has no PID namespaces".into());
+        }
+        None
+    }
+}
+
+fn cgroup_name(spec: &TaskSpec) -> String {
+    let clean = |s: &str| {
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect::<String>()
+    };
+    format!("{}-{}", clean(&spec.alloc_id), clean(&spec.task_name))
+}
+
+fn write(path: &Path, value: &str) -> Result<(), DriverError> {
+    std::fs::write(path, value).map_err(|e| DriverError::io(format!("write {value:?} to {}", path.display()), e))
+}
+
+fn create_dir(path: &Path) -> Result<(), DriverError> {
+    std::fs::create_dir_all(path).map_err(|e| DriverError::io(format!("create cgroup {}", path.display()), e))
+}
+
+/// Nomad's mapping of v1 shares onto v2 weights (the systemd formula).
+fn cpu_weight(shares: u64) -> u64 {
+    let shares = shares.clamp(CPU_SHARES_MIN, CPU_SHARES_MAX);
+    (CPU_WEIGHT_MIN + ((shares - CPU_SHARES_MIN) * (CPU_WEIGHT_MAX - 1)) / (CPU_SHARES_MAX - CPU_SHARES_MIN))
+        .clamp(CPU_WEIGHT_MIN, CPU_WEIGHT_MAX)
+}
+
+/// Creates the task's cgroups with its limits; returns their directories.
+fn create_cgroups(name: &str, resources: TaskResources) -> Result<Vec<PathBuf>, DriverError> {
+    let memory_bytes = u64::from(resources.memory_mb.max(1)) * BYTES_PER_MB;
+    let shares = u64::from(resources.cpu_mhz).max(CPU_SHARES_MIN);
+    let root = Path::new(CGROUP_ROOT);
+    match cgroup_version() {
+        Some(CgroupVersion::V2) => {
+            // Controllers must be delegated down the tree; enabling an
+            // already enabled one is harmless, so errors are left to the
+            // limit writes below, which name the file.
+            let _ = std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu");
+            let parent = root.join(CGROUP_PARENT);
+            create_dir(&parent)?;
+            let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory +cpu");
+            let dir = parent.join(name);
+            create_dir(&dir)?;
+            write(&dir.join("memory.max"), &memory_bytes.to_string())?;
+            write(&dir.join("cpu.weight"), &cpu_weight(shares).to_string())?;
+            Ok(vec![dir])
+        }
+        Some(CgroupVersion::V1) => {
+            let memory = root.join("memory").join(CGROUP_PARENT).join(name);
+            create_dir(&memory)?;
+            write(&memory.join("memory.limit_in_bytes"), &memory_bytes.to_string())?;
+            let cpu = root.join("cpu").join(CGROUP_PARENT).join(name);
+            create_dir(&cpu)?;
+            write(&cpu.join("cpu.shares"), &shares.min(CPU_SHARES_MAX).to_string())?;
+            Ok(vec![memory, cpu])
+        }
+        None => Err(DriverError::Unavailable(format!("no usable cgroup hierarchy under {CGROUP_ROOT}"))),
+    }
+}
+
+/// Whether the kernel's OOM killer struck inside the task's cgroups.
+fn oom_killed(cgroups: &[PathBuf]) -> bool {
+    cgroups.iter().any(|dir| {
+        // v2 counts kills in memory.events, v1 in memory.oom_control.
+        ["memory.events", "memory.oom_control"].iter().any(|file| {
+            std::fs::read_to_string(dir.join(file))
+                .map(|text| {
+                    text.lines().any(|line| {
+                        line.strip_prefix("oom_kill ").and_then(|n| n.trim().parse::<u64>().ok()).is_some_and(|n| n > 0)
+                    })
+                })
+                .unwrap_or(false)
+        })
+    })
+}
+
+fn remove_cgroups(cgroups: &[PathBuf]) {
+    for dir in cgroups {
+        for attempt in 0..CGROUP_REMOVE_ATTEMPTS {
+            match std::fs::remove_dir(dir) {
+                Ok(()) => break,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => break,
+                Err(err) if attempt + 1 == CGROUP_REMOVE_ATTEMPTS => {
+                    tracing::warn!(cgroup = %dir.display(), %err, "cannot remove task cgroup");
+                }
+                Err(_) => std::thread::sleep(CGROUP_REMOVE_PAUSE),
+            }
+        }
+    }
+}
+
+/// Gives the task's own directories to its user, and makes the shared
+/// `alloc/` directory writable by every task of the group, as Nomad does.
+fn prepare_dirs(spec: &TaskSpec, uid: u32, gid: u32) -> Result<(), DriverError> {
+    use std::os::unix::fs::PermissionsExt;
+    spec.dirs.create()?;
+    for dir in [&spec.dirs.task_dir, &spec.dirs.local_dir, &spec.dirs.secrets_dir] {
+        rustix::fs::chown(dir, Some(rustix::process::Uid::from_raw(uid)), Some(rustix::process::Gid::from_raw(gid)))
+            .map_err(|e| DriverError::io(format!("chown {}", dir.display()), e.into()))?;
+    }
+    std::fs::set_permissions(&spec.dirs.alloc_dir, std::fs::Permissions::from_mode(0o777))
+        .map_err(|e| DriverError::io(format!("chmod {}", spec.dirs.alloc_dir.display()), e))
+}
+
+impl Driver for ExecDriver {
+    fn name(&self) -> &'static str {
+        EXEC_DRIVER
+    }
+
+    fn fingerprint(&self) -> DriverFingerprint {
+        match ExecDriver::unavailable_reason() {
+            None => DriverFingerprint {
+                detected: true,
+                healthy: true,
+                health_description: String::new(),
+                version: None,
+                attributes: [("driver.exec".to_string(), "1".to_string())].into_iter().collect(),
+            },
+            Some(reason) => DriverFingerprint { health_description: reason, ..Default::default() },
+        }
+    }
+
+    fn validate_config(&self, config: &ConfigValue) -> Result<(), DriverError> {
+        parse_command_config(config).map(|_| ())
+    }
+
+    fn start(&self, spec: &TaskSpec) -> Result<TaskHandle, DriverError> {
+        let config = parse_command_config(&spec.config)?;
+        if let Some(reason) = ExecDriver::unavailable_reason() {
+            return Err(DriverError::Unavailable(reason));
+        }
+        let program = process::resolve_command(&config.command, &spec.env)?;
+        let user = super::lookup_user(spec.user.as_deref().unwrap_or(EXEC_USER_DEFAULT))?;
+        prepare_dirs(spec, user.uid, user.gid)?;
+        let cgroups = create_cgroups(&cgroup_name(spec), spec.resources)?;
+        let mut command = Command::new(SHELL);
+        command.arg("-c").arg(JOIN_CGROUPS_SCRIPT).arg("caravan-exec");
+        command.args(cgroups.iter().map(|dir| dir.join("cgroup.procs")));
+        command.arg("--").arg(UNSHARE).args(["--pid", "--fork", "--mount-proc", "--kill-child"]);
+        if user.uid != 0 {
+            command.arg(format!("--setgid={}", user.gid)).arg(format!("--setuid={}", user.uid));
+        }
+        command.arg("--").arg(program).args(&config.args);
+        match process::spawn(EXEC_DRIVER, spec, command, cgroups.clone()) {
+            Ok(handle) => Ok(handle),
+            Err(err) => {
+                remove_cgroups(&cgroups);
+                Err(err)
+            }
+        }
+    }
+
+    fn wait(&self, handle: &TaskHandle) -> Result<ExitResult, DriverError> {
+        let mut exit = process::wait(handle)?;
+        let (_, _, cgroups) = process::process_of(handle)?;
+        exit.oom_killed = oom_killed(cgroups);
+        Ok(exit)
+    }
+
+    fn signal(&self, handle: &TaskHandle, signal: i32) -> Result<(), DriverError> {
+        process::signal(handle, signal)
+    }
+
+    fn stop(&self, handle: &TaskHandle, kill_timeout: Duration) -> Result<(), DriverError> {
+        process::stop(handle, kill_timeout)
+    }
+
+    fn recover(&self, handle: &TaskHandle) -> Result<(), DriverError> {
+        process::recover(handle)
+    }
+
+    fn destroy(&self, handle: &TaskHandle) -> Result<(), DriverError> {
+        process::destroy(handle)?;
+        let (_, _, cgroups) = process::process_of(handle)?;
+        remove_cgroups(cgroups);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_map_onto_weights_like_systemd() {
+        assert_eq!(cpu_weight(2), 1);
+        assert_eq!(cpu_weight(1024), 39);
+        assert_eq!(cpu_weight(262_144), 10_000);
+        assert_eq!(cpu_weight(u64::MAX), 10_000);
+    }
+}

@@ -1,0 +1,4 @@
+//! Client mode: what runs allocations on a machine.
+
+pub mod driver;
+pub mod task_runner;

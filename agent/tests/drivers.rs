@@ -1,0 +1,348 @@
+//! Driver conformance suite: one set of checks every driver passes, run for
+//! `raw_exec`, `exec` and `docker`.
+//!
+//! `exec` needs root, cgroups and namespaces; `docker` needs an engine and
+//! builds `caravan-test/busybox:latest` with `tests/support/busybox-image.sh`
+//! when it is missing (static busybox, `docker import`). Where either is
+//! unavailable the test prints why and passes, unless
+//! `CARAVAN_REQUIRE_ALL_TESTS=1`, which CI sets: then the skip fails.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use caravan::client::driver::docker::DockerDriver;
+use caravan::client::driver::exec::ExecDriver;
+use caravan::client::driver::logs::{LogStream, read_all};
+use caravan::client::driver::raw_exec::RawExecDriver;
+use caravan::client::driver::{Driver, DriverError, LogConfig, TaskDirs, TaskHandle, TaskResources, TaskSpec};
+use caravan_engine::model::ConfigValue;
+
+const TEST_IMAGE: &str = "caravan-test/busybox:latest";
+/// How long a test waits for a log line to appear: the pump copies within
+/// milliseconds; a loaded CI machine gets slack.
+const LOG_WAIT: Duration = Duration::from_secs(10);
+/// The kill timeout used by the stop check: long enough to see SIGTERM
+/// ignored, short enough to keep the suite fast.
+const KILL_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Prints why a test cannot run here, or fails it when CI demands every test.
+fn skip(reason: &str) {
+    if std::env::var("CARAVAN_REQUIRE_ALL_TESTS").is_ok_and(|v| v == "1") {
+        panic!("CARAVAN_REQUIRE_ALL_TESTS=1 but the test cannot run: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
+/// How the suite runs a shell script with one driver.
+struct Kind {
+    make: fn() -> Arc<dyn Driver>,
+    /// A config running `script` with `sh -c`.
+    config: fn(&str) -> ConfigValue,
+    /// A config whose command or image does not exist.
+    missing: fn() -> ConfigValue,
+}
+
+fn map(entries: &[(&str, ConfigValue)]) -> ConfigValue {
+    ConfigValue::Map(entries.iter().map(|(k, v)| (Arc::from(*k), v.clone())).collect())
+}
+
+fn string(s: &str) -> ConfigValue {
+    ConfigValue::String(s.into())
+}
+
+fn process_config(script: &str) -> ConfigValue {
+    map(&[("command", string("/bin/sh")), ("args", ConfigValue::List(vec![string("-c"), string(script)]))])
+}
+
+fn process_missing() -> ConfigValue {
+    map(&[("command", string("/nonexistent/caravan-no-such-command"))])
+}
+
+fn docker_config(script: &str) -> ConfigValue {
+    map(&[
+        ("image", string(TEST_IMAGE)),
+        ("command", string("sh")),
+        ("args", ConfigValue::List(vec![string("-c"), string(script)])),
+    ])
+}
+
+fn docker_missing() -> ConfigValue {
+    map(&[("image", string("caravan-test/no-such-image:latest"))])
+}
+
+fn raw_exec_kind() -> Kind {
+    Kind { make: || Arc::new(RawExecDriver::new()), config: process_config, missing: process_missing }
+}
+
+fn exec_kind() -> Option<Kind> {
+    if let Some(reason) = ExecDriver::unavailable_reason() {
+        skip(&format!("exec driver: {reason}"));
+        return None;
+    }
+    Some(Kind { make: || Arc::new(ExecDriver::new()), config: process_config, missing: process_missing })
+}
+
+fn docker_kind() -> Option<Kind> {
+    let driver = DockerDriver::new();
+    let fingerprint = driver.fingerprint();
+    if !fingerprint.healthy {
+        skip(&format!("docker driver: {}", fingerprint.health_description));
+        return None;
+    }
+    let present = std::process::Command::new("docker")
+        .args(["image", "inspect", TEST_IMAGE])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !present {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/busybox-image.sh");
+        let built = std::process::Command::new("sh").arg(&script).arg(TEST_IMAGE).output();
+        match built {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                skip(&format!("cannot build {TEST_IMAGE}: {}", String::from_utf8_lossy(&out.stderr)));
+                return None;
+            }
+            Err(err) => {
+                skip(&format!("cannot run {}: {err}", script.display()));
+                return None;
+            }
+        }
+    }
+    Some(Kind { make: || Arc::new(DockerDriver::new()), config: docker_config, missing: docker_missing })
+}
+
+/// A scratch allocation directory and the tasks started in it; dropping it
+/// destroys the tasks and removes the directory, also when a check fails.
+struct Scratch {
+    driver: Arc<dyn Driver>,
+    root: PathBuf,
+    handles: Vec<TaskHandle>,
+    counter: u32,
+    alloc_id: String,
+}
+
+impl Scratch {
+    fn new(driver: Arc<dyn Driver>, test: &str) -> Scratch {
+        let root =
+            std::env::temp_dir().join(format!("caravan-drivers-{}-{test}-{}", driver.name(), std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let alloc_id = format!("{}-{test}-{}", driver.name().replace('_', "-"), std::process::id());
+        Scratch { driver, root, handles: Vec::new(), counter: 0, alloc_id }
+    }
+
+    fn spec(&mut self, config: ConfigValue) -> TaskSpec {
+        self.counter += 1;
+        let task_name = format!("task{}", self.counter);
+        TaskSpec {
+            alloc_id: self.alloc_id.clone(),
+            dirs: TaskDirs::new(&self.root, &task_name),
+            task_name,
+            config,
+            env: BTreeMap::new(),
+            device_env: BTreeMap::new(),
+            user: None,
+            resources: TaskResources { cpu_mhz: 100, memory_mb: 64 },
+            ports: Vec::new(),
+            logs: LogConfig::default(),
+        }
+    }
+
+    fn start(&mut self, spec: &TaskSpec) -> TaskHandle {
+        let handle = self.driver.start(spec).unwrap_or_else(|err| panic!("{} start: {err}", self.driver.name()));
+        self.handles.push(handle.clone());
+        handle
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for handle in &self.handles {
+            let _ = self.driver.destroy(handle);
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn wait_for_log(spec: &TaskSpec, stream: LogStream, needle: &str) -> String {
+    let deadline = Instant::now() + LOG_WAIT;
+    loop {
+        let text = String::from_utf8_lossy(&read_all(&spec.dirs.log_dir, &spec.task_name, stream).unwrap_or_default())
+            .into_owned();
+        if text.contains(needle) || Instant::now() >= deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every check of the suite, in order, for one driver.
+fn conformance(kind: &Kind, test: &str) {
+    let driver = (kind.make)();
+    let mut scratch = Scratch::new(Arc::clone(&driver), test);
+
+    // Fingerprint: detected and healthy with the driver's attribute.
+    let fingerprint = driver.fingerprint();
+    assert!(fingerprint.detected && fingerprint.healthy, "{fingerprint:?}");
+    assert_eq!(fingerprint.attributes.get(&format!("driver.{}", driver.name())).map(String::as_str), Some("1"));
+
+    // Exit code, environment and both log streams.
+    let mut spec = scratch.spec((kind.config)(r#"echo "greeting=$GREETING"; echo oops >&2; exit 3"#));
+    spec.env.insert("GREETING".into(), "hello from caravan".into());
+    let handle = scratch.start(&spec);
+    let exit = driver.wait(&handle).unwrap();
+    assert_eq!(exit.exit_code, 3, "{exit:?}");
+    assert!(!exit.successful());
+    let stdout = wait_for_log(&spec, LogStream::Stdout, "greeting=hello from caravan");
+    assert!(stdout.contains("greeting=hello from caravan"), "stdout: {stdout:?}");
+    let stderr = wait_for_log(&spec, LogStream::Stderr, "oops");
+    assert!(stderr.contains("oops"), "stderr: {stderr:?}");
+    assert!(spec.dirs.log_dir.join(format!("{}.stdout.0", spec.task_name)).exists());
+    driver.destroy(&handle).unwrap();
+
+    // A successful task.
+    let spec = scratch.spec((kind.config)("exit 0"));
+    let handle = scratch.start(&spec);
+    assert!(driver.wait(&handle).unwrap().successful());
+    driver.destroy(&handle).unwrap();
+
+    // Stop kills a task that ignores SIGTERM once the kill timeout passes.
+    let spec = scratch.spec((kind.config)("trap '' TERM; echo ready; while true; do sleep 1; done"));
+    let handle = scratch.start(&spec);
+    wait_for_log(&spec, LogStream::Stdout, "ready");
+    let stopped_at = Instant::now();
+    driver.stop(&handle, KILL_TIMEOUT).unwrap();
+    let exit = driver.wait(&handle).unwrap();
+    assert!(!exit.successful(), "{exit:?}");
+    assert!(stopped_at.elapsed() < KILL_TIMEOUT + LOG_WAIT, "stop took {:?}", stopped_at.elapsed());
+    driver.destroy(&handle).unwrap();
+
+    // Recover: the handle survives serialization and a new driver, which
+    // re-attaches, captures output and can stop the task.
+    let spec = scratch.spec((kind.config)("echo first; sleep 2; echo second; sleep 60"));
+    let handle = scratch.start(&spec);
+    wait_for_log(&spec, LogStream::Stdout, "first");
+    let stored = serde_json::to_string(&handle).unwrap();
+    drop(driver);
+    let driver = (kind.make)();
+    scratch.driver = Arc::clone(&driver);
+    let handle: TaskHandle = serde_json::from_str(&stored).unwrap();
+    driver.recover(&handle).unwrap();
+    let stdout = wait_for_log(&spec, LogStream::Stdout, "second");
+    assert!(stdout.contains("second"), "output after recovery is captured: {stdout:?}");
+    driver.stop(&handle, KILL_TIMEOUT).unwrap();
+    assert!(!driver.wait(&handle).unwrap().successful());
+    driver.destroy(&handle).unwrap();
+    match driver.recover(&handle) {
+        Err(DriverError::TaskGone(_)) => {}
+        other => panic!("recovering a destroyed task: {other:?}"),
+    }
+
+    // Unknown config keys are refused, naming the key.
+    let mut bad = (kind.config)("exit 0");
+    if let ConfigValue::Map(entries) = &mut bad {
+        entries.insert("bogus_key".into(), ConfigValue::Int(1));
+    }
+    let err = driver.validate_config(&bad).unwrap_err();
+    assert!(err.to_string().contains("bogus_key"), "{err}");
+    let spec = scratch.spec(bad);
+    assert!(matches!(driver.start(&spec), Err(DriverError::InvalidConfig(_))));
+    assert!(driver.validate_config(&ConfigValue::Null).is_err(), "a config without command or image is refused");
+
+    // A command or image that does not exist fails the start cleanly.
+    let spec = scratch.spec((kind.missing)());
+    match driver.start(&spec) {
+        Err(DriverError::Start(message)) => assert!(message.contains("no-such"), "{message}"),
+        other => panic!("starting a missing command or image: {other:?}"),
+    }
+}
+
+#[test]
+fn raw_exec_conformance() {
+    conformance(&raw_exec_kind(), "conformance");
+}
+
+#[test]
+fn exec_conformance() {
+    if let Some(kind) = exec_kind() {
+        conformance(&kind, "conformance");
+    }
+}
+
+#[test]
+fn docker_conformance() {
+    if let Some(kind) = docker_kind() {
+        conformance(&kind, "conformance");
+    }
+}
+
+#[test]
+fn exec_isolates_and_limits() {
+    let Some(kind) = exec_kind() else { return };
+    let driver = (kind.make)();
+    let mut scratch = Scratch::new(Arc::clone(&driver), "isolation");
+    // PID 1 of its own namespace, as nobody, with a private /proc.
+    let spec = scratch.spec(process_config("echo pid=$$ uid=$(id -u); ls /proc | grep -c '^[0-9]'"));
+    let handle = scratch.start(&spec);
+    assert!(driver.wait(&handle).unwrap().successful());
+    let stdout = wait_for_log(&spec, LogStream::Stdout, "uid=");
+    assert!(stdout.contains("pid=1 uid=65534"), "{stdout:?}");
+    let processes: u32 = stdout.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(u32::MAX);
+    assert!(processes < 5, "the task sees only its own processes: {stdout:?}");
+    driver.destroy(&handle).unwrap();
+
+    // Memory limit and CPU shares land in the task's cgroups.
+    let mut spec = scratch.spec(process_config("sleep 30"));
+    spec.resources = TaskResources { cpu_mhz: 250, memory_mb: 32 };
+    let handle = scratch.start(&spec);
+    let caravan::client::driver::HandleState::Process { cgroups, .. } = &handle.state else { panic!("process handle") };
+    let read = |file: &str| {
+        cgroups.iter().find_map(|dir| std::fs::read_to_string(dir.join(file)).ok()).map(|s| s.trim().to_string())
+    };
+    match (read("memory.limit_in_bytes"), read("memory.max")) {
+        (Some(limit), _) | (None, Some(limit)) => assert_eq!(limit, (32u64 * 1024 * 1024).to_string()),
+        (None, None) => panic!("no memory limit file in {cgroups:?}"),
+    }
+    if let Some(shares) = read("cpu.shares") {
+        assert_eq!(shares, "250");
+    }
+    driver.destroy(&handle).unwrap();
+    assert!(cgroups.iter().all(|dir| !dir.exists()), "destroy removes the cgroups");
+}
+
+#[test]
+fn docker_ports_labels_and_mounts() {
+    let Some(kind) = docker_kind() else { return };
+    let driver = (kind.make)();
+    let mut scratch = Scratch::new(Arc::clone(&driver), "ports");
+    let mut config = docker_config("echo shared > /alloc/from-task; ls /local /secrets >/dev/null && echo mounted");
+    if let ConfigValue::Map(entries) = &mut config {
+        entries.insert("ports".into(), ConfigValue::List(vec![string("http")]));
+        entries.insert("labels".into(), map(&[("team", string("caravan"))]));
+    }
+    let mut spec = scratch.spec(config);
+    spec.ports.push(caravan::client::driver::PortMapping {
+        label: "http".into(),
+        host_port: 28_080,
+        container_port: 8080,
+    });
+    let handle = scratch.start(&spec);
+    assert!(driver.wait(&handle).unwrap().successful());
+    assert!(wait_for_log(&spec, LogStream::Stdout, "mounted").contains("mounted"));
+    assert_eq!(std::fs::read_to_string(spec.dirs.alloc_dir.join("from-task")).unwrap().trim(), "shared");
+    let caravan::client::driver::HandleState::Container { id } = &handle.state else { panic!("container handle") };
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", "--format", "{{json .Config.Labels}} {{json .HostConfig.PortBindings}}", id])
+        .output()
+        .unwrap();
+    let inspect = String::from_utf8_lossy(&inspect.stdout);
+    assert!(inspect.contains(r#""com.caravan.task_name":"task1""#), "{inspect}");
+    assert!(inspect.contains(r#""team":"caravan""#), "{inspect}");
+    assert!(inspect.contains(r#""8080/tcp":[{"HostIp":"","HostPort":"28080"}]"#), "{inspect}");
+    let docker = DockerDriver::new();
+    let found = docker.find_containers(&spec.alloc_id).unwrap();
+    assert_eq!(found, vec![(id.clone(), "task1".to_string())]);
+    driver.destroy(&handle).unwrap();
+}
