@@ -117,8 +117,12 @@ fn apply_flags(config: &mut AgentConfig, args: &AgentArgs) {
     if let Some(port) = args.http_port {
         config.ports.http = port;
     }
-    if let Some(port) = args.rpc_port {
-        config.ports.rpc = port;
+    match args.rpc_port {
+        Some(port) => config.ports.rpc = port,
+        // A dev agent is its own cluster: nothing dials its RPC port, so
+        // it takes a free one and several dev agents can run side by side.
+        None if config.dev && args.config.is_empty() => config.ports.rpc = 0,
+        None => {}
     }
 }
 
@@ -136,7 +140,8 @@ fn init_logging(config: &AgentConfig) {
     // one notch quieter unless asked, their debug output is per-packet.
     let default = format!("warn,caravan={level},caravan_net={level},caravan_engine={level}");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 /// The server's configuration from the agent's.
