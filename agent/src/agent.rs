@@ -74,7 +74,8 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let http_addr = SocketAddr::new(http_ip, config.ports.http);
     let server = RaftServer::start(server_config, Arc::new(SystemClock)).context("starting the server")?;
     let server = Arc::new(server);
-    let bound = http::spawn(http_addr, server.clone()).with_context(|| format!("starting the HTTP API on {http_addr}"))?;
+    let bound =
+        http::spawn(http_addr, server.clone()).with_context(|| format!("starting the HTTP API on {http_addr}"))?;
     #[allow(clippy::print_stdout)]
     {
         let mode = if config.dev { "dev mode, server only" } else { "server" };
@@ -148,7 +149,8 @@ fn init_logging(config: &AgentConfig) {
 fn server_config(config: &AgentConfig, data_dir: PathBuf) -> anyhow::Result<ServerConfig> {
     let rpc_ip = config.addresses.rpc.unwrap_or(config.bind_addr);
     let rpc_bind = SocketAddr::new(rpc_ip, config.ports.rpc);
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let hostname =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
     let name = config.node_name(&hostname);
     let advertise_ip = if rpc_ip.is_unspecified() { IpAddr::from([127, 0, 0, 1]) } else { rpc_ip };
     let rpc_advertise = match &config.advertise.rpc {

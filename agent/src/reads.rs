@@ -292,15 +292,17 @@ pub(crate) fn server_members() -> anyhow::Result<ExitCode> {
 /// `operator raft list-peers`.
 pub(crate) fn raft_peers() -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_env();
-    let peers = client.get("/v1/status/peers")?;
-    let leader = s(&client.get("/v1/status/leader")?);
-    let rows: Vec<Vec<String>> = peers
+    let config = client.get("/v1/operator/raft/configuration")?;
+    let rows: Vec<Vec<String>> = config["Servers"]
         .as_array()
         .into_iter()
         .flatten()
-        .map(|p| vec![s(p), if s(p) == leader { "leader".into() } else { "follower".into() }, "true".into()])
+        .map(|p| {
+            let state = if p["Leader"].as_bool() == Some(true) { "leader" } else { "follower" };
+            vec![s(&p["Node"]), s(&p["ID"]), s(&p["Address"]), state.into(), s(&p["Voter"])]
+        })
         .collect();
-    table(&["Address", "State", "Voter"], &rows);
+    table(&["Node", "ID", "Address", "State", "Voter"], &rows);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -279,6 +279,19 @@ pub(super) async fn status_peers(State(server): Shared) -> Response {
     reply(server.store().latest_index(), &server.peers())
 }
 
+/// Nomad's `/v1/operator/raft/configuration`.
+pub(super) async fn raft_configuration(State(server): Shared) -> Response {
+    let index = server.store().latest_index();
+    let servers: Vec<_> = server
+        .raft_servers()
+        .into_iter()
+        .map(|s| {
+            json!({"ID": s.id, "Node": s.node, "Address": s.address, "Leader": s.leader, "Voter": s.voter, "RaftProtocol": "3"})
+        })
+        .collect();
+    reply(index, &json!({"Index": index, "Servers": servers}))
+}
+
 pub(super) async fn agent_health(State(server): Shared) -> Response {
     reply(server.store().latest_index(), &json!({"server": {"ok": true, "message": "ok"}}))
 }

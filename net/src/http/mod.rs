@@ -19,7 +19,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
-pub use server::{LocalServer, Server, WriteBuilder};
+pub use server::{LocalServer, RaftServerInfo, Server, WriteBuilder};
 
 /// The router for every implemented `/v1` endpoint.
 pub fn router(server: Arc<dyn Server>) -> Router {
@@ -45,6 +45,7 @@ pub fn router(server: Arc<dyn Server>) -> Router {
         )
         .route("/v1/status/leader", get(handlers::status_leader))
         .route("/v1/status/peers", get(handlers::status_peers))
+        .route("/v1/operator/raft/configuration", get(handlers::raft_configuration))
         .route("/v1/agent/health", get(handlers::agent_health))
         .route("/v1/agent/self", get(handlers::agent_self))
         .fallback(handlers::not_found)

@@ -31,6 +31,21 @@ pub trait Server: Send + Sync + 'static {
     /// The leader's RPC address, as `/v1/status/leader` reports it.
     fn leader_addr(&self) -> String;
     fn peers(&self) -> Vec<String>;
+    /// The raft configuration, as `/v1/operator/raft/configuration` shows it.
+    fn raft_servers(&self) -> Vec<RaftServerInfo> {
+        let address = self.leader_addr();
+        vec![RaftServerInfo { id: address.clone(), node: "local".into(), address, leader: true, voter: true }]
+    }
+}
+
+/// One server of the raft configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftServerInfo {
+    pub id: String,
+    pub node: String,
+    pub address: String,
+    pub leader: bool,
+    pub voter: bool,
 }
 
 /// The in-process cluster, a one-server "cluster" for `agent -dev`.

@@ -271,6 +271,20 @@ impl Server for RaftServer {
         self.raft.view().leader_node().map(|(_, node)| node.rpc_addr).unwrap_or_default()
     }
 
+    fn raft_servers(&self) -> Vec<crate::http::RaftServerInfo> {
+        let view = self.raft.view();
+        view.members
+            .iter()
+            .map(|(id, (node, voter))| crate::http::RaftServerInfo {
+                id: id.to_string(),
+                node: node.name.clone(),
+                address: node.rpc_addr.clone(),
+                leader: view.leader == Some(*id),
+                voter: *voter,
+            })
+            .collect()
+    }
+
     fn peers(&self) -> Vec<String> {
         self.raft.view().members.values().filter(|(_, voter)| *voter).map(|(node, _)| node.rpc_addr.clone()).collect()
     }

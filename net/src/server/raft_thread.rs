@@ -122,7 +122,7 @@ pub(crate) fn start(config: &ServerConfig, fsm: EngineFsm) -> std::io::Result<St
         election_timeout_min: config.raft.election_timeout_min_ms,
         election_timeout_max: config.raft.election_timeout_max_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.raft.snapshot_threshold),
-        max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT,
+        max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT.min(config.raft.snapshot_threshold),
         ..Default::default()
     }
     .validate()

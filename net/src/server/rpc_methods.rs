@@ -182,6 +182,7 @@ impl Handler {
         let verified = verify_snapshot(&mut part.file, &part.path)
             .map_err(|e| RemoteError::new(RAFT_FAILED, format!("refusing snapshot: {e}")))?;
         let file = SnapshotFile::open(&part.path).map_err(|e| RemoteError::new(RAFT_FAILED, e.to_string()))?;
+        let verified_index = verified.index();
         let snapshot = Snapshot { meta: verified.meta, snapshot: file };
         let resp = self
             .raft()?
@@ -189,7 +190,9 @@ impl Handler {
             .await
             .map_err(|e| RemoteError::new(RAFT_FAILED, e.to_string()));
         let _ = std::fs::remove_file(&part.path);
-        Ok(msg::encode_snapshot_response(&resp?))
+        let resp = resp?;
+        tracing::info!(index = verified_index, bytes = part.next_offset, "installed a snapshot from the leader");
+        Ok(msg::encode_snapshot_response(&resp))
     }
 }
 
