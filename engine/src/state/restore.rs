@@ -1,11 +1,24 @@
 //! Full-state snapshots, engine side: reading a [`State`] out in an order
 //! that rebuilds it exactly, and [`StateBuilder`], which rebuilds it.
 //!
-//! The wire format is `net`'s; the engine only promises that feeding the
-//! builder what the read side yields, in that order, gives back a state with
-//! the same tables, the same secondary indexes in the same order (node pool
-//! lists, per-node allocation lists, per-job eval lists) and the same usage,
-//! because the builder goes through the very `put_*` paths the FSM uses.
+//! The wire format is `net`'s. The engine promises that a builder fed in
+//! this order gives back a state with the same tables, the same secondary
+//! indexes in the same order and the same usage, because it goes through
+//! the very `put_*` paths the FSM uses:
+//!
+//! 1. job histories ([`State::job_histories`]);
+//! 2. node slots, in [`State::node_alloc_lists`] order (empty at first);
+//! 3. nodes in [`State::nodes_in_pool_order`] (each pool's list order);
+//! 4. allocations in [`State::allocs`] order (each job's table order), then
+//!    each node's list order ([`StateBuilder::order_node_allocs`]);
+//! 5. evaluations in [`State::evals`] order, then each job's list order
+//!    ([`StateBuilder::order_job_evals`]);
+//! 6. deployments in [`State::deployments`] order, the scheduler config.
+//!
+//! Hash tables iterate in an order that depends on insertion history, and
+//! the scheduler reads some of them in iteration order; inserting in the
+//! original iteration order is what keeps a restored server scheduling
+//! exactly as one that replayed the log.
 
 use std::sync::Arc;
 
@@ -45,11 +58,6 @@ impl State {
     pub fn nodes_in_pool_order(&self) -> impl Iterator<Item = &Arc<Node>> + '_ {
         self.pool_lists().flat_map(|ids| ids.iter()).filter_map(|id| self.node(*id))
     }
-
-    /// Every evaluation, each job's evals in insertion order.
-    pub fn evals_in_job_order(&self) -> impl Iterator<Item = &Arc<Evaluation>> + '_ {
-        self.eval_lists().flat_map(|ids| ids.iter()).filter_map(|id| self.eval(*id))
-    }
 }
 
 /// A snapshot that would not rebuild into a consistent state.
@@ -65,6 +73,10 @@ pub enum RestoreError {
     DuplicateAlloc(AllocId),
     #[error("allocation {0} does not carry its job's tag")]
     UntaggedAlloc(AllocId),
+    #[error("node {0}'s allocation list does not match its allocations")]
+    NodeAllocsDiffer(NodeId),
+    #[error("job {0}'s eval list does not match its evals")]
+    JobEvalsDiffer(JobKey),
     #[error("evaluation {0} restored twice")]
     DuplicateEval(EvalId),
     #[error("deployment {0} restored twice")]
@@ -120,12 +132,28 @@ impl StateBuilder {
     }
 
     /// A node slot, possibly of a node no longer registered. Call before
-    /// the node's allocations.
+    /// the nodes, in slot order, so the slot table iterates as it did.
     pub fn put_node_slot(&mut self, node_id: NodeId) {
         self.state.ensure_node_slot(node_id);
     }
 
-    /// Allocations in their node's list order (see [`State::node_alloc_lists`]).
+    /// Restores a node's allocation list order once its allocations are in.
+    pub fn order_node_allocs(&mut self, node_id: NodeId, ids: &[AllocId]) -> Result<(), RestoreError> {
+        match self.state.reorder_node_allocs(node_id, ids) {
+            true => Ok(()),
+            false => Err(RestoreError::NodeAllocsDiffer(node_id)),
+        }
+    }
+
+    /// Restores a job's eval list order once its evals are in.
+    pub fn order_job_evals(&mut self, key: &JobKey, ids: &[EvalId]) -> Result<(), RestoreError> {
+        match self.state.reorder_job_evals(key, ids) {
+            true => Ok(()),
+            false => Err(RestoreError::JobEvalsDiffer(key.clone())),
+        }
+    }
+
+    /// Allocations in [`State::allocs`] order.
     pub fn put_alloc(&mut self, alloc: Arc<Allocation>) -> Result<(), RestoreError> {
         if self.state.alloc(alloc.id).is_some() {
             return Err(RestoreError::DuplicateAlloc(alloc.id));

@@ -538,8 +538,41 @@ impl State {
         self.node_slots.len()
     }
 
-    pub(super) fn eval_lists(&self) -> impl Iterator<Item = &[EvalId]> + '_ {
-        self.evals_by_job.values().map(|ids| ids.as_slice())
+    /// Every job's eval ids, in insertion order.
+    pub fn eval_lists(&self) -> impl Iterator<Item = (&JobKey, &[EvalId])> + '_ {
+        self.evals_by_job.iter().map(|(key, ids)| (key, ids.as_slice()))
+    }
+
+    /// Put a node's allocation list in `ids`' order; false (and nothing
+    /// changed) unless `ids` holds exactly the ids already listed.
+    pub(super) fn reorder_node_allocs(&mut self, node_id: NodeId, ids: &[AllocId]) -> bool {
+        let Some(slot) = self.node_slots.get(&node_id) else { return false };
+        let mut have: Vec<AllocId> = slot.alloc_ids.iter().copied().collect();
+        let mut want = ids.to_vec();
+        have.sort_unstable();
+        want.sort_unstable();
+        if have != want {
+            return false;
+        }
+        let slot = Arc::make_mut(self.node_slots.get_mut(&node_id).expect("checked above"));
+        slot.alloc_ids = Default::default();
+        slot.alloc_ids.extend(ids.iter().copied());
+        true
+    }
+
+    /// Put a job's eval list in `ids`' order; false (and nothing changed)
+    /// unless `ids` holds exactly the ids already listed.
+    pub(super) fn reorder_job_evals(&mut self, key: &JobKey, ids: &[EvalId]) -> bool {
+        let Some(list) = self.evals_by_job.get_mut(key) else { return false };
+        let mut have = list.to_vec();
+        let mut want = ids.to_vec();
+        have.sort_unstable();
+        want.sort_unstable();
+        if have != want {
+            return false;
+        }
+        *list = Arc::new(ids.to_vec());
+        true
     }
 
     /// The last-write index of every table, in slot order (see [`Table`]).

@@ -1,9 +1,10 @@
 //! rkyv wire formats for what the servers replicate.
 //!
 //! - [`encode_commands`] / [`decode_commands`]: a batch of FSM commands,
-//!   the bytes of one raft log entry (`raft::LogPayload::bytes`). A 5-byte
-//!   header (magic `CVNC`, format version) then the rkyv archive of the
-//!   batch; `Arc<Job>`s shared by a plan's allocations are archived once.
+//!   the bytes of one raft log entry (`raft::LogPayload::bytes`). A 13-byte
+//!   header (magic `CVNC`, format version, archive length and crc32) then
+//!   the rkyv archive of the batch; `Arc<Job>`s shared by a plan's
+//!   allocations are archived once.
 //! - [`write_snapshot`] / [`read_snapshot`]: the whole state store as a raft
 //!   snapshot, streamed in bounded, checksummed chunks (see `snapshot.rs`
 //!   for the layout) and rebuilt through the engine's `StateBuilder`, so
@@ -44,6 +45,12 @@ pub enum WireError {
     BadMagic { what: &'static str, found: Vec<u8> },
     #[error("unsupported {what} format version {found} (this build reads version {supported})")]
     UnsupportedVersion { what: &'static str, found: u8, supported: u8 },
+    #[error("command batch length {actual} differs from its header's {header}")]
+    LengthMismatch { header: u64, actual: u64 },
+    #[error("command batch is corrupt (checksum mismatch)")]
+    Checksum,
+    #[error("{len} bytes exceed the {max}-byte bound")]
+    TooLarge { len: u64, max: u64 },
     #[error("malformed archive: {0}")]
     Malformed(#[source] rkyv::rancor::Error),
     #[error("encoding failed: {0}")]

@@ -7,27 +7,28 @@
 //! chunk*  kind (1) | reserved (3) | payload length (4) | sequence number (4) | crc32 of these 12 bytes + payload (4) | payload
 //! ```
 //!
-//! Chunks come in a fixed order of kinds: job histories, nodes (each pool's
-//! nodes in registration order), allocations (grouped by job, so a chunk's
-//! allocations share their `Arc<Job>` archived once), node slots (each
-//! node's allocation ids in list order), evaluations (grouped by job, in
-//! insertion order), deployments, the scheduler configuration (exactly
-//! one), then the trailer: item counts, the table indexes, the number of
-//! chunks and a crc32 of every byte before the trailer chunk. A payload is
-//! the rkyv archive of a `Vec` of that kind's records.
+//! Chunks come in a fixed order of kinds, the order the engine's
+//! `StateBuilder` asks for (see `engine::state::restore`): job histories,
+//! node slots (each node's allocation ids in list order), nodes (each pool's
+//! nodes in registration order), allocations (in table order, grouped by
+//! job, so a chunk's allocations share their `Arc<Job>` archived once),
+//! evaluations (table order), each job's eval list, deployments, the
+//! scheduler configuration (exactly one), then the trailer: item counts,
+//! the table indexes, the number of chunks and a crc32 of every byte before
+//! the trailer chunk. A payload is the rkyv archive of a `Vec` of that
+//! kind's records.
 //!
 //! Sequence numbers catch reordered or dropped chunks, chunk checksums catch
 //! flipped bits, the trailer catches truncation, and the stream checksum
 //! whatever slips past the rest. The writer holds one chunk at a time, never
-//! a second copy of the state; the reader holds one chunk plus the decoded
-//! allocations until their node slots arrive (references, not copies: the
-//! allocations end up in the restored state).
+//! a second copy of the state; the reader holds one chunk plus the node
+//! slots' id lists (16 bytes per allocation) until the allocations are in.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use caravan_engine::ids::{AllocId, JobKey, NodeId};
+use caravan_engine::ids::{AllocId, EvalId, JobKey, NodeId};
 use caravan_engine::model::{Allocation, Deployment, Evaluation, Job, Node};
 use caravan_engine::state::{SchedulerConfig, State, StateBuilder, TABLE_COUNT};
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
@@ -66,6 +67,8 @@ const ALLOCS_PER_CHUNK: usize = 1024;
 const SLOT_IDS_PER_CHUNK: usize = 16 * 1024;
 /// Evaluations per chunk (an eval with failure metrics is under 1 KiB).
 const EVALS_PER_CHUNK: usize = 1024;
+/// Eval ids listed per eval-list chunk (16 bytes each).
+const EVAL_IDS_PER_CHUNK: usize = 16 * 1024;
 /// Deployments per chunk (small fixed-size records).
 const DEPLOYMENTS_PER_CHUNK: usize = 1024;
 
@@ -76,19 +79,20 @@ const CHUNK_HEADER_LEN: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     Jobs = 1,
-    Nodes = 2,
-    Allocs = 3,
-    NodeSlots = 4,
+    NodeSlots = 2,
+    Nodes = 3,
+    Allocs = 4,
     Evals = 5,
-    Deployments = 6,
-    SchedulerConfig = 7,
-    Trailer = 8,
+    EvalLists = 6,
+    Deployments = 7,
+    SchedulerConfig = 8,
+    Trailer = 9,
 }
 
 impl Kind {
     fn from_byte(byte: u8) -> Option<Kind> {
         use Kind::*;
-        [Jobs, Nodes, Allocs, NodeSlots, Evals, Deployments, SchedulerConfig, Trailer]
+        [Jobs, NodeSlots, Nodes, Allocs, Evals, EvalLists, Deployments, SchedulerConfig, Trailer]
             .into_iter()
             .find(|k| *k as u8 == byte)
     }
@@ -111,6 +115,13 @@ struct NodeSlotRecord {
     alloc_ids: Vec<AllocId>,
 }
 
+/// One job's eval ids in list order (the evals travel in table order).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct EvalListRecord {
+    key: JobKey,
+    eval_ids: Vec<EvalId>,
+}
+
 /// Items of each kind in a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ItemCounts {
@@ -120,6 +131,7 @@ pub struct ItemCounts {
     pub node_slots: u64,
     pub allocs: u64,
     pub evals: u64,
+    pub eval_lists: u64,
     pub deployments: u64,
 }
 
@@ -168,11 +180,6 @@ pub fn write_snapshot(state: &State, out: &mut impl Write) -> Result<SnapshotSta
     }
     w.items(Kind::Jobs, batch)?;
 
-    counts.nodes = w.all(Kind::Nodes, state.nodes_in_pool_order().cloned(), NODES_PER_CHUNK)?;
-    expect_count("nodes", counts.nodes, state.node_count())?;
-    counts.allocs = w.all(Kind::Allocs, state.allocs().cloned(), ALLOCS_PER_CHUNK)?;
-    expect_count("allocations", counts.allocs, state.alloc_count())?;
-
     let mut slots = Vec::new();
     let mut ids_in_batch = 0;
     for (node_id, ids) in state.node_alloc_lists() {
@@ -188,8 +195,27 @@ pub fn write_snapshot(state: &State, out: &mut impl Write) -> Result<SnapshotSta
     w.items(Kind::NodeSlots, slots)?;
     expect_count("node slots", counts.node_slots, state.node_slot_count())?;
 
-    counts.evals = w.all(Kind::Evals, state.evals_in_job_order().cloned(), EVALS_PER_CHUNK)?;
-    expect_count("evaluations", counts.evals, state.evals().count())?;
+    counts.nodes = w.all(Kind::Nodes, state.nodes_in_pool_order().cloned(), NODES_PER_CHUNK)?;
+    expect_count("nodes", counts.nodes, state.node_count())?;
+    counts.allocs = w.all(Kind::Allocs, state.allocs().cloned(), ALLOCS_PER_CHUNK)?;
+    expect_count("allocations", counts.allocs, state.alloc_count())?;
+    counts.evals = w.all(Kind::Evals, state.evals().cloned(), EVALS_PER_CHUNK)?;
+
+    let mut lists = Vec::new();
+    let mut ids_in_batch = 0;
+    let mut evals_listed = 0;
+    for (key, ids) in state.eval_lists() {
+        counts.eval_lists += 1;
+        evals_listed += ids.len();
+        ids_in_batch += ids.len().max(1);
+        lists.push(EvalListRecord { key: key.clone(), eval_ids: ids.to_vec() });
+        if ids_in_batch >= EVAL_IDS_PER_CHUNK {
+            w.items(Kind::EvalLists, std::mem::take(&mut lists))?;
+            ids_in_batch = 0;
+        }
+    }
+    w.items(Kind::EvalLists, lists)?;
+    expect_count("evaluations", counts.evals, evals_listed)?;
     counts.deployments = w.all(Kind::Deployments, state.deployments().cloned(), DEPLOYMENTS_PER_CHUNK)?;
     w.items(Kind::SchedulerConfig, vec![state.scheduler_config().clone()])?;
 
@@ -327,8 +353,8 @@ pub fn read_snapshot(input: &mut impl Read) -> Result<State, WireError> {
         if kind < last {
             return Err(WireError::OutOfOrder { seq, reason: format!("{kind:?} chunk after {last:?}") });
         }
-        if kind > Kind::NodeSlots && last <= Kind::NodeSlots {
-            restore.slots_done()?;
+        if kind > Kind::Allocs && last <= Kind::Allocs {
+            restore.allocs_done()?;
         }
         last = kind;
         let payload = r.buf.as_slice();
@@ -338,6 +364,7 @@ pub fn read_snapshot(input: &mut impl Read) -> Result<State, WireError> {
             Kind::Allocs => restore.allocs(unarchive(payload)?)?,
             Kind::NodeSlots => restore.slots(unarchive(payload)?)?,
             Kind::Evals => restore.evals(unarchive(payload)?)?,
+            Kind::EvalLists => restore.eval_lists(unarchive(payload)?)?,
             Kind::Deployments => restore.deployments(unarchive(payload)?)?,
             Kind::SchedulerConfig => {
                 if config_seen {
@@ -394,9 +421,8 @@ fn check_trailer(
 struct Restore {
     builder: StateBuilder,
     counts: ItemCounts,
-    /// Allocations read, waiting for their node slot: inserting in slot
-    /// order rebuilds each node's allocation list in its stored order.
-    pending: HashMap<AllocId, Arc<Allocation>>,
+    /// Each node's allocation list, applied once the allocations are in.
+    slot_orders: Vec<NodeSlotRecord>,
 }
 
 impl Restore {
@@ -417,6 +443,15 @@ impl Restore {
         Ok(())
     }
 
+    fn slots(&mut self, slots: Vec<NodeSlotRecord>) -> Result<(), WireError> {
+        for slot in slots {
+            self.counts.node_slots += 1;
+            self.builder.put_node_slot(slot.node_id);
+            self.slot_orders.push(slot);
+        }
+        Ok(())
+    }
+
     fn allocs(&mut self, allocs: Vec<Arc<Allocation>>) -> Result<(), WireError> {
         // A chunk shares each job among its allocations; across chunks, and
         // with the kept job versions, sharing is restored by value here:
@@ -431,42 +466,31 @@ impl Restore {
             if !Arc::ptr_eq(&job, &alloc.job) {
                 Arc::make_mut(&mut alloc).job = job;
             }
-            if let Some(dup) = self.pending.insert(alloc.id, alloc) {
-                return Err(WireError::Inconsistent(format!("allocation {} listed twice", dup.id)));
-            }
+            self.builder.put_alloc(alloc)?;
         }
         Ok(())
     }
 
-    fn slots(&mut self, slots: Vec<NodeSlotRecord>) -> Result<(), WireError> {
-        for slot in slots {
-            self.counts.node_slots += 1;
-            self.builder.put_node_slot(slot.node_id);
-            for id in slot.alloc_ids {
-                let alloc = self
-                    .pending
-                    .remove(&id)
-                    .ok_or_else(|| WireError::Inconsistent(format!("node slot lists unknown allocation {id}")))?;
-                if alloc.node_id != slot.node_id {
-                    return Err(WireError::Inconsistent(format!("allocation {id} listed under another node")));
-                }
-                self.builder.put_alloc(alloc)?;
-            }
+    /// Every allocation is in: put each node's list in its stored order.
+    fn allocs_done(&mut self) -> Result<(), WireError> {
+        for slot in std::mem::take(&mut self.slot_orders) {
+            self.builder.order_node_allocs(slot.node_id, &slot.alloc_ids)?;
         }
         Ok(())
-    }
-
-    fn slots_done(&mut self) -> Result<(), WireError> {
-        match self.pending.keys().next() {
-            Some(id) => Err(WireError::Inconsistent(format!("allocation {id} is in no node slot"))),
-            None => Ok(()),
-        }
     }
 
     fn evals(&mut self, evals: Vec<Arc<Evaluation>>) -> Result<(), WireError> {
         for eval in evals {
             self.counts.evals += 1;
             self.builder.put_eval(eval)?;
+        }
+        Ok(())
+    }
+
+    fn eval_lists(&mut self, lists: Vec<EvalListRecord>) -> Result<(), WireError> {
+        for list in lists {
+            self.counts.eval_lists += 1;
+            self.builder.order_job_evals(&list.key, &list.eval_ids)?;
         }
         Ok(())
     }
