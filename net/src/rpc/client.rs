@@ -165,7 +165,10 @@ impl RpcClient {
         self.next_request_id.set(request_id.wrapping_add(1));
 
         let attempt = async {
-            let (connection, streams) = self.open_stream(peer, deadline).await?;
+            let (connection, streams) = match self.open_stream(peer, deadline).await {
+                Ok(opened) => opened,
+                Err(error) => return (Err(error), None),
+            };
             let result = exchange(streams, peer, request_id, method, body, deadline).await;
             (result, Some(connection))
         };
