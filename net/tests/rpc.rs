@@ -250,7 +250,9 @@ async fn slow_handler_times_out_and_the_connection_recovers() {
     let result = client.call(peer, SLEEP, 5_000u64.to_be_bytes().to_vec(), timeout).await;
     let elapsed = started.elapsed();
     assert_eq!(result, Err(RpcError::Timeout { peer, timeout }));
-    assert!(elapsed >= timeout, "waited the whole timeout ({elapsed:?})");
+    // Either side may notice first (the server runs the handler under the
+    // deadline it was sent), so allow a little before the timeout.
+    assert!(elapsed >= timeout.mul_f64(0.9), "waited about the timeout ({elapsed:?})");
     assert!(elapsed < Duration::from_secs(3), "gave up near the timeout, not after the handler ({elapsed:?})");
 
     // The server enforces the deadline too: a handler outliving the

@@ -26,7 +26,7 @@ use compio::quic::{Connection, Endpoint, RecvStream, SendStream};
 use futures_util::future::{LocalBoxFuture, Shared};
 use futures_util::{FutureExt, StreamExt};
 
-use super::frame::{self, FrameError, FrameHeader, FrameKind, RemoteError};
+use super::frame::{self, ErrorCode, FrameError, FrameHeader, FrameKind, RemoteError};
 use super::stream::{self, ReadFrameError};
 use crate::quic::{ClusterTls, EndpointError, SERVER_NAME};
 
@@ -176,6 +176,14 @@ impl RpcClient {
             Ok((result, connection)) => (result, connection),
             Err(_elapsed) => (Err(RpcError::Timeout { peer, timeout }), None),
         };
+        // The server cuts a handler at the deadline we sent, which is ours:
+        // whichever side notices first, the caller sees one kind of timeout.
+        let result = match result {
+            Err(RpcError::Remote(RemoteError { code: ErrorCode::DEADLINE_EXCEEDED, .. })) => {
+                Err(RpcError::Timeout { peer, timeout })
+            }
+            other => other,
+        };
         if matches!(result, Err(RpcError::ConnectionLost { .. } | RpcError::Timeout { .. })) {
             // After a transport failure the connection is dead. After a
             // timeout it may be: a peer that crashed and restarted cannot
@@ -305,7 +313,8 @@ async fn exchange(
     // Tell the server the time left now, after connecting, so that its
     // deadline does not outlast ours.
     let remaining = deadline.saturating_duration_since(Instant::now());
-    let deadline_ms = u32::try_from(remaining.as_millis()).unwrap_or(u32::MAX);
+    // Rounded up: the server must not give up before we do.
+    let deadline_ms = u32::try_from(remaining.as_micros().div_ceil(1000)).unwrap_or(u32::MAX);
     let header = FrameHeader { kind: FrameKind::Request, request_id, deadline_ms, method };
     let request = frame::encode(&header, &body).map_err(|e| protocol(e.to_string()))?;
     drop(body);
