@@ -244,10 +244,8 @@ fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem_error = |source| TlsError::Pem { path: path.to_path_buf(), source };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(pem_error)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(pem_error)?;
+    let certs =
+        CertificateDer::pem_file_iter(path).map_err(pem_error)?.collect::<Result<Vec<_>, _>>().map_err(pem_error)?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate { path: path.to_path_buf() });
     }
@@ -318,7 +316,8 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        let vectors = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("foobar", "Zm9vYmFy")];
+        let vectors =
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("foobar", "Zm9vYmFy")];
         for (input, expected) in vectors {
             assert_eq!(base64(input.as_bytes()), expected);
         }

@@ -357,7 +357,8 @@ mod tests {
     use super::*;
 
     fn request(body: &[u8]) -> Vec<u8> {
-        let header = FrameHeader { kind: FrameKind::Request, request_id: 0x0102_0304_0506_0708, deadline_ms: 1500, method: 7 };
+        let header =
+            FrameHeader { kind: FrameKind::Request, request_id: 0x0102_0304_0506_0708, deadline_ms: 1500, method: 7 };
         encode(&header, body).expect("small body encodes")
     }
 

@@ -70,7 +70,8 @@ const STOP_REFUSED: u32 = 1;
 /// it itself unless it wants to stop earlier or hand the deadline on.
 pub trait RpcHandler {
     /// Handle one request.
-    fn handle(&self, method: u16, body: Vec<u8>, deadline: Instant) -> LocalBoxFuture<'_, Result<Vec<u8>, RemoteError>>;
+    fn handle(&self, method: u16, body: Vec<u8>, deadline: Instant)
+    -> LocalBoxFuture<'_, Result<Vec<u8>, RemoteError>>;
 }
 
 impl RemoteError {
@@ -93,11 +94,7 @@ impl RpcServer {
     /// Bind a QUIC endpoint at `addr` (port 0 picks a free one) with
     /// identity `tls` and serve `handler` on it. Must be called on a compio
     /// runtime thread; the server runs on that thread.
-    pub async fn bind(
-        addr: SocketAddr,
-        tls: &ClusterTls,
-        handler: Rc<dyn RpcHandler>,
-    ) -> Result<Self, EndpointError> {
+    pub async fn bind(addr: SocketAddr, tls: &ClusterTls, handler: Rc<dyn RpcHandler>) -> Result<Self, EndpointError> {
         let endpoint = crate::quic::bind_server(addr, tls).await?;
         let local_addr = endpoint.local_addr().map_err(|source| EndpointError::Bind { addr, source })?;
         let accept_task = compio::runtime::spawn(accept_loop(endpoint.clone(), handler));
