@@ -164,17 +164,16 @@ impl RpcClient {
         let request_id = self.next_request_id.get();
         self.next_request_id.set(request_id.wrapping_add(1));
 
+        // The connection the call went out on, to forget should it fail.
+        let used = RefCell::new(None);
         let attempt = async {
-            let (connection, streams) = match self.open_stream(peer, deadline).await {
-                Ok(opened) => opened,
-                Err(error) => return (Err(error), None),
-            };
-            let result = exchange(streams, peer, request_id, method, body, deadline).await;
-            (result, Some(connection))
+            let (connection, streams) = self.open_stream(peer, deadline).await?;
+            *used.borrow_mut() = Some(connection);
+            exchange(streams, peer, request_id, method, body, deadline).await
         };
-        let (result, connection) = match compio::time::timeout_at(deadline, attempt).await {
-            Ok((result, connection)) => (result, connection),
-            Err(_elapsed) => (Err(RpcError::Timeout { peer, timeout }), None),
+        let result = match compio::time::timeout_at(deadline, attempt).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(RpcError::Timeout { peer, timeout }),
         };
         // The server cuts a handler at the deadline we sent, which is ours:
         // whichever side notices first, the caller sees one kind of timeout.
@@ -191,7 +190,9 @@ impl RpcClient {
             // otherwise keep timing out until the idle timeout. One fresh
             // handshake is a small price; calls still in flight keep the
             // old connection until they end.
-            self.forget(peer, connection.as_ref());
+            if let Some(connection) = used.into_inner() {
+                self.forget(peer, &connection);
+            }
         }
         result
     }
@@ -210,14 +211,14 @@ impl RpcClient {
             Ok(streams) => return Ok((connection, streams)),
             Err(error) => {
                 tracing::debug!(%peer, %error, "cached rpc connection closed; reconnecting");
-                self.forget(peer, Some(&connection));
+                self.forget(peer, &connection);
             }
         }
         let connection = self.connection(peer, deadline).await?;
         match connection.open_bi_wait().await {
             Ok(streams) => Ok((connection, streams)),
             Err(error) => {
-                self.forget(peer, Some(&connection));
+                self.forget(peer, &connection);
                 Err(RpcError::Unreachable { peer, reason: error.to_string() })
             }
         }
@@ -274,15 +275,10 @@ impl RpcClient {
     }
 
     /// Drop the cached connection to `peer` if it is still `connection`
-    /// (any ready one if `None`: the call timed out before knowing which).
-    fn forget(&self, peer: SocketAddr, connection: Option<&Connection>) {
+    /// (another call may have replaced it with a fresh one already).
+    fn forget(&self, peer: SocketAddr, connection: &Connection) {
         let mut peers = self.peers.borrow_mut();
-        let stale = match (peers.get(&peer), connection) {
-            (Some(PeerConnection::Ready(cached)), Some(connection)) => cached == connection,
-            (Some(PeerConnection::Ready(_)), None) => true,
-            _ => false,
-        };
-        if stale {
+        if matches!(peers.get(&peer), Some(PeerConnection::Ready(cached)) if cached == connection) {
             peers.remove(&peer);
         }
     }
