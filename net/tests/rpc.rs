@@ -296,8 +296,14 @@ async fn peers_with_certificates_from_another_ca_are_refused() {
     assert!(matches!(result, Err(RpcError::Unreachable { .. })), "foreign server refused: {result:?}");
     assert_eq!(impostor_handler.calls.get(), 0);
 
-    // The genuine pair still works.
+    // The genuine pair still works, also server to server from the
+    // server's own endpoint (how raft peers call each other).
     assert_eq!(client.call(peer, ECHO, b"hi".to_vec(), CALL_TIMEOUT).await, Ok(b"hi".to_vec()));
+    let (sibling, _sibling_handler) = start_server(&tls).await;
+    let server_client = RpcClient::with_endpoint(sibling.endpoint().clone());
+    assert_eq!(server_client.call(peer, ECHO, b"peer".to_vec(), CALL_TIMEOUT).await, Ok(b"peer".to_vec()));
+    drop(server_client);
+    sibling.shutdown().await;
     server.shutdown().await;
     impostor.shutdown().await;
 }
