@@ -11,7 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use compio::quic::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use compio::quic::{ClientConfig, Endpoint, EndpointConfig, IdleTimeout, ServerConfig, TransportConfig, VarInt};
+use compio::quic::crypto::{CryptoError, HmacKey};
+use compio::quic::{
+    ClientConfig, ConnectionId, ConnectionIdGenerator, Endpoint, EndpointConfig, IdleTimeout, ServerConfig,
+    TransportConfig, VarInt,
+};
+use rustls::SupportedCipherSuite;
+use rustls::crypto::tls13::{Hkdf, OkmBlock};
 
 use super::tls::{ClusterTls, TlsError};
 
@@ -100,18 +106,109 @@ pub fn client_config(tls: &ClusterTls) -> Result<ClientConfig, EndpointError> {
 pub async fn bind_server(addr: SocketAddr, tls: &ClusterTls) -> Result<Endpoint, EndpointError> {
     let server = server_config(tls)?;
     let client = client_config(tls)?;
-    bind(addr, Some(server), client).await
+    bind(addr, tls, Some(server), client).await
 }
 
 /// A client-only endpoint bound to `addr` (usually `0.0.0.0:0`, or
 /// `127.0.0.1:0` in tests). Must be called on a compio runtime thread.
 pub async fn bind_client(addr: SocketAddr, tls: &ClusterTls) -> Result<Endpoint, EndpointError> {
     let client = client_config(tls)?;
-    bind(addr, None, client).await
+    bind(addr, tls, None, client).await
 }
 
-async fn bind(addr: SocketAddr, server: Option<ServerConfig>, client: ClientConfig) -> Result<Endpoint, EndpointError> {
+async fn bind(
+    addr: SocketAddr,
+    tls: &ClusterTls,
+    server: Option<ServerConfig>,
+    client: ClientConfig,
+) -> Result<Endpoint, EndpointError> {
     let bind_error = |source| EndpointError::Bind { addr, source };
     let socket = compio::net::UdpSocket::bind(addr).await.map_err(bind_error)?;
-    Endpoint::new(socket, EndpointConfig::default(), server, Some(client)).map_err(bind_error)
+    let mut config = match StatelessResetKey::derive(tls) {
+        Some(key) => EndpointConfig::new(Arc::new(key)),
+        None => EndpointConfig::default(),
+    };
+    config.cid_generator(|| Box::new(RandomConnectionIds));
+    Endpoint::new(socket, config, server, Some(client)).map_err(bind_error)
+}
+
+/// Random 8-byte connection ids that any process accepts as well-formed.
+/// quinn's default generator embeds a per-process hash in each id and drops
+/// packets whose id it did not mint, so a restarted server would silently
+/// drop a peer's packets for the old connection instead of answering them
+/// with the stateless reset that [`StatelessResetKey`] makes verifiable.
+struct RandomConnectionIds;
+
+impl RandomConnectionIds {
+    /// quinn's default length: long enough to be unguessable and to
+    /// route, short enough to keep packet headers small.
+    const LEN: usize = 8;
+}
+
+impl ConnectionIdGenerator for RandomConnectionIds {
+    fn generate_cid(&mut self) -> ConnectionId {
+        let mut bytes = [0u8; Self::LEN];
+        // ring's system RNG; it fails only if the OS has no randomness at
+        // all, where a zero id would still work (just guessable).
+        let _ = rustls::crypto::ring::default_provider().secure_random.fill(&mut bytes);
+        ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        Self::LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// The key that signs QUIC stateless reset tokens, derived from the node's
+/// private key so that it survives a restart: when a server crashes and
+/// comes back on the same address, peers still holding connections to the
+/// old process get a reset they can verify and reconnect at once, instead
+/// of timing out until [`IDLE_TIMEOUT`]. (quinn's default key is random per
+/// process, so a restarted server's resets are ignored.) Derivation is
+/// HKDF-Extract with SHA-256 (HMAC keyed by a fixed label over the private
+/// key), through rustls' ring provider; the private key cannot be recovered
+/// from it.
+struct StatelessResetKey {
+    key: OkmBlock,
+    hkdf: &'static dyn Hkdf,
+}
+
+impl StatelessResetKey {
+    /// Domain separation: this derived key is for nothing else.
+    const LABEL: &'static [u8] = b"caravan quic stateless reset key v1";
+    /// HMAC-SHA256 output.
+    const SIGNATURE_LEN: usize = 32;
+
+    fn derive(tls: &ClusterTls) -> Option<Self> {
+        let SupportedCipherSuite::Tls13(suite) = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256 else {
+            return None;
+        };
+        let hkdf = suite.hkdf_provider;
+        let tag = hkdf.hmac_sign(&OkmBlock::new(Self::LABEL), tls.private_key_der());
+        Some(Self { key: OkmBlock::new(tag.as_ref()), hkdf })
+    }
+}
+
+impl HmacKey for StatelessResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        let tag = self.hkdf.hmac_sign(&self.key, data);
+        let len = signature_out.len().min(tag.as_ref().len());
+        signature_out[..len].copy_from_slice(&tag.as_ref()[..len]);
+    }
+
+    fn signature_len(&self) -> usize {
+        Self::SIGNATURE_LEN
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
+        let tag = self.hkdf.hmac_sign(&self.key, data);
+        let expected = tag.as_ref();
+        // Constant time: no early exit on the first differing byte.
+        let difference = expected.iter().zip(signature).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if expected.len() == signature.len() && difference == 0 { Ok(()) } else { Err(CryptoError) }
+    }
 }

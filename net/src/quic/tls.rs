@@ -173,6 +173,12 @@ impl ClusterTls {
         Ok(config)
     }
 
+    /// The node's private key, for deriving other node secrets from it
+    /// (the QUIC stateless reset key).
+    pub(crate) fn private_key_der(&self) -> &[u8] {
+        self.key.secret_der()
+    }
+
     fn roots(&self) -> Result<rustls::RootCertStore, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         for ca in &self.ca_certs {

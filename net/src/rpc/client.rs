@@ -26,7 +26,7 @@ use compio::quic::{Connection, Endpoint, RecvStream, SendStream};
 use futures_util::future::{LocalBoxFuture, Shared};
 use futures_util::{FutureExt, StreamExt};
 
-use super::frame::{self, FrameError, FrameHeader, FrameKind, RemoteError};
+use super::frame::{self, ErrorCode, FrameError, FrameHeader, FrameKind, RemoteError};
 use super::stream::{self, ReadFrameError};
 use crate::quic::{ClusterTls, EndpointError, SERVER_NAME};
 
@@ -164,17 +164,24 @@ impl RpcClient {
         let request_id = self.next_request_id.get();
         self.next_request_id.set(request_id.wrapping_add(1));
 
+        // The connection the call went out on, to forget should it fail.
+        let used = RefCell::new(None);
         let attempt = async {
-            let (connection, streams) = match self.open_stream(peer, deadline).await {
-                Ok(opened) => opened,
-                Err(e) => return (Err(e), None),
-            };
-            let result = exchange(streams, peer, request_id, method, body, deadline).await;
-            (result, Some(connection))
+            let (connection, streams) = self.open_stream(peer, deadline).await?;
+            *used.borrow_mut() = Some(connection);
+            exchange(streams, peer, request_id, method, body, deadline).await
         };
-        let (result, connection) = match compio::time::timeout_at(deadline, attempt).await {
-            Ok((result, connection)) => (result, connection),
-            Err(_elapsed) => (Err(RpcError::Timeout { peer, timeout }), None),
+        let result = match compio::time::timeout_at(deadline, attempt).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(RpcError::Timeout { peer, timeout }),
+        };
+        // The server cuts a handler at the deadline we sent, which is ours:
+        // whichever side notices first, the caller sees one kind of timeout.
+        let result = match result {
+            Err(RpcError::Remote(RemoteError { code: ErrorCode::DEADLINE_EXCEEDED, .. })) => {
+                Err(RpcError::Timeout { peer, timeout })
+            }
+            other => other,
         };
         if matches!(result, Err(RpcError::ConnectionLost { .. } | RpcError::Timeout { .. })) {
             // After a transport failure the connection is dead. After a
@@ -183,7 +190,9 @@ impl RpcClient {
             // otherwise keep timing out until the idle timeout. One fresh
             // handshake is a small price; calls still in flight keep the
             // old connection until they end.
-            self.forget(peer, connection.as_ref());
+            if let Some(connection) = used.into_inner() {
+                self.forget(peer, &connection);
+            }
         }
         result
     }
@@ -202,14 +211,14 @@ impl RpcClient {
             Ok(streams) => return Ok((connection, streams)),
             Err(error) => {
                 tracing::debug!(%peer, %error, "cached rpc connection closed; reconnecting");
-                self.forget(peer, Some(&connection));
+                self.forget(peer, &connection);
             }
         }
         let connection = self.connection(peer, deadline).await?;
         match connection.open_bi_wait().await {
             Ok(streams) => Ok((connection, streams)),
             Err(error) => {
-                self.forget(peer, Some(&connection));
+                self.forget(peer, &connection);
                 Err(RpcError::Unreachable { peer, reason: error.to_string() })
             }
         }
@@ -266,15 +275,10 @@ impl RpcClient {
     }
 
     /// Drop the cached connection to `peer` if it is still `connection`
-    /// (any ready one if `None`: the call timed out before knowing which).
-    fn forget(&self, peer: SocketAddr, connection: Option<&Connection>) {
+    /// (another call may have replaced it with a fresh one already).
+    fn forget(&self, peer: SocketAddr, connection: &Connection) {
         let mut peers = self.peers.borrow_mut();
-        let stale = match (peers.get(&peer), connection) {
-            (Some(PeerConnection::Ready(cached)), Some(connection)) => cached == connection,
-            (Some(PeerConnection::Ready(_)), None) => true,
-            _ => false,
-        };
-        if stale {
+        if matches!(peers.get(&peer), Some(PeerConnection::Ready(cached)) if cached == connection) {
             peers.remove(&peer);
         }
     }
@@ -305,7 +309,8 @@ async fn exchange(
     // Tell the server the time left now, after connecting, so that its
     // deadline does not outlast ours.
     let remaining = deadline.saturating_duration_since(Instant::now());
-    let deadline_ms = u32::try_from(remaining.as_millis()).unwrap_or(u32::MAX);
+    // Rounded up: the server must not give up before we do.
+    let deadline_ms = u32::try_from(remaining.as_micros().div_ceil(1000)).unwrap_or(u32::MAX);
     let header = FrameHeader { kind: FrameKind::Request, request_id, deadline_ms, method };
     let request = frame::encode(&header, &body).map_err(|e| protocol(e.to_string()))?;
     drop(body);

@@ -107,6 +107,13 @@ impl RpcServer {
         self.local_addr
     }
 
+    /// The server's endpoint, which can also dial out with the node's
+    /// identity: `RpcClient::with_endpoint(server.endpoint().clone())` lets
+    /// a server call its peers from its listening socket and thread.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
     /// Close every connection (peers see an application close and reconnect
     /// elsewhere or later) and wait up to [`SHUTDOWN_GRACE`] for the close to
     /// go out and the socket to be released.
