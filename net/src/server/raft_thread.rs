@@ -198,12 +198,9 @@ async fn run(t: RaftThread) {
         http_addr: t.config.http_advertise.clone(),
         name: t.config.name.clone(),
     };
-    let client_bind =
-        if rpc_addr.is_ipv6() { SocketAddr::from(([0u16; 8], 0)) } else { SocketAddr::from(([0, 0, 0, 0], 0)) };
-    let client = match RpcClient::bind(client_bind, &t.tls).await {
-        Ok(c) => Rc::new(c),
-        Err(e) => return fail(format!("binding the rpc client: {e}")),
-    };
+    // Peers are dialled from the listening socket: one address per server
+    // in both directions, and the same certificate.
+    let client = Rc::new(RpcClient::with_endpoint(server.endpoint().clone()));
     let raft =
         match ServerRaft::new(t.id, t.raft_config.clone(), Network { client: client.clone() }, t.log, t.state_machine)
             .await

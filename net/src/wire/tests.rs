@@ -539,10 +539,10 @@ fn busy_state_round_trips() {
 
     // The current job record stays one `Arc` with its kept version.
     for history in restored.job_histories() {
-        if let Some(current) = history.current {
-            if let Some(same) = history.versions.iter().find(|v| ****v == **current) {
-                assert!(Arc::ptr_eq(same, current), "{} shares its version", history.key);
-            }
+        if let Some(current) = history.current
+            && let Some(same) = history.versions.iter().find(|v| ****v == **current)
+        {
+            assert!(Arc::ptr_eq(same, current), "{} shares its version", history.key);
         }
     }
 
