@@ -260,10 +260,13 @@ impl Node {
     /// Recompute `computed_class`: a hash of datacenter, pool, class, drivers,
     /// devices, and the attributes and meta whose keys are not `unique.`-prefixed.
     pub fn compute_class(&mut self) {
+        // Interned symbols hash by their text, not their process-local
+        // number: every server must compute the same class for a node
+        // (blocked evals are keyed by it across leader changes).
         let mut h = std::hash::DefaultHasher::new();
-        self.datacenter.hash(&mut h);
-        self.node_pool.hash(&mut h);
-        self.node_class.hash(&mut h);
+        self.datacenter.text().hash(&mut h);
+        self.node_pool.text().hash(&mut h);
+        self.node_class.text().hash(&mut h);
         for (k, v) in self.attributes.iter().filter(|(k, _)| !is_unique_key(k)) {
             k.hash(&mut h);
             v.hash(&mut h);
@@ -296,4 +299,28 @@ impl Node {
 /// the computed class; constraints on them are "escaped" and checked per node.
 pub fn is_unique_key(key: &str) -> bool {
     key.starts_with("unique.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The class is the same in every process: it must not depend on the
+    /// order strings were interned in (servers intern in different orders).
+    #[test]
+    fn computed_class_does_not_depend_on_interning_order() {
+        for i in 0..100 {
+            // Shift the interner: later symbols get different numbers.
+            let _ = Sym::new(&format!("class-test-noise-{i}"));
+        }
+        let mut node = Node::new(
+            crate::ids::IdGen::with_seed(1).node(),
+            "n1",
+            "class-test-dc",
+            NodeResources { cpu_mhz: 1000, memory_mb: 1024, ..Default::default() },
+        );
+        node.node_class = Sym::new("class-test-gpu");
+        node.compute_class();
+        expect_test::expect!["2597235462040017882"].assert_eq(&node.computed_class.to_string());
+    }
 }
