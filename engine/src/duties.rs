@@ -153,6 +153,26 @@ impl LeaderDuties {
         }
     }
 
+    /// Wait until no eval is ready, in flight or delayed, and no plan is
+    /// queued; false if `timeout` passes first.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut quiet_rounds = 0;
+        while std::time::Instant::now() < deadline {
+            let stats = self.broker.stats();
+            let busy = stats.total_ready + stats.total_unacked + stats.total_pending > 0 || !self.plans.is_empty();
+            // Two quiet looks in a row: an ack and the enqueue it triggers
+            // are not atomic together.
+            quiet_rounds = if busy { 0 } else { quiet_rounds + 1 };
+            if quiet_rounds >= 2 {
+                return true;
+            }
+            // Short: callers measure elapsed time up to the moment this notices.
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        false
+    }
+
     fn take_deferred(&self) -> Vec<Evaluation> {
         std::mem::take(&mut *self.deferred.lock().expect("deferred writes poisoned"))
     }

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::broker::SharedBroker;
 use crate::clock::Clock;
@@ -252,21 +252,7 @@ impl LocalCluster {
     /// Wait until no eval is ready, in flight or delayed, and no plan is
     /// queued; false if `timeout` passes first.
     pub fn wait_idle(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut quiet_rounds = 0;
-        while Instant::now() < deadline {
-            let stats = self.broker.stats();
-            let busy = stats.total_ready + stats.total_unacked + stats.total_pending > 0 || !self.plans.is_empty();
-            // Two quiet looks in a row: an ack and the enqueue it triggers
-            // are not atomic together.
-            quiet_rounds = if busy { 0 } else { quiet_rounds + 1 };
-            if quiet_rounds >= 2 {
-                return true;
-            }
-            // Short: callers measure elapsed time up to the moment this notices.
-            std::thread::sleep(Duration::from_micros(500));
-        }
-        false
+        self.log.duties.wait_idle(timeout)
     }
 
     pub fn evals_processed(&self) -> u64 {

@@ -13,7 +13,11 @@ use caravan_engine::ids::IdGen;
 use caravan_engine::local::{LocalCluster, LocalConfig};
 use caravan_engine::model::JobType;
 use caravan_engine::state::usage_from_allocs;
+use caravan_engine::worker::WorkerStats;
+use caravan_net::http::Server;
+use caravan_net::server::{RaftServer, ServerConfig};
 use serde_json::json;
+use std::sync::atomic::Ordering;
 
 use crate::machine;
 
@@ -40,6 +44,10 @@ pub(crate) struct EngineArgs {
     /// Do not write perf/results/.
     #[arg(long)]
     no_save: bool,
+    /// Commit through raft: one server with the durable redb log (in a
+    /// temporary data dir), instead of the in-memory serial log.
+    #[arg(long)]
+    raft: bool,
     /// Repeat the scenario this many times (fresh cluster each) and report
     /// the median run, with every run's placements/s alongside.
     #[arg(long, default_value_t = 1)]
@@ -79,6 +87,14 @@ pub(crate) fn run(args: &EngineArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a run measured on either kind of cluster.
+struct Measured {
+    elapsed_s: f64,
+    snapshot: caravan_engine::state::Snapshot,
+    worker_stats: Vec<Arc<WorkerStats>>,
+    log_fsyncs: Option<u64>,
+}
+
 /// One run on a fresh cluster; the JSON result.
 fn run_once(args: &EngineArgs) -> anyhow::Result<serde_json::Value> {
     let job_type = JobType::parse(&args.job_type).with_context(|| format!("unknown job type {:?}", args.job_type))?;
@@ -87,29 +103,11 @@ fn run_once(args: &EngineArgs) -> anyhow::Result<serde_json::Value> {
     if wanted > capacity {
         bail!("{wanted} allocations cannot fit on {} nodes (capacity {capacity})", args.nodes);
     }
-    let mut config = LocalConfig::default();
-    if let Some(w) = args.workers {
-        config.workers = w;
-    }
-    let workers = config.workers;
-    let cluster = LocalCluster::start(config, Arc::new(SystemClock));
-    let mut ids = IdGen::with_seed(7);
-    for i in 0..args.nodes {
-        let n = node(&mut ids, &format!("node-{i}"), "dc1", NODE_CPU_MHZ, NODE_MEMORY_MB);
-        cluster.commit(&Command::NodeRegister { node: n, evals: vec![] })?;
-    }
+    let workers = args.workers.unwrap_or(LocalConfig::default().workers);
     let (rss_before_mb, _) = machine::rss_mb();
-    let start = Instant::now();
-    for j in 0..args.jobs {
-        cluster.register_job(job(&format!("job-{j}"), job_type, args.count, TASK_CPU_MHZ, TASK_MEMORY_MB))?;
-    }
-    let idle = cluster.wait_idle(Duration::from_secs(args.timeout_s));
-    let elapsed_s = start.elapsed().as_secs_f64();
-    if !idle {
-        bail!("pipeline not idle after {} s", args.timeout_s);
-    }
+    let measured = if args.raft { run_raft(args, job_type, workers)? } else { run_local(args, job_type, workers)? };
     let (rss_mb, rss_peak_mb) = machine::rss_mb();
-    let snapshot = cluster.store.snapshot();
+    let Measured { elapsed_s, snapshot, worker_stats, log_fsyncs } = measured;
     let allocs_placed = snapshot.allocs().filter(|a| !a.is_terminal()).count() as u64;
     let overcommitted_nodes = snapshot
         .nodes()
@@ -117,7 +115,9 @@ fn run_once(args: &EngineArgs) -> anyhow::Result<serde_json::Value> {
             usage_from_allocs(n, snapshot.allocs_by_node(n.id).filter(|a| !a.is_terminal()).map(|a| &**a)).is_err()
         })
         .count();
-    let mut latencies = cluster.eval_latencies_us();
+    let sum = |f: fn(&WorkerStats) -> u64| worker_stats.iter().map(|s| f(s)).sum::<u64>();
+    let mut latencies: Vec<u64> =
+        worker_stats.iter().flat_map(|s| s.eval_latency_us.lock().expect("stats poisoned").clone()).collect();
     latencies.sort_unstable();
     let pct = |p: f64| -> f64 {
         if latencies.is_empty() {
@@ -127,7 +127,7 @@ fn run_once(args: &EngineArgs) -> anyhow::Result<serde_json::Value> {
         latencies[i] as f64 / 1000.0
     };
     let result = json!({
-        "scenario": "engine",
+        "scenario": if args.raft { "engine-raft" } else { "engine" },
         "nodes": args.nodes,
         "jobs": args.jobs,
         "count": args.count,
@@ -137,17 +137,113 @@ fn run_once(args: &EngineArgs) -> anyhow::Result<serde_json::Value> {
         "allocs_placed": allocs_placed,
         "elapsed_s": (elapsed_s * 1000.0).round() / 1000.0,
         "placements_per_s": (allocs_placed as f64 / elapsed_s).round(),
-        "evals_processed": cluster.evals_processed(),
+        "evals_processed": sum(|s| s.evals_processed.load(Ordering::Relaxed)),
         "eval_latency_ms_p50": pct(0.50),
         "eval_latency_ms_p99": pct(0.99),
         "eval_latency_ms_max": pct(1.0),
-        "plan_rejections": cluster.plan_refreshes(),
+        "plan_rejections": sum(|s| s.plan_refreshes.load(Ordering::Relaxed)),
+        "log_fsyncs": log_fsyncs,
+        "log_fsyncs_per_s": log_fsyncs.map(|n| (n as f64 / elapsed_s).round()),
         "overcommitted_nodes": overcommitted_nodes,
         "rss_mb": rss_mb.round(),
         "rss_peak_mb": rss_peak_mb.round(),
         "rss_growth_mb": (rss_mb - rss_before_mb).round(),
         "machine": machine::facts(),
     });
-    cluster.shutdown();
     Ok(result)
+}
+
+fn run_local(args: &EngineArgs, job_type: JobType, workers: usize) -> anyhow::Result<Measured> {
+    let config = LocalConfig { workers, ..LocalConfig::default() };
+    let cluster = LocalCluster::start(config, Arc::new(SystemClock));
+    let mut ids = IdGen::with_seed(7);
+    for i in 0..args.nodes {
+        let n = node(&mut ids, &format!("node-{i}"), "dc1", NODE_CPU_MHZ, NODE_MEMORY_MB);
+        cluster.commit(&Command::NodeRegister { node: n, evals: vec![] })?;
+    }
+    let start = Instant::now();
+    for j in 0..args.jobs {
+        cluster.register_job(job(&format!("job-{j}"), job_type, args.count, TASK_CPU_MHZ, TASK_MEMORY_MB))?;
+    }
+    let idle = cluster.wait_idle(Duration::from_secs(args.timeout_s));
+    let elapsed_s = start.elapsed().as_secs_f64();
+    if !idle {
+        bail!("pipeline not idle after {} s", args.timeout_s);
+    }
+    let measured = Measured {
+        elapsed_s,
+        snapshot: cluster.store.snapshot(),
+        worker_stats: cluster.worker_stats.clone(),
+        log_fsyncs: None,
+    };
+    cluster.shutdown();
+    Ok(measured)
+}
+
+/// Nodes per raft entry while filling the fleet: one fsync per batch.
+const NODES_PER_ENTRY: usize = 500;
+
+/// Threads registering jobs at once, as many API clients would: openraft
+/// batches their concurrent entries into one append (one fsync).
+const REGISTER_THREADS: usize = 16;
+
+fn run_raft(args: &EngineArgs, job_type: JobType, workers: usize) -> anyhow::Result<Measured> {
+    let data_dir = std::env::temp_dir().join(format!("caravan-perf-raft-{}-{}", std::process::id(), fastrand::u64(..)));
+    let mut config = ServerConfig::single("perf", data_dir.clone());
+    config.workers = workers;
+    let server = Arc::new(RaftServer::start(config, Arc::new(SystemClock))?);
+    if !server.wait_for_leader(Duration::from_secs(30)) {
+        bail!("the raft server did not elect itself");
+    }
+    let mut ids = IdGen::with_seed(7);
+    let nodes: Vec<Command> = (0..args.nodes)
+        .map(|i| Command::NodeRegister {
+            node: node(&mut ids, &format!("node-{i}"), "dc1", NODE_CPU_MHZ, NODE_MEMORY_MB),
+            evals: vec![],
+        })
+        .collect();
+    for batch in nodes.chunks(NODES_PER_ENTRY) {
+        let bytes = caravan_net::wire::encode_commands(batch)?;
+        let reply = server.committer.propose(caravan_net::raft::LogPayload { bytes })?;
+        if let Some(e) = reply.error {
+            bail!("registering nodes: {e}");
+        }
+    }
+    let fsyncs_before = server.log_metrics.fsync_count();
+    let start = Instant::now();
+    let next_job = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let threads: Vec<_> = (0..REGISTER_THREADS)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<()> {
+                    loop {
+                        let j = next_job.fetch_add(1, Ordering::Relaxed);
+                        if j >= args.jobs {
+                            return Ok(());
+                        }
+                        let spec = job(&format!("job-{j}"), job_type, args.count, TASK_CPU_MHZ, TASK_MEMORY_MB);
+                        server.register_job(spec).map_err(|e| anyhow::anyhow!("registering job-{j}: {e}"))?;
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().map_err(|_| anyhow::anyhow!("a registering thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let idle = server.duties.wait_idle(Duration::from_secs(args.timeout_s));
+    let elapsed_s = start.elapsed().as_secs_f64();
+    if !idle {
+        bail!("pipeline not idle after {} s", args.timeout_s);
+    }
+    let measured = Measured {
+        elapsed_s,
+        snapshot: server.store.snapshot(),
+        worker_stats: server.worker_stats.clone(),
+        log_fsyncs: Some(server.log_metrics.fsync_count() - fsyncs_before),
+    };
+    server.shutdown();
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(measured)
 }

@@ -112,6 +112,8 @@ pub struct RaftServer {
     /// The address the QUIC endpoint is bound to.
     pub rpc_addr: SocketAddr,
     pub worker_stats: Vec<Arc<WorkerStats>>,
+    /// The raft log's counters (fsyncs).
+    pub log_metrics: crate::raft::LogStoreMetrics,
     clock: Arc<dyn Clock>,
     ids: Mutex<IdGen>,
     events: Arc<Mutex<EventBuffer>>,
@@ -156,6 +158,7 @@ impl RaftServer {
             committer,
             rpc_addr: started.rpc_addr,
             worker_stats,
+            log_metrics: started.log_metrics,
             clock,
             ids: Mutex::new(IdGen::with_seed(config.seed ^ 0x1d5)),
             events,
@@ -255,6 +258,7 @@ impl Server for RaftServer {
             ("nomad.raft.last_index", view.last_log_index as f64),
             ("nomad.raft.term", view.term as f64),
             ("nomad.raft.leader", if view.is_leader() { 1.0 } else { 0.0 }),
+            ("caravan.raft.log_fsyncs", self.log_metrics.fsync_count() as f64),
             ("nomad.state.jobs", snap.job_count() as f64),
             ("nomad.state.nodes", snap.node_count() as f64),
             ("nomad.state.allocations", snap.alloc_count() as f64),

@@ -22,7 +22,7 @@ use super::handle::{RaftHandle, RaftRequest, RaftView, Role, ViewCell, WriteErro
 use super::network::Network;
 use super::rpc_methods::{self as method, Handler, ServerRaft};
 use crate::quic::ClusterTls;
-use crate::raft::{ApplyReply, LogPayload, LogStore, ServerNode, StateMachineStore};
+use crate::raft::{ApplyReply, LogPayload, LogStore, LogStoreMetrics, ServerNode, StateMachineStore};
 use crate::rpc::{BlockingRpcClient, RpcClient, RpcError, RpcServer};
 
 /// Raft's clock, in milliseconds. Defaults suit servers on one LAN:
@@ -68,6 +68,7 @@ pub(crate) struct Started {
     pub(crate) handle: RaftHandle,
     pub(crate) forwarder: Arc<dyn LeaderForwarder>,
     pub(crate) rpc_addr: SocketAddr,
+    pub(crate) log_metrics: LogStoreMetrics,
 }
 
 /// This server's raft id: random on first start, then read from the data
@@ -115,6 +116,7 @@ pub(crate) fn start(config: &ServerConfig, fsm: EngineFsm) -> std::io::Result<St
     let raft_dir = config.data_dir.join("raft");
     std::fs::create_dir_all(&raft_dir)?;
     let log = LogStore::open(&raft_dir.join("log.redb")).map_err(std::io::Error::other)?;
+    let log_metrics = log.metrics();
     let state_machine = StateMachineStore::open(&raft_dir.join("snapshots"), fsm).map_err(std::io::Error::other)?;
     let raft_config = Config {
         cluster_name: "caravan".into(),
@@ -162,7 +164,7 @@ pub(crate) fn start(config: &ServerConfig, fsm: EngineFsm) -> std::io::Result<St
         client: BlockingRpcClient::start(SocketAddr::from(([0, 0, 0, 0], 0)), &tls)
             .map_err(|e| std::io::Error::other(e.to_string()))?,
     });
-    Ok(Started { id, handle: RaftHandle { requests, view }, forwarder, rpc_addr })
+    Ok(Started { id, handle: RaftHandle { requests, view }, forwarder, rpc_addr, log_metrics })
 }
 
 struct RaftThread {
