@@ -12,6 +12,7 @@ mod fingerprint;
 mod job;
 mod monitor;
 mod reads;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -52,6 +53,9 @@ enum Command {
     Operator(OperatorCommand),
     /// List jobs.
     Status,
+    /// Create the cluster's CA and server certificates.
+    #[command(subcommand)]
+    Tls(tls::TlsCommand),
     /// Print the version.
     Version,
 }
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
         Command::Server(ServerCommand::Members) => reads::server_members(),
         Command::Operator(OperatorCommand::Raft(RaftCommand::ListPeers)) => reads::raft_peers(),
         Command::Status => reads::status(),
+        Command::Tls(cmd) => tls::run(cmd),
         Command::Version => {
             #[allow(clippy::print_stdout)]
             {

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use caravan_net::quic::DevCa;
 use serde_json::{Value, json};
 
 /// Generous for a loaded 2-core CI machine; the measured figures are in perf.
@@ -118,7 +117,13 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn write_config(server: &ServerProc, peers: &[String], tls_dir: &Path) {
+/// `caravan tls ...`, as an operator creates the cluster's certificates.
+fn caravan_tls(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_caravan")).arg("tls").args(args).output().unwrap();
+    assert!(out.status.success(), "caravan tls {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn write_config(server: &ServerProc, peers: &[String], ca_dir: &Path, tls_dir: &Path) {
     let join: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
     let text = format!(
         r#"name = "{name}"
@@ -140,9 +145,9 @@ server {{
 }}
 tls {{
   rpc = true
-  ca_file = "{tls}/ca.pem"
-  cert_file = "{tls}/cert.pem"
-  key_file = "{tls}/key.pem"
+  ca_file = "{ca}/caravan-agent-ca.pem"
+  cert_file = "{tls}/global-server-caravan.pem"
+  key_file = "{tls}/global-server-caravan-key.pem"
 }}
 "#,
         name = server.name,
@@ -150,6 +155,7 @@ tls {{
         http = server.http_port,
         rpc = server.rpc_port,
         join = join.join(", "),
+        ca = ca_dir.display(),
         tls = tls_dir.display(),
     );
     std::fs::write(server.config_path(), text).unwrap();
@@ -158,7 +164,10 @@ tls {{
 #[test]
 fn three_server_processes_survive_kill_9_of_the_leader() {
     let root = tempfile::tempdir().unwrap();
-    let ca = DevCa::generate().unwrap();
+    let ca_dir = root.path().join("ca");
+    caravan_tls(&["ca", "create", "-dir", ca_dir.to_str().unwrap()]);
+    let ca_cert = ca_dir.join("caravan-agent-ca.pem");
+    let ca_key = ca_dir.join("caravan-agent-ca-key.pem");
     let mut servers: Vec<ServerProc> = (0..3)
         .map(|i| ServerProc {
             name: format!("s{i}"),
@@ -172,8 +181,10 @@ fn three_server_processes_survive_kill_9_of_the_leader() {
     for s in &servers {
         std::fs::create_dir_all(&s.dir).unwrap();
         let tls_dir = s.dir.join("tls");
-        ca.issue_node(&[]).unwrap().write_pem(&tls_dir).unwrap();
-        write_config(s, &peers, &tls_dir);
+        std::fs::create_dir_all(&tls_dir).unwrap();
+        let (ca, key, dir) = (ca_cert.to_str().unwrap(), ca_key.to_str().unwrap(), tls_dir.to_str().unwrap());
+        caravan_tls(&["cert", "create", "-server", "-ca", ca, "-key", key, "-dir", dir]);
+        write_config(s, &peers, &ca_dir, &tls_dir);
     }
     for s in &mut servers {
         s.start();

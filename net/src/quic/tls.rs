@@ -138,6 +138,14 @@ impl ClusterTls {
         Ok(tls)
     }
 
+    /// Write this node's certificate and key as PEM to the given paths (the
+    /// key with mode 0600).
+    pub fn write_node_pem_to(&self, cert_file: &Path, key_file: &Path) -> Result<(), TlsError> {
+        write_file(cert_file, certs_pem(&self.cert_chain).as_bytes(), None)?;
+        let key_pem = pem_block("PRIVATE KEY", self.key.secret_der());
+        write_file(key_file, key_pem.as_bytes(), Some(KEY_FILE_MODE))
+    }
+
     /// Write this node's certificate chain and key as `cert.pem` and
     /// `key.pem` (mode 0600) into `dir`, and the trusted CAs as `ca.pem`.
     pub fn write_pem(&self, dir: &Path) -> Result<(), TlsError> {
@@ -231,6 +239,25 @@ impl DevCa {
             TlsError::Rustls(rustls::Error::General(format!("generated key not usable: {reason}")))
         })?;
         Ok(ClusterTls { ca_certs: vec![self.cert.clone()], cert_chain: vec![cert.der().clone()], key })
+    }
+
+    /// An existing CA from its certificate and private key (PEM files), to
+    /// issue more node certificates (`caravan tls cert create`).
+    pub fn load(cert_file: &Path, key_file: &Path) -> Result<Self, TlsError> {
+        let read = |path: &Path| {
+            fs::read_to_string(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })
+        };
+        let key = KeyPair::from_pem(&read(key_file)?)?;
+        let issuer = Issuer::from_ca_cert_pem(&read(cert_file)?, key)?;
+        let cert = read_certs(cert_file)?.swap_remove(0);
+        Ok(Self { issuer, cert })
+    }
+
+    /// Write the CA's certificate and key as PEM to the given paths (the key
+    /// with mode 0600).
+    pub fn write_pem_to(&self, cert_file: &Path, key_file: &Path) -> Result<(), TlsError> {
+        write_file(cert_file, certs_pem(std::slice::from_ref(&self.cert)).as_bytes(), None)?;
+        write_file(key_file, self.issuer.key().serialize_pem().as_bytes(), Some(KEY_FILE_MODE))
     }
 
     /// Write `ca.pem` and `ca-key.pem` (mode 0600) into `dir`.
