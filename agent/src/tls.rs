@@ -72,7 +72,8 @@ pub(crate) fn run(command: TlsCommand) -> anyhow::Result<ExitCode> {
             // Nomad numbers further certificates: global-server-nomad-1.pem, ...
             let (cert, key) = (0..)
                 .map(|n| {
-                    let stem = if n == 0 { "global-server-caravan".to_string() } else { format!("global-server-caravan-{n}") };
+                    let stem =
+                        if n == 0 { "global-server-caravan".to_string() } else { format!("global-server-caravan-{n}") };
                     (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}-key.pem")))
                 })
                 .find(|(c, k)| !c.exists() && !k.exists())

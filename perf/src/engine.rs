@@ -48,6 +48,10 @@ pub(crate) struct EngineArgs {
     /// temporary data dir), instead of the in-memory serial log.
     #[arg(long)]
     raft: bool,
+    /// With `--raft`: servers in the cluster (all in this process, raft
+    /// between them over QUIC on loopback); jobs go to the leader.
+    #[arg(long, default_value_t = 1)]
+    servers: usize,
     /// Repeat the scenario this many times (fresh cluster each) and report
     /// the median run, with every run's placements/s alongside.
     #[arg(long, default_value_t = 1)]
@@ -74,7 +78,7 @@ pub(crate) fn run(args: &EngineArgs) -> anyhow::Result<()> {
         rates.sort_by(f64::total_cmp);
         result["runs_placements_per_s"] = json!(rates);
     }
-    machine::save("engine", &result, args.no_save, args.json)?;
+    machine::save(if args.raft { "engine-raft" } else { "engine" }, &result, args.no_save, args.json)?;
     #[allow(clippy::print_stdout)]
     {
         println!("{result}");
@@ -92,7 +96,10 @@ struct Measured {
     elapsed_s: f64,
     snapshot: caravan_engine::state::Snapshot,
     worker_stats: Vec<Arc<WorkerStats>>,
+    /// On the leader, during the measured part.
     log_fsyncs: Option<u64>,
+    /// Raft log entries committed during the measured part.
+    raft_entries: Option<u64>,
 }
 
 /// One run on a fresh cluster; the JSON result.
@@ -107,7 +114,7 @@ fn run_once(args: &EngineArgs) -> anyhow::Result<serde_json::Value> {
     let (rss_before_mb, _) = machine::rss_mb();
     let measured = if args.raft { run_raft(args, job_type, workers)? } else { run_local(args, job_type, workers)? };
     let (rss_mb, rss_peak_mb) = machine::rss_mb();
-    let Measured { elapsed_s, snapshot, worker_stats, log_fsyncs } = measured;
+    let Measured { elapsed_s, snapshot, worker_stats, log_fsyncs, raft_entries } = measured;
     let allocs_placed = snapshot.allocs().filter(|a| !a.is_terminal()).count() as u64;
     let overcommitted_nodes = snapshot
         .nodes()
@@ -142,6 +149,9 @@ fn run_once(args: &EngineArgs) -> anyhow::Result<serde_json::Value> {
         "eval_latency_ms_p99": pct(0.99),
         "eval_latency_ms_max": pct(1.0),
         "plan_rejections": sum(|s| s.plan_refreshes.load(Ordering::Relaxed)),
+        "servers": if args.raft { args.servers.max(1) } else { 0 },
+        "raft_entries": raft_entries,
+        "raft_entries_per_s": raft_entries.map(|n| (n as f64 / elapsed_s).round()),
         "log_fsyncs": log_fsyncs,
         "log_fsyncs_per_s": log_fsyncs.map(|n| (n as f64 / elapsed_s).round()),
         "overcommitted_nodes": overcommitted_nodes,
@@ -175,6 +185,7 @@ fn run_local(args: &EngineArgs, job_type: JobType, workers: usize) -> anyhow::Re
         snapshot: cluster.store.snapshot(),
         worker_stats: cluster.worker_stats.clone(),
         log_fsyncs: None,
+        raft_entries: None,
     };
     cluster.shutdown();
     Ok(measured)
@@ -188,13 +199,58 @@ const NODES_PER_ENTRY: usize = 500;
 const REGISTER_THREADS: usize = 16;
 
 fn run_raft(args: &EngineArgs, job_type: JobType, workers: usize) -> anyhow::Result<Measured> {
-    let data_dir = std::env::temp_dir().join(format!("caravan-perf-raft-{}-{}", std::process::id(), fastrand::u64(..)));
-    let mut config = ServerConfig::single("perf", data_dir.clone());
-    config.workers = workers;
-    let server = Arc::new(RaftServer::start(config, Arc::new(SystemClock))?);
-    if !server.wait_for_leader(Duration::from_secs(30)) {
-        bail!("the raft server did not elect itself");
+    let root = std::env::temp_dir().join(format!("caravan-perf-raft-{}-{}", std::process::id(), fastrand::u64(..)));
+    let servers = start_servers(&root, args.servers.max(1), workers)?;
+    let result = measure_raft(args, job_type, &servers);
+    for s in &servers {
+        s.shutdown();
     }
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+/// `count` servers in one process, forming one cluster over QUIC on
+/// loopback with a shared dev CA.
+fn start_servers(root: &std::path::Path, count: usize, workers: usize) -> anyhow::Result<Vec<Arc<RaftServer>>> {
+    let ca = caravan_net::quic::DevCa::generate()?;
+    let ports: Vec<u16> = (0..count)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()))
+        .collect::<Result<_, _>>()?;
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let handles: Vec<_> = (0..count)
+        .map(|i| -> anyhow::Result<_> {
+            let dir = root.join(format!("s{i}"));
+            let tls_dir = dir.join("tls");
+            ca.issue_node(&[])?.write_pem(&tls_dir)?;
+            let mut config = ServerConfig::single(&format!("s{i}"), dir);
+            config.workers = workers;
+            config.rpc_bind = addrs[i].parse()?;
+            config.bootstrap_expect = count;
+            config.retry_join = addrs.clone();
+            config.tls = Some(caravan_net::server::TlsFiles {
+                ca_file: tls_dir.join("ca.pem"),
+                cert_file: tls_dir.join("cert.pem"),
+                key_file: tls_dir.join("key.pem"),
+            });
+            Ok(std::thread::spawn(move || RaftServer::start(config, Arc::new(SystemClock))))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut servers = Vec::new();
+    for h in handles {
+        servers.push(Arc::new(h.join().map_err(|_| anyhow::anyhow!("a server thread panicked"))??));
+    }
+    for s in &servers {
+        if !s.wait_for_leader(Duration::from_secs(60)) {
+            bail!("server {} sees no leader", s.name);
+        }
+    }
+    // The leader first: it takes the writes.
+    servers.sort_by_key(|s| !s.raft.view().is_leader());
+    Ok(servers)
+}
+
+fn measure_raft(args: &EngineArgs, job_type: JobType, servers: &[Arc<RaftServer>]) -> anyhow::Result<Measured> {
+    let server = &servers[0];
     let mut ids = IdGen::with_seed(7);
     let nodes: Vec<Command> = (0..args.nodes)
         .map(|i| Command::NodeRegister {
@@ -210,6 +266,7 @@ fn run_raft(args: &EngineArgs, job_type: JobType, workers: usize) -> anyhow::Res
         }
     }
     let fsyncs_before = server.log_metrics.fsync_count();
+    let entries_before = server.raft.view().last_log_index;
     let start = Instant::now();
     let next_job = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -237,13 +294,11 @@ fn run_raft(args: &EngineArgs, job_type: JobType, workers: usize) -> anyhow::Res
     if !idle {
         bail!("pipeline not idle after {} s", args.timeout_s);
     }
-    let measured = Measured {
+    Ok(Measured {
         elapsed_s,
         snapshot: server.store.snapshot(),
         worker_stats: server.worker_stats.clone(),
         log_fsyncs: Some(server.log_metrics.fsync_count() - fsyncs_before),
-    };
-    server.shutdown();
-    let _ = std::fs::remove_dir_all(&data_dir);
-    Ok(measured)
+        raft_entries: Some(server.raft.view().last_log_index - entries_before),
+    })
 }

@@ -244,9 +244,8 @@ impl DevCa {
     /// An existing CA from its certificate and private key (PEM files), to
     /// issue more node certificates (`caravan tls cert create`).
     pub fn load(cert_file: &Path, key_file: &Path) -> Result<Self, TlsError> {
-        let read = |path: &Path| {
-            fs::read_to_string(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })
-        };
+        let read =
+            |path: &Path| fs::read_to_string(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source });
         let key = KeyPair::from_pem(&read(key_file)?)?;
         let issuer = Issuer::from_ca_cert_pem(&read(cert_file)?, key)?;
         let cert = read_certs(cert_file)?.swap_remove(0);
