@@ -138,6 +138,27 @@ fn three_servers_form_replicate_forward_and_fail_over() {
         assert!(wait_until(LEADER_TIMEOUT, || running_allocs(s, "api") == 6), "server {} has all 6 placements", s.name);
     }
 
+    // Workers run on every server: followers dequeue from the leader's
+    // broker and submit plans to it over RPC.
+    for j in 0..30 {
+        let job = fixtures::job(&format!("many-{j}"), caravan_engine::model::JobType::Service, 1, 100, 128);
+        follower.register_job(job).expect("job registered");
+    }
+    for s in all(&servers) {
+        assert!(
+            wait_until(LEADER_TIMEOUT, || (0..30).all(|j| running_allocs(s, &format!("many-{j}")) == 1)),
+            "server {} sees all 30 jobs placed",
+            s.name
+        );
+    }
+    let follower_evals: u64 = all(&servers)
+        .iter()
+        .filter(|s| s.id != leader_id)
+        .flat_map(|s| s.worker_stats.iter())
+        .map(|w| w.evals_processed.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert!(follower_evals > 0, "followers' workers scheduled some of the evals");
+
     // Stop the leader: the other two elect a new one and keep scheduling.
     let leader_pos = servers.iter().position(|s| s.as_ref().is_some_and(|s| s.id == leader_id)).unwrap();
     let old = servers[leader_pos].take().unwrap();

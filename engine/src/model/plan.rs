@@ -26,7 +26,7 @@ pub struct AllocPreemption {
 
 /// What one scheduler run wants to change. Submitted to the plan applier,
 /// which commits each node's part only if it still fits the latest state.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Plan {
     pub eval_id: EvalId,
     /// Broker delivery token of the eval; a plan from a stale delivery is refused.
@@ -85,7 +85,7 @@ impl Plan {
 }
 
 /// What the applier committed of a plan.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct PlanResult {
     pub node_update: BTreeMap<NodeId, Vec<AllocStop>>,
     pub node_allocation: BTreeMap<NodeId, Vec<Arc<Allocation>>>,

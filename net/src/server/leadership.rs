@@ -1,9 +1,10 @@
 //! Leadership transitions. A thread watches the raft view; when this server
 //! becomes leader it waits for its state to reach the commit index, takes
 //! up the duties (broker and blocked evals restored from state, plans
-//! accepted) and starts the leader threads and the scheduler workers; when
-//! it stops leading, it revokes the duties (queued plans fail, waiting
-//! dequeues return, so workers nack) and stops those threads.
+//! accepted) and starts the leader threads (applier, broker timer, leader
+//! loop); when it stops leading, it revokes the duties (queued plans fail,
+//! waiting dequeues return, so workers nack) and stops those threads. The
+//! scheduler workers run on every server regardless (see `worker_rpc`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,10 +12,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use caravan_engine::clock::Clock;
-use caravan_engine::duties::{DutiesLeader, LeaderDuties, LeaderThreadsConfig, spawn_leader_threads};
+use caravan_engine::duties::{LeaderDuties, LeaderThreadsConfig, spawn_leader_threads};
 use caravan_engine::plan::Pipelining;
 use caravan_engine::state::{Cancel, StateStore};
-use caravan_engine::worker::{Worker, WorkerConfig, WorkerStats};
 
 use super::committer::RaftCommitter;
 use super::engine_fsm::Establisher;
@@ -31,7 +31,6 @@ const WATCH_SLICE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone)]
 pub(crate) struct LeadershipConfig {
-    pub(crate) worker: WorkerConfig,
     pub(crate) seed: u64,
 }
 
@@ -43,7 +42,6 @@ pub(crate) struct Leadership {
     pub(crate) committer: Arc<RaftCommitter>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: LeadershipConfig,
-    pub(crate) worker_stats: Vec<Arc<WorkerStats>>,
 }
 
 /// The threads of one term of leadership.
@@ -105,7 +103,7 @@ impl Leadership {
             "took up leader duties"
         );
         let cancel = Cancel::new();
-        let mut threads = spawn_leader_threads(
+        let threads = spawn_leader_threads(
             self.duties.clone(),
             self.store.clone(),
             self.committer.clone(),
@@ -115,22 +113,6 @@ impl Leadership {
             LeaderThreadsConfig { seed: self.config.seed ^ view.term, pipelining: Pipelining::Overlap },
             cancel.clone(),
         );
-        let leader = Arc::new(DutiesLeader {
-            store: self.store.clone(),
-            duties: self.duties.clone(),
-            committer: self.committer.clone(),
-        });
-        for (i, stats) in self.worker_stats.iter().enumerate() {
-            let worker = Worker {
-                store: self.store.clone(),
-                leader: leader.clone(),
-                clock: self.clock.clone(),
-                config: self.config.worker.clone(),
-                stats: stats.clone(),
-                cancel: cancel.clone(),
-            };
-            threads.push(worker.spawn(format!("worker-{i}")));
-        }
         Some(Term { cancel, threads })
     }
 

@@ -2,9 +2,11 @@
 //! the leader duties that follow leadership, and the HTTP API's view of it.
 //!
 //! Threads: openraft and the QUIC endpoint (raft and server RPC) run on one
-//! compio thread ([`raft_thread`]); the engine's workers, plan applier and
+//! compio thread (`raft_thread`); the engine's workers, plan applier and
 //! leader loop are OS threads that reach raft through a [`RaftHandle`]; a
-//! leadership thread turns the duties on and off ([`leadership`]).
+//! leadership thread turns the duties on and off (`leadership`). Workers
+//! run on every server: a follower's dequeue from the leader's broker and
+//! submit plans to its queue over RPC (`worker_rpc`).
 //!
 //! ```text
 //! HTTP write ─► RaftServer::write ─► RaftCommitter ─► raft (leader) ─► log (redb) ─► apply on every server
@@ -20,24 +22,26 @@ mod network;
 mod raft_messages;
 mod raft_thread;
 mod rpc_methods;
+mod worker_rpc;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use caravan_engine::clock::Clock;
-use caravan_engine::duties::LeaderDuties;
+use caravan_engine::duties::{DutiesLeader, LeaderDuties};
 use caravan_engine::endpoints::{self, EndpointError};
 use caravan_engine::events::{Event, EventBuffer};
 use caravan_engine::fsm::Command;
 use caravan_engine::ids::{EvalId, IdGen, JobKey};
 use caravan_engine::model::Job;
 use caravan_engine::plan::Committer;
+use caravan_engine::state::Cancel;
 use caravan_engine::state::StateStore;
-use caravan_engine::worker::{WorkerConfig, WorkerStats};
+use caravan_engine::worker::{Worker, WorkerConfig, WorkerStats};
 
 pub use committer::{LeaderForwarder, RaftCommitter, WRITE_TIMEOUT};
 pub use handle::{RaftHandle, RaftView, Role, WriteError};
@@ -118,6 +122,7 @@ pub struct RaftServer {
     ids: Mutex<IdGen>,
     events: Arc<Mutex<EventBuffer>>,
     stop: Arc<AtomicBool>,
+    workers_cancel: Cancel,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -134,10 +139,31 @@ impl RaftServer {
         let events = Arc::new(Mutex::new(EventBuffer::default()));
         let fsm = engine_fsm::EngineFsm::new(store.clone(), duties.clone(), events.clone());
         let establisher = fsm.establisher();
-        let started = raft_thread::start(&config, fsm)?;
+        let services = Arc::new(OnceLock::new());
+        let started = raft_thread::start(&config, fsm, services.clone())?;
         let committer = Arc::new(RaftCommitter { raft: started.handle.clone(), forwarder: Some(started.forwarder) });
-        let worker_stats: Vec<_> = (0..config.workers.max(1)).map(|_| Arc::new(WorkerStats::default())).collect();
+        let local =
+            Arc::new(DutiesLeader { store: store.clone(), duties: duties.clone(), committer: committer.clone() });
+        let _ = services.set(local.clone());
+        let routing =
+            Arc::new(worker_rpc::RoutingLeader { local, raft: started.handle.clone(), client: started.client.clone() });
         let stop = Arc::new(AtomicBool::new(false));
+        let workers_cancel = Cancel::new();
+        let mut threads = Vec::new();
+        let mut worker_stats = Vec::new();
+        for i in 0..config.workers.max(1) {
+            let stats = Arc::new(WorkerStats::default());
+            worker_stats.push(stats.clone());
+            let worker = Worker {
+                store: store.clone(),
+                leader: routing.clone(),
+                clock: clock.clone(),
+                config: config.worker.clone(),
+                stats,
+                cancel: workers_cancel.clone(),
+            };
+            threads.push(worker.spawn(format!("worker-{i}")));
+        }
         let leadership = leadership::Leadership {
             raft: started.handle.clone(),
             store: store.clone(),
@@ -145,10 +171,9 @@ impl RaftServer {
             establisher,
             committer: committer.clone(),
             clock: clock.clone(),
-            config: leadership::LeadershipConfig { worker: config.worker.clone(), seed: config.seed },
-            worker_stats: worker_stats.clone(),
+            config: leadership::LeadershipConfig { seed: config.seed },
         };
-        let threads = vec![leadership.spawn(stop.clone())];
+        threads.push(leadership.spawn(stop.clone()));
         Ok(RaftServer {
             id: started.id,
             name: config.name.clone(),
@@ -163,6 +188,7 @@ impl RaftServer {
             ids: Mutex::new(IdGen::with_seed(config.seed ^ 0x1d5)),
             events,
             stop,
+            workers_cancel,
             threads: Mutex::new(threads),
         })
     }
@@ -175,6 +201,7 @@ impl RaftServer {
     /// Stop following leadership (duties revoked) and stop raft.
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
+        self.workers_cancel.cancel();
         for t in self.threads.lock().expect("threads poisoned").drain(..) {
             let _ = t.join();
         }
@@ -189,8 +216,7 @@ impl RaftServer {
     /// write is applied on the leader first), so a read after the write
     /// sees it.
     fn read_your_write(&self, index: u64) {
-        let cancel = caravan_engine::state::Cancel::new();
-        let _ = self.store.snapshot_min_index(index, WRITE_TIMEOUT, &cancel);
+        let _ = self.store.snapshot_min_index(index, WRITE_TIMEOUT, &Cancel::new());
     }
 }
 

@@ -69,6 +69,8 @@ pub(crate) struct Started {
     pub(crate) forwarder: Arc<dyn LeaderForwarder>,
     pub(crate) rpc_addr: SocketAddr,
     pub(crate) log_metrics: LogStoreMetrics,
+    /// A blocking RPC client with this server's identity, for OS threads.
+    pub(crate) client: BlockingRpcClient,
 }
 
 /// This server's raft id: random on first start, then read from the data
@@ -110,7 +112,11 @@ pub(crate) fn load_tls(config: &ServerConfig) -> std::io::Result<ClusterTls> {
     }
 }
 
-pub(crate) fn start(config: &ServerConfig, fsm: EngineFsm) -> std::io::Result<Started> {
+pub(crate) fn start(
+    config: &ServerConfig,
+    fsm: EngineFsm,
+    services: Arc<std::sync::OnceLock<Arc<caravan_engine::duties::DutiesLeader>>>,
+) -> std::io::Result<Started> {
     let id = server_id(&config.data_dir)?;
     let tls = load_tls(config)?;
     let raft_dir = config.data_dir.join("raft");
@@ -155,16 +161,16 @@ pub(crate) fn start(config: &ServerConfig, fsm: EngineFsm) -> std::io::Result<St
             requests: request_rx,
             started: started_tx,
             incoming_dir,
+            services,
         }));
     })?;
     let rpc_addr = started_rx
         .recv_timeout(START_TIMEOUT)
         .map_err(|_| std::io::Error::other("the raft thread did not start"))??;
-    let forwarder = Arc::new(RpcForwarder {
-        client: BlockingRpcClient::start(SocketAddr::from(([0, 0, 0, 0], 0)), &tls)
-            .map_err(|e| std::io::Error::other(e.to_string()))?,
-    });
-    Ok(Started { id, handle: RaftHandle { requests, view }, forwarder, rpc_addr, log_metrics })
+    let client = BlockingRpcClient::start(SocketAddr::from(([0, 0, 0, 0], 0)), &tls)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let forwarder = Arc::new(RpcForwarder { client: client.clone() });
+    Ok(Started { id, handle: RaftHandle { requests, view }, forwarder, rpc_addr, log_metrics, client })
 }
 
 struct RaftThread {
@@ -178,6 +184,7 @@ struct RaftThread {
     requests: futures_channel::mpsc::UnboundedReceiver<RaftRequest>,
     started: std::sync::mpsc::SyncSender<std::io::Result<SocketAddr>>,
     incoming_dir: PathBuf,
+    services: Arc<std::sync::OnceLock<Arc<caravan_engine::duties::DutiesLeader>>>,
 }
 
 async fn run(t: RaftThread) {
@@ -189,7 +196,8 @@ async fn run(t: RaftThread) {
     // The endpoint binds first so the advertised address is known (port 0
     // picks one), then raft starts behind the handler.
     let placeholder = ServerNode::default();
-    let handler = Rc::new(Handler::new(raft_cell.clone(), (t.id, placeholder), t.incoming_dir.clone()));
+    let handler =
+        Rc::new(Handler::new(raft_cell.clone(), (t.id, placeholder), t.incoming_dir.clone(), t.services.clone()));
     let server = match RpcServer::bind(t.config.rpc_bind, &t.tls, handler.clone()).await {
         Ok(s) => s,
         Err(e) => return fail(format!("binding the rpc endpoint {}: {e}", t.config.rpc_bind)),

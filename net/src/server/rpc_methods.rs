@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use futures_util::future::LocalBoxFuture;
@@ -15,8 +16,11 @@ use openraft::Raft;
 use openraft::storage::Snapshot;
 use openraft::type_config::async_runtime::WatchReceiver;
 
+use caravan_engine::duties::DutiesLeader;
+
 use super::engine_fsm::EngineFsm;
 use super::raft_messages::{self as msg, Reader, Writer};
+use super::worker_rpc;
 use crate::raft::snapshot_files::verify_snapshot;
 use crate::raft::{ApplyReply, LogPayload, ServerNode, SnapshotFile, StateMachineStore, TypeConfig};
 use crate::rpc::RpcHandler;
@@ -56,11 +60,19 @@ pub(crate) struct Handler {
     pub(crate) me: RefCell<(u64, ServerNode)>,
     pub(crate) incoming_dir: PathBuf,
     incoming: RefCell<HashMap<u64, Incoming>>,
+    /// This server's duties, for followers' workers (set once the server
+    /// has started).
+    pub(crate) services: Arc<OnceLock<Arc<DutiesLeader>>>,
 }
 
 impl Handler {
-    pub(crate) fn new(raft: Rc<RefCell<Option<ServerRaft>>>, me: (u64, ServerNode), incoming_dir: PathBuf) -> Handler {
-        Handler { raft, me: RefCell::new(me), incoming_dir, incoming: RefCell::new(HashMap::new()) }
+    pub(crate) fn new(
+        raft: Rc<RefCell<Option<ServerRaft>>>,
+        me: (u64, ServerNode),
+        incoming_dir: PathBuf,
+        services: Arc<OnceLock<Arc<DutiesLeader>>>,
+    ) -> Handler {
+        Handler { raft, me: RefCell::new(me), incoming_dir, incoming: RefCell::new(HashMap::new()), services }
     }
 
     fn raft(&self) -> Result<ServerRaft, RemoteError> {
@@ -128,6 +140,9 @@ impl Handler {
                     raft.change_membership(all, false).await.map_err(|e| failed(&e))?;
                 }
                 Ok(Vec::new())
+            }
+            worker_rpc::EVAL_DEQUEUE | worker_rpc::EVAL_ACK | worker_rpc::PLAN_SUBMIT => {
+                worker_rpc::serve(&self.services, method, body).await
             }
             other => Err(RemoteError::unknown_method(other)),
         }

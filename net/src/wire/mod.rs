@@ -9,6 +9,8 @@
 //!   snapshot, streamed in bounded, checksummed chunks (see `snapshot.rs`
 //!   for the layout) and rebuilt through the engine's `StateBuilder`, so
 //!   every index and each node's usage come out as the FSM leaves them.
+//! - [`encode_message`] / [`decode_message`]: RPC bodies between servers
+//!   (a plan, an eval delivery), one validated archive each.
 //!
 //! Decoding never trusts its input: rkyv's validation (bytecheck) runs
 //! before anything is read out of an archive, so malformed bytes give a
@@ -25,11 +27,13 @@
 //! ```
 
 mod command;
+mod message;
 mod snapshot;
 #[cfg(test)]
 mod tests;
 
 pub use command::{COMMAND_FORMAT_VERSION, COMMAND_MAGIC, decode_commands, encode_commands};
+pub use message::{decode_message, encode_message};
 pub use snapshot::{
     CHUNK_BYTES_MAX, ItemCounts, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_MAGIC, SnapshotStats, read_snapshot, write_snapshot,
 };
