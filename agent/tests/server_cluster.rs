@@ -252,4 +252,9 @@ fn three_server_processes_survive_kill_9_of_the_leader() {
     for s in &servers {
         assert!(wait_until(CONVERGE_TIMEOUT, || job_ids(s).is_some_and(|ids| ids.len() == acked.len())));
     }
+    // Workers on a server still catching up (replaying, installing the
+    // snapshot) wait for their state and nack; no evaluation fails for it.
+    let evals = get(&servers[new_leader].url("/v1/evaluations")).expect("evaluations");
+    let failed: Vec<&Value> = evals.as_array().unwrap().iter().filter(|e| e["Status"] == "failed").collect();
+    assert!(failed.is_empty(), "no evaluation failed: {failed:?}");
 }
