@@ -175,6 +175,23 @@ fn three_servers_form_replicate_forward_and_fail_over() {
         assert!(wait_until(LEADER_TIMEOUT, || running_allocs(s, "batch") == 2), "scheduling continues on {}", s.name);
         assert_eq!(running_allocs(s, "api"), 6, "nothing acknowledged was lost");
     }
+    // A new server pointed at the cluster joins it as a voter and catches up.
+    let dir = root.path().join("s3");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = ServerConfig::single("s3", dir.clone());
+    config.rpc_bind = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    config.bootstrap_expect = 3;
+    config.retry_join = addrs.clone();
+    config.raft = fast_timings();
+    config.workers = 1;
+    config.tls = Some(cluster_tls(&ca, &dir.join("tls")));
+    let joined = RaftServer::start(config, Arc::new(SystemClock)).unwrap();
+    assert!(
+        wait_until(LEADER_TIMEOUT, || joined.raft.view().members.get(&joined.id).is_some_and(|(_, voter)| *voter)),
+        "the new server is a voter"
+    );
+    assert!(wait_until(LEADER_TIMEOUT, || running_allocs(&joined, "api") == 6 && running_allocs(&joined, "batch") == 2));
+    joined.shutdown();
     for s in survivors {
         s.shutdown();
     }
