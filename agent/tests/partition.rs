@@ -59,6 +59,10 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 const JOBS_BEFORE: usize = 12;
 const JOBS_DURING: usize = 6;
 
+/// Log lines left out of failure messages: repeated for every heartbeat and
+/// replication attempt to a peer the cut makes unreachable.
+const LOG_NOISE: &[&str] = &["heartbeat::worker", "ReplicationCore recv RPCError", "update progress error"];
+
 /// Prints why the test cannot run here, or fails it when CI demands every test.
 fn skip(reason: &str) {
     if std::env::var("CARAVAN_REQUIRE_ALL_TESTS").is_ok_and(|v| v == "1") {
@@ -239,8 +243,18 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// The agents' logs for a failure message, without openraft's
+    /// per-peer warnings, which a cut produces several times a second.
     fn logs(&self) -> String {
-        self.servers.iter().map(|s| format!("----- {} ({}) -----\n{}", s.name, s.ip, s.log())).collect()
+        let mut out = String::new();
+        for s in &self.servers {
+            out += &format!("----- {} ({}) -----\n", s.name, s.ip);
+            for line in s.log().lines().filter(|l| !LOG_NOISE.iter().any(|n| l.contains(n))) {
+                out += line;
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// The leader all three name, when they agree on one of them.
