@@ -24,7 +24,8 @@
 //!
 //! Needs root and `ip netns`; elsewhere it prints why and passes, unless
 //! `CARAVAN_REQUIRE_ALL_TESTS=1` (set by CI), which turns the skip into a
-//! failure.
+//! failure. Run it as root: `cargo test -p caravan --test partition -- --nocapture`
+//! prints the timings (election, step-down, convergence).
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -298,7 +299,7 @@ fn start_cluster(net: TestNet) -> Cluster {
     cluster
 }
 
-/// Every job id once; the duplicates otherwise.
+/// The ids listed more than once.
 fn duplicates(ids: &[String]) -> Vec<String> {
     let mut sorted = ids.to_vec();
     sorted.sort();
