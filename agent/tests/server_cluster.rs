@@ -4,11 +4,14 @@
 //! kept, and the killed server restarts from its data dir and catches up,
 //! through a snapshot since the leader has compacted its log meanwhile.
 
-use std::path::{Path, PathBuf};
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use cluster::{Ca, ServerConfig, get, wait_until};
 
 /// Generous for a loaded 2-core CI machine; the measured figures are in perf.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -64,110 +67,26 @@ impl Drop for ServerProc {
     }
 }
 
-fn http() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
-}
-
-fn get(url: &str) -> Option<Value> {
-    let mut resp = http().get(url).call().ok()?;
-    if resp.status() != 200 {
-        return None;
-    }
-    resp.body_mut().read_json().ok()
-}
-
-/// Register a job; true when the server acknowledged it.
 fn register(server: &ServerProc, id: &str) -> bool {
-    let job = json!({"Job": {
-        "ID": id, "Name": id, "Type": "batch", "Datacenters": ["dc1"],
-        "TaskGroups": [{"Name": "g", "Count": 1, "Tasks": [{
-            "Name": "t", "Driver": "raw_exec", "Config": {"command": "/bin/true"},
-            "Resources": {"CPU": 100, "MemoryMB": 64}}]}]}});
-    match http().put(&server.url("/v1/jobs")).send_json(&job) {
-        Ok(resp) => resp.status() == 200,
-        Err(_) => false,
-    }
+    cluster::register(&server.url(""), id)
 }
 
 fn job_ids(server: &ServerProc) -> Option<Vec<String>> {
-    let jobs = get(&server.url("/v1/jobs"))?;
-    Some(jobs.as_array()?.iter().filter_map(|j| j["ID"].as_str().map(String::from)).collect())
+    cluster::job_ids(&server.url(""))
 }
 
 fn leader_of(server: &ServerProc) -> Option<String> {
-    get(&server.url("/v1/status/leader"))?.as_str().filter(|s| !s.is_empty()).map(String::from)
-}
-
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
+    cluster::leader(&server.url(""))
 }
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// `caravan tls ...`, as an operator creates the cluster's certificates.
-fn caravan_tls(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_caravan")).arg("tls").args(args).output().unwrap();
-    assert!(out.status.success(), "caravan tls {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn write_config(server: &ServerProc, peers: &[String], ca_dir: &Path, tls_dir: &Path) {
-    let join: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
-    let text = format!(
-        r#"name = "{name}"
-data_dir = "{data}"
-bind_addr = "127.0.0.1"
-log_level = "INFO"
-ports {{
-  http = {http}
-  rpc = {rpc}
-}}
-server {{
-  enabled = true
-  bootstrap_expect = 3
-  # Small, so the leader compacts its log while a server is down.
-  raft_snapshot_threshold = 32
-  server_join {{
-    retry_join = [{join}]
-  }}
-}}
-tls {{
-  rpc = true
-  ca_file = "{ca}/caravan-agent-ca.pem"
-  cert_file = "{tls}/global-server-caravan.pem"
-  key_file = "{tls}/global-server-caravan-key.pem"
-}}
-"#,
-        name = server.name,
-        data = server.dir.join("data").display(),
-        http = server.http_port,
-        rpc = server.rpc_port,
-        join = join.join(", "),
-        ca = ca_dir.display(),
-        tls = tls_dir.display(),
-    );
-    std::fs::write(server.config_path(), text).unwrap();
-}
-
 #[test]
 fn three_server_processes_survive_kill_9_of_the_leader() {
     let root = tempfile::tempdir().unwrap();
-    let ca_dir = root.path().join("ca");
-    caravan_tls(&["ca", "create", "-dir", ca_dir.to_str().unwrap()]);
-    let ca_cert = ca_dir.join("caravan-agent-ca.pem");
-    let ca_key = ca_dir.join("caravan-agent-ca-key.pem");
+    let ca = Ca::create(root.path());
     let mut servers: Vec<ServerProc> = (0..3)
         .map(|i| ServerProc {
             name: format!("s{i}"),
@@ -179,12 +98,19 @@ fn three_server_processes_survive_kill_9_of_the_leader() {
         .collect();
     let peers: Vec<String> = servers.iter().map(ServerProc::rpc_addr).collect();
     for s in &servers {
-        std::fs::create_dir_all(&s.dir).unwrap();
-        let tls_dir = s.dir.join("tls");
-        std::fs::create_dir_all(&tls_dir).unwrap();
-        let (ca, key, dir) = (ca_cert.to_str().unwrap(), ca_key.to_str().unwrap(), tls_dir.to_str().unwrap());
-        caravan_tls(&["cert", "create", "-server", "-ca", ca, "-key", key, "-dir", dir]);
-        write_config(s, &peers, &ca_dir, &tls_dir);
+        ca.server_cert(&s.dir.join("tls"));
+        ServerConfig {
+            name: &s.name,
+            dir: &s.dir,
+            bind_addr: "127.0.0.1",
+            http_port: s.http_port,
+            rpc_port: s.rpc_port,
+            peers: &peers,
+            ca: &ca,
+            // Small, so the leader compacts its log while a server is down.
+            server_extra: "  raft_snapshot_threshold = 32",
+        }
+        .write();
     }
     for s in &mut servers {
         s.start();
