@@ -50,18 +50,41 @@ pub struct RaftView {
     pub snapshot_index: u64,
     /// Voters and learners of the last membership, by id: (node, voter).
     pub members: BTreeMap<u64, (ServerNode, bool)>,
-    /// Milliseconds since a quorum last acknowledged this leader.
-    pub millis_since_quorum_ack: Option<u64>,
+    /// When a quorum last acknowledged this server as leader.
+    pub last_quorum_acked: Option<Instant>,
+    /// How long a quorum acknowledgement keeps a leader's lease (openraft's
+    /// lease is the maximum election timeout).
+    pub lease: Duration,
+    /// Voters in the membership.
+    pub voters: usize,
 }
 
 impl RaftView {
+    /// The leader as this server knows it. A server that believes itself
+    /// leader but whose lease has run out names no leader: it may be cut
+    /// off from a majority that has elected another.
     pub fn leader_node(&self) -> Option<(u64, ServerNode)> {
         let id = self.leader?;
+        if id == self.id && !self.is_leader() {
+            return None;
+        }
         self.members.get(&id).map(|(node, _)| (id, node.clone()))
     }
 
+    /// Leader with a live lease. openraft keeps a leader that lost its
+    /// quorum in the leader state (it only refuses new proposals, see its
+    /// CheckQuorum notes) until it sees a higher term; Caravan steps its
+    /// duties down as soon as the lease runs out, so a partitioned minority
+    /// leader stops scheduling and stops calling itself leader.
     pub fn is_leader(&self) -> bool {
-        self.role == Role::Leader
+        if self.role != Role::Leader {
+            return false;
+        }
+        // A lone voter is its own quorum.
+        if self.voters <= 1 {
+            return true;
+        }
+        self.last_quorum_acked.is_some_and(|at| at.elapsed() < self.lease)
     }
 }
 

@@ -303,13 +303,14 @@ impl Server for RaftServer {
 
     fn raft_servers(&self) -> Vec<crate::http::RaftServerInfo> {
         let view = self.raft.view();
+        let leader = view.leader_node().map(|(id, _)| id);
         view.members
             .iter()
             .map(|(id, (node, voter))| crate::http::RaftServerInfo {
                 id: id.to_string(),
                 node: node.name.clone(),
                 address: node.rpc_addr.clone(),
-                leader: view.leader == Some(*id),
+                leader: leader == Some(*id),
                 voter: *voter,
             })
             .collect()

@@ -222,7 +222,8 @@ async fn run(t: RaftThread) {
     // STATUS answers with the advertised node from now on.
     *handler.me.borrow_mut() = (t.id, me.clone());
     let _ = t.started.send(Ok(rpc_addr));
-    compio::runtime::spawn(publish_view(raft.clone(), t.view.clone())).detach();
+    let lease = Duration::from_millis(t.config.raft.election_timeout_max_ms);
+    compio::runtime::spawn(publish_view(raft.clone(), t.view.clone(), lease)).detach();
     compio::runtime::spawn(form_or_join(raft.clone(), client.clone(), t.id, me, t.config.clone())).detach();
     let mut requests = t.requests;
     while let Some(request) = requests.next().await {
@@ -281,7 +282,7 @@ async fn add_voter(raft: &ServerRaft, id: u64, node: ServerNode) -> Result<(), W
 }
 
 /// Copy raft's metrics into the shared view after every change.
-async fn publish_view(raft: ServerRaft, cell: Arc<ViewCell>) {
+async fn publish_view(raft: ServerRaft, cell: Arc<ViewCell>, lease: Duration) {
     let mut metrics = raft.metrics();
     loop {
         let view = {
@@ -304,7 +305,9 @@ async fn publish_view(raft: ServerRaft, cell: Arc<ViewCell>) {
                 last_applied: m.last_applied.as_ref().map_or(0, |id| id.index),
                 snapshot_index: m.snapshot.as_ref().map_or(0, |id| id.index),
                 members: membership.nodes().map(|(id, node)| (*id, (node.clone(), voters.contains(id)))).collect(),
-                millis_since_quorum_ack: None,
+                last_quorum_acked: m.last_quorum_acked.as_ref().map(|at| **at),
+                lease,
+                voters: voters.len(),
             }
         };
         cell.publish(view);
