@@ -181,6 +181,7 @@ fn three_server_processes_survive_kill_9_of_the_leader() {
     // Workers on a server still catching up (replaying, installing the
     // snapshot) wait for their state and nack; no evaluation fails for it.
     let evals = get(&servers[new_leader].url("/v1/evaluations")).expect("evaluations");
-    let failed: Vec<&Value> = evals.as_array().unwrap().iter().filter(|e| e["Status"] == "failed").collect();
+    let failed: Vec<&serde_json::Value> =
+        evals.as_array().unwrap().iter().filter(|e| e["Status"] == "failed").collect();
     assert!(failed.is_empty(), "no evaluation failed: {failed:?}");
 }
