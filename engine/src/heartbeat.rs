@@ -264,6 +264,15 @@ impl Heartbeats {
         Ok(ttl)
     }
 
+    /// Time `node` again to expire at `deadline_ns` (marking it down failed
+    /// and is retried then); nothing while inactive.
+    pub fn rearm(&self, node: NodeId, deadline_ns: TimeNs) {
+        let mut inner = self.lock();
+        if inner.active {
+            inner.timers.reset(node, deadline_ns);
+        }
+    }
+
     /// Stop watching `node` (it was marked down or deregistered).
     pub fn remove(&self, node: NodeId) {
         self.lock().timers.remove(node);

@@ -2,7 +2,7 @@
 //! becomes leader it waits for its state to reach the commit index, takes
 //! up the duties (broker and blocked evals restored from state, plans
 //! accepted) and starts the leader threads and the scheduler workers; when
-//! it stops leading, it revokes the duties (queued plans fail, waiting
+//! it stops leading, it revokes the duties (client heartbeat timers too) (queued plans fail, waiting
 //! dequeues return, so workers nack) and stops those threads.
 
 use std::sync::Arc;
@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use caravan_engine::clock::Clock;
 use caravan_engine::duties::{DutiesLeader, LeaderDuties, LeaderThreadsConfig, spawn_leader_threads};
+use caravan_engine::heartbeat::Heartbeats;
 use caravan_engine::plan::Pipelining;
 use caravan_engine::state::{Cancel, StateStore};
 use caravan_engine::worker::{Worker, WorkerConfig, WorkerStats};
 
+use super::client_rpc::spawn_heartbeat_expiry;
 use super::committer::RaftCommitter;
 use super::engine_fsm::Establisher;
 use super::handle::{RaftHandle, RaftView};
@@ -44,6 +46,8 @@ pub(crate) struct Leadership {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: LeadershipConfig,
     pub(crate) worker_stats: Vec<Arc<WorkerStats>>,
+    /// Client heartbeat timers: a leader duty like the broker.
+    pub(crate) heartbeats: Arc<Heartbeats>,
 }
 
 /// The threads of one term of leadership.
@@ -105,6 +109,8 @@ impl Leadership {
             "took up leader duties"
         );
         let cancel = Cancel::new();
+        let timed = self.heartbeats.establish(&self.store.snapshot(), self.clock.now_ns());
+        tracing::info!(nodes = timed, "started client heartbeat timers");
         let mut threads = spawn_leader_threads(
             self.duties.clone(),
             self.store.clone(),
@@ -131,12 +137,21 @@ impl Leadership {
             };
             threads.push(worker.spawn(format!("worker-{i}")));
         }
+        threads.push(spawn_heartbeat_expiry(
+            self.heartbeats.clone(),
+            self.store.clone(),
+            self.committer.clone(),
+            self.clock.clone(),
+            self.config.seed ^ view.term ^ 0x4b7,
+            cancel.clone(),
+        ));
         Some(Term { cancel, threads })
     }
 
     fn step_down(&self, term: Term) {
         term.cancel.cancel();
         self.duties.revoke();
+        self.heartbeats.revoke();
         for t in term.threads {
             let _ = t.join();
         }

@@ -11,7 +11,14 @@
 //!                                      └─ follower: forward to the leader over QUIC
 //! apply ─► EngineFsm: Fsm::apply ─► events, LeaderDuties::route (leader only) ─► broker / blocked evals
 //! ```
+//!
+//! Client agents reach the servers over the same QUIC RPC ([`client_rpc`]:
+//! register, heartbeat, blocking allocation pulls, batched status reports)
+//! through [`ServerClient`]; the leader marks nodes whose heartbeats stop
+//! `down`.
 
+mod client_api;
+mod client_rpc;
 mod committer;
 mod engine_fsm;
 mod handle;
@@ -33,12 +40,18 @@ use caravan_engine::duties::LeaderDuties;
 use caravan_engine::endpoints::{self, EndpointError};
 use caravan_engine::events::{Event, EventBuffer};
 use caravan_engine::fsm::Command;
+use caravan_engine::heartbeat::{self, HeartbeatConfig, Heartbeats};
 use caravan_engine::ids::{EvalId, IdGen, JobKey};
 use caravan_engine::model::Job;
 use caravan_engine::plan::Committer;
 use caravan_engine::state::StateStore;
 use caravan_engine::worker::{WorkerConfig, WorkerStats};
 
+pub use client_api::{ClientApiError, ServerClient};
+pub use client_rpc::{
+    ALLOC_UPDATE, ALLOC_UPDATE_BATCH_MAX, ALLOC_UPDATE_BATCH_WINDOW, ALLOC_UPDATES_PER_REQUEST_MAX, CLIENT_WRITERS,
+    MessageError, NODE_ALLOCS, NODE_ALLOCS_WAIT_MAX, NODE_HEARTBEAT, NODE_REGISTER,
+};
 pub use committer::{LeaderForwarder, RaftCommitter, WRITE_TIMEOUT};
 pub use handle::{RaftHandle, RaftView, Role, WriteError};
 pub use raft_thread::RaftTimings;
@@ -70,6 +83,12 @@ pub struct ServerConfig {
     /// CA in the data dir (one server, or tests that share it).
     pub tls: Option<TlsFiles>,
     pub seed: u64,
+    /// Nomad's `min_heartbeat_ttl` (10 s): the shortest TTL handed to a
+    /// client agent.
+    pub min_heartbeat_ttl: Duration,
+    /// Nomad's `heartbeat_grace` (10 s): how long past its TTL a node may
+    /// be silent before the leader marks it down.
+    pub heartbeat_grace: Duration,
 }
 
 /// Nomad's `tls { ca_file cert_file key_file }`.
@@ -96,6 +115,8 @@ impl ServerConfig {
             raft: RaftTimings::default(),
             tls: None,
             seed: fastrand::u64(..),
+            min_heartbeat_ttl: heartbeat::MIN_HEARTBEAT_TTL,
+            heartbeat_grace: heartbeat::HEARTBEAT_GRACE,
         }
     }
 }
@@ -118,6 +139,7 @@ pub struct RaftServer {
     ids: Mutex<IdGen>,
     events: Arc<Mutex<EventBuffer>>,
     stop: Arc<AtomicBool>,
+    client: Arc<client_rpc::ClientRpc>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -134,7 +156,16 @@ impl RaftServer {
         let events = Arc::new(Mutex::new(EventBuffer::default()));
         let fsm = engine_fsm::EngineFsm::new(store.clone(), duties.clone(), events.clone());
         let establisher = fsm.establisher();
-        let started = raft_thread::start(&config, fsm)?;
+        let heartbeats = Arc::new(Heartbeats::new(
+            HeartbeatConfig {
+                min_ttl: config.min_heartbeat_ttl,
+                grace: config.heartbeat_grace,
+                max_heartbeats_per_second: heartbeat::MAX_HEARTBEATS_PER_SECOND,
+            },
+            config.seed ^ 0x4eb,
+        ));
+        let client = client_rpc::ClientRpc::new(store.clone(), heartbeats.clone(), clock.clone(), config.seed ^ 0xc11);
+        let started = raft_thread::start(&config, fsm, client.clone())?;
         let committer = Arc::new(RaftCommitter { raft: started.handle.clone(), forwarder: Some(started.forwarder) });
         let worker_stats: Vec<_> = (0..config.workers.max(1)).map(|_| Arc::new(WorkerStats::default())).collect();
         let stop = Arc::new(AtomicBool::new(false));
@@ -147,8 +178,10 @@ impl RaftServer {
             clock: clock.clone(),
             config: leadership::LeadershipConfig { worker: config.worker.clone(), seed: config.seed },
             worker_stats: worker_stats.clone(),
+            heartbeats,
         };
-        let threads = vec![leadership.spawn(stop.clone())];
+        let mut threads = vec![leadership.spawn(stop.clone())];
+        threads.extend(client.start(started.handle.clone(), committer.clone()));
         Ok(RaftServer {
             id: started.id,
             name: config.name.clone(),
@@ -163,6 +196,7 @@ impl RaftServer {
             ids: Mutex::new(IdGen::with_seed(config.seed ^ 0x1d5)),
             events,
             stop,
+            client,
             threads: Mutex::new(threads),
         })
     }
@@ -175,6 +209,7 @@ impl RaftServer {
     /// Stop following leadership (duties revoked) and stop raft.
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
+        self.client.stop();
         for t in self.threads.lock().expect("threads poisoned").drain(..) {
             let _ = t.join();
         }

@@ -17,6 +17,7 @@ use openraft::{Config, ServerState, SnapshotPolicy};
 
 use super::ServerConfig;
 use super::committer::LeaderForwarder;
+use super::client_rpc::ClientRpc;
 use super::engine_fsm::EngineFsm;
 use super::handle::{RaftHandle, RaftRequest, RaftView, Role, ViewCell, WriteError};
 use super::network::Network;
@@ -110,7 +111,7 @@ pub(crate) fn load_tls(config: &ServerConfig) -> std::io::Result<ClusterTls> {
     }
 }
 
-pub(crate) fn start(config: &ServerConfig, fsm: EngineFsm) -> std::io::Result<Started> {
+pub(crate) fn start(config: &ServerConfig, fsm: EngineFsm, client: Arc<ClientRpc>) -> std::io::Result<Started> {
     let id = server_id(&config.data_dir)?;
     let tls = load_tls(config)?;
     let raft_dir = config.data_dir.join("raft");
@@ -155,6 +156,7 @@ pub(crate) fn start(config: &ServerConfig, fsm: EngineFsm) -> std::io::Result<St
             requests: request_rx,
             started: started_tx,
             incoming_dir,
+            client,
         }));
     })?;
     let rpc_addr = started_rx
@@ -178,6 +180,7 @@ struct RaftThread {
     requests: futures_channel::mpsc::UnboundedReceiver<RaftRequest>,
     started: std::sync::mpsc::SyncSender<std::io::Result<SocketAddr>>,
     incoming_dir: PathBuf,
+    client: Arc<ClientRpc>,
 }
 
 async fn run(t: RaftThread) {
@@ -189,7 +192,7 @@ async fn run(t: RaftThread) {
     // The endpoint binds first so the advertised address is known (port 0
     // picks one), then raft starts behind the handler.
     let placeholder = ServerNode::default();
-    let handler = Rc::new(Handler::new(raft_cell.clone(), (t.id, placeholder), t.incoming_dir.clone()));
+    let handler = Rc::new(Handler::new(raft_cell.clone(), (t.id, placeholder), t.incoming_dir.clone(), t.client.clone()));
     let server = match RpcServer::bind(t.config.rpc_bind, &t.tls, handler.clone()).await {
         Ok(s) => s,
         Err(e) => return fail(format!("binding the rpc endpoint {}: {e}", t.config.rpc_bind)),

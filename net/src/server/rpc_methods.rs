@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::future::LocalBoxFuture;
@@ -15,6 +16,7 @@ use openraft::Raft;
 use openraft::storage::Snapshot;
 use openraft::type_config::async_runtime::WatchReceiver;
 
+use super::client_rpc::{self, ClientRpc};
 use super::engine_fsm::EngineFsm;
 use super::raft_messages::{self as msg, Reader, Writer};
 use crate::raft::snapshot_files::verify_snapshot;
@@ -56,11 +58,18 @@ pub(crate) struct Handler {
     pub(crate) me: RefCell<(u64, ServerNode)>,
     pub(crate) incoming_dir: PathBuf,
     incoming: RefCell<HashMap<u64, Incoming>>,
+    /// The client agents' methods ([`client_rpc::CLIENT_METHODS`]).
+    client: Arc<ClientRpc>,
 }
 
 impl Handler {
-    pub(crate) fn new(raft: Rc<RefCell<Option<ServerRaft>>>, me: (u64, ServerNode), incoming_dir: PathBuf) -> Handler {
-        Handler { raft, me: RefCell::new(me), incoming_dir, incoming: RefCell::new(HashMap::new()) }
+    pub(crate) fn new(
+        raft: Rc<RefCell<Option<ServerRaft>>>,
+        me: (u64, ServerNode),
+        incoming_dir: PathBuf,
+        client: Arc<ClientRpc>,
+    ) -> Handler {
+        Handler { raft, me: RefCell::new(me), incoming_dir, incoming: RefCell::new(HashMap::new()), client }
     }
 
     fn raft(&self) -> Result<ServerRaft, RemoteError> {
@@ -129,6 +138,7 @@ impl Handler {
                 }
                 Ok(Vec::new())
             }
+            m if client_rpc::CLIENT_METHODS.contains(&m) => self.client.dispatch(m, body).await,
             other => Err(RemoteError::unknown_method(other)),
         }
     }
