@@ -226,8 +226,7 @@ impl Heartbeats {
         let mut inner = self.lock();
         inner.timers.clear();
         let count = state.node_count();
-        let live: Vec<NodeId> =
-            state.nodes().filter(|n| !matches!(n.status, NodeStatus::Down)).map(|n| n.id).collect();
+        let live: Vec<NodeId> = state.nodes().filter(|n| !matches!(n.status, NodeStatus::Down)).map(|n| n.id).collect();
         for node in &live {
             let ttl = heartbeat_ttl(&self.config, count, inner.rng.f64());
             inner.timers.reset(*node, now_ns.saturating_add(duration_ns(ttl + self.config.grace)));

@@ -32,7 +32,12 @@ const TEST_TTL: Duration = Duration::from_millis(600);
 const TEST_GRACE: Duration = Duration::from_millis(600);
 
 fn fast_timings() -> RaftTimings {
-    RaftTimings { heartbeat_ms: 100, election_timeout_min_ms: 500, election_timeout_max_ms: 1000, snapshot_threshold: 8192 }
+    RaftTimings {
+        heartbeat_ms: 100,
+        election_timeout_min_ms: 500,
+        election_timeout_max_ms: 1000,
+        snapshot_threshold: 8192,
+    }
 }
 
 fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -83,12 +88,7 @@ fn running_task(now_ns: i64) -> TaskState {
     let mut state = TaskState::pending();
     state.state = TaskLifecycleState::Running;
     state.started_at_ns = now_ns;
-    state.events.push(TaskEvent {
-        kind: "Started".into(),
-        time_ns: now_ns,
-        message: "Task started by client".into(),
-        exit_code: None,
-    });
+    state.events.push(TaskEvent::new("Started", now_ns, "Task started by client"));
     state
 }
 
@@ -342,7 +342,8 @@ fn clients_talking_to_a_follower_reach_the_leader() {
     client.register_node(&node).unwrap();
     assert_eq!(client.current_server(), leader.rpc_addr, "re-targeted to the leader");
     let stop = Arc::new(AtomicBool::new(false));
-    let beats = heartbeat_loop(client.clone(), vec![node.id], TEST_TTL / 4, Arc::new(AtomicBool::new(false)), stop.clone());
+    let beats =
+        heartbeat_loop(client.clone(), vec![node.id], TEST_TTL / 4, Arc::new(AtomicBool::new(false)), stop.clone());
 
     // Reads and status reports are served by the follower itself.
     let reader = ServerClient::new(vec![follower.rpc_addr], &client_tls(&ca)).unwrap();
@@ -363,8 +364,7 @@ fn clients_talking_to_a_follower_reach_the_leader() {
         .unwrap();
     assert_eq!(reader.current_server(), follower.rpc_addr, "reads and reports stay on the follower");
     assert!(
-        wait_until(TIMEOUT, || leader.store.snapshot().alloc(alloc.id).unwrap().client_status
-            == ClientStatus::Running),
+        wait_until(TIMEOUT, || leader.store.snapshot().alloc(alloc.id).unwrap().client_status == ClientStatus::Running),
         "the follower forwarded the report to the leader"
     );
     // Kept alive across many TTLs by heartbeats that went via the follower.

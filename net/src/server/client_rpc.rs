@@ -563,7 +563,9 @@ impl ClientRpc {
             endpoints::register_node(&state, node.clone(), self.clock.now_ns(), &mut ids).map_err(endpoint_error)?
         };
         let command = match command {
-            Command::NodeRegister { node, .. } if existing.as_ref().is_some_and(|old| old.status == NodeStatus::Ready) => {
+            Command::NodeRegister { node, .. }
+                if existing.as_ref().is_some_and(|old| old.status == NodeStatus::Ready) =>
+            {
                 Command::NodeRegister { node, evals: Vec::new() }
             }
             other => other,

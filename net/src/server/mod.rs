@@ -47,7 +47,10 @@ use caravan_engine::plan::Committer;
 use caravan_engine::state::StateStore;
 use caravan_engine::worker::{WorkerConfig, WorkerStats};
 
-pub use client_api::{ClientApiError, ServerClient};
+pub use client_api::{
+    ATTEMPTS_MAX, BACKOFF_MAX, BACKOFF_MIN, CALL_TIMEOUT, ClientApiError, NODE_ALLOCS_CALL_SLACK, SERVERS_MAX,
+    ServerClient,
+};
 pub use client_rpc::{
     ALLOC_UPDATE, ALLOC_UPDATE_BATCH_MAX, ALLOC_UPDATE_BATCH_WINDOW, ALLOC_UPDATES_PER_REQUEST_MAX, CLIENT_WRITERS,
     MessageError, NODE_ALLOCS, NODE_ALLOCS_WAIT_MAX, NODE_HEARTBEAT, NODE_REGISTER,

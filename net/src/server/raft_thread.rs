@@ -16,8 +16,8 @@ use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{Config, ServerState, SnapshotPolicy};
 
 use super::ServerConfig;
-use super::committer::LeaderForwarder;
 use super::client_rpc::ClientRpc;
+use super::committer::LeaderForwarder;
 use super::engine_fsm::EngineFsm;
 use super::handle::{RaftHandle, RaftRequest, RaftView, Role, ViewCell, WriteError};
 use super::network::Network;
@@ -192,7 +192,8 @@ async fn run(t: RaftThread) {
     // The endpoint binds first so the advertised address is known (port 0
     // picks one), then raft starts behind the handler.
     let placeholder = ServerNode::default();
-    let handler = Rc::new(Handler::new(raft_cell.clone(), (t.id, placeholder), t.incoming_dir.clone(), t.client.clone()));
+    let handler =
+        Rc::new(Handler::new(raft_cell.clone(), (t.id, placeholder), t.incoming_dir.clone(), t.client.clone()));
     let server = match RpcServer::bind(t.config.rpc_bind, &t.tls, handler.clone()).await {
         Ok(s) => s,
         Err(e) => return fail(format!("binding the rpc endpoint {}: {e}", t.config.rpc_bind)),
