@@ -12,7 +12,7 @@
 //! apply ─► EngineFsm: Fsm::apply ─► events, LeaderDuties::route (leader only) ─► broker / blocked evals
 //! ```
 //!
-//! Client agents reach the servers over the same QUIC RPC ([`client_rpc`]:
+//! Client agents reach the servers over the same QUIC RPC (`client_rpc.rs`:
 //! register, heartbeat, blocking allocation pulls, batched status reports)
 //! through [`ServerClient`]; the leader marks nodes whose heartbeats stop
 //! `down`.
