@@ -7,6 +7,7 @@
 //! - [`fsm`]: [`fsm::Fsm::apply`] is the only writer; raft feeds it committed [`fsm::Command`]s.
 //! - [`broker`], [`blocked`]: the eval broker and the blocked-eval tracker (leader only).
 //! - [`duties`]: those leader-only services together, turned on and off with leadership.
+//! - [`heartbeat`]: client heartbeat timers (TTL, grace, expiry), a leader duty.
 //! - [`scheduler`]: `schedule(snapshot, eval, now) -> plan`, pure and deterministic.
 //! - [`plan`]: the plan queue and the applier that re-checks and commits plans.
 //! - [`worker`]: scheduler worker threads, with the raft-sync catch-up.
@@ -32,6 +33,7 @@ pub mod events;
 pub mod feasible;
 pub mod fixtures;
 pub mod fsm;
+pub mod heartbeat;
 pub mod ids;
 pub mod intern;
 pub mod leader;

@@ -1,10 +1,12 @@
 //! Leadership transitions. A thread watches the raft view; when this server
 //! becomes leader it waits for its state to reach the commit index, takes
 //! up the duties (broker and blocked evals restored from state, plans
-//! accepted) and starts the leader threads (applier, broker timer, leader
-//! loop); when it stops leading, it revokes the duties (queued plans fail,
-//! waiting dequeues return, so workers nack) and stops those threads. The
-//! scheduler workers run on every server regardless (see `worker_rpc`).
+//! accepted, client heartbeat timers started) and starts the leader
+//! threads (applier, broker timer, leader loop, heartbeat expiry); when it
+//! stops leading, it revokes the duties (queued plans fail, waiting
+//! dequeues return, so workers nack; heartbeat timers cleared) and stops
+//! those threads. The scheduler workers run on every server regardless
+//! (see `worker_rpc`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,9 +15,11 @@ use std::time::Duration;
 
 use caravan_engine::clock::Clock;
 use caravan_engine::duties::{LeaderDuties, LeaderThreadsConfig, spawn_leader_threads};
+use caravan_engine::heartbeat::Heartbeats;
 use caravan_engine::plan::Pipelining;
 use caravan_engine::state::{Cancel, StateStore};
 
+use super::client_rpc::spawn_heartbeat_expiry;
 use super::committer::RaftCommitter;
 use super::engine_fsm::Establisher;
 use super::handle::{RaftHandle, RaftView};
@@ -42,6 +46,8 @@ pub(crate) struct Leadership {
     pub(crate) committer: Arc<RaftCommitter>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: LeadershipConfig,
+    /// Client heartbeat timers: a leader duty like the broker.
+    pub(crate) heartbeats: Arc<Heartbeats>,
 }
 
 /// The threads of one term of leadership.
@@ -103,7 +109,9 @@ impl Leadership {
             "took up leader duties"
         );
         let cancel = Cancel::new();
-        let threads = spawn_leader_threads(
+        let timed = self.heartbeats.establish(&self.store.snapshot(), self.clock.now_ns());
+        tracing::info!(nodes = timed, "started client heartbeat timers");
+        let mut threads = spawn_leader_threads(
             self.duties.clone(),
             self.store.clone(),
             self.committer.clone(),
@@ -113,12 +121,21 @@ impl Leadership {
             LeaderThreadsConfig { seed: self.config.seed ^ view.term, pipelining: Pipelining::Overlap },
             cancel.clone(),
         );
+        threads.push(spawn_heartbeat_expiry(
+            self.heartbeats.clone(),
+            self.store.clone(),
+            self.committer.clone(),
+            self.clock.clone(),
+            self.config.seed ^ view.term ^ 0x4b7,
+            cancel.clone(),
+        ));
         Some(Term { cancel, threads })
     }
 
     fn step_down(&self, term: Term) {
         term.cancel.cancel();
         self.duties.revoke();
+        self.heartbeats.revoke();
         for t in term.threads {
             let _ = t.join();
         }

@@ -13,7 +13,14 @@
 //!                                      └─ follower: forward to the leader over QUIC
 //! apply ─► EngineFsm: Fsm::apply ─► events, LeaderDuties::route (leader only) ─► broker / blocked evals
 //! ```
+//!
+//! Client agents reach the servers over the same QUIC RPC (`client_rpc.rs`:
+//! register, heartbeat, blocking allocation pulls, batched status reports)
+//! through [`ServerClient`]; the leader marks nodes whose heartbeats stop
+//! `down`.
 
+mod client_api;
+mod client_rpc;
 mod committer;
 mod engine_fsm;
 mod handle;
@@ -36,6 +43,7 @@ use caravan_engine::duties::{DutiesLeader, LeaderDuties};
 use caravan_engine::endpoints::{self, EndpointError};
 use caravan_engine::events::{Event, EventBuffer};
 use caravan_engine::fsm::Command;
+use caravan_engine::heartbeat::{self, HeartbeatConfig, Heartbeats};
 use caravan_engine::ids::{EvalId, IdGen, JobKey};
 use caravan_engine::model::Job;
 use caravan_engine::plan::Committer;
@@ -43,6 +51,14 @@ use caravan_engine::state::Cancel;
 use caravan_engine::state::StateStore;
 use caravan_engine::worker::{Worker, WorkerConfig, WorkerStats};
 
+pub use client_api::{
+    ATTEMPTS_MAX, BACKOFF_MAX, BACKOFF_MIN, CALL_TIMEOUT, ClientApiError, NODE_ALLOCS_CALL_SLACK, SERVERS_MAX,
+    ServerClient,
+};
+pub use client_rpc::{
+    ALLOC_UPDATE, ALLOC_UPDATE_BATCH_MAX, ALLOC_UPDATE_BATCH_WINDOW, ALLOC_UPDATES_PER_REQUEST_MAX, CLIENT_WRITERS,
+    MessageError, NODE_ALLOCS, NODE_ALLOCS_WAIT_MAX, NODE_HEARTBEAT, NODE_REGISTER,
+};
 pub use committer::{LeaderForwarder, RaftCommitter, WRITE_TIMEOUT};
 pub use handle::{RaftHandle, RaftView, Role, WriteError};
 pub use raft_thread::RaftTimings;
@@ -74,6 +90,12 @@ pub struct ServerConfig {
     /// CA in the data dir (one server, or tests that share it).
     pub tls: Option<TlsFiles>,
     pub seed: u64,
+    /// Nomad's `min_heartbeat_ttl` (10 s): the shortest TTL handed to a
+    /// client agent.
+    pub min_heartbeat_ttl: Duration,
+    /// Nomad's `heartbeat_grace` (10 s): how long past its TTL a node may
+    /// be silent before the leader marks it down.
+    pub heartbeat_grace: Duration,
 }
 
 /// Nomad's `tls { ca_file cert_file key_file }`.
@@ -100,6 +122,8 @@ impl ServerConfig {
             raft: RaftTimings::default(),
             tls: None,
             seed: fastrand::u64(..),
+            min_heartbeat_ttl: heartbeat::MIN_HEARTBEAT_TTL,
+            heartbeat_grace: heartbeat::HEARTBEAT_GRACE,
         }
     }
 }
@@ -123,6 +147,7 @@ pub struct RaftServer {
     events: Arc<Mutex<EventBuffer>>,
     stop: Arc<AtomicBool>,
     workers_cancel: Cancel,
+    client: Arc<client_rpc::ClientRpc>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -139,8 +164,17 @@ impl RaftServer {
         let events = Arc::new(Mutex::new(EventBuffer::default()));
         let fsm = engine_fsm::EngineFsm::new(store.clone(), duties.clone(), events.clone());
         let establisher = fsm.establisher();
+        let heartbeats = Arc::new(Heartbeats::new(
+            HeartbeatConfig {
+                min_ttl: config.min_heartbeat_ttl,
+                grace: config.heartbeat_grace,
+                max_heartbeats_per_second: heartbeat::MAX_HEARTBEATS_PER_SECOND,
+            },
+            config.seed ^ 0x4eb,
+        ));
+        let client = client_rpc::ClientRpc::new(store.clone(), heartbeats.clone(), clock.clone(), config.seed ^ 0xc11);
         let services = Arc::new(OnceLock::new());
-        let started = raft_thread::start(&config, fsm, services.clone())?;
+        let started = raft_thread::start(&config, fsm, services.clone(), client.clone())?;
         let committer = Arc::new(RaftCommitter { raft: started.handle.clone(), forwarder: Some(started.forwarder) });
         let local =
             Arc::new(DutiesLeader { store: store.clone(), duties: duties.clone(), committer: committer.clone() });
@@ -172,8 +206,10 @@ impl RaftServer {
             committer: committer.clone(),
             clock: clock.clone(),
             config: leadership::LeadershipConfig { seed: config.seed },
+            heartbeats,
         };
         threads.push(leadership.spawn(stop.clone()));
+        threads.extend(client.start(started.handle.clone(), committer.clone()));
         Ok(RaftServer {
             id: started.id,
             name: config.name.clone(),
@@ -189,6 +225,7 @@ impl RaftServer {
             events,
             stop,
             workers_cancel,
+            client,
             threads: Mutex::new(threads),
         })
     }
@@ -202,6 +239,7 @@ impl RaftServer {
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
         self.workers_cancel.cancel();
+        self.client.stop();
         for t in self.threads.lock().expect("threads poisoned").drain(..) {
             let _ = t.join();
         }

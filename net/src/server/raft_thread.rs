@@ -16,6 +16,7 @@ use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{Config, ServerState, SnapshotPolicy};
 
 use super::ServerConfig;
+use super::client_rpc::ClientRpc;
 use super::committer::LeaderForwarder;
 use super::engine_fsm::EngineFsm;
 use super::handle::{RaftHandle, RaftRequest, RaftView, Role, ViewCell, WriteError};
@@ -116,6 +117,7 @@ pub(crate) fn start(
     config: &ServerConfig,
     fsm: EngineFsm,
     services: Arc<std::sync::OnceLock<Arc<caravan_engine::duties::DutiesLeader>>>,
+    client: Arc<ClientRpc>,
 ) -> std::io::Result<Started> {
     let id = server_id(&config.data_dir)?;
     let tls = load_tls(config)?;
@@ -162,6 +164,7 @@ pub(crate) fn start(
             started: started_tx,
             incoming_dir,
             services,
+            client,
         }));
     })?;
     let rpc_addr = started_rx
@@ -185,6 +188,7 @@ struct RaftThread {
     started: std::sync::mpsc::SyncSender<std::io::Result<SocketAddr>>,
     incoming_dir: PathBuf,
     services: Arc<std::sync::OnceLock<Arc<caravan_engine::duties::DutiesLeader>>>,
+    client: Arc<ClientRpc>,
 }
 
 async fn run(t: RaftThread) {
@@ -196,8 +200,13 @@ async fn run(t: RaftThread) {
     // The endpoint binds first so the advertised address is known (port 0
     // picks one), then raft starts behind the handler.
     let placeholder = ServerNode::default();
-    let handler =
-        Rc::new(Handler::new(raft_cell.clone(), (t.id, placeholder), t.incoming_dir.clone(), t.services.clone()));
+    let handler = Rc::new(Handler::new(
+        raft_cell.clone(),
+        (t.id, placeholder),
+        t.incoming_dir.clone(),
+        t.services.clone(),
+        t.client.clone(),
+    ));
     let server = match RpcServer::bind(t.config.rpc_bind, &t.tls, handler.clone()).await {
         Ok(s) => s,
         Err(e) => return fail(format!("binding the rpc endpoint {}: {e}", t.config.rpc_bind)),

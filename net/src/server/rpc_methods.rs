@@ -18,6 +18,7 @@ use openraft::type_config::async_runtime::WatchReceiver;
 
 use caravan_engine::duties::DutiesLeader;
 
+use super::client_rpc::{self, ClientRpc};
 use super::engine_fsm::EngineFsm;
 use super::raft_messages::{self as msg, Reader, Writer};
 use super::worker_rpc;
@@ -63,6 +64,8 @@ pub(crate) struct Handler {
     /// This server's duties, for followers' workers (set once the server
     /// has started).
     pub(crate) services: Arc<OnceLock<Arc<DutiesLeader>>>,
+    /// The client agents' methods ([`client_rpc::CLIENT_METHODS`]).
+    client: Arc<ClientRpc>,
 }
 
 impl Handler {
@@ -71,8 +74,9 @@ impl Handler {
         me: (u64, ServerNode),
         incoming_dir: PathBuf,
         services: Arc<OnceLock<Arc<DutiesLeader>>>,
+        client: Arc<ClientRpc>,
     ) -> Handler {
-        Handler { raft, me: RefCell::new(me), incoming_dir, incoming: RefCell::new(HashMap::new()), services }
+        Handler { raft, me: RefCell::new(me), incoming_dir, incoming: RefCell::new(HashMap::new()), services, client }
     }
 
     fn raft(&self) -> Result<ServerRaft, RemoteError> {
@@ -144,6 +148,7 @@ impl Handler {
             worker_rpc::EVAL_DEQUEUE | worker_rpc::EVAL_ACK | worker_rpc::PLAN_SUBMIT => {
                 worker_rpc::serve(&self.services, method, body).await
             }
+            m if client_rpc::CLIENT_METHODS.contains(&m) => self.client.dispatch(m, body).await,
             other => Err(RemoteError::unknown_method(other)),
         }
     }

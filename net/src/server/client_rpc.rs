@@ -1,0 +1,761 @@
+//! What client agents ask of servers, over the server RPC (method ids
+//! 20..29), and the leader's side of heartbeats (Nomad's `Node.Register`,
+//! `Node.UpdateStatus`, `Node.GetClientAllocs`, `Node.UpdateAlloc` and
+//! `nomad/heartbeat.go`).
+//!
+//! - [`NODE_REGISTER`]: a fingerprinted node is committed as `ready` (the
+//!   servers own drain and eligibility, kept from the stored node); node
+//!   evals only on a transition into `ready`, as Nomad's
+//!   `shouldCreateNodeEval`. Answers the heartbeat TTL.
+//! - [`NODE_HEARTBEAT`]: restarts the node's timer on the leader; a node
+//!   that was down or initializing is marked ready first. Answers the TTL.
+//! - [`NODE_ALLOCS`]: a blocking query on this server's own state: returns
+//!   once the node's allocations change past the caller's index, or at the
+//!   wait. Any server answers it.
+//! - [`ALLOC_UPDATE`]: client status reports, batched on the server for up
+//!   to [`ALLOC_UPDATE_BATCH_WINDOW`] into one raft entry (forwarded to the
+//!   leader from a follower, like every write).
+//!
+//! Register and heartbeat are leader calls: the timers live on the leader,
+//! so a follower (or a leader still taking up its duties) answers
+//! [`NOT_LEADER`] with the leader's RPC address in the message (empty when
+//! unknown), and the client re-targets (`ServerClient` does). Forwarding
+//! instead would cost the follower a hop per heartbeat and hide from the
+//! client where it should be talking.
+//!
+//! Threads: handlers run on the raft thread and never block it: commits
+//! go to [`CLIENT_WRITERS`] writer threads, status reports to one batcher,
+//! and parked `NODE_ALLOCS` queries wait on a oneshot that one watcher
+//! thread fires when the store moves. The leader's expiry thread
+//! ([`spawn_heartbeat_expiry`]) marks nodes down whose timers run out.
+//!
+//! Messages are rkyv archives behind a 5-byte header (magic `CVCL`, format
+//! version); decoding validates the archive first, so bad bytes answer
+//! [`ErrorCode::BAD_FRAME`], never a panic.
+
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use caravan_engine::clock::Clock;
+use caravan_engine::endpoints::{self, EndpointError};
+use caravan_engine::fsm::Command;
+use caravan_engine::heartbeat::{HeartbeatError, Heartbeats};
+use caravan_engine::ids::{IdGen, NodeId};
+use caravan_engine::model::{AllocClientUpdate, Allocation, Node, NodeStatus};
+use caravan_engine::plan::Committer;
+use caravan_engine::state::{Cancel, State, StateStore, Table};
+use futures_channel::oneshot;
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+use super::committer::RaftCommitter;
+use super::handle::RaftHandle;
+use super::rpc_methods::NOT_LEADER;
+use crate::rpc::frame::{BODY_LEN_MAX, ErrorCode, RemoteError};
+
+/// Register (or re-register) a fingerprinted node; answers [`TtlReply`].
+pub const NODE_REGISTER: u16 = 20;
+/// A node's heartbeat; answers [`TtlReply`].
+pub const NODE_HEARTBEAT: u16 = 21;
+/// The node's allocations, as a blocking query; answers [`AllocsReply`].
+pub const NODE_ALLOCS: u16 = 22;
+/// Client status reports for allocations; answers [`IndexReply`].
+pub const ALLOC_UPDATE: u16 = 23;
+/// The ids reserved for client calls.
+pub(crate) const CLIENT_METHODS: RangeInclusive<u16> = 20..=29;
+
+/// The node is not registered: the client should register again.
+pub(crate) const NODE_NOT_FOUND: ErrorCode = ErrorCode(1010);
+/// The write could not be committed (no quorum, raft failing, or the
+/// state machine refused it); nothing changed. Worth retrying.
+pub(crate) const WRITE_FAILED: ErrorCode = ErrorCode(1011);
+/// The request is invalid (a node that fails validation); retrying the
+/// same request is refused again.
+pub(crate) const INVALID_REQUEST: ErrorCode = ErrorCode(1012);
+
+/// Longest a `NODE_ALLOCS` query parks: Nomad's 5 minutes, less a margin so
+/// the answer reaches the client before the RPC deadline
+/// ([`crate::rpc::server::DEADLINE_MAX`], also 5 minutes) cuts it off.
+pub const NODE_ALLOCS_WAIT_MAX: Duration = Duration::from_secs(5 * 60 - 10);
+
+/// How long the batcher gathers status reports into one raft entry after
+/// the first arrives: Nomad's server-side `batchUpdateInterval` (50 ms).
+/// One fsync per window instead of one per client report.
+pub const ALLOC_UPDATE_BATCH_WINDOW: Duration = Duration::from_millis(50);
+
+/// Updates after which a batch is committed without waiting out the
+/// window: each carries its task states (hundreds of bytes to a few KiB),
+/// so 4,096 keeps an entry a few MiB, under the RPC body limit a
+/// follower's forwarded entry must fit.
+pub const ALLOC_UPDATE_BATCH_MAX: usize = 4096;
+
+/// Updates one `ALLOC_UPDATE` request may carry (a batch is then at most
+/// twice [`ALLOC_UPDATE_BATCH_MAX`]); a client batches every 200 ms, far
+/// below this.
+pub const ALLOC_UPDATES_PER_REQUEST_MAX: usize = 4096;
+
+/// Status-report requests queued for the batcher. Past it the server is
+/// behind raft; callers get [`ErrorCode::OVERLOADED`] and retry.
+const UPDATE_QUEUE_MAX: usize = 1024;
+
+/// Threads committing registrations and status transitions. They block on
+/// raft (one fsync round trip each); four overlap a register storm after a
+/// leader change without holding more threads than raft can keep busy.
+pub const CLIENT_WRITERS: usize = 4;
+
+/// Registrations and status transitions queued for the writers; past it
+/// callers get [`ErrorCode::OVERLOADED`] and back off.
+const WRITE_QUEUE_MAX: usize = 1024;
+
+/// Parked `NODE_ALLOCS` queries: one per client agent, bounded like the
+/// RPC server's connections ([`crate::rpc::server::CONNECTIONS_MAX`]).
+const ALLOC_WAITERS_MAX: usize = crate::rpc::server::CONNECTIONS_MAX;
+
+/// How often idle client threads look at the stop flag.
+const THREAD_SLICE: Duration = Duration::from_millis(100);
+
+/// Expired nodes marked down per round of the expiry thread; the rest are
+/// taken on the next round, so a mass expiry does not hold the timers'
+/// lock, and each down node is its own raft entry (with its evals).
+const EXPIRED_PER_ROUND_MAX: usize = 64;
+
+/// Longest the expiry thread sleeps between looks at its cancel flag.
+const EXPIRY_SLICE: Duration = Duration::from_millis(100);
+
+/// When marking an expired node down fails (no quorum for a moment), it is
+/// tried again this much later, while this server still leads.
+const EXPIRY_RETRY: Duration = Duration::from_secs(1);
+
+/// Marks client RPC messages, so a raft message or garbage sent to a
+/// client method is refused by name.
+const MESSAGE_MAGIC: [u8; 4] = *b"CVCL";
+
+/// Bumped whenever an archived message layout changes (rkyv archives
+/// carry no schema), so a server and client of different versions refuse
+/// each other's bytes instead of misreading them.
+const MESSAGE_FORMAT_VERSION: u8 = 1;
+
+const MESSAGE_HEADER_LEN: usize = MESSAGE_MAGIC.len() + 1;
+
+/// Why a client message could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("not a client message: bad magic or too short ({len} bytes)")]
+    BadMagic { len: usize },
+    #[error("unsupported client message version {found} (this build speaks {supported})")]
+    UnsupportedVersion { found: u8, supported: u8 },
+    #[error("malformed client message: {0}")]
+    Malformed(#[source] rancor::Error),
+    #[error("encoding a client message failed: {0}")]
+    Encode(#[source] rancor::Error),
+    #[error("client message of {len} bytes exceeds the {max}-byte RPC body limit")]
+    TooLarge { len: usize, max: usize },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// `NODE_REGISTER`'s request.
+#[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct RegisterRequest {
+    pub(crate) node: Node,
+}
+
+/// `NODE_HEARTBEAT`'s request.
+#[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct HeartbeatRequest {
+    pub(crate) node_id: NodeId,
+}
+
+/// `NODE_REGISTER`'s and `NODE_HEARTBEAT`'s answer: heartbeat again within
+/// this TTL.
+#[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct TtlReply {
+    pub(crate) ttl_ms: u64,
+}
+
+/// `NODE_ALLOCS`'s request.
+#[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct AllocsRequest {
+    pub(crate) node_id: NodeId,
+    pub(crate) min_index: u64,
+    pub(crate) wait_ms: u64,
+}
+
+/// `NODE_ALLOCS`'s answer: every allocation on the node still in the state
+/// (terminal ones until garbage-collected), each with its job, and the
+/// index to pass as `min_index` next time.
+#[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct AllocsReply {
+    pub(crate) allocs: Vec<Arc<Allocation>>,
+    pub(crate) index: u64,
+}
+
+/// `ALLOC_UPDATE`'s request.
+#[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct AllocUpdateRequest {
+    pub(crate) updates: Vec<AllocClientUpdate>,
+}
+
+/// `ALLOC_UPDATE`'s answer: the raft index the batch was applied at.
+#[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct IndexReply {
+    pub(crate) index: u64,
+}
+
+/// Archive `value` behind the message header.
+pub(crate) fn encode<T>(value: &T) -> Result<Vec<u8>, MessageError>
+where
+    T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+        >,
+{
+    let archive = rkyv::to_bytes::<rancor::Error>(value).map_err(MessageError::Encode)?;
+    let len = MESSAGE_HEADER_LEN + archive.len();
+    if len > BODY_LEN_MAX {
+        return Err(MessageError::TooLarge { len, max: BODY_LEN_MAX });
+    }
+    let mut bytes = Vec::with_capacity(len);
+    bytes.extend_from_slice(&MESSAGE_MAGIC);
+    bytes.push(MESSAGE_FORMAT_VERSION);
+    bytes.extend_from_slice(&archive);
+    Ok(bytes)
+}
+
+/// Check the header, validate the archive, and read it out.
+pub(crate) fn decode<T>(bytes: &[u8]) -> Result<T, MessageError>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+{
+    if bytes.len() < MESSAGE_HEADER_LEN || bytes[..MESSAGE_MAGIC.len()] != MESSAGE_MAGIC {
+        return Err(MessageError::BadMagic { len: bytes.len() });
+    }
+    let version = bytes[MESSAGE_MAGIC.len()];
+    if version != MESSAGE_FORMAT_VERSION {
+        return Err(MessageError::UnsupportedVersion { found: version, supported: MESSAGE_FORMAT_VERSION });
+    }
+    // rkyv reads in place and needs its archive aligned; a frame's body
+    // sits anywhere, so copy it once.
+    let body = &bytes[MESSAGE_HEADER_LEN..];
+    let mut aligned = AlignedVec::<16>::with_capacity(body.len());
+    aligned.extend_from_slice(body);
+    rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(MessageError::Malformed)
+}
+
+/// The node's allocations index, as Nomad's `GetClientAllocs`: the highest
+/// modify index among its allocations, or the allocations table's index
+/// when it has none (so a node whose last allocation was collected still
+/// moves on).
+pub(crate) fn node_allocs_index(state: &State, node: NodeId) -> u64 {
+    state.allocs_by_node(node).map(|a| a.modify_index).max().unwrap_or_else(|| state.table_index(Table::Allocs))
+}
+
+/// What the writer threads commit.
+enum WriteJob {
+    Register { node: Box<Node>, reply: oneshot::Sender<Result<Duration, RemoteError>> },
+    MarkReady { node_id: NodeId, reply: oneshot::Sender<Result<Duration, RemoteError>> },
+}
+
+/// One `ALLOC_UPDATE` request waiting for its batch.
+struct PendingUpdate {
+    updates: Vec<AllocClientUpdate>,
+    reply: oneshot::Sender<Result<u64, RemoteError>>,
+}
+
+/// A parked `NODE_ALLOCS` query.
+struct Waiter {
+    node: NodeId,
+    min_index: u64,
+    wake: oneshot::Sender<()>,
+}
+
+/// Raft's handle and the committer, known once raft is up.
+#[derive(Debug)]
+struct Bound {
+    raft: RaftHandle,
+    committer: Arc<RaftCommitter>,
+}
+
+/// The queues' receiving ends, handed to the threads by [`ClientRpc::start`].
+struct Receivers {
+    writes: Receiver<WriteJob>,
+    updates: Receiver<PendingUpdate>,
+}
+
+/// The client-facing services of one server, shared by the RPC handler (on
+/// the raft thread) and the threads that do the blocking work.
+pub(crate) struct ClientRpc {
+    store: Arc<StateStore>,
+    heartbeats: Arc<Heartbeats>,
+    clock: Arc<dyn Clock>,
+    ids: Mutex<IdGen>,
+    bound: OnceLock<Bound>,
+    writes: SyncSender<WriteJob>,
+    updates: SyncSender<PendingUpdate>,
+    waiters: Mutex<Vec<Waiter>>,
+    receivers: Mutex<Option<Receivers>>,
+    stop: AtomicBool,
+}
+
+impl std::fmt::Debug for ClientRpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientRpc").field("bound", &self.bound.get().is_some()).finish_non_exhaustive()
+    }
+}
+
+fn bad(e: MessageError) -> RemoteError {
+    RemoteError::new(ErrorCode::BAD_FRAME, e.to_string())
+}
+
+fn encoded<T>(value: &T) -> Result<Vec<u8>, RemoteError>
+where
+    T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+        >,
+{
+    encode(value).map_err(|e| RemoteError::new(ErrorCode::INTERNAL, e.to_string()))
+}
+
+fn endpoint_error(e: EndpointError) -> RemoteError {
+    match e {
+        EndpointError::Invalid(_) => RemoteError::new(INVALID_REQUEST, e.to_string()),
+        EndpointError::NodeNotFound(_) => RemoteError::new(NODE_NOT_FOUND, e.to_string()),
+        _ => RemoteError::new(WRITE_FAILED, e.to_string()),
+    }
+}
+
+fn stopped() -> RemoteError {
+    RemoteError::new(ErrorCode::INTERNAL, "the server is shutting down")
+}
+
+fn ttl_reply(ttl: Duration) -> Result<Vec<u8>, RemoteError> {
+    encoded(&TtlReply { ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX) })
+}
+
+impl ClientRpc {
+    /// The services, idle until [`Self::start`].
+    pub(crate) fn new(
+        store: Arc<StateStore>,
+        heartbeats: Arc<Heartbeats>,
+        clock: Arc<dyn Clock>,
+        seed: u64,
+    ) -> Arc<ClientRpc> {
+        let (writes, write_rx) = std::sync::mpsc::sync_channel(WRITE_QUEUE_MAX);
+        let (updates, update_rx) = std::sync::mpsc::sync_channel(UPDATE_QUEUE_MAX);
+        Arc::new(ClientRpc {
+            store,
+            heartbeats,
+            clock,
+            ids: Mutex::new(IdGen::with_seed(seed)),
+            bound: OnceLock::new(),
+            writes,
+            updates,
+            waiters: Mutex::new(Vec::new()),
+            receivers: Mutex::new(Some(Receivers { writes: write_rx, updates: update_rx })),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    /// Start the writers, the batcher and the watcher once raft is up.
+    /// Called once; they run until [`Self::stop`].
+    pub(crate) fn start(self: &Arc<Self>, raft: RaftHandle, committer: Arc<RaftCommitter>) -> Vec<JoinHandle<()>> {
+        let receivers = self.receivers.lock().expect("receivers poisoned").take().expect("ClientRpc started once");
+        assert!(self.bound.set(Bound { raft, committer }).is_ok(), "ClientRpc bound once");
+        let writes = Arc::new(Mutex::new(receivers.writes));
+        let mut threads = Vec::new();
+        for i in 0..CLIENT_WRITERS {
+            let (me, writes) = (self.clone(), writes.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("client-writer-{i}"))
+                    .spawn(move || me.run_writer(&writes))
+                    .expect("spawn client writer"),
+            );
+        }
+        let (me, updates) = (self.clone(), receivers.updates);
+        threads.push(
+            std::thread::Builder::new()
+                .name("alloc-update-batcher".into())
+                .spawn(move || me.run_batcher(&updates))
+                .expect("spawn alloc update batcher"),
+        );
+        let me = self.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("client-allocs-watcher".into())
+                .spawn(move || me.run_watcher())
+                .expect("spawn allocs watcher"),
+        );
+        threads
+    }
+
+    /// Ask the threads to stop; the caller joins them.
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// `NOT_LEADER` with the leader's RPC address when another server leads.
+    fn not_leader(&self) -> RemoteError {
+        let leader = self.bound.get().and_then(|b| {
+            let view = b.raft.view();
+            if view.is_leader() { None } else { view.leader_node().map(|(_, node)| node.rpc_addr) }
+        });
+        RemoteError::new(NOT_LEADER, leader.unwrap_or_default())
+    }
+
+    /// Serve one client method (the ids in [`CLIENT_METHODS`]).
+    pub(crate) async fn dispatch(&self, method: u16, body: Vec<u8>) -> Result<Vec<u8>, RemoteError> {
+        match method {
+            NODE_REGISTER => {
+                let request: RegisterRequest = decode(&body).map_err(bad)?;
+                self.register(request.node).await
+            }
+            NODE_HEARTBEAT => {
+                let request: HeartbeatRequest = decode(&body).map_err(bad)?;
+                self.heartbeat(request.node_id).await
+            }
+            NODE_ALLOCS => {
+                let request: AllocsRequest = decode(&body).map_err(bad)?;
+                self.node_allocs(request).await
+            }
+            ALLOC_UPDATE => {
+                let request: AllocUpdateRequest = decode(&body).map_err(bad)?;
+                self.alloc_update(request.updates).await
+            }
+            other => Err(RemoteError::unknown_method(other)),
+        }
+    }
+
+    fn submit_write(&self, job: WriteJob) -> Result<(), RemoteError> {
+        match self.writes.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                Err(RemoteError::new(ErrorCode::OVERLOADED, "too many node writes queued; retry later"))
+            }
+            Err(TrySendError::Disconnected(_)) => Err(stopped()),
+        }
+    }
+
+    async fn register(&self, node: Node) -> Result<Vec<u8>, RemoteError> {
+        if !self.heartbeats.is_active() {
+            return Err(self.not_leader());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.submit_write(WriteJob::Register { node: Box::new(node), reply })?;
+        ttl_reply(answer.await.map_err(|_| stopped())??)
+    }
+
+    async fn heartbeat(&self, node_id: NodeId) -> Result<Vec<u8>, RemoteError> {
+        if !self.heartbeats.is_active() {
+            return Err(self.not_leader());
+        }
+        let state = self.store.snapshot();
+        let Some(node) = state.node(node_id) else {
+            return Err(RemoteError::new(NODE_NOT_FOUND, format!("node {node_id} is not registered")));
+        };
+        if node.status == NodeStatus::Ready {
+            // The common case: no write, just the timer.
+            let ttl = self
+                .heartbeats
+                .heartbeat(node_id, state.node_count(), self.clock.now_ns())
+                .map_err(|HeartbeatError::NotActive| self.not_leader())?;
+            return ttl_reply(ttl);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.submit_write(WriteJob::MarkReady { node_id, reply })?;
+        ttl_reply(answer.await.map_err(|_| stopped())??)
+    }
+
+    async fn node_allocs(&self, request: AllocsRequest) -> Result<Vec<u8>, RemoteError> {
+        let wait = Duration::from_millis(request.wait_ms).min(NODE_ALLOCS_WAIT_MAX);
+        let state = self.store.snapshot();
+        if node_allocs_index(&state, request.node_id) <= request.min_index && !wait.is_zero() {
+            let (wake, woken) = oneshot::channel();
+            {
+                let mut waiters = self.waiters.lock().expect("alloc waiters poisoned");
+                waiters.retain(|w| !w.wake.is_canceled());
+                if waiters.len() >= ALLOC_WAITERS_MAX {
+                    return Err(RemoteError::new(ErrorCode::OVERLOADED, "too many parked allocation queries"));
+                }
+                waiters.push(Waiter { node: request.node_id, min_index: request.min_index, wake });
+            }
+            // A write between the first look and parking would be missed by
+            // the watcher (it had already checked): look once more.
+            if node_allocs_index(&self.store.snapshot(), request.node_id) <= request.min_index {
+                let timer = std::pin::pin!(compio::time::sleep(wait));
+                let _ = futures_util::future::select(woken, timer).await;
+            }
+        }
+        let state = self.store.snapshot();
+        let allocs: Vec<Arc<Allocation>> = state.allocs_by_node(request.node_id).cloned().collect();
+        encoded(&AllocsReply { allocs, index: node_allocs_index(&state, request.node_id) })
+    }
+
+    async fn alloc_update(&self, updates: Vec<AllocClientUpdate>) -> Result<Vec<u8>, RemoteError> {
+        if updates.len() > ALLOC_UPDATES_PER_REQUEST_MAX {
+            return Err(RemoteError::new(
+                ErrorCode::BAD_FRAME,
+                format!("{} updates in one request; at most {ALLOC_UPDATES_PER_REQUEST_MAX}", updates.len()),
+            ));
+        }
+        if updates.is_empty() {
+            return encoded(&IndexReply { index: self.store.latest_index() });
+        }
+        let (reply, answer) = oneshot::channel();
+        match self.updates.try_send(PendingUpdate { updates, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(RemoteError::new(ErrorCode::OVERLOADED, "too many status updates queued; retry later"));
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(stopped()),
+        }
+        let index = answer.await.map_err(|_| stopped())??;
+        encoded(&IndexReply { index })
+    }
+
+    fn committer(&self) -> &Arc<RaftCommitter> {
+        &self.bound.get().expect("threads start after binding").committer
+    }
+
+    fn commit(&self, command: Command) -> Result<u64, RemoteError> {
+        self.committer().commit(command).map_err(|e| RemoteError::new(WRITE_FAILED, e.0))
+    }
+
+    fn run_writer(&self, jobs: &Mutex<Receiver<WriteJob>>) {
+        while !self.stopping() {
+            let job = jobs.lock().expect("write queue poisoned").recv_timeout(THREAD_SLICE);
+            match job {
+                Ok(WriteJob::Register { node, reply }) => {
+                    let _ = reply.send(self.commit_register(*node));
+                }
+                Ok(WriteJob::MarkReady { node_id, reply }) => {
+                    let _ = reply.send(self.commit_ready(node_id));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// Nomad's `Node.Register`: the client's fingerprint, the servers' own
+    /// fields (drain, eligibility) kept, status ready; evals when the node
+    /// is new or becomes ready, not on every re-registration.
+    fn commit_register(&self, mut node: Node) -> Result<Duration, RemoteError> {
+        let state = self.store.snapshot();
+        let existing = state.node(node.id).cloned();
+        if let Some(old) = &existing {
+            node.drain = old.drain.clone();
+            node.eligibility = old.eligibility;
+        }
+        node.status = NodeStatus::Ready;
+        node.status_updated_at_ns = self.clock.now_ns();
+        let command = {
+            let mut ids = self.ids.lock().expect("ids poisoned");
+            endpoints::register_node(&state, node.clone(), self.clock.now_ns(), &mut ids).map_err(endpoint_error)?
+        };
+        let command = match command {
+            Command::NodeRegister { node, .. }
+                if existing.as_ref().is_some_and(|old| old.status == NodeStatus::Ready) =>
+            {
+                Command::NodeRegister { node, evals: Vec::new() }
+            }
+            other => other,
+        };
+        self.commit(command)?;
+        let count = self.store.snapshot().node_count();
+        self.heartbeats.heartbeat(node.id, count, self.clock.now_ns()).map_err(|_| self.not_leader())
+    }
+
+    /// Nomad's `Node.UpdateStatus` from a heartbeat: down or initializing
+    /// becomes ready (with node evals), then the timer restarts.
+    fn commit_ready(&self, node_id: NodeId) -> Result<Duration, RemoteError> {
+        let state = self.store.snapshot();
+        let node = state
+            .node(node_id)
+            .ok_or_else(|| RemoteError::new(NODE_NOT_FOUND, format!("node {node_id} is not registered")))?;
+        if node.status != NodeStatus::Ready {
+            let command = {
+                let mut ids = self.ids.lock().expect("ids poisoned");
+                endpoints::update_node_status(&state, node_id, NodeStatus::Ready, self.clock.now_ns(), &mut ids)
+                    .map_err(endpoint_error)?
+            };
+            self.commit(command)?;
+            tracing::info!(node = %node_id, was = node.status.as_str(), "node heartbeated: marked ready");
+        }
+        self.heartbeats.heartbeat(node_id, state.node_count(), self.clock.now_ns()).map_err(|_| self.not_leader())
+    }
+
+    /// Gather status reports for [`ALLOC_UPDATE_BATCH_WINDOW`] after the
+    /// first, commit them as one entry, answer every caller.
+    fn run_batcher(&self, queue: &Receiver<PendingUpdate>) {
+        while !self.stopping() {
+            let first = match queue.recv_timeout(THREAD_SLICE) {
+                Ok(first) => first,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let closes = Instant::now() + ALLOC_UPDATE_BATCH_WINDOW;
+            let mut count = first.updates.len();
+            let mut batch = vec![first];
+            while count < ALLOC_UPDATE_BATCH_MAX {
+                let now = Instant::now();
+                if now >= closes {
+                    break;
+                }
+                match queue.recv_timeout(closes - now) {
+                    Ok(more) => {
+                        count += more.updates.len();
+                        batch.push(more);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut updates = Vec::with_capacity(count);
+            let mut replies = Vec::with_capacity(batch.len());
+            for pending in batch {
+                updates.extend(pending.updates);
+                replies.push(pending.reply);
+            }
+            let command = {
+                let mut ids = self.ids.lock().expect("ids poisoned");
+                endpoints::update_allocs_from_client(&self.store.snapshot(), updates, self.clock.now_ns(), &mut ids)
+            };
+            let result = self.commit(command);
+            if let Err(e) = &result {
+                tracing::warn!(error = %e.message, requests = replies.len(), "committing client status updates failed");
+            }
+            for reply in replies {
+                let _ = reply.send(result.clone());
+            }
+        }
+    }
+
+    /// Wake parked `NODE_ALLOCS` queries whose node's allocations moved.
+    fn run_watcher(&self) {
+        let cancel = Cancel::new();
+        let mut seen = self.store.snapshot();
+        while !self.stopping() {
+            let Ok(state) = self.store.snapshot_min_index(seen.index() + 1, THREAD_SLICE, &cancel) else {
+                continue;
+            };
+            // Only allocation writes (and restores, which move every index)
+            // can change what a parked query watches.
+            if state.table_index(Table::Allocs) != seen.table_index(Table::Allocs) || state.index() < seen.index() {
+                let mut waiters = self.waiters.lock().expect("alloc waiters poisoned");
+                let parked = std::mem::take(&mut *waiters);
+                for waiter in parked {
+                    if waiter.wake.is_canceled() {
+                        continue;
+                    }
+                    if node_allocs_index(&state, waiter.node) > waiter.min_index {
+                        let _ = waiter.wake.send(());
+                    } else {
+                        waiters.push(waiter);
+                    }
+                }
+            }
+            seen = state;
+        }
+    }
+}
+
+/// Start the leader's heartbeat expiry thread for one term: nodes whose
+/// timers run out are marked down (their node evals reschedule what ran
+/// there) until `cancel`.
+pub(crate) fn spawn_heartbeat_expiry(
+    heartbeats: Arc<Heartbeats>,
+    store: Arc<StateStore>,
+    committer: Arc<dyn Committer>,
+    clock: Arc<dyn Clock>,
+    seed: u64,
+    cancel: Cancel,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("heartbeat-expiry".into())
+        .spawn(move || {
+            let mut ids = IdGen::with_seed(seed);
+            while !cancel.is_cancelled() {
+                let now = clock.now_ns();
+                for node_id in heartbeats.take_expired(now, EXPIRED_PER_ROUND_MAX) {
+                    let state = store.snapshot();
+                    match state.node(node_id) {
+                        None => continue,
+                        Some(node) if node.status == NodeStatus::Down => continue,
+                        Some(_) => {}
+                    }
+                    let marked = endpoints::update_node_status(&state, node_id, NodeStatus::Down, now, &mut ids)
+                        .map_err(|e| e.to_string())
+                        .and_then(|command| committer.commit(command).map_err(|e| e.0));
+                    match marked {
+                        Ok(index) => tracing::warn!(node = %node_id, index, "node missed its heartbeats: marked down"),
+                        Err(e) => {
+                            tracing::warn!(node = %node_id, error = %e, "marking a node down failed; retrying");
+                            let retry_ns = i64::try_from(EXPIRY_RETRY.as_nanos()).unwrap_or(i64::MAX);
+                            heartbeats.rearm(node_id, now.saturating_add(retry_ns));
+                        }
+                    }
+                }
+                heartbeats.wait_for_deadline(clock.now_ns(), EXPIRY_SLICE);
+            }
+        })
+        .expect("spawn heartbeat expiry")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caravan_engine::fixtures;
+    use caravan_engine::model::ClientStatus;
+
+    #[test]
+    fn messages_round_trip() {
+        let mut ids = IdGen::with_seed(1);
+        let node = fixtures::node(&mut ids, "n1", "dc1", 4000, 8192);
+        let bytes = encode(&RegisterRequest { node: node.clone() }).unwrap();
+        let back: RegisterRequest = decode(&bytes).unwrap();
+        assert_eq!(back.node.id, node.id);
+        assert_eq!(&*back.node.name, "n1");
+        let update = AllocClientUpdate {
+            alloc_id: ids.alloc_tagged(0),
+            client_status: ClientStatus::Running,
+            client_description: "started".into(),
+            at_ns: 5,
+            task_states: Default::default(),
+        };
+        let bytes = encode(&AllocUpdateRequest { updates: vec![update.clone()] }).unwrap();
+        let back: AllocUpdateRequest = decode(&bytes).unwrap();
+        assert_eq!(back.updates, vec![update]);
+    }
+
+    #[test]
+    fn bad_bytes_are_errors_not_panics() {
+        let good = encode(&AllocsRequest { node_id: NodeId(9), min_index: 3, wait_ms: 10 }).unwrap();
+        assert!(matches!(decode::<AllocsRequest>(&[]), Err(MessageError::BadMagic { .. })));
+        assert!(matches!(decode::<AllocsRequest>(b"CVNC\x01rest"), Err(MessageError::BadMagic { .. })));
+        let mut wrong_version = good.clone();
+        wrong_version[4] = 99;
+        assert!(matches!(decode::<AllocsRequest>(&wrong_version), Err(MessageError::UnsupportedVersion { .. })));
+        // Every truncation and every single-byte corruption decodes to an
+        // error or some value, never a panic.
+        for len in 0..good.len() {
+            let _ = decode::<AllocsRequest>(&good[..len]);
+        }
+        for at in MESSAGE_HEADER_LEN..good.len() {
+            let mut flipped = good.clone();
+            flipped[at] ^= 0xff;
+            let _ = decode::<AllocsRequest>(&flipped);
+        }
+        // A request of one type read as another fails validation.
+        let register = encode(&RegisterRequest { node: fixtures::node(&mut IdGen::with_seed(2), "n", "dc1", 1, 1) });
+        assert!(decode::<AllocUpdateRequest>(&register.unwrap()).is_err());
+    }
+}
