@@ -124,7 +124,10 @@ fn nanos(ns: i64) -> Duration {
     Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
 }
 
-/// Everything needed to start one task, or why it cannot start.
+/// Why a task cannot even start: the event kind and its message.
+type SetupFailure = (&'static str, String);
+
+/// Everything needed to start one task.
 struct Prepared {
     driver: Arc<dyn Driver>,
     spec: TaskSpec,
@@ -165,7 +168,7 @@ impl AllocRunner {
 
         // Every task of the group is prepared before any starts, so a group
         // that cannot run starts nothing.
-        let mut prepared: Vec<(String, Result<Prepared, (&'static str, String)>)> = Vec::new();
+        let mut prepared: Vec<(String, Result<Prepared, SetupFailure>)> = Vec::new();
         for (index, task) in group.tasks.iter().enumerate() {
             let name = task.name.to_string();
             if let Some((state, _)) = recovered.get(&name)
@@ -205,7 +208,7 @@ impl AllocRunner {
     }
 
     /// Directories, environment and driver of task `index`.
-    fn prepare(alloc: &Allocation, index: usize, ctx: &AllocContext) -> Result<Prepared, (&'static str, String)> {
+    fn prepare(alloc: &Allocation, index: usize, ctx: &AllocContext) -> Result<Prepared, SetupFailure> {
         let group = alloc.group();
         let task = &group.tasks[index];
         let driver = ctx
