@@ -376,7 +376,13 @@ fn fingerprint_now(
             }
         })
         .collect();
-    let mut node = fingerprint_node(node_id, config, &host, &driver_fingerprints, gpus.map_or_else(Vec::new, |gpus| gpus.devices()));
+    let mut node = fingerprint_node(
+        node_id,
+        config,
+        &host,
+        &driver_fingerprints,
+        gpus.map_or_else(Vec::new, |gpus| gpus.devices()),
+    );
     // The RPC seam has no separate status update: a registering client is
     // ready (Nomad registers `initializing`, then reports `ready`).
     node.status = NodeStatus::Ready;
@@ -429,7 +435,13 @@ impl ClientAgent {
         };
         let (task_sender, task_updates) = channel::<TaskStateUpdate>();
         let (events, event_receiver) = channel::<AgentEvent>();
-        let ctx = AllocContext { drivers: wrapped, alloc_root, node: node_env, clock: Arc::clone(&clock), updates: task_sender };
+        let ctx = AllocContext {
+            drivers: wrapped,
+            alloc_root,
+            node: node_env,
+            clock: Arc::clone(&clock),
+            updates: task_sender,
+        };
         let shared = Arc::new(Shared::default());
         let updates = Arc::new(UpdateQueue::default());
 
@@ -598,13 +610,7 @@ fn node_loop(
 }
 
 /// Long-polls the node's allocations until the agent stops.
-fn watch_allocs(
-    node_id: NodeId,
-    server: &dyn ServerApi,
-    shared: &Shared,
-    events: &Sender<AgentEvent>,
-    wait: Duration,
-) {
+fn watch_allocs(node_id: NodeId, server: &dyn ServerApi, shared: &Shared, events: &Sender<AgentEvent>, wait: Duration) {
     let mut index = 0;
     let mut backoff = Backoff::new();
     let mut first = true;
@@ -795,7 +801,12 @@ impl AllocLoop {
         }
     }
 
-    fn on_task_update(&mut self, update: &TaskStateUpdate, changes: &mut Vec<StateChange>, dirty: &mut BTreeSet<AllocId>) {
+    fn on_task_update(
+        &mut self,
+        update: &TaskStateUpdate,
+        changes: &mut Vec<StateChange>,
+        dirty: &mut BTreeSet<AllocId>,
+    ) {
         let Ok(alloc_id) = update.alloc_id.parse::<AllocId>() else {
             tracing::warn!(alloc = update.alloc_id, "task update for a malformed allocation id");
             return;

@@ -181,8 +181,7 @@ impl AllocRunner {
             }
             prepared.push((name, AllocRunner::prepare(&alloc, index, ctx)));
         }
-        let first_failure =
-            prepared.iter().find_map(|(name, result)| result.as_ref().err().map(|_| name.clone()));
+        let first_failure = prepared.iter().find_map(|(name, result)| result.as_ref().err().map(|_| name.clone()));
         for (name, result) in prepared {
             let (state, handle) = match recovered.remove(&name) {
                 Some((state, handle)) => (Some(state), handle),
@@ -211,11 +210,9 @@ impl AllocRunner {
     fn prepare(alloc: &Allocation, index: usize, ctx: &AllocContext) -> Result<Prepared, SetupFailure> {
         let group = alloc.group();
         let task = &group.tasks[index];
-        let driver = ctx
-            .drivers
-            .get(&*task.driver)
-            .cloned()
-            .ok_or_else(|| ("Driver Failure", format!("failed to find a driver for task: unknown driver {:?}", task.driver)))?;
+        let driver = ctx.drivers.get(&*task.driver).cloned().ok_or_else(|| {
+            ("Driver Failure", format!("failed to find a driver for task: unknown driver {:?}", task.driver))
+        })?;
         let dirs = TaskDirs::new(&AllocRunner::alloc_dir(&ctx.alloc_root, alloc.id), &task.name);
         dirs.create().map_err(|err| ("Setup Failure", format!("failed to build task directories: {err}")))?;
         let spec = TaskSpec {
@@ -386,6 +383,45 @@ mod tests {
         assert_eq!(status(&[state(Dead, false), state(Dead, false)]), ClientStatus::Complete);
         assert_eq!(status(&[state(Running, false), state(Dead, true)]), ClientStatus::Failed);
         assert_eq!(status(&[]), ClientStatus::Complete);
+    }
+
+    #[test]
+    fn an_unknown_driver_fails_the_allocation_before_anything_starts() {
+        use caravan_engine::clock::SystemClock;
+        use caravan_engine::ids::IdGen;
+        use caravan_engine::model::{Job, JobType, Task, TaskGroup};
+
+        use crate::client::driver::raw_exec::RawExecDriver;
+
+        let root = tempfile::tempdir().unwrap();
+        let (updates, received) = std::sync::mpsc::channel();
+        let ctx = AllocContext {
+            drivers: [("raw_exec".to_string(), Arc::new(RawExecDriver::new()) as Arc<dyn Driver>)].into(),
+            alloc_root: root.path().to_path_buf(),
+            node: NodeEnv {
+                region: "global".into(),
+                datacenter: "dc1".into(),
+                node_id: "n".into(),
+                node_name: "n".into(),
+                ip: "127.0.0.1".into(),
+            },
+            clock: Arc::new(SystemClock),
+            updates,
+        };
+        let tasks = vec![Task::new("web", "raw_exec"), Task::new("gpu", "no-such-driver")];
+        let job = Arc::new(Job::new("j", JobType::Service, vec![TaskGroup::new("g", 1, JobType::Service, tasks)]));
+        let alloc = crate::client::testing::alloc(&mut IdGen::with_seed(3), &job, 0);
+        let runner = AllocRunner::start(Arc::new(alloc), &ctx);
+        assert!(runner.is_finished());
+        assert_eq!(runner.client_status().0, ClientStatus::Failed);
+        let states: BTreeMap<&str, &TaskState> = runner.task_states().collect();
+        let failed = states["gpu"].events.last().unwrap();
+        assert_eq!(&*failed.kind, "Driver Failure");
+        assert!(failed.message.contains("no-such-driver"), "{}", failed.message);
+        assert!(states["gpu"].failed);
+        assert_eq!(&*states["web"].events.last().unwrap().kind, "Sibling Task Failed");
+        assert!(!states["web"].failed);
+        assert!(received.try_recv().is_err(), "no task runner started");
     }
 
     #[test]

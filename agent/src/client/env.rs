@@ -29,7 +29,7 @@ fn env_label(label: &str) -> String {
     label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
 }
 
-/// The environment of task `task_index` of the allocation's group.
+/// The environment of `task`, one of the allocation's group's tasks.
 pub fn task_env(alloc: &Allocation, task: &Task, dirs: &TaskDirs, node: &NodeEnv) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     let mut set = |key: &str, value: String| {

@@ -45,8 +45,12 @@ pub trait ServerApi: Send + Sync {
     /// A blocking query: the node's allocations once the servers' allocation
     /// index passes `min_index`, or after `wait` with what there is. Returns
     /// the allocations (terminal ones included) and the index they reflect.
-    fn node_allocs(&self, node_id: NodeId, min_index: u64, wait: Duration)
-    -> Result<(Vec<Allocation>, u64), ServerError>;
+    fn node_allocs(
+        &self,
+        node_id: NodeId,
+        min_index: u64,
+        wait: Duration,
+    ) -> Result<(Vec<Allocation>, u64), ServerError>;
 
     /// Client status and task states of allocations, in one batch.
     fn update_allocs(&self, updates: Vec<AllocClientUpdate>) -> Result<(), ServerError>;

@@ -140,7 +140,8 @@ impl StateDb {
                     }
                     StateChange::PutTask { alloc_id, task_name, state, handle } => {
                         let key = task_key(*alloc_id, task_name);
-                        let encode_err = |message: String| StateDbError::Encode { what: format!("task {key}"), message };
+                        let encode_err =
+                            |message: String| StateDbError::Encode { what: format!("task {key}"), message };
                         let bytes =
                             rkyv::to_bytes::<rancor::Error>(&**state).map_err(|err| encode_err(err.to_string()))?;
                         states.insert(key.as_str(), bytes.as_slice()).map_err(db_err)?;
