@@ -7,14 +7,14 @@
 
 mod agent;
 mod api_client;
-mod config;
-mod fingerprint;
 mod job;
 mod monitor;
 mod reads;
 mod tls;
 
 use std::process::ExitCode;
+
+use caravan::config;
 
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;

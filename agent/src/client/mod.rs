@@ -1,4 +1,17 @@
 //! Client mode: what runs allocations on a machine.
+//!
+//! [`agent::ClientAgent`] is the client: it talks to the servers through
+//! [`server_api::ServerApi`], runs each allocation with an
+//! [`alloc_runner::AllocRunner`] (tasks through [`task_runner::TaskRunner`]
+//! and the [`driver`]s, environment from [`env`]) and keeps what it runs in
+//! [`state_db::StateDb`] so a restarted agent re-attaches to its tasks.
 
+pub mod agent;
+pub mod alloc_runner;
 pub mod driver;
+pub mod env;
+pub mod server_api;
+pub mod state_db;
 pub mod task_runner;
+#[cfg(test)]
+mod testing;

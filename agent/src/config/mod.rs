@@ -31,66 +31,66 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub(crate) use raw::ConfigValue;
+pub use raw::ConfigValue;
 
 use decode::Problems;
 
 /// Largest configuration file read; agent configs are a few KiB.
-pub(crate) const CONFIG_FILE_BYTES_MAX: u64 = 4 << 20;
+pub const CONFIG_FILE_BYTES_MAX: u64 = 4 << 20;
 
 /// Files taken from one `-config` directory.
-pub(crate) const CONFIG_DIR_FILES_MAX: usize = 1024;
+pub const CONFIG_DIR_FILES_MAX: usize = 1024;
 
 /// Errors reported across all files before giving up.
-pub(crate) const ERRORS_MAX: usize = 64;
+pub const ERRORS_MAX: usize = 64;
 
 /// Nomad's default ports.
-pub(crate) const HTTP_PORT_DEFAULT: u16 = 4646;
-pub(crate) const RPC_PORT_DEFAULT: u16 = 4647;
-pub(crate) const SERF_PORT_DEFAULT: u16 = 4648;
+pub const HTTP_PORT_DEFAULT: u16 = 4646;
+pub const RPC_PORT_DEFAULT: u16 = 4647;
+pub const SERF_PORT_DEFAULT: u16 = 4648;
 
 /// Nomad's server defaults: heartbeats are granted at least 10 s and the
 /// leader waits 10 s more before marking a node down; raft snapshots every
 /// 8192 entries, checked every 2 minutes.
-pub(crate) const HEARTBEAT_GRACE_DEFAULT: Duration = Duration::from_secs(10);
-pub(crate) const MIN_HEARTBEAT_TTL_DEFAULT: Duration = Duration::from_secs(10);
-pub(crate) const RAFT_SNAPSHOT_THRESHOLD_DEFAULT: u64 = 8192;
-pub(crate) const RAFT_SNAPSHOT_INTERVAL_DEFAULT: Duration = Duration::from_secs(120);
+pub const HEARTBEAT_GRACE_DEFAULT: Duration = Duration::from_secs(10);
+pub const MIN_HEARTBEAT_TTL_DEFAULT: Duration = Duration::from_secs(10);
+pub const RAFT_SNAPSHOT_THRESHOLD_DEFAULT: u64 = 8192;
+pub const RAFT_SNAPSHOT_INTERVAL_DEFAULT: Duration = Duration::from_secs(120);
 
 /// Nomad's `server_join` default: retry every 30 s, forever (`retry_max = 0`).
-pub(crate) const RETRY_INTERVAL_DEFAULT: Duration = Duration::from_secs(30);
+pub const RETRY_INTERVAL_DEFAULT: Duration = Duration::from_secs(30);
 
 /// Nomad's dynamic port range for allocations.
-pub(crate) const MIN_DYNAMIC_PORT_DEFAULT: u16 = 20000;
-pub(crate) const MAX_DYNAMIC_PORT_DEFAULT: u16 = 32000;
+pub const MIN_DYNAMIC_PORT_DEFAULT: u16 = 20000;
+pub const MAX_DYNAMIC_PORT_DEFAULT: u16 = 32000;
 
 /// Nomad's telemetry default collection interval.
-pub(crate) const TELEMETRY_COLLECTION_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
+pub const TELEMETRY_COLLECTION_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 
 /// The whole agent configuration, defaults filled.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct AgentConfig {
+pub struct AgentConfig {
     /// Started with `-dev`: relaxes the checks that a production agent needs.
-    pub(crate) dev: bool,
+    pub dev: bool,
     /// The node and server name; `None` means the hostname.
-    pub(crate) name: Option<String>,
-    pub(crate) region: String,
-    pub(crate) datacenter: String,
-    pub(crate) data_dir: Option<PathBuf>,
-    pub(crate) bind_addr: IpAddr,
-    pub(crate) log_level: LogLevel,
-    pub(crate) ports: Ports,
-    pub(crate) addresses: Addresses,
-    pub(crate) advertise: Advertise,
-    pub(crate) server: ServerConfig,
-    pub(crate) client: ClientConfig,
-    pub(crate) plugins: Plugins,
-    pub(crate) tls: TlsConfig,
-    pub(crate) telemetry: TelemetryConfig,
+    pub name: Option<String>,
+    pub region: String,
+    pub datacenter: String,
+    pub data_dir: Option<PathBuf>,
+    pub bind_addr: IpAddr,
+    pub log_level: LogLevel,
+    pub ports: Ports,
+    pub addresses: Addresses,
+    pub advertise: Advertise,
+    pub server: ServerConfig,
+    pub client: ClientConfig,
+    pub plugins: Plugins,
+    pub tls: TlsConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum LogLevel {
+pub enum LogLevel {
     Trace,
     Debug,
     Info,
@@ -100,7 +100,7 @@ pub(crate) enum LogLevel {
 
 impl LogLevel {
     /// Case-insensitive, as Nomad reads it.
-    pub(crate) fn parse(text: &str) -> Option<LogLevel> {
+    pub fn parse(text: &str) -> Option<LogLevel> {
         Some(match text.to_ascii_uppercase().as_str() {
             "TRACE" => LogLevel::Trace,
             "DEBUG" => LogLevel::Debug,
@@ -113,37 +113,37 @@ impl LogLevel {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Ports {
-    pub(crate) http: u16,
-    pub(crate) rpc: u16,
+pub struct Ports {
+    pub http: u16,
+    pub rpc: u16,
     /// Accepted for Nomad compatibility; Caravan servers gossip over RPC.
-    pub(crate) serf: u16,
+    pub serf: u16,
 }
 
 /// Per-service bind addresses; `None` means `bind_addr`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Addresses {
-    pub(crate) http: Option<IpAddr>,
-    pub(crate) rpc: Option<IpAddr>,
-    pub(crate) serf: Option<IpAddr>,
+pub struct Addresses {
+    pub http: Option<IpAddr>,
+    pub rpc: Option<IpAddr>,
+    pub serf: Option<IpAddr>,
 }
 
 /// Addresses other agents should use (`host` or `host:port`); `None` means
 /// the bind address, or the node's IP when bound to 0.0.0.0.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(crate) struct Advertise {
-    pub(crate) http: Option<String>,
-    pub(crate) rpc: Option<String>,
-    pub(crate) serf: Option<String>,
+pub struct Advertise {
+    pub http: Option<String>,
+    pub rpc: Option<String>,
+    pub serf: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ServerJoin {
+pub struct ServerJoin {
     /// `host`, `host:port` addresses to join.
-    pub(crate) retry_join: Vec<String>,
-    pub(crate) retry_interval: Duration,
+    pub retry_join: Vec<String>,
+    pub retry_interval: Duration,
     /// Attempts before giving up; 0 retries forever.
-    pub(crate) retry_max: u32,
+    pub retry_max: u32,
 }
 
 impl Default for ServerJoin {
@@ -153,18 +153,18 @@ impl Default for ServerJoin {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ServerConfig {
-    pub(crate) enabled: bool,
+pub struct ServerConfig {
+    pub enabled: bool,
     /// Servers to wait for before the first election; 0 is unset, refused
     /// when the server is enabled.
-    pub(crate) bootstrap_expect: u32,
-    pub(crate) server_join: ServerJoin,
+    pub bootstrap_expect: u32,
+    pub server_join: ServerJoin,
     /// Scheduler workers; `None` is one per core, as in Nomad.
-    pub(crate) num_schedulers: Option<u32>,
-    pub(crate) heartbeat_grace: Duration,
-    pub(crate) min_heartbeat_ttl: Duration,
-    pub(crate) raft_snapshot_threshold: u64,
-    pub(crate) raft_snapshot_interval: Duration,
+    pub num_schedulers: Option<u32>,
+    pub heartbeat_grace: Duration,
+    pub min_heartbeat_ttl: Duration,
+    pub raft_snapshot_threshold: u64,
+    pub raft_snapshot_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -184,42 +184,42 @@ impl Default for ServerConfig {
 
 /// What the node keeps for itself (`client { reserved { ... } }`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(crate) struct Reserved {
-    pub(crate) cpu_mhz: u64,
-    pub(crate) memory_mb: u64,
-    pub(crate) disk_mb: u64,
+pub struct Reserved {
+    pub cpu_mhz: u64,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
     /// Sorted, deduplicated.
-    pub(crate) ports: Vec<u16>,
+    pub ports: Vec<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ClientConfig {
-    pub(crate) enabled: bool,
+pub struct ClientConfig {
+    pub enabled: bool,
     /// Default `<data_dir>/client`.
-    pub(crate) state_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
     /// Default `<data_dir>/alloc`.
-    pub(crate) alloc_dir: Option<PathBuf>,
+    pub alloc_dir: Option<PathBuf>,
     /// Servers' RPC addresses (`host` or `host:port`).
-    pub(crate) servers: Vec<String>,
-    pub(crate) server_join: ServerJoin,
+    pub servers: Vec<String>,
+    pub server_join: ServerJoin,
     /// Empty when unset.
-    pub(crate) node_class: String,
-    pub(crate) node_pool: String,
-    pub(crate) meta: BTreeMap<String, String>,
-    pub(crate) options: BTreeMap<String, String>,
-    pub(crate) reserved: Reserved,
+    pub node_class: String,
+    pub node_pool: String,
+    pub meta: BTreeMap<String, String>,
+    pub options: BTreeMap<String, String>,
+    pub reserved: Reserved,
     /// Interface whose address and speed the node reports; `None` is the one
     /// holding the default route.
-    pub(crate) network_interface: Option<String>,
+    pub network_interface: Option<String>,
     /// Overrides the interface's speed, in Mbit/s.
-    pub(crate) network_speed_mbits: Option<u64>,
+    pub network_speed_mbits: Option<u64>,
     /// Overrides the fingerprinted `cpu.totalcompute`.
-    pub(crate) cpu_total_compute_mhz: Option<u64>,
-    pub(crate) memory_total_mb: Option<u64>,
-    pub(crate) disk_total_mb: Option<u64>,
-    pub(crate) disk_free_mb: Option<u64>,
-    pub(crate) min_dynamic_port: u16,
-    pub(crate) max_dynamic_port: u16,
+    pub cpu_total_compute_mhz: Option<u64>,
+    pub memory_total_mb: Option<u64>,
+    pub disk_total_mb: Option<u64>,
+    pub disk_free_mb: Option<u64>,
+    pub min_dynamic_port: u16,
+    pub max_dynamic_port: u16,
 }
 
 impl Default for ClientConfig {
@@ -248,42 +248,42 @@ impl Default for ClientConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct RawExecConfig {
-    pub(crate) enabled: bool,
-    pub(crate) no_cgroups: bool,
+pub struct RawExecConfig {
+    pub enabled: bool,
+    pub no_cgroups: bool,
 }
 
 /// `plugin "<name>" { config { ... } }` blocks.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub(crate) struct Plugins {
-    pub(crate) raw_exec: RawExecConfig,
+pub struct Plugins {
+    pub raw_exec: RawExecConfig,
     /// `plugin "nvidia-gpu"`, plus `simulated { count = 8 ... }` for GPUs
     /// that are not there (tests, the perf fleet).
-    pub(crate) gpu: caravan_gpu::GpuConfig,
+    pub gpu: caravan_gpu::GpuConfig,
     /// Every other plugin's `config` block (docker, exec), checked by its
     /// driver, which alone knows its keys.
-    pub(crate) others: BTreeMap<String, ConfigValue>,
+    pub others: BTreeMap<String, ConfigValue>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(crate) struct TlsConfig {
-    pub(crate) http: bool,
-    pub(crate) rpc: bool,
-    pub(crate) ca_file: Option<PathBuf>,
-    pub(crate) cert_file: Option<PathBuf>,
-    pub(crate) key_file: Option<PathBuf>,
-    pub(crate) verify_server_hostname: bool,
-    pub(crate) verify_https_client: bool,
+pub struct TlsConfig {
+    pub http: bool,
+    pub rpc: bool,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub verify_server_hostname: bool,
+    pub verify_https_client: bool,
 }
 
 /// Accepted so Nomad files load; metrics export comes later.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TelemetryConfig {
-    pub(crate) collection_interval: Duration,
-    pub(crate) publish_allocation_metrics: bool,
-    pub(crate) publish_node_metrics: bool,
-    pub(crate) prometheus_metrics: bool,
-    pub(crate) disable_hostname: bool,
+pub struct TelemetryConfig {
+    pub collection_interval: Duration,
+    pub publish_allocation_metrics: bool,
+    pub publish_node_metrics: bool,
+    pub prometheus_metrics: bool,
+    pub disable_hostname: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -323,7 +323,7 @@ impl Default for AgentConfig {
 impl AgentConfig {
     /// `-dev`: one server and one client in this process, on loopback, with
     /// `raw_exec` on and state in a temporary directory of its own.
-    pub(crate) fn dev() -> AgentConfig {
+    pub fn dev() -> AgentConfig {
         let mut config = AgentConfig {
             dev: true,
             bind_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -339,12 +339,12 @@ impl AgentConfig {
     }
 
     /// The node name: `name`, else the hostname.
-    pub(crate) fn node_name(&self, hostname: &str) -> String {
+    pub fn node_name(&self, hostname: &str) -> String {
         self.name.clone().unwrap_or_else(|| hostname.to_owned())
     }
 
     /// Check what no single key can: returns warnings, or every error.
-    pub(crate) fn validate(&self) -> Result<Vec<String>, ConfigErrors> {
+    pub fn validate(&self) -> Result<Vec<String>, ConfigErrors> {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
         let mut error = |path: &str, message: String| errors.push(ConfigError::new(None, path, message));
@@ -399,12 +399,12 @@ impl AgentConfig {
 
 /// A configuration problem: where (file, key path) and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ConfigError {
+pub struct ConfigError {
     /// The file as named on the command line; `None` for checks across files.
-    pub(crate) file: Option<String>,
+    pub file: Option<String>,
     /// `server.server_join.retry_join`; empty for the whole config.
-    pub(crate) path: String,
-    pub(crate) message: String,
+    pub path: String,
+    pub message: String,
 }
 
 impl ConfigError {
@@ -427,7 +427,7 @@ impl fmt::Display for ConfigError {
 
 /// Every problem found, one per line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ConfigErrors(pub(crate) Vec<ConfigError>);
+pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -444,36 +444,36 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Format {
+pub enum Format {
     Hcl,
     Json,
 }
 
 impl Format {
     /// `.json` is JSON; anything else is HCL, as Nomad reads `-config` files.
-    pub(crate) fn of_path(path: &Path) -> Format {
+    pub fn of_path(path: &Path) -> Format {
         if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) { Format::Json } else { Format::Hcl }
     }
 }
 
 /// One configuration text and the name errors give it.
 #[derive(Debug, Clone)]
-pub(crate) struct Source {
-    pub(crate) name: String,
-    pub(crate) format: Format,
-    pub(crate) text: String,
+pub struct Source {
+    pub name: String,
+    pub format: Format,
+    pub text: String,
 }
 
 /// A valid configuration and what is worth a warning in it.
 #[derive(Debug, Clone)]
-pub(crate) struct Loaded {
-    pub(crate) config: AgentConfig,
-    pub(crate) warnings: Vec<String>,
+pub struct Loaded {
+    pub config: AgentConfig,
+    pub warnings: Vec<String>,
 }
 
 /// Read `-config` paths (files, or directories of `*.hcl` and `*.json`) in
 /// order, then [`load_sources`].
-pub(crate) fn load(paths: &[PathBuf], dev: bool) -> Result<Loaded, ConfigErrors> {
+pub fn load(paths: &[PathBuf], dev: bool) -> Result<Loaded, ConfigErrors> {
     let mut sources = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
@@ -537,7 +537,7 @@ fn read_source(path: &Path, sources: &mut Vec<Source>, errors: &mut Vec<ConfigEr
 
 /// Parse, check and merge configuration texts in order over the defaults
 /// (or the `-dev` defaults), then validate the result.
-pub(crate) fn load_sources(sources: &[Source], dev: bool) -> Result<Loaded, ConfigErrors> {
+pub fn load_sources(sources: &[Source], dev: bool) -> Result<Loaded, ConfigErrors> {
     let base = if dev { AgentConfig::dev() } else { AgentConfig::default() };
     let mut merged = ConfigValue::empty_object();
     let mut errors = Vec::new();

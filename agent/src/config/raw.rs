@@ -14,7 +14,7 @@ pub(crate) const NESTING_DEPTH_MAX: usize = 32;
 
 /// A configuration value before it is given a type.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum ConfigValue {
+pub enum ConfigValue {
     Null,
     Bool(bool),
     Int(i64),
@@ -27,7 +27,7 @@ pub(crate) enum ConfigValue {
 
 impl ConfigValue {
     /// The type's name as error messages say it.
-    pub(crate) fn type_name(&self) -> &'static str {
+    pub fn type_name(&self) -> &'static str {
         match self {
             ConfigValue::Null => "null",
             ConfigValue::Bool(_) => "bool",

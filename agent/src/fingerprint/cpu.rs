@@ -7,40 +7,40 @@ use std::path::Path;
 /// guests, some containers). Nomad refuses to start without a clock; a
 /// modest guess keeps the node schedulable, and `cpu_total_compute` in the
 /// client config overrides it with the truth.
-pub(crate) const CPU_MHZ_FALLBACK: u64 = 1000;
+pub const CPU_MHZ_FALLBACK: u64 = 1000;
 
 /// Clocks outside this range are misreadings (cpufreq says kHz, cpuinfo MHz).
 const CPU_MHZ_PLAUSIBLE_MAX: u64 = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CpuInfo {
+pub struct CpuInfo {
     /// Logical CPUs.
-    pub(crate) cores: u32,
-    pub(crate) model: String,
+    pub cores: u32,
+    pub model: String,
     /// The clock of one core, in MHz.
-    pub(crate) mhz: u64,
+    pub mhz: u64,
     /// Whether `mhz` was read rather than assumed.
-    pub(crate) mhz_detected: bool,
+    pub mhz_detected: bool,
 }
 
 impl CpuInfo {
     /// `cpu.totalcompute`: cores × MHz.
-    pub(crate) fn total_compute_mhz(&self) -> u64 {
+    pub fn total_compute_mhz(&self) -> u64 {
         u64::from(self.cores).saturating_mul(self.mhz)
     }
 }
 
 /// What `/proc/cpuinfo` says: processor count, first model name, first clock.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub(crate) struct CpuinfoText {
-    pub(crate) processors: u32,
-    pub(crate) model: Option<String>,
-    pub(crate) mhz: Option<f64>,
+pub struct CpuinfoText {
+    pub processors: u32,
+    pub model: Option<String>,
+    pub mhz: Option<f64>,
 }
 
 /// Parse `/proc/cpuinfo` (x86 `model name` / `cpu MHz`; ARM has no clock
 /// there and names the core in `Model`, `Hardware` or `CPU part`).
-pub(crate) fn parse_cpuinfo(text: &str) -> CpuinfoText {
+pub fn parse_cpuinfo(text: &str) -> CpuinfoText {
     let mut out = CpuinfoText::default();
     let mut arm_model = None;
     for line in text.lines() {
@@ -61,7 +61,7 @@ pub(crate) fn parse_cpuinfo(text: &str) -> CpuinfoText {
 }
 
 /// Parse cpufreq's `cpuinfo_max_freq` (kHz) into MHz.
-pub(crate) fn parse_cpufreq_khz(text: &str) -> Option<u64> {
+pub fn parse_cpufreq_khz(text: &str) -> Option<u64> {
     let khz: u64 = text.trim().parse().ok()?;
     let mhz = khz / 1000;
     (1..=CPU_MHZ_PLAUSIBLE_MAX).contains(&mhz).then_some(mhz)
@@ -70,7 +70,7 @@ pub(crate) fn parse_cpufreq_khz(text: &str) -> Option<u64> {
 /// Combine the sources: the cpufreq maximum is the nominal clock (cpuinfo's
 /// `cpu MHz` is the current one, which varies with load), else cpuinfo, else
 /// the fallback. Cores come from cpuinfo, else the scheduler's count.
-pub(crate) fn combine(cpuinfo: &CpuinfoText, cpufreq_mhz: Option<u64>, parallelism: u32) -> CpuInfo {
+pub fn combine(cpuinfo: &CpuinfoText, cpufreq_mhz: Option<u64>, parallelism: u32) -> CpuInfo {
     let cpuinfo_mhz = cpuinfo
         .mhz
         .filter(|mhz| mhz.is_finite() && *mhz >= 1.0 && *mhz <= CPU_MHZ_PLAUSIBLE_MAX as f64)
@@ -85,7 +85,7 @@ pub(crate) fn combine(cpuinfo: &CpuinfoText, cpufreq_mhz: Option<u64>, paralleli
 }
 
 /// Read this machine's CPU.
-pub(crate) fn read(root: &Path) -> CpuInfo {
+pub fn read(root: &Path) -> CpuInfo {
     let cpuinfo = std::fs::read_to_string(root.join("proc/cpuinfo")).map(|t| parse_cpuinfo(&t)).unwrap_or_default();
     let cpufreq = std::fs::read_to_string(root.join("sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"))
         .ok()
@@ -96,7 +96,7 @@ pub(crate) fn read(root: &Path) -> CpuInfo {
 
 /// Nomad's `cpu.arch` is Go's `GOARCH`; map Rust's names to it so existing
 /// constraints (`${attr.cpu.arch} = "amd64"`) keep working.
-pub(crate) fn go_arch(rust_arch: &str) -> &str {
+pub fn go_arch(rust_arch: &str) -> &str {
     match rust_arch {
         "x86_64" => "amd64",
         "x86" => "386",

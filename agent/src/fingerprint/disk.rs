@@ -4,12 +4,12 @@
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DiskInfo {
+pub struct DiskInfo {
     /// `unique.storage.volume`: the mount's source, e.g. `/dev/nvme0n1p2`.
-    pub(crate) volume: String,
-    pub(crate) bytes_total: u64,
+    pub volume: String,
+    pub bytes_total: u64,
     /// Space an unprivileged process may still use.
-    pub(crate) bytes_free: u64,
+    pub bytes_free: u64,
 }
 
 /// Mount points examined at most; a machine with more is misconfigured.
@@ -18,7 +18,7 @@ const MOUNTS_MAX: usize = 100_000;
 /// The source of the mount that holds `path` (the longest mount point that
 /// is a prefix of it). Mountinfo fields: id parent dev root mountpoint
 /// options [optional...] - fstype source superoptions.
-pub(crate) fn parse_mount_source(mountinfo: &str, path: &Path) -> Option<String> {
+pub fn parse_mount_source(mountinfo: &str, path: &Path) -> Option<String> {
     let mut best: Option<(usize, String)> = None;
     for line in mountinfo.lines().take(MOUNTS_MAX) {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -60,7 +60,7 @@ fn existing_ancestor(path: &Path) -> Option<PathBuf> {
 }
 
 /// Read the disk holding `data_dir`; `None` when nothing can be learned.
-pub(crate) fn read(root: &Path, data_dir: &Path) -> Option<DiskInfo> {
+pub fn read(root: &Path, data_dir: &Path) -> Option<DiskInfo> {
     let dir = existing_ancestor(data_dir)?;
     let stat = match rustix::fs::statvfs(&dir) {
         Ok(stat) => stat,

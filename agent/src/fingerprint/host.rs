@@ -3,22 +3,22 @@
 use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HostInfo {
-    pub(crate) hostname: String,
+pub struct HostInfo {
+    pub hostname: String,
     /// Go's `GOOS`: `linux`.
-    pub(crate) kernel_name: String,
+    pub kernel_name: String,
     /// `uname -r`.
-    pub(crate) kernel_version: String,
+    pub kernel_version: String,
     /// `uname -m`: `x86_64`.
-    pub(crate) kernel_arch: String,
+    pub kernel_arch: String,
     /// os-release `ID`: `ubuntu`, `debian`.
-    pub(crate) os_name: Option<String>,
+    pub os_name: Option<String>,
     /// os-release `VERSION_ID`: `22.04`.
-    pub(crate) os_version: Option<String>,
+    pub os_version: Option<String>,
 }
 
 /// `ID` and `VERSION_ID` of an os-release file.
-pub(crate) fn parse_os_release(text: &str) -> (Option<String>, Option<String>) {
+pub fn parse_os_release(text: &str) -> (Option<String>, Option<String>) {
     let mut id = None;
     let mut version = None;
     for line in text.lines() {
@@ -34,7 +34,7 @@ pub(crate) fn parse_os_release(text: &str) -> (Option<String>, Option<String>) {
 }
 
 /// Read this machine's host facts.
-pub(crate) fn read(root: &Path) -> HostInfo {
+pub fn read(root: &Path) -> HostInfo {
     let uname = rustix::system::uname();
     let text = |s: &std::ffi::CStr| s.to_string_lossy().into_owned();
     // /etc/os-release, or the path it links to on systemd machines.

@@ -16,11 +16,11 @@
 // tests call most of this.
 #![allow(dead_code)]
 
-pub(crate) mod cpu;
-pub(crate) mod disk;
-pub(crate) mod host;
-pub(crate) mod memory;
-pub(crate) mod network;
+pub mod cpu;
+pub mod disk;
+pub mod host;
+pub mod memory;
+pub mod network;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,42 +34,42 @@ use caravan_engine::model::{
 
 use crate::config::AgentConfig;
 
-pub(crate) type Attributes = BTreeMap<Arc<str>, Arc<str>>;
+pub type Attributes = BTreeMap<Arc<str>, Arc<str>>;
 
 const MIB: u64 = 1024 * 1024;
 
 /// Free disk may drift by this many parts per thousand of the total between
 /// fingerprints without a re-register: tasks write to disk all the time, and
 /// the servers only need the free space roughly.
-pub(crate) const DISK_DRIFT_PER_MILLE_MAX: u64 = 10;
+pub const DISK_DRIFT_PER_MILLE_MAX: u64 = 10;
 
 /// Attributes that change without anything the scheduler cares about
 /// changing; [`node_changes`] ignores them (the disk resource carries the
 /// same fact, with a tolerance).
-pub(crate) const VOLATILE_ATTRIBUTES: &[&str] = &["unique.storage.bytesfree"];
+pub const VOLATILE_ATTRIBUTES: &[&str] = &["unique.storage.bytesfree"];
 
 /// Everything read from the machine itself.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct HostFingerprint {
-    pub(crate) cpu: cpu::CpuInfo,
+pub struct HostFingerprint {
+    pub cpu: cpu::CpuInfo,
     /// `None` when `/proc/meminfo` is unreadable.
-    pub(crate) memory_bytes: Option<u64>,
-    pub(crate) disk: Option<disk::DiskInfo>,
-    pub(crate) host: host::HostInfo,
-    pub(crate) network: Option<network::NetworkInfo>,
+    pub memory_bytes: Option<u64>,
+    pub disk: Option<disk::DiskInfo>,
+    pub host: host::HostInfo,
+    pub network: Option<network::NetworkInfo>,
     /// `cpu.arch` in Go's spelling.
-    pub(crate) arch: String,
+    pub arch: String,
 }
 
 impl HostFingerprint {
     /// Fingerprint this machine for `config` (its data dir and interface).
-    pub(crate) fn read(config: &AgentConfig) -> HostFingerprint {
+    pub fn read(config: &AgentConfig) -> HostFingerprint {
         HostFingerprint::read_at(Path::new("/"), config)
     }
 
     /// As [`HostFingerprint::read`] with `/proc`, `/sys` and `/etc` under
     /// `root` (`uname` and `statvfs` still ask the kernel).
-    pub(crate) fn read_at(root: &Path, config: &AgentConfig) -> HostFingerprint {
+    pub fn read_at(root: &Path, config: &AgentConfig) -> HostFingerprint {
         let data_dir = config.data_dir.clone().unwrap_or_else(|| PathBuf::from("."));
         let interface = config.client.network_interface.as_deref().filter(|name| is_interface_name(name));
         HostFingerprint {
@@ -83,7 +83,7 @@ impl HostFingerprint {
     }
 
     /// The attributes in Nomad's names, before config overrides.
-    pub(crate) fn attributes(&self) -> Attributes {
+    pub fn attributes(&self) -> Attributes {
         let mut a = Attributes::new();
         let mut set = |key: &str, value: String| {
             a.insert(key.into(), value.into());
@@ -128,19 +128,19 @@ fn is_interface_name(name: &str) -> bool {
 
 /// A task driver's fingerprint, as the drivers will report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DriverFingerprint {
+pub struct DriverFingerprint {
     /// `raw_exec`, `exec`, `docker`.
-    pub(crate) name: String,
-    pub(crate) detected: bool,
-    pub(crate) healthy: bool,
-    pub(crate) health_description: String,
+    pub name: String,
+    pub detected: bool,
+    pub healthy: bool,
+    pub health_description: String,
     /// Keys under `driver.<name>.`; a key given without that prefix gets it.
-    pub(crate) attributes: BTreeMap<String, String>,
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// Build the node this client registers. Pure: everything read from the
 /// machine is in `host`, so tests build nodes from fixtures.
-pub(crate) fn fingerprint_node(
+pub fn fingerprint_node(
     node_id: NodeId,
     config: &AgentConfig,
     host: &HostFingerprint,
@@ -243,7 +243,7 @@ pub(crate) fn fingerprint_node(
 /// What differs between two fingerprints of the same node that the servers
 /// schedule on; empty when the client need not re-register. Free disk moves
 /// as tasks write, so it counts only past [`DISK_DRIFT_PER_MILLE_MAX`].
-pub(crate) fn node_changes(old: &Node, new: &Node) -> Vec<&'static str> {
+pub fn node_changes(old: &Node, new: &Node) -> Vec<&'static str> {
     let mut changes = Vec::new();
     let stable = |node: &Node| -> Attributes {
         node.attributes

@@ -11,20 +11,20 @@ use std::path::Path;
 const ROUTE_LINES_MAX: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct NetworkInfo {
-    pub(crate) interface: String,
-    pub(crate) ip: Ipv4Addr,
+pub struct NetworkInfo {
+    pub interface: String,
+    pub ip: Ipv4Addr,
     /// Link speed in Mbit/s, `None` where the kernel does not know (virtual
     /// interfaces report -1).
-    pub(crate) speed_mbits: Option<u64>,
+    pub speed_mbits: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Route {
-    pub(crate) interface: String,
-    pub(crate) destination: Ipv4Addr,
-    pub(crate) mask: Ipv4Addr,
-    pub(crate) metric: u32,
+pub struct Route {
+    pub interface: String,
+    pub destination: Ipv4Addr,
+    pub mask: Ipv4Addr,
+    pub metric: u32,
 }
 
 impl Route {
@@ -39,7 +39,7 @@ impl Route {
 
 /// `/proc/net/route`: addresses are the kernel's big-endian words printed as
 /// host-order hex, so their native-endian bytes are the address bytes.
-pub(crate) fn parse_routes(text: &str) -> Vec<Route> {
+pub fn parse_routes(text: &str) -> Vec<Route> {
     let hex_ip = |s: &str| u32::from_str_radix(s, 16).ok().map(|v| Ipv4Addr::from(v.to_ne_bytes()));
     text.lines()
         .skip(1)
@@ -58,7 +58,7 @@ pub(crate) fn parse_routes(text: &str) -> Vec<Route> {
 
 /// The machine's local IPv4 addresses: in `/proc/net/fib_trie`, each
 /// `|-- a.b.c.d` leaf followed by a `/32 host LOCAL` line. Sorted, deduplicated.
-pub(crate) fn parse_local_addresses(fib_trie: &str) -> Vec<Ipv4Addr> {
+pub fn parse_local_addresses(fib_trie: &str) -> Vec<Ipv4Addr> {
     let mut last_leaf = None;
     let mut out = Vec::new();
     for line in fib_trie.lines().take(ROUTE_LINES_MAX) {
@@ -75,13 +75,13 @@ pub(crate) fn parse_local_addresses(fib_trie: &str) -> Vec<Ipv4Addr> {
 }
 
 /// The interface holding the default route with the lowest metric.
-pub(crate) fn default_interface(routes: &[Route]) -> Option<&str> {
+pub fn default_interface(routes: &[Route]) -> Option<&str> {
     routes.iter().filter(|r| r.is_default()).min_by_key(|r| r.metric).map(|r| r.interface.as_str())
 }
 
 /// The local address of `interface`: one that falls in a subnet routed
 /// through it. Loopback has no entry in the main table, so `lo` is 127.0.0.1.
-pub(crate) fn interface_address(interface: &str, routes: &[Route], local: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+pub fn interface_address(interface: &str, routes: &[Route], local: &[Ipv4Addr]) -> Option<Ipv4Addr> {
     if interface == "lo" {
         return Some(Ipv4Addr::LOCALHOST);
     }
@@ -92,13 +92,13 @@ pub(crate) fn interface_address(interface: &str, routes: &[Route], local: &[Ipv4
 }
 
 /// `/sys/class/net/<if>/speed`: Mbit/s, `None` for unknown (-1 or unreadable).
-pub(crate) fn parse_speed(text: &str) -> Option<u64> {
+pub fn parse_speed(text: &str) -> Option<u64> {
     text.trim().parse::<i64>().ok().filter(|s| *s > 0).and_then(|s| u64::try_from(s).ok())
 }
 
 /// Read the node's address: on `interface` when given, else on the
 /// default-route interface; `None` when neither has an IPv4 address.
-pub(crate) fn read(root: &Path, interface: Option<&str>) -> Option<NetworkInfo> {
+pub fn read(root: &Path, interface: Option<&str>) -> Option<NetworkInfo> {
     let routes = parse_routes(&std::fs::read_to_string(root.join("proc/net/route")).unwrap_or_default());
     let local = parse_local_addresses(&std::fs::read_to_string(root.join("proc/net/fib_trie")).unwrap_or_default());
     let interface = match interface {

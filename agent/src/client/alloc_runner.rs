@@ -1,0 +1,447 @@
+//! Runs one allocation: its directory tree, each task's environment and a
+//! [`TaskRunner`] thread per task, and the allocation's client status
+//! derived from its tasks' states the way Nomad derives it.
+//!
+//! An [`AllocRunner`] holds no thread of its own: the client agent's
+//! allocation loop owns every runner, feeds it the task updates its task
+//! runners send ([`AllocRunner::on_task_update`]) and the servers' changes
+//! ([`AllocRunner::update_alloc`]), and asks it for the report to send
+//! ([`AllocRunner::client_update`]). Only the blocking work has threads:
+//! one per task (a task runner blocks on its task) and one per kill.
+//!
+//! The group's tasks are plain tasks, all started together (lifecycle
+//! hooks come later). A task that fails for good takes its siblings down,
+//! as in Nomad; a task that cannot even be set up (an unknown driver, a
+//! directory that cannot be made) fails the allocation before anything
+//! starts, with an event saying why.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use caravan_engine::clock::Clock;
+use caravan_engine::ids::AllocId;
+use caravan_engine::model::{
+    AllocClientUpdate, Allocation, ClientStatus, MAX_TASK_EVENTS, TaskEvent, TaskLifecycleState, TaskState,
+};
+
+use super::driver::{Driver, LogConfig, PortMapping, TaskDirs, TaskHandle, TaskResources, TaskSpec};
+use super::env::{NodeEnv, device_env, task_env};
+use super::state_db::StoredAlloc;
+use super::task_runner::{KillHandle, TaskRunner, TaskRunnerConfig, TaskStateUpdate};
+
+/// What every allocation runner of an agent shares.
+#[derive(Debug, Clone)]
+pub struct AllocContext {
+    /// Drivers by name (`raw_exec`, `exec`, `docker`).
+    pub drivers: BTreeMap<String, Arc<dyn Driver>>,
+    /// Where allocation directories go: `<alloc root>/<alloc id>/`.
+    pub alloc_root: std::path::PathBuf,
+    pub node: NodeEnv,
+    pub clock: Arc<dyn Clock>,
+    /// Where task runners send their state changes.
+    pub updates: Sender<TaskStateUpdate>,
+}
+
+/// One task of the allocation, as the runner tracks it.
+#[derive(Debug)]
+struct TaskSlot {
+    /// The task's state as last reported (merged over `base`).
+    state: TaskState,
+    /// The state an earlier agent left, when this task was recovered: its
+    /// events and restart count go under what the new task runner reports.
+    base: Option<TaskState>,
+    /// `None` when no task runner runs (the task never started or is done).
+    kill: Option<KillHandle>,
+}
+
+/// Runs one allocation; see the module documentation.
+#[derive(Debug)]
+pub struct AllocRunner {
+    alloc: Arc<Allocation>,
+    /// By task name; a `BTreeMap` so reports list tasks in a stable order.
+    tasks: BTreeMap<String, TaskSlot>,
+    /// Kill was requested for every task (stop, eviction, a failed sibling).
+    killing: bool,
+}
+
+/// Nomad's allocation client status from its tasks (`getClientStatus`): any
+/// failed task fails it; else any running task makes it running; else any
+/// pending task keeps it pending; else every task is dead and it is complete.
+pub fn derive_client_status<'a>(states: impl IntoIterator<Item = &'a TaskState>) -> (ClientStatus, &'static str) {
+    let (mut failed, mut running, mut pending) = (false, false, false);
+    for state in states {
+        match state.state {
+            TaskLifecycleState::Dead if state.failed => failed = true,
+            TaskLifecycleState::Dead => {}
+            TaskLifecycleState::Running => running = true,
+            TaskLifecycleState::Pending => pending = true,
+        }
+    }
+    if failed {
+        (ClientStatus::Failed, "Failed tasks")
+    } else if running {
+        (ClientStatus::Running, "Tasks are running")
+    } else if pending {
+        (ClientStatus::Pending, "No tasks have started")
+    } else {
+        (ClientStatus::Complete, "All tasks have completed")
+    }
+}
+
+/// `state` reported by a task runner started by this agent, under what an
+/// earlier agent reported for the same task: the older events first (the
+/// last [`MAX_TASK_EVENTS`] kept) and the restarts added up.
+fn merge_states(base: &TaskState, new: &TaskState) -> TaskState {
+    let mut merged = new.clone();
+    let mut events: Vec<TaskEvent> = base.events.iter().chain(new.events.iter()).cloned().collect();
+    let excess = events.len().saturating_sub(MAX_TASK_EVENTS);
+    events.drain(..excess);
+    merged.events = events;
+    merged.restarts = base.restarts.saturating_add(new.restarts);
+    merged.last_restart_ns = base.last_restart_ns.max(new.last_restart_ns);
+    if base.started_at_ns != 0 {
+        merged.started_at_ns = base.started_at_ns;
+    }
+    merged
+}
+
+/// A dead task that never ran, with the event that says why.
+fn dead_state(kind: &str, message: &str, failed: bool, now_ns: i64) -> TaskState {
+    let mut state = TaskState::pending();
+    let mut event = TaskEvent::new(kind, now_ns, message);
+    event.fails_task = failed;
+    state.push_event(event);
+    state.state = TaskLifecycleState::Dead;
+    state.failed = failed;
+    state.finished_at_ns = now_ns;
+    state
+}
+
+fn nanos(ns: i64) -> Duration {
+    Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
+}
+
+/// Why a task cannot even start: the event kind and its message.
+type SetupFailure = (&'static str, String);
+
+/// Everything needed to start one task.
+struct Prepared {
+    driver: Arc<dyn Driver>,
+    spec: TaskSpec,
+    config: TaskRunnerConfig,
+}
+
+impl AllocRunner {
+    /// The allocation's directory: `<alloc root>/<alloc id>`.
+    pub fn alloc_dir(alloc_root: &Path, alloc_id: AllocId) -> std::path::PathBuf {
+        alloc_root.join(alloc_id.to_string())
+    }
+
+    /// Starts a new allocation: builds its directories and starts every
+    /// task. Nothing here fails the agent: a task that cannot be set up
+    /// fails the allocation instead.
+    pub fn start(alloc: Arc<Allocation>, ctx: &AllocContext) -> AllocRunner {
+        let recovered: BTreeMap<String, (TaskState, Option<TaskHandle>)> = BTreeMap::new();
+        AllocRunner::launch(alloc, ctx, recovered)
+    }
+
+    /// Restores an allocation an earlier agent ran: tasks that were dead
+    /// stay dead; a task with a handle is re-attached
+    /// ([`TaskRunner::run_recovered`]: one that is gone is restarted under
+    /// the restart policy); any other task starts afresh.
+    pub fn restore(stored: StoredAlloc, ctx: &AllocContext) -> AllocRunner {
+        let recovered = stored.tasks.into_iter().map(|(name, task)| (name, (task.state, task.handle))).collect();
+        AllocRunner::launch(Arc::new(stored.alloc), ctx, recovered)
+    }
+
+    fn launch(
+        alloc: Arc<Allocation>,
+        ctx: &AllocContext,
+        mut recovered: BTreeMap<String, (TaskState, Option<TaskHandle>)>,
+    ) -> AllocRunner {
+        let now = ctx.clock.now_ns();
+        let group = alloc.group();
+        let mut runner = AllocRunner { alloc: Arc::clone(&alloc), tasks: BTreeMap::new(), killing: false };
+
+        // Every task of the group is prepared before any starts, so a group
+        // that cannot run starts nothing.
+        let mut prepared: Vec<(String, Result<Prepared, SetupFailure>)> = Vec::new();
+        for (index, task) in group.tasks.iter().enumerate() {
+            let name = task.name.to_string();
+            if let Some((state, _)) = recovered.get(&name)
+                && state.state == TaskLifecycleState::Dead
+            {
+                // Finished before the restart; its state says how.
+                let (state, _) = recovered.remove(&name).unwrap_or_else(|| (TaskState::pending(), None));
+                runner.tasks.insert(name, TaskSlot { state, base: None, kill: None });
+                continue;
+            }
+            prepared.push((name, AllocRunner::prepare(&alloc, index, ctx)));
+        }
+        let first_failure = prepared.iter().find_map(|(name, result)| result.as_ref().err().map(|_| name.clone()));
+        for (name, result) in prepared {
+            let (state, handle) = match recovered.remove(&name) {
+                Some((state, handle)) => (Some(state), handle),
+                None => (None, None),
+            };
+            match (result, &first_failure) {
+                (Err((kind, message)), _) => {
+                    let dead = dead_state(kind, &message, true, now);
+                    runner.tasks.insert(name, TaskSlot { state: dead, base: None, kill: None });
+                }
+                (Ok(_), Some(failed)) => {
+                    let message = format!("Task's sibling {failed:?} failed");
+                    let dead = dead_state("Sibling Task Failed", &message, false, now);
+                    runner.tasks.insert(name, TaskSlot { state: dead, base: None, kill: None });
+                }
+                (Ok(prepared), None) => {
+                    let slot = AllocRunner::spawn(&name, prepared, ctx, state, handle);
+                    runner.tasks.insert(name, slot);
+                }
+            }
+        }
+        runner
+    }
+
+    /// Directories, environment and driver of task `index`.
+    fn prepare(alloc: &Allocation, index: usize, ctx: &AllocContext) -> Result<Prepared, SetupFailure> {
+        let group = alloc.group();
+        let task = &group.tasks[index];
+        let driver = ctx.drivers.get(&*task.driver).cloned().ok_or_else(|| {
+            ("Driver Failure", format!("failed to find a driver for task: unknown driver {:?}", task.driver))
+        })?;
+        let dirs = TaskDirs::new(&AllocRunner::alloc_dir(&ctx.alloc_root, alloc.id), &task.name);
+        dirs.create().map_err(|err| ("Setup Failure", format!("failed to build task directories: {err}")))?;
+        let spec = TaskSpec {
+            alloc_id: alloc.id.to_string(),
+            task_name: task.name.to_string(),
+            config: task.config.clone(),
+            env: task_env(alloc, task, &dirs, &ctx.node),
+            device_env: device_env(alloc, index),
+            user: task.user.as_ref().map(|user| user.to_string()),
+            resources: TaskResources { cpu_mhz: task.resources.cpu_mhz, memory_mb: task.resources.memory_mb },
+            dirs,
+            ports: alloc
+                .resources
+                .ports
+                .iter()
+                .map(|port| PortMapping {
+                    label: port.label.to_string(),
+                    host_port: port.value,
+                    container_port: if port.to == 0 { port.value } else { port.to },
+                })
+                .collect(),
+            logs: LogConfig::default(),
+        };
+        let config = TaskRunnerConfig {
+            job_type: alloc.job.job_type,
+            restart_policy: group.restart_policy.clone(),
+            kill_timeout: nanos(task.kill_timeout_ns),
+        };
+        Ok(Prepared { driver, spec, config })
+    }
+
+    /// Starts the task runner thread of one task.
+    fn spawn(
+        name: &str,
+        prepared: Prepared,
+        ctx: &AllocContext,
+        base: Option<TaskState>,
+        handle: Option<TaskHandle>,
+    ) -> TaskSlot {
+        let Prepared { driver, spec, config } = prepared;
+        let alloc_id = spec.alloc_id.clone();
+        let runner = TaskRunner::new(driver, spec, config, Arc::clone(&ctx.clock), ctx.updates.clone());
+        let kill = runner.kill_handle();
+        let thread_name = format!("task-{}-{name}", alloc_id.get(..8).unwrap_or(&alloc_id));
+        let spawned = std::thread::Builder::new().name(thread_name).spawn(move || match handle {
+            Some(handle) => runner.run_recovered(handle),
+            None => runner.run(),
+        });
+        let state = base.clone().unwrap_or_else(TaskState::pending);
+        match spawned {
+            Ok(_) => TaskSlot { state, base, kill: Some(kill) },
+            Err(err) => {
+                let message = format!("failed to start the task runner thread: {err}");
+                let dead = dead_state("Setup Failure", &message, true, ctx.clock.now_ns());
+                TaskSlot { state: dead, base: None, kill: None }
+            }
+        }
+    }
+
+    pub fn alloc(&self) -> &Arc<Allocation> {
+        &self.alloc
+    }
+
+    pub fn id(&self) -> AllocId {
+        self.alloc.id
+    }
+
+    /// Takes a task runner's report; returns the task's state as the
+    /// allocation reports it, or `None` for a task it does not know. A
+    /// task that failed for good kills its siblings.
+    pub fn on_task_update(&mut self, update: &TaskStateUpdate) -> Option<TaskState> {
+        let slot = self.tasks.get_mut(&update.task_name)?;
+        slot.state = match &slot.base {
+            Some(base) => merge_states(base, &update.state),
+            None => update.state.clone(),
+        };
+        if slot.state.state == TaskLifecycleState::Dead {
+            slot.kill = None;
+        }
+        let state = slot.state.clone();
+        if state.state == TaskLifecycleState::Dead && state.failed && !self.killing {
+            tracing::info!(alloc = %self.alloc.id, task = %update.task_name, "task failed; killing its siblings");
+            self.kill_all();
+        }
+        Some(state)
+    }
+
+    /// The servers changed the allocation: a stop or eviction kills its
+    /// tasks. Other changes (a new job version) apply to tasks started
+    /// later; in-place updates of running tasks come later.
+    pub fn update_alloc(&mut self, alloc: Arc<Allocation>) {
+        let stop = alloc.server_terminal();
+        self.alloc = alloc;
+        if stop {
+            self.kill_all();
+        }
+    }
+
+    /// Kills every task that still runs, each with its kill timeout, on
+    /// threads of their own; the tasks report "Killing" and "Killed" as they
+    /// go. Calling it again does nothing.
+    pub fn kill_all(&mut self) {
+        if self.killing {
+            return;
+        }
+        self.killing = true;
+        let kills: Vec<KillHandle> = self.tasks.values().filter_map(|slot| slot.kill.clone()).collect();
+        if kills.is_empty() {
+            return;
+        }
+        let name = format!("kill-{}", self.alloc.id.to_string().get(..8).unwrap_or_default());
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            std::thread::scope(|scope| {
+                for kill in &kills {
+                    scope.spawn(move || kill.kill());
+                }
+            });
+        });
+        if let Err(err) = spawned {
+            tracing::error!(alloc = %self.alloc.id, %err, "cannot start a thread to kill the tasks");
+            self.killing = false;
+        }
+    }
+
+    /// Every task is dead: nothing of the allocation runs any more.
+    pub fn is_finished(&self) -> bool {
+        self.tasks.values().all(|slot| slot.state.state == TaskLifecycleState::Dead)
+    }
+
+    /// The allocation's client status and description.
+    pub fn client_status(&self) -> (ClientStatus, &'static str) {
+        derive_client_status(self.tasks.values().map(|slot| &slot.state))
+    }
+
+    /// The report for the servers: status and every task's state.
+    pub fn client_update(&self, now_ns: i64) -> AllocClientUpdate {
+        let (client_status, description) = self.client_status();
+        AllocClientUpdate {
+            alloc_id: self.alloc.id,
+            client_status,
+            client_description: description.into(),
+            at_ns: now_ns,
+            task_states: self.tasks.iter().map(|(name, slot)| (Arc::from(name.as_str()), slot.state.clone())).collect(),
+        }
+    }
+
+    /// Every task's current state, by name.
+    pub fn task_states(&self) -> impl Iterator<Item = (&str, &TaskState)> {
+        self.tasks.iter().map(|(name, slot)| (name.as_str(), &slot.state))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(lifecycle: TaskLifecycleState, failed: bool) -> TaskState {
+        TaskState { state: lifecycle, failed, ..TaskState::pending() }
+    }
+
+    #[test]
+    fn client_status_follows_nomad() {
+        use TaskLifecycleState::*;
+        let status = |states: &[TaskState]| derive_client_status(states).0;
+        assert_eq!(status(&[state(Pending, false), state(Pending, false)]), ClientStatus::Pending);
+        assert_eq!(status(&[state(Running, false), state(Pending, false)]), ClientStatus::Running);
+        assert_eq!(status(&[state(Running, false), state(Dead, false)]), ClientStatus::Running);
+        assert_eq!(status(&[state(Dead, false), state(Dead, false)]), ClientStatus::Complete);
+        assert_eq!(status(&[state(Running, false), state(Dead, true)]), ClientStatus::Failed);
+        assert_eq!(status(&[]), ClientStatus::Complete);
+    }
+
+    #[test]
+    fn an_unknown_driver_fails_the_allocation_before_anything_starts() {
+        use caravan_engine::clock::SystemClock;
+        use caravan_engine::ids::IdGen;
+        use caravan_engine::model::{Job, JobType, Task, TaskGroup};
+
+        use crate::client::driver::raw_exec::RawExecDriver;
+
+        let root = tempfile::tempdir().unwrap();
+        let (updates, received) = std::sync::mpsc::channel();
+        let ctx = AllocContext {
+            drivers: [("raw_exec".to_string(), Arc::new(RawExecDriver::new()) as Arc<dyn Driver>)].into(),
+            alloc_root: root.path().to_path_buf(),
+            node: NodeEnv {
+                region: "global".into(),
+                datacenter: "dc1".into(),
+                node_id: "n".into(),
+                node_name: "n".into(),
+                ip: "127.0.0.1".into(),
+            },
+            clock: Arc::new(SystemClock),
+            updates,
+        };
+        let tasks = vec![Task::new("web", "raw_exec"), Task::new("gpu", "no-such-driver")];
+        let job = Arc::new(Job::new("j", JobType::Service, vec![TaskGroup::new("g", 1, JobType::Service, tasks)]));
+        let alloc = crate::client::testing::alloc(&mut IdGen::with_seed(3), &job, 0);
+        let runner = AllocRunner::start(Arc::new(alloc), &ctx);
+        assert!(runner.is_finished());
+        assert_eq!(runner.client_status().0, ClientStatus::Failed);
+        let states: BTreeMap<&str, &TaskState> = runner.task_states().collect();
+        let failed = states["gpu"].events.last().unwrap();
+        assert_eq!(&*failed.kind, "Driver Failure");
+        assert!(failed.message.contains("no-such-driver"), "{}", failed.message);
+        assert!(states["gpu"].failed);
+        assert_eq!(&*states["web"].events.last().unwrap().kind, "Sibling Task Failed");
+        assert!(!states["web"].failed);
+        assert!(received.try_recv().is_err(), "no task runner started");
+    }
+
+    #[test]
+    fn recovered_states_keep_their_history() {
+        let mut base = TaskState::pending();
+        for i in 0..8 {
+            base.push_event(TaskEvent::new("Restarting", i, "old"));
+        }
+        base.restarts = 3;
+        base.started_at_ns = 5;
+        let mut new = state(TaskLifecycleState::Running, false);
+        new.restarts = 1;
+        new.push_event(TaskEvent::new("Restarting", 100, "new"));
+        new.push_event(TaskEvent::new("Started", 101, "new"));
+        new.push_event(TaskEvent::new("Started", 102, "new"));
+        let merged = merge_states(&base, &new);
+        assert_eq!(merged.restarts, 4);
+        assert_eq!(merged.started_at_ns, 5);
+        assert_eq!(merged.events.len(), MAX_TASK_EVENTS);
+        assert_eq!(merged.events.last().map(|e| e.time_ns), Some(102));
+        assert_eq!(merged.events[0].time_ns, 1, "the oldest event goes first");
+    }
+}
