@@ -1,8 +1,8 @@
 //! `caravan agent`: load the agent configuration (`-config` files and
 //! flags, Nomad's shape), then run a raft-replicated server with the HTTP
-//! API. `-dev` is one server with its data in a temporary directory.
-//! The client half (fingerprinting, running tasks) is wired in by the
-//! client agent.
+//! API, a client that runs allocations, or both. `-dev` is one server and
+//! one client in this process, data in a temporary directory; the client
+//! talks to the server over the same QUIC RPC as a remote one would.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -13,9 +13,10 @@ use anyhow::{Context, bail};
 use caravan_engine::clock::SystemClock;
 use caravan_engine::worker::WorkerConfig;
 use caravan_net::http;
-use caravan_net::server::{RaftServer, RaftTimings, ServerConfig, TlsFiles};
+use caravan_net::quic::ClusterTls;
+use caravan_net::server::{RaftServer, RaftTimings, ServerClient, ServerConfig, TlsFiles};
 
-use crate::config::{self, AgentConfig};
+use caravan::config::{self, AgentConfig};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct AgentArgs {
@@ -65,32 +66,76 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
-    if !config.server.enabled {
-        bail!("client-only agents are not available in this build yet: run with -server or -dev");
-    }
     let data_dir = config.data_dir.clone().context("data_dir is required")?;
-    let server_config = server_config(&config, data_dir)?;
-    let http_ip = config.addresses.http.unwrap_or(config.bind_addr);
-    let http_addr = SocketAddr::new(http_ip, config.ports.http);
-    let server = RaftServer::start(server_config, Arc::new(SystemClock)).context("starting the server")?;
-    let server = Arc::new(server);
-    let bound =
-        http::spawn(http_addr, server.clone()).with_context(|| format!("starting the HTTP API on {http_addr}"))?;
-    #[allow(clippy::print_stdout)]
-    {
-        let mode = if config.dev { "dev mode, server only" } else { "server" };
-        println!("==> Caravan agent started ({mode})");
-        println!("    Name:     {}", server.name);
-        println!("    Server:   id {}, rpc {}", server.id, server.rpc_addr);
-        println!("    HTTP API: http://{bound}  (NOMAD_ADDR=http://{bound})");
-        println!("    Data dir: {}", config.data_dir.as_ref().map_or(String::new(), |d| d.display().to_string()));
+    let mut server = None;
+    if config.server.enabled {
+        let server_config = server_config(&config, data_dir.clone())?;
+        let http_ip = config.addresses.http.unwrap_or(config.bind_addr);
+        let http_addr = SocketAddr::new(http_ip, config.ports.http);
+        let started = Arc::new(RaftServer::start(server_config, Arc::new(SystemClock)).context("starting the server")?);
+        let bound =
+            http::spawn(http_addr, started.clone()).with_context(|| format!("starting the HTTP API on {http_addr}"))?;
+        #[allow(clippy::print_stdout)]
+        {
+            println!("==> Caravan agent started{}", if config.dev { " (dev mode)" } else { "" });
+            println!("    Name:     {}", started.name);
+            println!("    Server:   id {}, rpc {}", started.id, started.rpc_addr);
+            println!("    HTTP API: http://{bound}  (NOMAD_ADDR=http://{bound})");
+            println!("    Data dir: {}", data_dir.display());
+        }
+        server = Some(started);
     }
-    // The API, raft and the scheduler run on their own threads until the
-    // process is stopped; the raft log is durable, so stopping is safe at
-    // any instant.
+    let _client = if config.client.enabled { Some(start_client(&config, server.as_deref(), &data_dir)?) } else { None };
+    // The API, raft, the scheduler and the client run on their own threads
+    // until the process is stopped; the raft log and the client's state are
+    // durable, so stopping is safe at any instant.
     loop {
         std::thread::park();
     }
+}
+
+/// The client half: drivers, the servers' RPC, and the client loop.
+fn start_client(
+    config: &AgentConfig,
+    local_server: Option<&RaftServer>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<caravan::client::agent::ClientAgent> {
+    use caravan::client::driver::{Driver, docker::DockerDriver, exec::ExecDriver, raw_exec::RawExecDriver};
+    let mut servers: Vec<SocketAddr> = Vec::new();
+    for s in &config.client.servers {
+        let with_port = if s.contains(':') { s.clone() } else { format!("{s}:{}", config.ports.rpc) };
+        servers.push(with_port.parse().with_context(|| format!("client.servers: {s:?} is not an address"))?);
+    }
+    if let Some(server) = local_server {
+        servers.push(server.rpc_addr);
+    }
+    if servers.is_empty() {
+        bail!("client.servers: no servers to join (give their RPC addresses)");
+    }
+    let tls = match (&config.tls.ca_file, &config.tls.cert_file, &config.tls.key_file) {
+        (Some(ca), Some(cert), Some(key)) => ClusterTls::load(ca, cert, key)?,
+        // The server of this agent generated a dev CA in the data dir.
+        _ if local_server.is_some() => {
+            let dir = data_dir.join("tls");
+            ClusterTls::load(&dir.join("ca.pem"), &dir.join("cert.pem"), &dir.join("key.pem"))?
+        }
+        _ => bail!("tls: a client needs ca_file, cert_file and key_file to reach the servers"),
+    };
+    let client = ServerClient::new(servers, &tls).context("starting the RPC client")?;
+    let mut drivers: Vec<Arc<dyn Driver>> = Vec::new();
+    if config.plugins.raw_exec.enabled {
+        drivers.push(Arc::new(RawExecDriver::new()));
+    }
+    drivers.push(Arc::new(ExecDriver::new()));
+    drivers.push(Arc::new(DockerDriver::new()));
+    let server_api = Arc::new(caravan::client::rpc_server::RpcServerApi { client });
+    let agent = caravan::client::agent::ClientAgent::start(config, server_api, drivers)
+        .map_err(|e| anyhow::anyhow!("starting the client: {e}"))?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!("    Client:   node {}", agent.node_id());
+    }
+    Ok(agent)
 }
 
 fn apply_flags(config: &mut AgentConfig, args: &AgentArgs) {
@@ -129,7 +174,7 @@ fn apply_flags(config: &mut AgentConfig, args: &AgentArgs) {
 
 /// Logs to stderr at the configured level; `RUST_LOG` overrides.
 fn init_logging(config: &AgentConfig) {
-    use crate::config::LogLevel;
+    use caravan::config::LogLevel;
     let level = match config.log_level {
         LogLevel::Trace => "trace",
         LogLevel::Debug => "debug",
@@ -205,6 +250,8 @@ fn server_config(config: &AgentConfig, data_dir: PathBuf) -> anyhow::Result<Serv
         workers,
         worker: WorkerConfig::default(),
         raft: RaftTimings { snapshot_threshold: config.server.raft_snapshot_threshold, ..RaftTimings::default() },
+        min_heartbeat_ttl: config.server.min_heartbeat_ttl,
+        heartbeat_grace: config.server.heartbeat_grace,
         tls,
         seed,
     })

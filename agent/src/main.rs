@@ -14,8 +14,6 @@ mod tls;
 
 use std::process::ExitCode;
 
-use caravan::config;
-
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod alloc_runner;
 pub mod driver;
 pub mod env;
+pub mod rpc_server;
 pub mod server_api;
 pub mod state_db;
 pub mod task_runner;
