@@ -201,6 +201,14 @@ fn server_and_two_clients_run_reschedule_and_log() {
     let nodes: std::collections::BTreeSet<String> =
         allocs(&base, "batch4").iter().map(|a| a["NodeID"].as_str().unwrap_or("").to_string()).collect();
     assert_eq!(nodes.len(), 2, "the batch ran on both nodes");
+    // Task states and events reach the API in Nomad's shape.
+    let id = allocs(&base, "batch4")[0]["ID"].as_str().unwrap().to_string();
+    let alloc = get(&format!("{base}/v1/allocation/{id}")).unwrap();
+    let task = &alloc["TaskStates"]["t"];
+    assert_eq!(task["State"], "dead", "{alloc}");
+    assert_eq!(task["Failed"], false);
+    let events: Vec<&str> = task["Events"].as_array().unwrap().iter().filter_map(|e| e["Type"].as_str()).collect();
+    assert!(events.contains(&"Started") && events.contains(&"Terminated"), "{events:?}");
 
     // A service job keeps running.
     put_job(&base, raw_exec_job("svc", "service", 1, "/bin/sleep", &[SERVICE_MARKER_S]));

@@ -282,6 +282,38 @@ pub struct Allocation {
     pub create_time: i64,
     pub modify_time: i64,
     pub job_version: u64,
+    pub task_states: BTreeMap<String, TaskState>,
+}
+
+/// One task's state as its client reported it (`api.TaskState`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskState {
+    pub state: String,
+    pub failed: bool,
+    pub restarts: u64,
+    /// RFC 3339; Go's zero time when never.
+    pub last_restart: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub events: Vec<TaskEvent>,
+}
+
+/// One task event (`api.TaskEvent`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskEvent {
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// Unix nanoseconds.
+    pub time: i64,
+    pub message: String,
+    pub display_message: String,
+    pub exit_code: i32,
+    pub signal: i32,
+    pub restart_reason: String,
+    pub start_delay: i64,
+    pub fails_task: bool,
 }
 
 /// `GET /v1/allocations` entry (`api.AllocationListStub`).
@@ -316,6 +348,7 @@ pub struct AllocationListStub {
     pub modify_index: u64,
     pub create_time: i64,
     pub modify_time: i64,
+    pub task_states: BTreeMap<String, TaskState>,
 }
 
 /// `api.AllocatedResources`.

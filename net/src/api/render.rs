@@ -491,6 +491,42 @@ fn tracker(a: &model::Allocation) -> Option<read::RescheduleTracker> {
 }
 
 /// `GET /v1/allocation/:id`; `node` supplies `NodeName` when known.
+/// A task's state in Nomad's shape; times never set render as Go's zero
+/// time, as Nomad does.
+fn task_states_to_api(a: &model::Allocation) -> BTreeMap<String, read::TaskState> {
+    let time = |ns: i64| if ns == 0 { "0001-01-01T00:00:00Z".to_string() } else { rfc3339(ns) };
+    a.task_states
+        .iter()
+        .map(|(name, t)| {
+            let events = t
+                .events
+                .iter()
+                .map(|e| read::TaskEvent {
+                    kind: e.kind.to_string(),
+                    time: e.time_ns,
+                    message: e.message.to_string(),
+                    display_message: e.message.to_string(),
+                    exit_code: e.exit_code.unwrap_or(0),
+                    signal: e.signal.unwrap_or(0),
+                    restart_reason: String::new(),
+                    start_delay: e.restart_delay_ns.unwrap_or(0),
+                    fails_task: e.fails_task,
+                })
+                .collect();
+            let state = read::TaskState {
+                state: t.state.as_str().to_string(),
+                failed: t.failed,
+                restarts: u64::from(t.restarts),
+                last_restart: time(t.last_restart_ns),
+                started_at: time(t.started_at_ns),
+                finished_at: time(t.finished_at_ns),
+                events,
+            };
+            (name.to_string(), state)
+        })
+        .collect()
+}
+
 pub fn alloc_to_api(a: &model::Allocation, node: Option<&model::Node>) -> read::Allocation {
     let t = a.desired_transition;
     read::Allocation {
@@ -526,6 +562,7 @@ pub fn alloc_to_api(a: &model::Allocation, node: Option<&model::Node>) -> read::
         create_time: a.create_time_ns,
         modify_time: a.modify_time_ns,
         job_version: a.job.version,
+        task_states: task_states_to_api(a),
     }
 }
 
@@ -555,6 +592,7 @@ pub fn alloc_stub(a: &model::Allocation, node: Option<&model::Node>) -> read::Al
         modify_index: a.modify_index,
         create_time: a.create_time_ns,
         modify_time: a.modify_time_ns,
+        task_states: task_states_to_api(a),
     }
 }
 
