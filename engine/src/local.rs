@@ -18,7 +18,7 @@ use crate::ids::{EvalId, IdGen};
 use crate::model::{Evaluation, Job, TimeNs};
 use crate::plan::{CommitError, Committer, Pipelining, PlanQueue};
 use crate::state::{Cancel, StateStore};
-use crate::worker::{Worker, WorkerConfig, WorkerStats};
+use crate::worker::{WorkerConfig, WorkerStats, spawn_workers};
 
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
@@ -196,20 +196,9 @@ impl LocalCluster {
             cancel.clone(),
         );
         let leader = Arc::new(DutiesLeader { store: store.clone(), duties: duties.clone(), committer: log.clone() });
-        let mut worker_stats = Vec::new();
-        for i in 0..config.workers.max(1) {
-            let stats = Arc::new(WorkerStats::default());
-            worker_stats.push(stats.clone());
-            let worker = Worker {
-                store: store.clone(),
-                leader: leader.clone(),
-                clock: clock.clone(),
-                config: config.worker.clone(),
-                stats,
-                cancel: cancel.clone(),
-            };
-            threads.push(worker.spawn(format!("worker-{i}")));
-        }
+        let (worker_stats, worker_threads) =
+            spawn_workers(config.workers, &store, leader, &clock, &config.worker, &cancel);
+        threads.extend(worker_threads);
         LocalCluster {
             store,
             log,

@@ -316,3 +316,29 @@ enum Interrupted {
     Shutdown,
     Service,
 }
+
+/// Start `count` (at least one) workers sharing `leader`; their stats, in
+/// worker order, and their threads.
+pub fn spawn_workers(
+    count: usize,
+    store: &Arc<StateStore>,
+    leader: Arc<dyn LeaderServices>,
+    clock: &Arc<dyn Clock>,
+    config: &WorkerConfig,
+    cancel: &Cancel,
+) -> (Vec<Arc<WorkerStats>>, Vec<std::thread::JoinHandle<()>>) {
+    (0..count.max(1))
+        .map(|i| {
+            let stats = Arc::new(WorkerStats::default());
+            let worker = Worker {
+                store: store.clone(),
+                leader: leader.clone(),
+                clock: clock.clone(),
+                config: config.clone(),
+                stats: stats.clone(),
+                cancel: cancel.clone(),
+            };
+            (stats, worker.spawn(format!("worker-{i}")))
+        })
+        .unzip()
+}

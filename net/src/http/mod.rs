@@ -19,7 +19,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
-pub use server::{LocalServer, RaftServerInfo, Server, WriteBuilder};
+pub use server::{LocalServer, RaftServerInfo, Server, WriteBuilder, engine_gauges};
 
 /// The router for every implemented `/v1` endpoint.
 pub fn router(server: Arc<dyn Server>) -> Router {

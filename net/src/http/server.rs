@@ -88,30 +88,9 @@ impl Server for LocalServer {
     fn gauges(&self) -> Vec<(&'static str, f64)> {
         use std::sync::atomic::Ordering;
         let c = &self.cluster;
-        let broker = c.broker.stats();
-        let snap = c.store.snapshot();
-        let sum = |f: fn(&caravan_engine::worker::WorkerStats) -> u64| {
-            c.worker_stats.iter().map(|s| f(s) as f64).sum::<f64>()
-        };
-        vec![
-            ("nomad.broker.total_ready", broker.total_ready as f64),
-            ("nomad.broker.total_unacked", broker.total_unacked as f64),
-            ("nomad.broker.total_pending", broker.total_pending as f64),
-            ("nomad.broker.total_waiting", broker.total_waiting as f64),
-            ("nomad.broker.total_failed", broker.total_failed as f64),
-            ("nomad.plan.queue_depth", c.plans.len() as f64),
-            ("nomad.raft.applied_index", snap.index() as f64),
-            ("nomad.state.jobs", snap.job_count() as f64),
-            ("nomad.state.nodes", snap.node_count() as f64),
-            ("nomad.state.allocations", snap.alloc_count() as f64),
-            ("caravan.worker.evals_processed", sum(|s| s.evals_processed.load(Ordering::Relaxed))),
-            ("caravan.worker.evals_nacked", sum(|s| s.evals_nacked.load(Ordering::Relaxed))),
-            ("caravan.worker.plans_submitted", sum(|s| s.plans_submitted.load(Ordering::Relaxed))),
-            ("caravan.worker.plan_refreshes", sum(|s| s.plan_refreshes.load(Ordering::Relaxed))),
-            ("caravan.worker.placements", sum(|s| s.placements.load(Ordering::Relaxed))),
-            ("caravan.worker.sync_timeouts", sum(|s| s.sync_timeouts.load(Ordering::Relaxed))),
-            ("caravan.log.commits", c.log.commits.load(Ordering::Relaxed) as f64),
-        ]
+        let mut gauges = engine_gauges(&c.broker, &c.plans, &c.store, &c.worker_stats);
+        gauges.push(("caravan.log.commits", c.log.commits.load(Ordering::Relaxed) as f64));
+        gauges
     }
 
     fn leader_addr(&self) -> String {
@@ -121,4 +100,36 @@ impl Server for LocalServer {
     fn peers(&self) -> Vec<String> {
         vec![self.rpc_addr.clone()]
     }
+}
+
+/// The gauges every server has, whatever its log: broker, plan queue,
+/// state sizes and applied index, and the workers' counters.
+pub fn engine_gauges(
+    broker: &caravan_engine::broker::SharedBroker,
+    plans: &caravan_engine::plan::PlanQueue,
+    store: &StateStore,
+    workers: &[Arc<caravan_engine::worker::WorkerStats>],
+) -> Vec<(&'static str, f64)> {
+    use std::sync::atomic::Ordering;
+    let stats = broker.stats();
+    let snap = store.snapshot();
+    let sum = |f: fn(&caravan_engine::worker::WorkerStats) -> u64| workers.iter().map(|s| f(s) as f64).sum::<f64>();
+    vec![
+        ("nomad.broker.total_ready", stats.total_ready as f64),
+        ("nomad.broker.total_unacked", stats.total_unacked as f64),
+        ("nomad.broker.total_pending", stats.total_pending as f64),
+        ("nomad.broker.total_waiting", stats.total_waiting as f64),
+        ("nomad.broker.total_failed", stats.total_failed as f64),
+        ("nomad.plan.queue_depth", plans.len() as f64),
+        ("nomad.raft.applied_index", snap.index() as f64),
+        ("nomad.state.jobs", snap.job_count() as f64),
+        ("nomad.state.nodes", snap.node_count() as f64),
+        ("nomad.state.allocations", snap.alloc_count() as f64),
+        ("caravan.worker.evals_processed", sum(|s| s.evals_processed.load(Ordering::Relaxed))),
+        ("caravan.worker.evals_nacked", sum(|s| s.evals_nacked.load(Ordering::Relaxed))),
+        ("caravan.worker.plans_submitted", sum(|s| s.plans_submitted.load(Ordering::Relaxed))),
+        ("caravan.worker.plan_refreshes", sum(|s| s.plan_refreshes.load(Ordering::Relaxed))),
+        ("caravan.worker.placements", sum(|s| s.placements.load(Ordering::Relaxed))),
+        ("caravan.worker.sync_timeouts", sum(|s| s.sync_timeouts.load(Ordering::Relaxed))),
+    ]
 }

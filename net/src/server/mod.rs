@@ -49,7 +49,7 @@ use caravan_engine::model::Job;
 use caravan_engine::plan::Committer;
 use caravan_engine::state::Cancel;
 use caravan_engine::state::StateStore;
-use caravan_engine::worker::{Worker, WorkerConfig, WorkerStats};
+use caravan_engine::worker::{WorkerConfig, WorkerStats, spawn_workers};
 
 pub use client_api::{
     ATTEMPTS_MAX, BACKOFF_MAX, BACKOFF_MIN, CALL_TIMEOUT, ClientApiError, NODE_ALLOCS_CALL_SLACK, SERVERS_MAX,
@@ -183,21 +183,8 @@ impl RaftServer {
             Arc::new(worker_rpc::RoutingLeader { local, raft: started.handle.clone(), client: started.client.clone() });
         let stop = Arc::new(AtomicBool::new(false));
         let workers_cancel = Cancel::new();
-        let mut threads = Vec::new();
-        let mut worker_stats = Vec::new();
-        for i in 0..config.workers.max(1) {
-            let stats = Arc::new(WorkerStats::default());
-            worker_stats.push(stats.clone());
-            let worker = Worker {
-                store: store.clone(),
-                leader: routing.clone(),
-                clock: clock.clone(),
-                config: config.worker.clone(),
-                stats,
-                cancel: workers_cancel.clone(),
-            };
-            threads.push(worker.spawn(format!("worker-{i}")));
-        }
+        let (worker_stats, mut threads) =
+            spawn_workers(config.workers, &store, routing, &clock, &config.worker, &workers_cancel);
         let leadership = leadership::Leadership {
             raft: started.handle.clone(),
             store: store.clone(),
@@ -306,33 +293,17 @@ impl Server for RaftServer {
     }
 
     fn gauges(&self) -> Vec<(&'static str, f64)> {
-        let broker = self.duties.broker.stats();
-        let snap = self.store.snapshot();
         let view = self.raft.view();
-        let sum = |f: fn(&WorkerStats) -> u64| self.worker_stats.iter().map(|s| f(s) as f64).sum::<f64>();
-        vec![
-            ("nomad.broker.total_ready", broker.total_ready as f64),
-            ("nomad.broker.total_unacked", broker.total_unacked as f64),
-            ("nomad.broker.total_pending", broker.total_pending as f64),
-            ("nomad.broker.total_waiting", broker.total_waiting as f64),
-            ("nomad.broker.total_failed", broker.total_failed as f64),
-            ("nomad.plan.queue_depth", self.duties.plans.len() as f64),
-            ("nomad.raft.applied_index", view.last_applied as f64),
+        let mut gauges =
+            crate::http::engine_gauges(&self.duties.broker, &self.duties.plans, &self.store, &self.worker_stats);
+        gauges.extend([
             ("nomad.raft.commit_index", view.committed as f64),
             ("nomad.raft.last_index", view.last_log_index as f64),
             ("nomad.raft.term", view.term as f64),
             ("nomad.raft.leader", if view.is_leader() { 1.0 } else { 0.0 }),
             ("caravan.raft.log_fsyncs", self.log_metrics.fsync_count() as f64),
-            ("nomad.state.jobs", snap.job_count() as f64),
-            ("nomad.state.nodes", snap.node_count() as f64),
-            ("nomad.state.allocations", snap.alloc_count() as f64),
-            ("caravan.worker.evals_processed", sum(|s| s.evals_processed.load(Ordering::Relaxed))),
-            ("caravan.worker.evals_nacked", sum(|s| s.evals_nacked.load(Ordering::Relaxed))),
-            ("caravan.worker.plans_submitted", sum(|s| s.plans_submitted.load(Ordering::Relaxed))),
-            ("caravan.worker.plan_refreshes", sum(|s| s.plan_refreshes.load(Ordering::Relaxed))),
-            ("caravan.worker.placements", sum(|s| s.placements.load(Ordering::Relaxed))),
-            ("caravan.worker.sync_timeouts", sum(|s| s.sync_timeouts.load(Ordering::Relaxed))),
-        ]
+        ]);
+        gauges
     }
 
     fn leader_addr(&self) -> String {
