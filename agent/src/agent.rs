@@ -252,6 +252,7 @@ fn server_config(config: &AgentConfig, data_dir: PathBuf) -> anyhow::Result<Serv
         raft: RaftTimings { snapshot_threshold: config.server.raft_snapshot_threshold, ..RaftTimings::default() },
         min_heartbeat_ttl: config.server.min_heartbeat_ttl,
         heartbeat_grace: config.server.heartbeat_grace,
+        max_heartbeats_per_second: config.server.max_heartbeats_per_second,
         tls,
         seed,
     })

@@ -6,12 +6,29 @@
 //! - `engine`: the full in-process pipeline (broker, workers on every core,
 //!   plan applier, FSM; no network, no raft) placing `--jobs × --count`
 //!   allocations onto `--nodes` simulated nodes.
+//! - `c1m`: real `caravan agent -server` processes, a simulated fleet over
+//!   the client RPC, jobs through the HTTP API; placements/s until every
+//!   allocation reached its node and was reported running, checked back
+//!   through the API.
+//! - `latency`: register→on-node and register→running percentiles of
+//!   single-allocation jobs under a steady background of evaluations.
+//! - `heartbeat`: a fleet heartbeating at its TTLs; the leader's CPU and
+//!   false down-markings.
 //! - `gpu`: a fleet of simulated 8-GPU nodes filled with a mix of GPU jobs
 //!   and gang jobs until the first request cannot be placed.
 
+mod api;
+mod c1m;
+mod cluster;
 mod engine;
+mod fleet;
 mod gpu;
+mod heartbeat;
+mod latency;
 mod machine;
+mod procstat;
+mod report;
+mod setup;
 
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
@@ -32,6 +49,12 @@ enum Scenario {
     Engine(engine::EngineArgs),
     /// A GPU fleet filled with a mix of GPU jobs until the first failure.
     Gpu(gpu::GpuArgs),
+    /// A million allocations onto a simulated fleet over the real RPC.
+    C1m(c1m::C1mArgs),
+    /// Register→placed and →running latency under background load.
+    Latency(latency::LatencyArgs),
+    /// Heartbeat cost and false positives of a large fleet.
+    Heartbeat(heartbeat::HeartbeatArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +62,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.scenario {
         Scenario::Engine(args) => engine::run(&args),
         Scenario::Gpu(args) => gpu::run(&args),
+        Scenario::C1m(args) => c1m::run(&args),
+        Scenario::Latency(args) => latency::run(&args),
+        Scenario::Heartbeat(args) => heartbeat::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

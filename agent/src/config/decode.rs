@@ -325,6 +325,8 @@ fn server(mut b: Block, base: &ServerConfig, p: &mut Problems) -> ServerConfig {
     }
     server.heartbeat_grace = b.duration("heartbeat_grace", p).unwrap_or(server.heartbeat_grace);
     server.min_heartbeat_ttl = b.duration("min_heartbeat_ttl", p).unwrap_or(server.min_heartbeat_ttl);
+    server.max_heartbeats_per_second =
+        b.u32("max_heartbeats_per_second", p).unwrap_or(server.max_heartbeats_per_second);
     server.raft_snapshot_threshold = b.u64("raft_snapshot_threshold", p).unwrap_or(server.raft_snapshot_threshold);
     server.raft_snapshot_interval = b.duration("raft_snapshot_interval", p).unwrap_or(server.raft_snapshot_interval);
     b.finish(p);

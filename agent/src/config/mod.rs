@@ -163,6 +163,9 @@ pub struct ServerConfig {
     pub num_schedulers: Option<u32>,
     pub heartbeat_grace: Duration,
     pub min_heartbeat_ttl: Duration,
+    /// Nomad's `max_heartbeats_per_second` (50): TTLs grow with the fleet
+    /// so the leader receives at most this many heartbeats a second.
+    pub max_heartbeats_per_second: u32,
     pub raft_snapshot_threshold: u64,
     pub raft_snapshot_interval: Duration,
 }
@@ -176,6 +179,7 @@ impl Default for ServerConfig {
             num_schedulers: None,
             heartbeat_grace: HEARTBEAT_GRACE_DEFAULT,
             min_heartbeat_ttl: MIN_HEARTBEAT_TTL_DEFAULT,
+            max_heartbeats_per_second: caravan_engine::heartbeat::MAX_HEARTBEATS_PER_SECOND,
             raft_snapshot_threshold: RAFT_SNAPSHOT_THRESHOLD_DEFAULT,
             raft_snapshot_interval: RAFT_SNAPSHOT_INTERVAL_DEFAULT,
         }
@@ -366,6 +370,9 @@ impl AgentConfig {
             }
             if self.server.min_heartbeat_ttl.is_zero() {
                 error("server.min_heartbeat_ttl", "must be greater than 0s".to_owned());
+            }
+            if self.server.max_heartbeats_per_second == 0 {
+                error("server.max_heartbeats_per_second", "must be greater than 0".to_owned());
             }
         }
         if self.client.enabled && self.data_dir.is_none() && self.client.state_dir.is_none() && !self.dev {

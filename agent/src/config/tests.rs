@@ -81,6 +81,7 @@ fn full_server_config() {
             ),
             heartbeat_grace: 30s,
             min_heartbeat_ttl: 15s,
+            max_heartbeats_per_second: 50,
             raft_snapshot_threshold: 16384,
             raft_snapshot_interval: 300s,
         }

@@ -6,6 +6,7 @@
 //! then publishes it atomically: readers never block the writer and never see
 //! half a batch.
 
+mod alloc_feed;
 mod cancel;
 mod chunks;
 mod restore;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+pub use alloc_feed::{ALLOC_FEED_NODES_MAX, AllocNodeChanges, AllocNodeFeed};
 pub use cancel::Cancel;
 use cancel::IndexWaiter;
 pub use restore::{JobHistory, RestoreError, StateBuilder};
@@ -44,6 +46,7 @@ pub struct StateStore {
     /// The writer's copy. Only the FSM takes this lock, one batch at a time.
     writer: std::sync::Mutex<State>,
     waiter: Arc<IndexWaiter>,
+    alloc_feed: AllocNodeFeed,
 }
 
 impl Default for StateStore {
@@ -58,13 +61,21 @@ impl StateStore {
     }
 
     /// A store starting from a restored state (raft snapshot install).
-    pub fn from_state(state: State) -> StateStore {
+    pub fn from_state(mut state: State) -> StateStore {
         let index = state.index();
+        state.take_alloc_nodes_touched();
         StateStore {
             published: ArcSwap::from_pointee(state.clone()),
             writer: std::sync::Mutex::new(state),
             waiter: Arc::new(IndexWaiter { index: std::sync::Mutex::new(index), advanced: Default::default() }),
+            alloc_feed: AllocNodeFeed::default(),
         }
+    }
+
+    /// Which nodes' allocations changed, batch by batch (see
+    /// [`AllocNodeFeed`]).
+    pub fn alloc_feed(&self) -> &AllocNodeFeed {
+        &self.alloc_feed
     }
 
     /// The latest published state: an atomic load and a reference count.
@@ -83,7 +94,11 @@ impl StateStore {
         assert!(index >= state.index(), "state index went backwards: {} -> {index}", state.index());
         let out = f(&mut state);
         state.set_index(index);
+        let touched = state.take_alloc_nodes_touched();
         self.published.store(Arc::new(state.clone()));
+        // After publishing: a reader told of a change finds it in the
+        // snapshot it takes next.
+        self.alloc_feed.push(touched);
         let mut published = self.waiter.index.lock().expect("index waiter poisoned");
         *published = index;
         self.waiter.advanced.notify_all();
@@ -91,11 +106,13 @@ impl StateStore {
     }
 
     /// Replace the whole state (snapshot install). Waiters see the new index.
-    pub fn restore(&self, state: State) {
+    pub fn restore(&self, mut state: State) {
         let mut writer = self.writer.lock().expect("state writer poisoned");
         let index = state.index();
+        state.take_alloc_nodes_touched();
         *writer = state;
         self.published.store(Arc::new(writer.clone()));
+        self.alloc_feed.reset();
         let mut published = self.waiter.index.lock().expect("index waiter poisoned");
         *published = index;
         self.waiter.advanced.notify_all();

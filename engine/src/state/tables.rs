@@ -115,6 +115,10 @@ pub struct State {
     /// Ready nodes per placement scope (pool and datacenter patterns),
     /// memoized per node-table version like `ready_nodes`.
     scoped_nodes: Arc<Mutex<std::collections::HashMap<ScopeKey, Arc<ScopedNodes>>>>,
+    /// Nodes whose allocations the batch being written touched (repeats
+    /// possible): the store moves them into its [`super::AllocNodeFeed`]
+    /// when it publishes, so this is empty in every published snapshot.
+    alloc_nodes_touched: Vec<NodeId>,
 }
 
 /// A placement scope: node pool and datacenter patterns.
@@ -152,6 +156,10 @@ fn append_ids<K: Clone>(list: &mut IdList<K>, extra: impl ExactSizeIterator<Item
 struct NodeSlot {
     usage: NodeUsage,
     alloc_ids: super::chunks::Chunked<AllocId>,
+    /// The index of the last write to any of the node's allocations (its
+    /// client's blocking query watches this): at least the highest
+    /// `modify_index` among them, higher after a removal.
+    allocs_index: u64,
 }
 
 fn table_slot(t: Table) -> usize {
@@ -272,6 +280,12 @@ impl State {
         self.alloc_count
     }
 
+    /// The index of the last write to the node's allocations, as Nomad's
+    /// `Node.GetClientAllocs` reports it; `None` for a node never seen.
+    pub fn node_allocs_index(&self, id: NodeId) -> Option<u64> {
+        self.node_slots.get(&id).map(|s| s.allocs_index)
+    }
+
     /// Allocations on a node, in no particular (but deterministic) order.
     pub fn allocs_by_node(&self, id: NodeId) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
         self.node_slots.get(&id).into_iter().flat_map(|s| s.alloc_ids.iter()).filter_map(|a| self.alloc(*a))
@@ -314,6 +328,11 @@ impl State {
 
 /// Writes, used only by the FSM. Each takes the raft index of the batch.
 impl State {
+    /// The nodes whose allocations were written since the last take.
+    pub(super) fn take_alloc_nodes_touched(&mut self) -> Vec<NodeId> {
+        std::mem::take(&mut self.alloc_nodes_touched)
+    }
+
     pub(crate) fn set_index(&mut self, index: u64) {
         self.index = index;
     }
@@ -410,10 +429,13 @@ impl State {
     pub(crate) fn put_alloc(&mut self, index: u64, alloc: Arc<Allocation>) {
         let old = self.job_table(&alloc.job_key()).insert(alloc.id, alloc.clone());
         self.adjust_usage(old.as_deref(), Some(&alloc));
+        let slot = Arc::make_mut(self.node_slots.entry(alloc.node_id).or_default());
         if old.is_none() {
             self.alloc_count += 1;
-            Arc::make_mut(self.node_slots.entry(alloc.node_id).or_default()).alloc_ids.push(alloc.id);
+            slot.alloc_ids.push(alloc.id);
         }
+        slot.allocs_index = slot.allocs_index.max(index).max(alloc.modify_index);
+        self.alloc_nodes_touched.push(alloc.node_id);
         self.touch(Table::Allocs, index);
     }
 
@@ -428,6 +450,9 @@ impl State {
             for alloc in run.iter().filter(|a| !a.is_terminal()) {
                 slot.usage.add(alloc);
             }
+            let newest = run.iter().map(|a| a.modify_index).max().unwrap_or(0);
+            slot.allocs_index = slot.allocs_index.max(index).max(newest);
+            self.alloc_nodes_touched.push(run[0].node_id);
         }
         for run in allocs.chunk_by(|a, b| Arc::ptr_eq(&a.job, &b.job)) {
             let table = self.job_table(&run[0].job_key());
@@ -458,8 +483,11 @@ impl State {
             self.alloc_count -= 1;
             self.adjust_usage(Some(&old), None);
             if let Some(slot) = self.node_slots.get_mut(&old.node_id) {
-                Arc::make_mut(slot).alloc_ids.remove(&id);
+                let slot = Arc::make_mut(slot);
+                slot.alloc_ids.remove(&id);
+                slot.allocs_index = slot.allocs_index.max(index);
             }
+            self.alloc_nodes_touched.push(old.node_id);
         }
         self.touch(Table::Allocs, index);
     }

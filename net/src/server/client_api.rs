@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use caravan_engine::ids::NodeId;
+use caravan_engine::ids::{AllocId, NodeId};
 use caravan_engine::model::{AllocClientUpdate, Allocation, Node};
 
 use super::client_rpc::{
@@ -95,11 +95,25 @@ struct Servers {
     current: usize,
 }
 
+/// What a node last received: every allocation as of `index`, so the next
+/// query asks only for what changed since.
+#[derive(Debug, Default)]
+struct KnownAllocs {
+    index: u64,
+    allocs: std::collections::HashMap<AllocId, Arc<Allocation>>,
+}
+
+/// Nodes whose allocations one client remembers: an agent runs one node; a
+/// few cover tests that share a client. Past it the oldest is forgotten
+/// (its next query asks for everything).
+const KNOWN_NODES_MAX: usize = 16;
+
 /// A blocking, thread-safe handle on the servers for a client agent.
 #[derive(Debug)]
 pub struct ServerClient {
     rpc: BlockingRpcClient,
     servers: Mutex<Servers>,
+    known: Mutex<Vec<(NodeId, KnownAllocs)>>,
 }
 
 /// What to do after a failed attempt.
@@ -150,7 +164,11 @@ impl ServerClient {
         if servers.is_empty() {
             return Err(ClientApiError::NoServers);
         }
-        Ok(ServerClient { rpc, servers: Mutex::new(Servers { list: servers, current: 0 }) })
+        Ok(ServerClient {
+            rpc,
+            servers: Mutex::new(Servers { list: servers, current: 0 }),
+            known: Mutex::new(Vec::new()),
+        })
     }
 
     /// The server calls go to first.
@@ -178,7 +196,8 @@ impl ServerClient {
 
     /// The node's allocations once they change past `min_index`, or at
     /// `wait` (capped at [`NODE_ALLOCS_WAIT_MAX`]); with the index to pass
-    /// next time. A zero wait answers at once.
+    /// next time. A zero wait answers at once. Only allocations changed
+    /// since the last answer travel; the rest come from this client's copy.
     pub fn node_allocs(
         &self,
         node_id: NodeId,
@@ -187,11 +206,56 @@ impl ServerClient {
     ) -> Result<(Vec<Arc<Allocation>>, u64), ClientApiError> {
         let wait = wait.min(NODE_ALLOCS_WAIT_MAX);
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-        let body =
-            client_rpc::encode(&AllocsRequest { node_id, min_index, wait_ms }).map_err(ClientApiError::Encode)?;
+        let mut known = self.take_known(node_id);
+        let request = |known_index| AllocsRequest { node_id, min_index, known_index, wait_ms };
+        let mut reply = self.fetch_allocs(request(known.index), wait)?;
+        if reply.index < known.index {
+            // A server behind the one that answered last (a follower that
+            // has not caught up): nothing newer than what we hold.
+            let allocs = known.allocs.values().cloned().collect();
+            let index = known.index;
+            self.put_known(node_id, known);
+            return Ok((allocs, index));
+        }
+        if reply.unchanged.iter().any(|id| !known.allocs.contains_key(id)) {
+            // Our copy lacks one the server thinks we have: ask for all.
+            known = KnownAllocs::default();
+            reply = self.fetch_allocs(request(0), Duration::ZERO)?;
+        }
+        let mut allocs = std::collections::HashMap::with_capacity(reply.changed.len() + reply.unchanged.len());
+        for id in reply.unchanged {
+            if let Some(alloc) = known.allocs.remove(&id) {
+                allocs.insert(id, alloc);
+            }
+        }
+        for alloc in reply.changed {
+            allocs.insert(alloc.id, alloc);
+        }
+        let list = allocs.values().cloned().collect();
+        self.put_known(node_id, KnownAllocs { index: reply.index, allocs });
+        Ok((list, reply.index))
+    }
+
+    fn fetch_allocs(&self, request: AllocsRequest, wait: Duration) -> Result<AllocsReply, ClientApiError> {
+        let body = client_rpc::encode(&request).map_err(ClientApiError::Encode)?;
         let (server, reply) = self.call(NODE_ALLOCS, body, wait + NODE_ALLOCS_CALL_SLACK)?;
-        let reply: AllocsReply = decode_reply(server, &reply)?;
-        Ok((reply.allocs, reply.index))
+        decode_reply(server, &reply)
+    }
+
+    fn take_known(&self, node_id: NodeId) -> KnownAllocs {
+        let mut known = self.known.lock().expect("known allocs poisoned");
+        match known.iter().position(|(id, _)| *id == node_id) {
+            Some(at) => known.swap_remove(at).1,
+            None => KnownAllocs::default(),
+        }
+    }
+
+    fn put_known(&self, node_id: NodeId, allocs: KnownAllocs) {
+        let mut known = self.known.lock().expect("known allocs poisoned");
+        if known.len() >= KNOWN_NODES_MAX {
+            known.remove(0);
+        }
+        known.push((node_id, allocs));
     }
 
     /// Report client status changes (with task states); returns the raft

@@ -44,7 +44,7 @@ use caravan_engine::clock::Clock;
 use caravan_engine::endpoints::{self, EndpointError};
 use caravan_engine::fsm::Command;
 use caravan_engine::heartbeat::{HeartbeatError, Heartbeats};
-use caravan_engine::ids::{IdGen, NodeId};
+use caravan_engine::ids::{AllocId, IdGen, NodeId};
 use caravan_engine::model::{AllocClientUpdate, Allocation, Node, NodeStatus};
 use caravan_engine::plan::Committer;
 use caravan_engine::state::{Cancel, State, StateStore, Table};
@@ -69,10 +69,10 @@ pub const ALLOC_UPDATE: u16 = 23;
 pub(crate) const CLIENT_METHODS: RangeInclusive<u16> = 20..=29;
 
 /// The node is not registered: the client should register again.
-pub(crate) const NODE_NOT_FOUND: ErrorCode = ErrorCode(1010);
+pub const NODE_NOT_FOUND: ErrorCode = ErrorCode(1010);
 /// The write could not be committed (no quorum, raft failing, or the
 /// state machine refused it); nothing changed. Worth retrying.
-pub(crate) const WRITE_FAILED: ErrorCode = ErrorCode(1011);
+pub const WRITE_FAILED: ErrorCode = ErrorCode(1011);
 /// The request is invalid (a node that fails validation); retrying the
 /// same request is refused again.
 pub(crate) const INVALID_REQUEST: ErrorCode = ErrorCode(1012);
@@ -98,9 +98,11 @@ pub const ALLOC_UPDATE_BATCH_MAX: usize = 4096;
 /// below this.
 pub const ALLOC_UPDATES_PER_REQUEST_MAX: usize = 4096;
 
-/// Status-report requests queued for the batcher. Past it the server is
-/// behind raft; callers get [`ErrorCode::OVERLOADED`] and retry.
-const UPDATE_QUEUE_MAX: usize = 1024;
+/// Status-report requests queued for the batcher: about one in flight per
+/// client agent (each sends its next batch after the last is answered),
+/// like [`ALLOC_WAITERS_MAX`]. Past it the server is behind raft; callers
+/// get [`ErrorCode::OVERLOADED`] and retry.
+const UPDATE_QUEUE_MAX: usize = crate::rpc::server::CONNECTIONS_MAX;
 
 /// Threads committing registrations and status transitions. They block on
 /// raft (one fsync round trip each); four overlap a register storm after a
@@ -137,7 +139,7 @@ const MESSAGE_MAGIC: [u8; 4] = *b"CVCL";
 /// Bumped whenever an archived message layout changes (rkyv archives
 /// carry no schema), so a server and client of different versions refuse
 /// each other's bytes instead of misreading them.
-const MESSAGE_FORMAT_VERSION: u8 = 1;
+const MESSAGE_FORMAT_VERSION: u8 = 2;
 
 const MESSAGE_HEADER_LEN: usize = MESSAGE_MAGIC.len() + 1;
 
@@ -160,54 +162,64 @@ pub enum MessageError {
 
 /// `NODE_REGISTER`'s request.
 #[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub(crate) struct RegisterRequest {
-    pub(crate) node: Node,
+pub struct RegisterRequest {
+    pub node: Node,
 }
 
 /// `NODE_HEARTBEAT`'s request.
 #[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub(crate) struct HeartbeatRequest {
-    pub(crate) node_id: NodeId,
+pub struct HeartbeatRequest {
+    pub node_id: NodeId,
 }
 
 /// `NODE_REGISTER`'s and `NODE_HEARTBEAT`'s answer: heartbeat again within
 /// this TTL.
 #[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub(crate) struct TtlReply {
-    pub(crate) ttl_ms: u64,
+pub struct TtlReply {
+    pub ttl_ms: u64,
 }
 
 /// `NODE_ALLOCS`'s request.
 #[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub(crate) struct AllocsRequest {
-    pub(crate) node_id: NodeId,
-    pub(crate) min_index: u64,
-    pub(crate) wait_ms: u64,
+pub struct AllocsRequest {
+    pub node_id: NodeId,
+    /// Answer once the node's allocations index passes this (or at the
+    /// wait): the `index` of the caller's last reply, 0 at first.
+    pub min_index: u64,
+    /// The `index` of the reply the caller holds every allocation of (0
+    /// for none): allocations unchanged since are sent as ids only.
+    pub known_index: u64,
+    pub wait_ms: u64,
 }
 
 /// `NODE_ALLOCS`'s answer: every allocation on the node still in the state
-/// (terminal ones until garbage-collected), each with its job, and the
-/// index to pass as `min_index` next time.
+/// (terminal ones until garbage-collected): in full (each with its job)
+/// those written after the request's `known_index`, as ids the rest; and
+/// the index to pass as `min_index` and `known_index` next time. Sending
+/// only what changed is what keeps a node with a hundred allocations from
+/// receiving all of them on every placement (Nomad's client asks for the
+/// changed ones in a second call, `Alloc.GetAllocs`).
 #[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub(crate) struct AllocsReply {
-    pub(crate) allocs: Vec<Arc<Allocation>>,
-    pub(crate) index: u64,
+pub struct AllocsReply {
+    pub changed: Vec<Arc<Allocation>>,
+    pub unchanged: Vec<AllocId>,
+    pub index: u64,
 }
 
 /// `ALLOC_UPDATE`'s request.
 #[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub(crate) struct AllocUpdateRequest {
-    pub(crate) updates: Vec<AllocClientUpdate>,
+pub struct AllocUpdateRequest {
+    pub updates: Vec<AllocClientUpdate>,
 }
 
 /// `ALLOC_UPDATE`'s answer: the raft index the batch was applied at.
 #[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub(crate) struct IndexReply {
-    pub(crate) index: u64,
+pub struct IndexReply {
+    pub index: u64,
 }
 
 /// Archive `value` behind the message header.
-pub(crate) fn encode<T>(value: &T) -> Result<Vec<u8>, MessageError>
+pub fn encode<T>(value: &T) -> Result<Vec<u8>, MessageError>
 where
     T: for<'a> rkyv::Serialize<
             rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
@@ -226,7 +238,7 @@ where
 }
 
 /// Check the header, validate the archive, and read it out.
-pub(crate) fn decode<T>(bytes: &[u8]) -> Result<T, MessageError>
+pub fn decode<T>(bytes: &[u8]) -> Result<T, MessageError>
 where
     T: rkyv::Archive,
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
@@ -247,12 +259,11 @@ where
     rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(MessageError::Malformed)
 }
 
-/// The node's allocations index, as Nomad's `GetClientAllocs`: the highest
-/// modify index among its allocations, or the allocations table's index
-/// when it has none (so a node whose last allocation was collected still
-/// moves on).
+/// The node's allocations index, as Nomad's `GetClientAllocs`: the last
+/// write to any of its allocations (0 before its first), or the
+/// allocations table's index for a node the state has never seen.
 pub(crate) fn node_allocs_index(state: &State, node: NodeId) -> u64 {
-    state.allocs_by_node(node).map(|a| a.modify_index).max().unwrap_or_else(|| state.table_index(Table::Allocs))
+    state.node_allocs_index(node).unwrap_or_else(|| state.table_index(Table::Allocs))
 }
 
 /// What the writer threads commit.
@@ -269,9 +280,48 @@ struct PendingUpdate {
 
 /// A parked `NODE_ALLOCS` query.
 struct Waiter {
-    node: NodeId,
     min_index: u64,
     wake: oneshot::Sender<()>,
+}
+
+/// Parked queries by node, so a commit wakes the queries of the nodes it
+/// touched without looking at the others.
+#[derive(Default)]
+struct Waiters {
+    by_node: std::collections::HashMap<NodeId, Vec<Waiter>>,
+    count: usize,
+}
+
+impl Waiters {
+    /// Drop the queries whose callers went away (timed out, disconnected).
+    fn prune(&mut self) {
+        self.by_node.retain(|_, parked| {
+            parked.retain(|w| !w.wake.is_canceled());
+            !parked.is_empty()
+        });
+        self.count = self.by_node.values().map(Vec::len).sum();
+    }
+
+    /// Wake the node's queries its allocations index has passed.
+    fn wake(&mut self, node: NodeId, index: u64) {
+        let Some(parked) = self.by_node.remove(&node) else { return };
+        self.count -= parked.len();
+        let mut still = Vec::new();
+        for waiter in parked {
+            if waiter.wake.is_canceled() {
+                continue;
+            }
+            if index > waiter.min_index {
+                let _ = waiter.wake.send(());
+            } else {
+                still.push(waiter);
+            }
+        }
+        if !still.is_empty() {
+            self.count += still.len();
+            self.by_node.insert(node, still);
+        }
+    }
 }
 
 /// Raft's handle and the committer, known once raft is up.
@@ -297,7 +347,7 @@ pub(crate) struct ClientRpc {
     bound: OnceLock<Bound>,
     writes: SyncSender<WriteJob>,
     updates: SyncSender<PendingUpdate>,
-    waiters: Mutex<Vec<Waiter>>,
+    waiters: Mutex<Waiters>,
     receivers: Mutex<Option<Receivers>>,
     stop: AtomicBool,
 }
@@ -355,7 +405,7 @@ impl ClientRpc {
             bound: OnceLock::new(),
             writes,
             updates,
-            waiters: Mutex::new(Vec::new()),
+            waiters: Mutex::new(Waiters::default()),
             receivers: Mutex::new(Some(Receivers { writes: write_rx, updates: update_rx })),
             stop: AtomicBool::new(false),
         })
@@ -482,11 +532,20 @@ impl ClientRpc {
             let (wake, woken) = oneshot::channel();
             {
                 let mut waiters = self.waiters.lock().expect("alloc waiters poisoned");
-                waiters.retain(|w| !w.wake.is_canceled());
-                if waiters.len() >= ALLOC_WAITERS_MAX {
+                if waiters.count >= ALLOC_WAITERS_MAX {
+                    waiters.prune();
+                }
+                if waiters.count >= ALLOC_WAITERS_MAX {
                     return Err(RemoteError::new(ErrorCode::OVERLOADED, "too many parked allocation queries"));
                 }
-                waiters.push(Waiter { node: request.node_id, min_index: request.min_index, wake });
+                let parked = waiters.by_node.entry(request.node_id).or_default();
+                // A client re-asking (its previous call timed out) leaves
+                // the old query behind: drop those first.
+                let before = parked.len();
+                parked.retain(|w| !w.wake.is_canceled());
+                parked.push(Waiter { min_index: request.min_index, wake });
+                let after = parked.len();
+                waiters.count = waiters.count + after - before;
             }
             // A write between the first look and parking would be missed by
             // the watcher (it had already checked): look once more.
@@ -496,8 +555,16 @@ impl ClientRpc {
             }
         }
         let state = self.store.snapshot();
-        let allocs: Vec<Arc<Allocation>> = state.allocs_by_node(request.node_id).cloned().collect();
-        encoded(&AllocsReply { allocs, index: node_allocs_index(&state, request.node_id) })
+        let mut changed = Vec::new();
+        let mut unchanged = Vec::new();
+        for alloc in state.allocs_by_node(request.node_id) {
+            if alloc.modify_index > request.known_index {
+                changed.push(alloc.clone());
+            } else {
+                unchanged.push(alloc.id);
+            }
+        }
+        encoded(&AllocsReply { changed, unchanged, index: node_allocs_index(&state, request.node_id) })
     }
 
     async fn alloc_update(&self, updates: Vec<AllocClientUpdate>) -> Result<Vec<u8>, RemoteError> {
@@ -595,75 +662,97 @@ impl ClientRpc {
     }
 
     /// Gather status reports for [`ALLOC_UPDATE_BATCH_WINDOW`] after the
-    /// first, commit them as one entry, answer every caller.
+    /// first (or until [`ALLOC_UPDATE_BATCH_MAX`]) and hand each batch to
+    /// one committer thread, which commits it as one entry and answers
+    /// every caller. Gathering the next batch overlaps committing the last
+    /// (Nomad's update future works the same way); one committer keeps the
+    /// batches in order, so a later report never lands before an earlier.
     fn run_batcher(&self, queue: &Receiver<PendingUpdate>) {
-        while !self.stopping() {
-            let first = match queue.recv_timeout(THREAD_SLICE) {
-                Ok(first) => first,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            let closes = Instant::now() + ALLOC_UPDATE_BATCH_WINDOW;
-            let mut count = first.updates.len();
-            let mut batch = vec![first];
-            while count < ALLOC_UPDATE_BATCH_MAX {
-                let now = Instant::now();
-                if now >= closes {
+        let (to_committer, batches) = std::sync::mpsc::sync_channel::<Vec<PendingUpdate>>(1);
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("alloc-update-committer".into())
+                .spawn_scoped(scope, move || {
+                    for batch in batches {
+                        self.commit_updates(batch);
+                    }
+                })
+                .expect("spawn alloc update committer");
+            while !self.stopping() {
+                let first = match queue.recv_timeout(THREAD_SLICE) {
+                    Ok(first) => first,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                };
+                let closes = Instant::now() + ALLOC_UPDATE_BATCH_WINDOW;
+                let mut count = first.updates.len();
+                let mut batch = vec![first];
+                while count < ALLOC_UPDATE_BATCH_MAX {
+                    let now = Instant::now();
+                    if now >= closes {
+                        break;
+                    }
+                    match queue.recv_timeout(closes - now) {
+                        Ok(more) => {
+                            count += more.updates.len();
+                            batch.push(more);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if to_committer.send(batch).is_err() {
                     break;
                 }
-                match queue.recv_timeout(closes - now) {
-                    Ok(more) => {
-                        count += more.updates.len();
-                        batch.push(more);
-                    }
-                    Err(_) => break,
-                }
             }
-            let mut updates = Vec::with_capacity(count);
-            let mut replies = Vec::with_capacity(batch.len());
-            for pending in batch {
-                updates.extend(pending.updates);
-                replies.push(pending.reply);
-            }
-            let command = {
-                let mut ids = self.ids.lock().expect("ids poisoned");
-                endpoints::update_allocs_from_client(&self.store.snapshot(), updates, self.clock.now_ns(), &mut ids)
-            };
-            let result = self.commit(command);
-            if let Err(e) = &result {
-                tracing::warn!(error = %e.message, requests = replies.len(), "committing client status updates failed");
-            }
-            for reply in replies {
-                let _ = reply.send(result.clone());
-            }
+            drop(to_committer);
+        });
+    }
+
+    /// Commit one batch of status reports as one entry; answer its callers.
+    fn commit_updates(&self, batch: Vec<PendingUpdate>) {
+        let count = batch.iter().map(|p| p.updates.len()).sum();
+        let mut updates = Vec::with_capacity(count);
+        let mut replies = Vec::with_capacity(batch.len());
+        for pending in batch {
+            updates.extend(pending.updates);
+            replies.push(pending.reply);
+        }
+        // Built from the state after the previous batch applied, so evals
+        // for failed allocations see every earlier report.
+        let command = {
+            let mut ids = self.ids.lock().expect("ids poisoned");
+            endpoints::update_allocs_from_client(&self.store.snapshot(), updates, self.clock.now_ns(), &mut ids)
+        };
+        let result = self.commit(command);
+        if let Err(e) = &result {
+            tracing::warn!(error = %e.message, requests = replies.len(), "committing client status updates failed");
+        }
+        for reply in replies {
+            let _ = reply.send(result.clone());
         }
     }
 
-    /// Wake parked `NODE_ALLOCS` queries whose node's allocations moved.
+    /// Wake parked `NODE_ALLOCS` queries whose node's allocations moved:
+    /// the store's feed names the nodes each commit touched.
     fn run_watcher(&self) {
-        let cancel = Cancel::new();
-        let mut seen = self.store.snapshot();
         while !self.stopping() {
-            let Ok(state) = self.store.snapshot_min_index(seen.index() + 1, THREAD_SLICE, &cancel) else {
+            let changes = self.store.alloc_feed().take(THREAD_SLICE);
+            if changes.nodes.is_empty() && !changes.everything {
                 continue;
-            };
-            // Only allocation writes (and restores, which move every index)
-            // can change what a parked query watches.
-            if state.table_index(Table::Allocs) != seen.table_index(Table::Allocs) || state.index() < seen.index() {
-                let mut waiters = self.waiters.lock().expect("alloc waiters poisoned");
-                let parked = std::mem::take(&mut *waiters);
-                for waiter in parked {
-                    if waiter.wake.is_canceled() {
-                        continue;
-                    }
-                    if node_allocs_index(&state, waiter.node) > waiter.min_index {
-                        let _ = waiter.wake.send(());
-                    } else {
-                        waiters.push(waiter);
-                    }
+            }
+            // Taken after the feed: it shows every change the feed named.
+            let state = self.store.snapshot();
+            let mut waiters = self.waiters.lock().expect("alloc waiters poisoned");
+            if changes.everything {
+                let nodes: Vec<NodeId> = waiters.by_node.keys().copied().collect();
+                for node in nodes {
+                    waiters.wake(node, node_allocs_index(&state, node));
+                }
+            } else {
+                for node in changes.nodes {
+                    waiters.wake(node, node_allocs_index(&state, node));
                 }
             }
-            seen = state;
         }
     }
 }
@@ -738,7 +827,7 @@ mod tests {
 
     #[test]
     fn bad_bytes_are_errors_not_panics() {
-        let good = encode(&AllocsRequest { node_id: NodeId(9), min_index: 3, wait_ms: 10 }).unwrap();
+        let good = encode(&AllocsRequest { node_id: NodeId(9), min_index: 3, known_index: 2, wait_ms: 10 }).unwrap();
         assert!(matches!(decode::<AllocsRequest>(&[]), Err(MessageError::BadMagic { .. })));
         assert!(matches!(decode::<AllocsRequest>(b"CVNC\x01rest"), Err(MessageError::BadMagic { .. })));
         let mut wrong_version = good.clone();

@@ -56,12 +56,15 @@ pub use client_api::{
     ServerClient,
 };
 pub use client_rpc::{
-    ALLOC_UPDATE, ALLOC_UPDATE_BATCH_MAX, ALLOC_UPDATE_BATCH_WINDOW, ALLOC_UPDATES_PER_REQUEST_MAX, CLIENT_WRITERS,
-    MessageError, NODE_ALLOCS, NODE_ALLOCS_WAIT_MAX, NODE_HEARTBEAT, NODE_REGISTER,
+    ALLOC_UPDATE, ALLOC_UPDATE_BATCH_MAX, ALLOC_UPDATE_BATCH_WINDOW, ALLOC_UPDATES_PER_REQUEST_MAX, AllocUpdateRequest,
+    AllocsReply, AllocsRequest, CLIENT_WRITERS, HeartbeatRequest, IndexReply, MessageError, NODE_ALLOCS,
+    NODE_ALLOCS_WAIT_MAX, NODE_HEARTBEAT, NODE_NOT_FOUND, NODE_REGISTER, RegisterRequest, TtlReply, WRITE_FAILED,
+    decode as decode_client_message, encode as encode_client_message,
 };
 pub use committer::{LeaderForwarder, RaftCommitter, WRITE_TIMEOUT};
 pub use handle::{RaftHandle, RaftView, Role, WriteError};
 pub use raft_thread::RaftTimings;
+pub use rpc_methods::NOT_LEADER;
 
 use crate::http::{Server, WriteBuilder};
 
@@ -96,6 +99,9 @@ pub struct ServerConfig {
     /// Nomad's `heartbeat_grace` (10 s): how long past its TTL a node may
     /// be silent before the leader marks it down.
     pub heartbeat_grace: Duration,
+    /// Nomad's `max_heartbeats_per_second` (50): the TTL grows with the
+    /// node count so the leader receives at most this many a second.
+    pub max_heartbeats_per_second: u32,
 }
 
 /// Nomad's `tls { ca_file cert_file key_file }`.
@@ -124,6 +130,7 @@ impl ServerConfig {
             seed: fastrand::u64(..),
             min_heartbeat_ttl: heartbeat::MIN_HEARTBEAT_TTL,
             heartbeat_grace: heartbeat::HEARTBEAT_GRACE,
+            max_heartbeats_per_second: heartbeat::MAX_HEARTBEATS_PER_SECOND,
         }
     }
 }
@@ -168,7 +175,7 @@ impl RaftServer {
             HeartbeatConfig {
                 min_ttl: config.min_heartbeat_ttl,
                 grace: config.heartbeat_grace,
-                max_heartbeats_per_second: heartbeat::MAX_HEARTBEATS_PER_SECOND,
+                max_heartbeats_per_second: config.max_heartbeats_per_second,
             },
             config.seed ^ 0x4eb,
         ));

@@ -39,7 +39,7 @@ pub(crate) const JOIN: u16 = 12;
 
 /// The server is not the leader; the message holds the leader's RPC
 /// address when known (empty otherwise).
-pub(crate) const NOT_LEADER: ErrorCode = ErrorCode(1001);
+pub const NOT_LEADER: ErrorCode = ErrorCode(1001);
 pub(crate) const RAFT_FAILED: ErrorCode = ErrorCode(1002);
 
 /// Snapshot transfers received at once. A leader sends one per follower at
