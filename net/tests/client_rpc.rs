@@ -20,8 +20,8 @@ use caravan_net::quic::{ClusterTls, DevCa};
 use caravan_net::rpc::frame::ErrorCode;
 use caravan_net::rpc::{BlockingRpcClient, RpcError};
 use caravan_net::server::{
-    ALLOC_UPDATE, ClientApiError, NODE_ALLOCS, NODE_HEARTBEAT, NODE_REGISTER, RaftServer, RaftTimings, ServerClient,
-    ServerConfig, TlsFiles,
+    ALLOC_UPDATE, AllocsReply, AllocsRequest, ClientApiError, NODE_ALLOCS, NODE_HEARTBEAT, NODE_REGISTER, RaftServer,
+    RaftTimings, ServerClient, ServerConfig, TlsFiles, decode_client_message, encode_client_message,
 };
 
 /// Generous: a 2-core CI machine builds and runs other tests at once.
@@ -200,6 +200,54 @@ fn a_client_registers_pulls_its_allocations_and_reports_status() {
     // An unknown node must register first.
     let stranger = IdGen::with_seed(99).node();
     assert!(matches!(client.heartbeat(stranger), Err(ClientApiError::NodeNotFound(_))));
+    server.shutdown();
+}
+
+#[test]
+fn allocation_queries_send_only_what_changed_since_the_callers_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::generate().unwrap();
+    let server = one_server(dir.path(), &ca, Duration::from_secs(10), Duration::from_secs(10));
+    let client = ServerClient::new(vec![server.rpc_addr], &client_tls(&ca)).unwrap();
+    let raw = BlockingRpcClient::start("127.0.0.1:0".parse().unwrap(), &client_tls(&ca)).unwrap();
+    let mut ids = IdGen::with_seed(23);
+    let node = fixtures::node(&mut ids, "delta-1", "dc1", 4000, 8192);
+    client.register_node(&node).unwrap();
+    server.register_job(fixtures::job("three", JobType::Service, 3, 100, 128)).unwrap();
+    assert!(wait_until(TIMEOUT, || client.node_allocs(node.id, 0, Duration::ZERO).unwrap().0.len() == 3));
+    let ask = |min_index: u64, known_index: u64| -> AllocsReply {
+        let request = AllocsRequest { node_id: node.id, min_index, known_index, wait_ms: 0 };
+        let reply = raw.call(server.rpc_addr, NODE_ALLOCS, encode_client_message(&request).unwrap(), TIMEOUT);
+        decode_client_message(&reply.unwrap()).unwrap()
+    };
+    let full = ask(0, 0);
+    assert_eq!(full.changed.len(), 3, "knowing nothing, every allocation comes in full");
+    assert!(full.unchanged.is_empty());
+    let same = ask(0, full.index);
+    assert!(same.changed.is_empty(), "nothing changed since the caller's copy");
+    assert_eq!(same.unchanged.len(), 3, "but every allocation is still listed, by id");
+    assert_eq!(same.index, full.index);
+
+    // One status report: only that allocation travels again.
+    let now = caravan_engine::clock::Clock::now_ns(&SystemClock);
+    let target = full.changed[1].id;
+    let update = AllocClientUpdate {
+        alloc_id: target,
+        client_status: ClientStatus::Running,
+        client_description: "Tasks are running".into(),
+        at_ns: now,
+        task_states: BTreeMap::new(),
+    };
+    client.update_allocs(vec![update]).unwrap();
+    let delta = ask(full.index, full.index);
+    assert!(delta.index > full.index, "the node's index moved with the report");
+    assert_eq!(delta.changed.iter().map(|a| a.id).collect::<Vec<_>>(), vec![target]);
+    assert_eq!(delta.changed[0].client_status, ClientStatus::Running);
+    assert_eq!(delta.unchanged.len(), 2);
+    // The agent's client merges deltas into the whole list.
+    let (merged, _) = client.node_allocs(node.id, 0, Duration::ZERO).unwrap();
+    assert_eq!(merged.len(), 3);
+    assert_eq!(merged.iter().find(|a| a.id == target).unwrap().client_status, ClientStatus::Running);
     server.shutdown();
 }
 
