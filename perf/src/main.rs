@@ -14,11 +14,14 @@
 //!   single-allocation jobs under a steady background of evaluations.
 //! - `heartbeat`: a fleet heartbeating at its TTLs; the leader's CPU and
 //!   false down-markings.
+//! - `churn`: busy nodes fail and new ones join; time to detect and to
+//!   replace the lost work, and no over-commit.
 //! - `gpu`: a fleet of simulated 8-GPU nodes filled with a mix of GPU jobs
 //!   and gang jobs until the first request cannot be placed.
 
 mod api;
 mod c1m;
+mod churn;
 mod cluster;
 mod engine;
 mod fleet;
@@ -55,6 +58,8 @@ enum Scenario {
     Latency(latency::LatencyArgs),
     /// Heartbeat cost and false positives of a large fleet.
     Heartbeat(heartbeat::HeartbeatArgs),
+    /// Nodes failing and joining while jobs run.
+    Churn(churn::ChurnArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +70,7 @@ fn main() -> std::process::ExitCode {
         Scenario::C1m(args) => c1m::run(&args),
         Scenario::Latency(args) => latency::run(&args),
         Scenario::Heartbeat(args) => heartbeat::run(&args),
+        Scenario::Churn(args) => churn::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -73,6 +73,9 @@ pub(crate) struct FleetShared {
     pub(crate) reregistered: AtomicU64,
     /// Allocations received, per node (in `FleetConfig::nodes` order).
     pub(crate) node_allocs: Vec<AtomicU32>,
+    /// Nodes made to fail: they go silent (no heartbeats, no queries, no
+    /// reports), as an agent whose machine died.
+    failed: Vec<AtomicBool>,
     jobs: Mutex<HashMap<Arc<str>, JobProgress>>,
 }
 
@@ -89,6 +92,17 @@ impl FleetShared {
 
     pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Whether node `index` should go on: the fleet runs and it has not
+    /// been made to fail.
+    pub(crate) fn alive(&self, index: usize) -> bool {
+        !self.stopping() && !self.failed[index].load(Ordering::Relaxed)
+    }
+
+    /// Make node `index` fail (see `failed`).
+    pub(crate) fn fail(&self, index: usize) {
+        self.failed[index].store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn job(&self, id: &str) -> Option<JobProgress> {
@@ -146,6 +160,7 @@ impl Fleet {
             rpc_errors: AtomicU64::new(0),
             reregistered: AtomicU64::new(0),
             node_allocs: (0..config.nodes.len()).map(|_| AtomicU32::new(0)).collect(),
+            failed: (0..config.nodes.len()).map(|_| AtomicBool::new(false)).collect(),
             jobs: Mutex::new(HashMap::new()),
         });
         let threads = config.threads.clamp(1, config.nodes.len().max(1));

@@ -36,6 +36,7 @@ const STOP_POLL: Duration = Duration::from_millis(100);
 /// A running report waiting for its node's next batch.
 struct Report {
     node: usize,
+    global: usize,
     due: Instant,
     alloc: AllocId,
     job: Arc<str>,
@@ -109,11 +110,11 @@ async fn register(thread: &Thread, client: &Rc<RpcClient>, node: &Node) -> Optio
 async fn node_main(thread: Rc<Thread>, client: Rc<RpcClient>, local: usize, global: usize, node: Node) {
     let Some(ttl) = register(&thread, &client, &node).await else { return };
     thread.shared.registered.fetch_add(1, Ordering::Relaxed);
-    compio::runtime::spawn(heartbeats(thread.clone(), client.clone(), node.clone(), ttl)).detach();
+    compio::runtime::spawn(heartbeats(thread.clone(), client.clone(), global, node.clone(), ttl)).detach();
     let mut index = 0;
     let mut seen: HashSet<AllocId> = HashSet::new();
     let wait_ms = u64::try_from(thread.config.allocs_wait.as_millis()).unwrap_or(u64::MAX);
-    while !thread.shared.stopping() {
+    while thread.shared.alive(global) {
         let request = AllocsRequest { node_id: node.id, min_index: index, known_index: index, wait_ms };
         let Ok(body) = encode_client_message(&request) else { return };
         let timeout = thread.config.allocs_wait + ALLOCS_CALL_SLACK;
@@ -135,6 +136,9 @@ async fn node_main(thread: Rc<Thread>, client: Rc<RpcClient>, local: usize, glob
                 continue;
             }
         };
+        if !thread.shared.alive(global) {
+            return;
+        }
         let now = Instant::now();
         let due = now + thread.config.running_delay;
         let mut new_by_job: Vec<(Arc<str>, u32)> = Vec::new();
@@ -150,7 +154,7 @@ async fn node_main(thread: Rc<Thread>, client: Rc<RpcClient>, local: usize, glob
                     Some((last, count)) if *last == job => *count += 1,
                     _ => new_by_job.push((job.clone(), 1)),
                 }
-                reports.push(Report { node: local, due, alloc: alloc.id, job });
+                reports.push(Report { node: local, global, due, alloc: alloc.id, job });
             }
         }
         let mut received = 0;
@@ -165,12 +169,12 @@ async fn node_main(thread: Rc<Thread>, client: Rc<RpcClient>, local: usize, glob
 
 /// Heartbeat within the TTL (at a random point of its second and third
 /// quarter, so ten thousand nodes do not beat in step).
-async fn heartbeats(thread: Rc<Thread>, client: Rc<RpcClient>, node: Node, mut ttl: Duration) {
+async fn heartbeats(thread: Rc<Thread>, client: Rc<RpcClient>, global: usize, node: Node, mut ttl: Duration) {
     let Ok(body) = encode_client_message(&HeartbeatRequest { node_id: node.id }) else { return };
-    while !thread.shared.stopping() {
+    while thread.shared.alive(global) {
         let pause = ttl.mul_f64(0.5 + fastrand::f64() * 0.25);
-        sleep_unless_stopped(&thread, pause).await;
-        if thread.shared.stopping() {
+        sleep_while_alive(&thread, global, pause).await;
+        if !thread.shared.alive(global) {
             return;
         }
         match call(&client, &thread.servers, NODE_HEARTBEAT, body.clone(), CALL_TIMEOUT).await {
@@ -194,9 +198,9 @@ async fn heartbeats(thread: Rc<Thread>, client: Rc<RpcClient>, node: Node, mut t
     }
 }
 
-async fn sleep_unless_stopped(thread: &Thread, pause: Duration) {
+async fn sleep_while_alive(thread: &Thread, global: usize, pause: Duration) {
     let until = Instant::now() + pause;
-    while !thread.shared.stopping() {
+    while thread.shared.alive(global) {
         let now = Instant::now();
         if now >= until {
             return;
@@ -213,6 +217,8 @@ async fn report_ticker(thread: Rc<Thread>) {
         let now = Instant::now();
         let mut due: Vec<Report> = {
             let mut reports = thread.reports.borrow_mut();
+            // A failed node's reports die with it.
+            reports.retain(|r| thread.shared.alive(r.global));
             let (ready, later): (Vec<Report>, Vec<Report>) = reports.drain(..).partition(|r| r.due <= now);
             *reports = later;
             ready
