@@ -76,8 +76,12 @@ pub(crate) fn run(args: &C1mArgs) -> anyhow::Result<()> {
         println!("{result}");
     }
     let placed = result["allocs_placed"].as_u64().unwrap_or(0);
-    if placed != wanted || result["overcommitted_nodes"].as_u64() != Some(0) {
-        bail!("placed {placed} of {wanted} allocations, {} nodes over-committed", result["overcommitted_nodes"]);
+    let ran = result["allocs_running"].as_u64().unwrap_or(0);
+    if placed != wanted || ran != wanted || result["overcommitted_nodes"].as_u64() != Some(0) {
+        bail!(
+            "placed {placed} and running {ran} of {wanted} allocations, {} nodes over-committed",
+            result["overcommitted_nodes"]
+        );
     }
     Ok(())
 }
