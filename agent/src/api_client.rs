@@ -46,7 +46,8 @@ impl ApiClient {
     pub(crate) fn get_stream(&self, path: &str) -> anyhow::Result<impl std::io::Read + use<>> {
         let url = format!("{}{path}", self.base);
         let what = format!("GET {path}");
-        let mut response = self.agent.get(&url).call().with_context(|| format!("{what}: cannot reach {}", self.base))?;
+        let mut response =
+            self.agent.get(&url).call().with_context(|| format!("{what}: cannot reach {}", self.base))?;
         let status = response.status();
         if !status.is_success() {
             let text = response.body_mut().read_to_string().unwrap_or_default();

@@ -152,7 +152,8 @@ fn alloc_logs_shows_follows_and_tails_a_tasks_output() {
     let mut newest = 0;
     while newest < before + 5 {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("follow stalled at tick{newest} (from tick{before})"));
+        let line =
+            rx.recv_timeout(left).unwrap_or_else(|_| panic!("follow stalled at tick{newest} (from tick{before})"));
         if let Some(n) = line.strip_prefix("tick").and_then(|n| n.parse().ok()) {
             newest = n;
         }

@@ -92,7 +92,11 @@ fn raw_exec_executor_kind() -> Kind {
 
 fn exec_executor_kind() -> Option<Kind> {
     exec_kind()?;
-    Some(Kind { make: || Arc::new(ExecDriver::with_executor(executor())), config: process_config, missing: process_missing })
+    Some(Kind {
+        make: || Arc::new(ExecDriver::with_executor(executor())),
+        config: process_config,
+        missing: process_missing,
+    })
 }
 
 fn exec_kind() -> Option<Kind> {
@@ -162,7 +166,7 @@ impl Scratch {
             config,
             env: BTreeMap::new(),
             device_env: BTreeMap::new(),
-        devices: Vec::new(),
+            devices: Vec::new(),
             user: None,
             resources: TaskResources { cpu_mhz: 100, memory_mb: 64 },
             ports: Vec::new(),

@@ -46,7 +46,8 @@ impl LocalLogs for AllocDirLogs {
         if !Path::new(&dir).is_dir() {
             return Ok(Vec::new());
         }
-        let files = log_files(&dir, task, stream).map_err(|err| LocalLogsError::Io(format!("{}: {err}", dir.display())))?;
+        let files =
+            log_files(&dir, task, stream).map_err(|err| LocalLogsError::Io(format!("{}: {err}", dir.display())))?;
         Ok(files.into_iter().map(|(index, path)| LogFile { index, path }).collect())
     }
 }

@@ -174,7 +174,11 @@ fn create_cgroups(name: &str, resources: TaskResources) -> Result<Vec<PathBuf>, 
 /// was given the GPUs `assigned` (UUIDs): every node but the assigned GPUs'.
 /// `None` when an assigned id is not a whole GPU known to the driver (a MIG
 /// instance, whose parent needs NVML to find): nothing is hidden then.
-fn gpu_minors_to_hide(node_minors: &[u32], uuid_minors: &BTreeMap<String, u32>, assigned: &[String]) -> Option<Vec<u32>> {
+fn gpu_minors_to_hide(
+    node_minors: &[u32],
+    uuid_minors: &BTreeMap<String, u32>,
+    assigned: &[String],
+) -> Option<Vec<u32>> {
     let mut allowed = Vec::new();
     for uuid in assigned {
         allowed.push(*uuid_minors.get(uuid)?);
@@ -189,7 +193,8 @@ fn nvidia_uuid_minors() -> BTreeMap<String, u32> {
     for entry in entries.flatten() {
         let Ok(text) = std::fs::read_to_string(entry.path().join("information")) else { continue };
         let field = |name: &str| {
-            text.lines().find_map(|line| line.strip_prefix(name).map(|rest| rest.trim_start_matches(':').trim().to_string()))
+            text.lines()
+                .find_map(|line| line.strip_prefix(name).map(|rest| rest.trim_start_matches(':').trim().to_string()))
         };
         if let (Some(uuid), Some(minor)) = (field("GPU UUID"), field("Device Minor").and_then(|m| m.parse().ok())) {
             out.insert(uuid, minor);
@@ -312,7 +317,20 @@ impl Driver for ExecDriver {
         // own, before the user switch (mounting needs root).
         let hidden = gpu_nodes_to_hide(spec);
         if !hidden.is_empty() {
-            args.extend([UNSHARE, "--mount", "--propagation", "private", "--", SHELL, "-c", MASK_DEVICES_SCRIPT, "caravan-mask"].map(OsString::from));
+            args.extend(
+                [
+                    UNSHARE,
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    SHELL,
+                    "-c",
+                    MASK_DEVICES_SCRIPT,
+                    "caravan-mask",
+                ]
+                .map(OsString::from),
+            );
             args.extend(hidden.into_iter().map(PathBuf::into_os_string));
             args.push("--".into());
         }

@@ -192,8 +192,12 @@ fn parse_args(mut args: impl Iterator<Item = OsString>) -> Result<Args, String> 
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match arg.to_str() {
             Some("--dir") => dir = Some(PathBuf::from(value("--dir")?)),
-            Some("--uid") => uid = Some(value("--uid")?.to_str().and_then(|s| s.parse::<u32>().ok()).ok_or("bad --uid")?),
-            Some("--gid") => gid = Some(value("--gid")?.to_str().and_then(|s| s.parse::<u32>().ok()).ok_or("bad --gid")?),
+            Some("--uid") => {
+                uid = Some(value("--uid")?.to_str().and_then(|s| s.parse::<u32>().ok()).ok_or("bad --uid")?)
+            }
+            Some("--gid") => {
+                gid = Some(value("--gid")?.to_str().and_then(|s| s.parse::<u32>().ok()).ok_or("bad --gid")?)
+            }
             Some("--") => break,
             _ => return Err(format!("unexpected argument {arg:?}")),
         }
@@ -291,7 +295,8 @@ mod tests {
 
     #[test]
     fn parses_the_command_line() {
-        let args = parse_args(os(&["--dir", "/d", "--uid", "65534", "--gid", "65534", "--", "/bin/sh", "-c", "x"])).unwrap();
+        let args =
+            parse_args(os(&["--dir", "/d", "--uid", "65534", "--gid", "65534", "--", "/bin/sh", "-c", "x"])).unwrap();
         assert_eq!(args.dir, PathBuf::from("/d"));
         assert_eq!(args.user, Some((65534, 65534)));
         assert_eq!(args.program, OsString::from("/bin/sh"));

@@ -281,7 +281,12 @@ pub(crate) fn wait(handle: &TaskHandle) -> Result<ExitResult, DriverError> {
             std::thread::sleep(POLL_INTERVAL);
         }
         if let Some(status) = executor::read_status(&executor.dir) {
-            return Ok(ExitResult { exit_code: status.exit_code, signal: status.signal, oom_killed: false, error: None });
+            return Ok(ExitResult {
+                exit_code: status.exit_code,
+                signal: status.signal,
+                oom_killed: false,
+                error: None,
+            });
         }
         // The executor was killed: watch the task itself, status unknown.
         while alive(pid, ticks) {
