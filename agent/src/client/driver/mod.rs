@@ -216,7 +216,7 @@ pub enum HandleState {
         start_ticks: u64,
         cgroups: Vec<PathBuf>,
         #[serde(default)]
-        executor: Option<executor::ExecutorHandle>,
+        executor: Option<Box<executor::ExecutorHandle>>,
     },
     /// A Docker container.
     Container { id: String },

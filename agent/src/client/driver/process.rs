@@ -154,7 +154,7 @@ pub(crate) fn spawn(
                 }
                 reap_if_exited(child_pid);
             })?;
-            (pid, ticks, Some(ExecutorHandle { pid: child_pid, start_ticks: child_ticks, dir: executor_dir }))
+            (pid, ticks, Some(Box::new(ExecutorHandle { pid: child_pid, start_ticks: child_ticks, dir: executor_dir })))
         }
     };
     for (stream, fifo, reader) in readers {
@@ -264,7 +264,7 @@ pub(crate) fn alive(pid: i32, ticks: u64) -> bool {
 
 fn executor_of(handle: &TaskHandle) -> Option<&ExecutorHandle> {
     match &handle.state {
-        HandleState::Process { executor, .. } => executor.as_ref(),
+        HandleState::Process { executor, .. } => executor.as_deref(),
         HandleState::Container { .. } => None,
     }
 }
