@@ -160,6 +160,13 @@ fn alloc_logs_shows_follows_and_tails_a_tasks_output() {
     }
     let _ = follow.kill();
     let _ = follow.wait();
+    // Stop the job and let the client kill the task: tasks outlive their
+    // agent by design, so one left running would outlive the test.
     let (code, _, stderr) = agent.caravan(&["job", "stop", "logs"]);
     assert_eq!(code, 0, "{stderr}");
+    wait_until("the task stopped", || {
+        agent.get("/v1/job/logs/allocations").as_array().is_some_and(|allocs| {
+            allocs.iter().all(|a| a["ClientStatus"] != "running" && a["ClientStatus"] != "pending")
+        })
+    });
 }
