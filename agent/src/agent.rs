@@ -73,8 +73,9 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         let http_ip = config.addresses.http.unwrap_or(config.bind_addr);
         let http_addr = SocketAddr::new(http_ip, config.ports.http);
         let started = Arc::new(RaftServer::start(server_config, Arc::new(SystemClock)).context("starting the server")?);
-        let bound =
-            http::spawn(http_addr, started.clone()).with_context(|| format!("starting the HTTP API on {http_addr}"))?;
+        let options = api_options(&config)?;
+        let bound = http::spawn_with(http_addr, started.clone(), options)
+            .with_context(|| format!("starting the HTTP API on {http_addr}"))?;
         #[allow(clippy::print_stdout)]
         {
             println!("==> Caravan agent started{}", if config.dev { " (dev mode)" } else { "" });
@@ -94,13 +95,25 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The HTTP API's client endpoints: task logs from this agent's client.
+fn api_options(config: &AgentConfig) -> anyhow::Result<http::ApiOptions> {
+    let mut options = http::ApiOptions::default();
+    if config.client.enabled {
+        let alloc_dir = caravan::client::agent::alloc_dir(config).map_err(|e| anyhow::anyhow!("client: {e}"))?;
+        options.local_logs = Some(Arc::new(caravan::client::logs_api::AllocDirLogs::new(alloc_dir)));
+    }
+    Ok(options)
+}
+
 /// The client half: drivers, the servers' RPC, and the client loop.
 fn start_client(
     config: &AgentConfig,
     local_server: Option<&RaftServer>,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<caravan::client::agent::ClientAgent> {
-    use caravan::client::driver::{Driver, docker::DockerDriver, exec::ExecDriver, raw_exec::RawExecDriver};
+    use caravan::client::driver::{
+        Driver, docker::DockerDriver, exec::ExecDriver, executor::Executor, raw_exec::RawExecDriver,
+    };
     let mut servers: Vec<SocketAddr> = Vec::new();
     for s in &config.client.servers {
         let with_port = if s.contains(':') { s.clone() } else { format!("{s}:{}", config.ports.rpc) };
@@ -122,11 +135,14 @@ fn start_client(
         _ => bail!("tls: a client needs ca_file, cert_file and key_file to reach the servers"),
     };
     let client = ServerClient::new(servers, &tls).context("starting the RPC client")?;
+    // Tasks run under `caravan executor` (this binary), which records their
+    // exit status for an agent that restarts while they run.
+    let executor = Executor::current_exe().context("finding the caravan binary for the task executor")?;
     let mut drivers: Vec<Arc<dyn Driver>> = Vec::new();
     if config.plugins.raw_exec.enabled {
-        drivers.push(Arc::new(RawExecDriver::new()));
+        drivers.push(Arc::new(RawExecDriver::with_executor(executor.clone())));
     }
-    drivers.push(Arc::new(ExecDriver::new()));
+    drivers.push(Arc::new(ExecDriver::with_executor(executor)));
     drivers.push(Arc::new(DockerDriver::new()));
     let server_api = Arc::new(caravan::client::rpc_server::RpcServerApi { client });
     let agent = caravan::client::agent::ClientAgent::start(config, server_api, drivers)

@@ -42,6 +42,20 @@ impl ApiClient {
         self.finish(&format!("GET {path}"), self.agent.get(&url).call())
     }
 
+    /// A GET whose body is read as it comes (log streams).
+    pub(crate) fn get_stream(&self, path: &str) -> anyhow::Result<impl std::io::Read + use<>> {
+        let url = format!("{}{path}", self.base);
+        let what = format!("GET {path}");
+        let mut response =
+            self.agent.get(&url).call().with_context(|| format!("{what}: cannot reach {}", self.base))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            bail!("{what}: {} ({status})", text.trim());
+        }
+        Ok(response.into_body().into_reader())
+    }
+
     pub(crate) fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         self.finish(&format!("POST {path}"), self.agent.post(&url).send_json(body))

@@ -6,6 +6,7 @@
 //! agent and the HTTP-backed CLI verbs arrive with their issues.
 
 mod agent;
+mod alloc_logs;
 mod api_client;
 mod job;
 mod monitor;
@@ -91,6 +92,10 @@ enum RaftCommand {
 }
 
 fn main() -> ExitCode {
+    // `caravan executor ...`: the hidden task supervisor the client starts.
+    if let Some(code) = caravan::client::driver::executor::main_if_executor() {
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse_from(nomad_style_args());
     let result = match cli.command {
         Command::Agent(args) => agent::run(args),

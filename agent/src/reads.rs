@@ -65,6 +65,8 @@ pub(crate) enum AllocCommand {
     },
     /// Stop an allocation; the scheduler replaces it.
     Stop { id: String },
+    /// Show a task's stdout or stderr.
+    Logs(crate::alloc_logs::LogsArgs),
 }
 
 fn s(v: &Value) -> String {
@@ -237,6 +239,7 @@ pub(crate) fn alloc(cmd: AllocCommand) -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_env();
     let (id, json) = match cmd {
         AllocCommand::Status { id, json } => (id, json),
+        AllocCommand::Logs(args) => return crate::alloc_logs::run(args),
         AllocCommand::Stop { id } => {
             let reply = client.post(&format!("/v1/allocation/{id}/stop"), &serde_json::json!({}))?;
             #[allow(clippy::print_stdout)]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use caravan::client::agent::{ClientAgent, ClientTuning};
 use caravan::client::driver::Driver;
+use caravan::client::driver::executor::Executor;
 use caravan::client::driver::raw_exec::RawExecDriver;
 use caravan::client::server_api::{ServerApi, ServerError};
 use caravan::config::AgentConfig;
@@ -21,8 +22,8 @@ use caravan_engine::endpoints;
 use caravan_engine::ids::{JobKey, NodeId};
 use caravan_engine::local::{LocalCluster, LocalConfig};
 use caravan_engine::model::{
-    AllocClientUpdate, Allocation, ClientStatus, ConfigValue, Job, JobType, Node, SECOND_NS, Task, TaskGroup,
-    TaskLifecycleState,
+    AllocClientUpdate, Allocation, ClientStatus, ConfigValue, Job, JobType, Node, RestartMode, SECOND_NS, Task,
+    TaskGroup, TaskLifecycleState,
 };
 use caravan_engine::state::{Cancel, StateStore, Table};
 
@@ -157,7 +158,9 @@ impl Harness {
     }
 
     fn start_agent(&mut self) {
-        let drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(RawExecDriver::new())];
+        // Tasks under `caravan executor`, as the real agent runs them.
+        let executor = Executor::new(env!("CARGO_BIN_EXE_caravan"));
+        let drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(RawExecDriver::with_executor(executor))];
         let tuning = ClientTuning { fingerprint_period: Duration::from_secs(2), watch_wait: Duration::from_secs(1) };
         let server: Arc<dyn ServerApi> = self.server.clone();
         let agent = ClientAgent::start_with(&self.config, tuning, server, drivers, Arc::new(SystemClock)).unwrap();
@@ -405,6 +408,54 @@ fn agent_restart_reattaches_running_tasks() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!process_alive(pid), "the new agent stopped the re-attached task");
+}
+
+/// A task that exits after the agent restarted reports its real exit code
+/// (recorded by its executor): 3 fails a service with no restarts left, 0
+/// completes a batch task; the restart policy sees only the code.
+#[test]
+fn reattached_task_reports_its_exit_code() {
+    let mut h = Harness::start();
+    let script = "echo $$ > \"$NOMAD_TASK_DIR/pid\"; while [ ! -s \"$NOMAD_TASK_DIR/go\" ]; do sleep 0.05; done; \
+                  exit $(cat \"$NOMAD_TASK_DIR/go\")";
+    let mut service = shell_job("exits-3", JobType::Service, 1, script);
+    service.task_groups[0].restart_policy.attempts = 0;
+    service.task_groups[0].restart_policy.mode = RestartMode::Fail;
+    let service = h.run(service);
+    let batch = h.run(shell_job("exits-0", JobType::Batch, 1, script));
+    let mut task_dirs = Vec::new();
+    for key in [&service, &batch] {
+        let allocs = h.wait_allocs(key, "a running allocation", all_with_status(1, ClientStatus::Running));
+        let dir = h.task_dir(&allocs[0]).join("local");
+        let deadline = Instant::now() + WAIT_MAX;
+        while !dir.join("pid").exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        task_dirs.push(dir);
+    }
+
+    // The agent goes away and a new one re-attaches; then the tasks exit.
+    h.agent.take().unwrap().shutdown();
+    h.start_agent();
+    std::thread::sleep(Duration::from_secs(1));
+    h.wait_allocs(&service, "the service still running", all_with_status(1, ClientStatus::Running));
+    std::fs::write(task_dirs[0].join("go"), "3").unwrap();
+    std::fs::write(task_dirs[1].join("go"), "0").unwrap();
+
+    let allocs = h.wait_allocs(&service, "the service failed", all_with_status(1, ClientStatus::Failed));
+    let state = &allocs[0].task_states["t"];
+    let terminated = state.events.iter().find(|e| e.kind.as_ref() == "Terminated").expect("a Terminated event");
+    assert_eq!(terminated.exit_code, Some(3), "{:?}", state.events);
+    assert!(!terminated.message.contains("unknown"), "{}", terminated.message);
+    assert_eq!(state.restarts, 0);
+    assert!(state.failed);
+    assert_eq!(event_kinds(&allocs[0]).last().map(String::as_str), Some("Not Restarting"));
+
+    let allocs = h.wait_allocs(&batch, "the batch complete", all_with_status(1, ClientStatus::Complete));
+    let state = &allocs[0].task_states["t"];
+    let terminated = state.events.iter().find(|e| e.kind.as_ref() == "Terminated").expect("a Terminated event");
+    assert_eq!(terminated.exit_code, Some(0), "{:?}", state.events);
+    assert!(!state.failed);
 }
 
 /// Register to all running for 100 `raw_exec` tasks; prints the figure.

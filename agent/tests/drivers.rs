@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use caravan::client::driver::docker::DockerDriver;
 use caravan::client::driver::exec::ExecDriver;
+use caravan::client::driver::executor::Executor;
 use caravan::client::driver::logs::{LogStream, read_all};
 use caravan::client::driver::raw_exec::RawExecDriver;
 use caravan::client::driver::{Driver, DriverError, LogConfig, TaskDirs, TaskHandle, TaskResources, TaskSpec};
@@ -74,6 +75,28 @@ fn docker_missing() -> ConfigValue {
 
 fn raw_exec_kind() -> Kind {
     Kind { make: || Arc::new(RawExecDriver::new()), config: process_config, missing: process_missing }
+}
+
+/// The `caravan` binary of this build, which runs `caravan executor`.
+fn executor() -> Executor {
+    Executor::new(env!("CARGO_BIN_EXE_caravan"))
+}
+
+fn raw_exec_executor_kind() -> Kind {
+    Kind {
+        make: || Arc::new(RawExecDriver::with_executor(executor())),
+        config: process_config,
+        missing: process_missing,
+    }
+}
+
+fn exec_executor_kind() -> Option<Kind> {
+    exec_kind()?;
+    Some(Kind {
+        make: || Arc::new(ExecDriver::with_executor(executor())),
+        config: process_config,
+        missing: process_missing,
+    })
 }
 
 fn exec_kind() -> Option<Kind> {
@@ -143,6 +166,7 @@ impl Scratch {
             config,
             env: BTreeMap::new(),
             device_env: BTreeMap::new(),
+            devices: Vec::new(),
             user: None,
             resources: TaskResources { cpu_mhz: 100, memory_mb: 64 },
             ports: Vec::new(),
@@ -265,6 +289,85 @@ fn raw_exec_conformance() {
 }
 
 #[test]
+fn raw_exec_executor_conformance() {
+    conformance(&raw_exec_executor_kind(), "conformance-executor");
+}
+
+#[test]
+fn exec_executor_conformance() {
+    if let Some(kind) = exec_executor_kind() {
+        conformance(&kind, "conformance-executor");
+    }
+}
+
+/// Waits until `path` exists or a deadline passes.
+fn wait_for_file(path: &std::path::Path) {
+    let deadline = Instant::now() + LOG_WAIT;
+    while !path.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The executor records the exit status, so a driver that re-attached to a
+/// task (a new agent) reports its real exit code: when the task exits after
+/// the re-attach, and when it exited while no agent was there.
+fn exit_status_survives_reattach(kind: &Kind, test: &str) {
+    let driver = (kind.make)();
+    let mut scratch = Scratch::new(Arc::clone(&driver), test);
+    // The task exits with the code written in the file `go`.
+    let script = "echo $$ > pid; while [ ! -s go ]; do sleep 0.05; done; exit $(cat go)";
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let spec = scratch.spec((kind.config)(script));
+        let handle = scratch.start(&spec);
+        wait_for_file(&spec.dirs.task_dir.join("pid"));
+        handles.push((spec, serde_json::to_string(&handle).unwrap()));
+    }
+    // The agent goes away; its tasks do not.
+    drop(driver);
+    // The second task exits while no agent runs.
+    let (gone_spec, _) = &handles[1];
+    std::fs::write(gone_spec.dirs.task_dir.join("go"), "4").unwrap();
+    let status_file = gone_spec.dirs.task_dir.join(".executor/status.json");
+    wait_for_file(&status_file);
+    assert!(status_file.exists(), "the executor recorded the exit");
+
+    let driver = (kind.make)();
+    scratch.driver = Arc::clone(&driver);
+    // The first exits after the new driver re-attached.
+    let (spec, stored) = &handles[0];
+    let handle: TaskHandle = serde_json::from_str(stored).unwrap();
+    driver.recover(&handle).unwrap();
+    std::fs::write(spec.dirs.task_dir.join("go"), "3").unwrap();
+    let exit = driver.wait(&handle).unwrap();
+    assert_eq!(exit.exit_code, 3, "{exit:?}");
+    assert_eq!(exit.signal, None);
+    assert_eq!(exit.error, None, "the status is known");
+    driver.destroy(&handle).unwrap();
+
+    let (_, stored) = &handles[1];
+    let handle: TaskHandle = serde_json::from_str(stored).unwrap();
+    driver.recover(&handle).expect("a task that exited with a recorded status is not lost");
+    let exit = driver.wait(&handle).unwrap();
+    assert_eq!(exit.exit_code, 4, "{exit:?}");
+    assert_eq!(exit.error, None);
+    driver.destroy(&handle).unwrap();
+    assert!(matches!(driver.recover(&handle), Err(DriverError::TaskGone(_))));
+}
+
+#[test]
+fn raw_exec_exit_status_survives_reattach() {
+    exit_status_survives_reattach(&raw_exec_executor_kind(), "reattach");
+}
+
+#[test]
+fn exec_exit_status_survives_reattach() {
+    if let Some(kind) = exec_executor_kind() {
+        exit_status_survives_reattach(&kind, "reattach");
+    }
+}
+
+#[test]
 fn exec_conformance() {
     if let Some(kind) = exec_kind() {
         conformance(&kind, "conformance");
@@ -345,4 +448,101 @@ fn docker_ports_labels_and_mounts() {
     let found = docker.find_containers(&spec.alloc_id).unwrap();
     assert_eq!(found, vec![(id.clone(), "task1".to_string())]);
     driver.destroy(&handle).unwrap();
+}
+
+/// Two GPUs of a simulated 8 × H200 board, assigned to a task as the
+/// scheduler would.
+fn two_simulated_gpus() -> (Vec<caravan_engine::model::AssignedDevice>, Vec<String>) {
+    let fingerprint = caravan_gpu::SimulatedGpus::h200_8x().fingerprint();
+    let uuids: Vec<String> = fingerprint.gpus.iter().skip(2).take(2).map(|gpu| gpu.uuid.clone()).collect();
+    assert_eq!(uuids.len(), 2);
+    let assigned = caravan_engine::model::AssignedDevice {
+        task_index: 0,
+        vendor: "nvidia".into(),
+        kind: "gpu".into(),
+        name: "NVIDIA H200".into(),
+        instance_ids: uuids.iter().map(|id| Arc::from(id.as_str())).collect(),
+    };
+    (vec![assigned], uuids)
+}
+
+/// A docker task given two GPUs asks Docker for exactly those (driver
+/// `nvidia`, their UUIDs, capability `gpu`), and sees them in its env. The
+/// request is checked as built, then on a created container through the
+/// Docker API (it cannot start here: no NVIDIA runtime).
+#[test]
+fn docker_task_gets_a_device_request_for_its_gpus() {
+    let (devices, uuids) = two_simulated_gpus();
+    let root = std::env::temp_dir().join(format!("caravan-drivers-docker-gpu-{}", std::process::id()));
+    let mut spec = TaskSpec {
+        alloc_id: format!("docker-gpu-{}", std::process::id()),
+        task_name: "train".into(),
+        config: docker_config("nvidia-smi"),
+        env: BTreeMap::new(),
+        device_env: caravan_gpu::visible_devices_env(&devices).into_iter().collect(),
+        devices,
+        user: None,
+        resources: TaskResources { cpu_mhz: 100, memory_mb: 64 },
+        dirs: TaskDirs::new(&root, "train"),
+        ports: Vec::new(),
+        logs: LogConfig::default(),
+    };
+    let body = DockerDriver::container_config(&spec).unwrap();
+    let requests = body.host_config.as_ref().and_then(|h| h.device_requests.clone()).expect("a device request");
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].driver.as_deref(), Some("nvidia"));
+    assert_eq!(requests[0].device_ids.as_deref(), Some(uuids.as_slice()));
+    assert_eq!(requests[0].capabilities, Some(vec![vec!["gpu".to_string()]]));
+    let env = body.env.clone().unwrap_or_default();
+    assert!(env.contains(&format!("NVIDIA_VISIBLE_DEVICES={}", uuids.join(","))), "{env:?}");
+    assert!(env.contains(&format!("CUDA_VISIBLE_DEVICES={}", uuids.join(","))), "{env:?}");
+
+    // Without GPUs, no request: the NVIDIA runtime hook is never invoked.
+    let mut plain = spec.clone();
+    plain.devices.clear();
+    let body = DockerDriver::container_config(&plain).unwrap();
+    assert_eq!(body.host_config.and_then(|h| h.device_requests), None);
+
+    if docker_kind().is_none() {
+        return;
+    }
+    spec.task_name = "train-created".into();
+    let driver = DockerDriver::new();
+    let id = driver.create_container(&spec).unwrap();
+    let inspect = std::process::Command::new("docker").args(["container", "inspect", &id]).output().unwrap();
+    let handle = TaskHandle {
+        driver: "docker".into(),
+        alloc_id: spec.alloc_id.clone(),
+        task_name: spec.task_name.clone(),
+        log_dir: spec.dirs.log_dir.clone(),
+        logs: spec.logs,
+        state: caravan::client::driver::HandleState::Container { id: id.clone() },
+    };
+    driver.destroy(&handle).unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(inspect.status.success(), "docker inspect: {}", String::from_utf8_lossy(&inspect.stderr));
+    let inspected: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let requests = &inspected[0]["HostConfig"]["DeviceRequests"];
+    assert_eq!(requests.as_array().map(Vec::len), Some(1), "{requests}");
+    assert_eq!(requests[0]["Driver"], "nvidia");
+    assert_eq!(requests[0]["DeviceIDs"], serde_json::json!(uuids));
+    assert_eq!(requests[0]["Capabilities"], serde_json::json!([["gpu"]]));
+}
+
+/// A raw_exec task given two GPUs sees exactly their UUIDs in
+/// `NVIDIA_VISIBLE_DEVICES` and `CUDA_VISIBLE_DEVICES`.
+#[test]
+fn raw_exec_task_sees_its_gpus_in_the_environment() {
+    let (devices, uuids) = two_simulated_gpus();
+    let driver: Arc<dyn Driver> = Arc::new(RawExecDriver::with_executor(executor()));
+    let mut scratch = Scratch::new(Arc::clone(&driver), "gpu-env");
+    let mut spec = scratch.spec(process_config(r#"echo "nvidia=$NVIDIA_VISIBLE_DEVICES cuda=$CUDA_VISIBLE_DEVICES""#));
+    spec.device_env = caravan_gpu::visible_devices_env(&devices).into_iter().collect();
+    spec.devices = devices;
+    let handle = scratch.start(&spec);
+    assert!(driver.wait(&handle).unwrap().successful());
+    let joined = uuids.join(",");
+    let expected = format!("nvidia={joined} cuda={joined}");
+    let stdout = wait_for_log(&spec, LogStream::Stdout, &expected);
+    assert!(stdout.contains(&expected), "{stdout:?}");
 }

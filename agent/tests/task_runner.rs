@@ -44,6 +44,7 @@ fn new_runner(
         config,
         env: BTreeMap::new(),
         device_env: BTreeMap::new(),
+        devices: Vec::new(),
         user: None,
         resources: TaskResources { cpu_mhz: 100, memory_mb: 64 },
         dirs: TaskDirs::new(&root, "main"),

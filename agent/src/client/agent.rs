@@ -317,6 +317,12 @@ impl std::fmt::Debug for ClientAgent {
     }
 }
 
+/// The allocation directory (`client.alloc_dir`, else `<data_dir>/alloc`):
+/// where task directories and logs are.
+pub fn alloc_dir(config: &AgentConfig) -> Result<PathBuf, ClientError> {
+    client_dirs(config).map(|(_, alloc_dir)| alloc_dir)
+}
+
 /// The state directory (`client.state_dir`, else `<data_dir>/client`) and
 /// the allocation directory (`client.alloc_dir`, else `<data_dir>/alloc`).
 fn client_dirs(config: &AgentConfig) -> Result<(PathBuf, PathBuf), ClientError> {

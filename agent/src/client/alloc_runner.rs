@@ -28,7 +28,7 @@ use caravan_engine::model::{
 };
 
 use super::driver::{Driver, LogConfig, PortMapping, TaskDirs, TaskHandle, TaskResources, TaskSpec};
-use super::env::{NodeEnv, device_env, task_env};
+use super::env::{NodeEnv, device_env, task_devices, task_env};
 use super::state_db::StoredAlloc;
 use super::task_runner::{KillHandle, TaskRunner, TaskRunnerConfig, TaskStateUpdate};
 
@@ -221,6 +221,7 @@ impl AllocRunner {
             config: task.config.clone(),
             env: task_env(alloc, task, &dirs, &ctx.node),
             device_env: device_env(alloc, index),
+            devices: task_devices(alloc, index),
             user: task.user.as_ref().map(|user| user.to_string()),
             resources: TaskResources { cpu_mhz: task.resources.cpu_mhz, memory_mb: task.resources.memory_mb },
             dirs,

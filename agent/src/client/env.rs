@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use caravan_engine::model::{Allocation, Task};
+use caravan_engine::model::{Allocation, AssignedDevice, Task};
 
 use super::driver::TaskDirs;
 
@@ -73,12 +73,15 @@ pub fn task_env(alloc: &Allocation, task: &Task, dirs: &TaskDirs, node: &NodeEnv
     env
 }
 
+/// The devices the scheduler assigned task `task_index`.
+pub fn task_devices(alloc: &Allocation, task_index: usize) -> Vec<AssignedDevice> {
+    alloc.resources.devices.iter().filter(|d| usize::from(d.task_index) == task_index).cloned().collect()
+}
+
 /// The visible-device variables of task `task_index`, from the devices the
 /// scheduler assigned it.
 pub fn device_env(alloc: &Allocation, task_index: usize) -> BTreeMap<String, String> {
-    let assigned: Vec<_> =
-        alloc.resources.devices.iter().filter(|d| usize::from(d.task_index) == task_index).cloned().collect();
-    caravan_gpu::reserve::visible_devices_env(&assigned).into_iter().collect()
+    caravan_gpu::reserve::visible_devices_env(&task_devices(alloc, task_index)).into_iter().collect()
 }
 
 #[cfg(test)]

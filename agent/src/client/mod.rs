@@ -5,11 +5,13 @@
 //! [`alloc_runner::AllocRunner`] (tasks through [`task_runner::TaskRunner`]
 //! and the [`driver`]s, environment from [`env`]) and keeps what it runs in
 //! [`state_db::StateDb`] so a restarted agent re-attaches to its tasks.
+//! [`logs_api::AllocDirLogs`] serves task logs to the agent's HTTP API.
 
 pub mod agent;
 pub mod alloc_runner;
 pub mod driver;
 pub mod env;
+pub mod logs_api;
 pub mod rpc_server;
 pub mod server_api;
 pub mod state_db;

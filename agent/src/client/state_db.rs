@@ -235,7 +235,12 @@ mod tests {
             task_name: "web/main".into(),
             log_dir: "/tmp/logs".into(),
             logs: Default::default(),
-            state: super::super::driver::HandleState::Process { pid: 42, start_ticks: 7, cgroups: Vec::new() },
+            state: super::super::driver::HandleState::Process {
+                pid: 42,
+                start_ticks: 7,
+                cgroups: Vec::new(),
+                executor: None,
+            },
         };
         {
             let db = StateDb::open(&path).unwrap();

@@ -7,6 +7,7 @@
 //! implements it today; the raft-replicated server will too.
 
 mod blocking;
+mod client_fs;
 mod events;
 mod handlers;
 mod server;
@@ -19,10 +20,28 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
+pub use client_fs::{LocalLogs, LocalLogsError, LogFile, LogType};
 pub use server::{LocalServer, RaftServerInfo, Server, WriteBuilder, engine_gauges};
+
+/// What an agent adds to its API beyond the server's state.
+#[derive(Debug, Clone, Default)]
+pub struct ApiOptions {
+    /// The log files of the client running in this agent, for
+    /// `/v1/client/fs/logs`; `None` on a server alone.
+    pub local_logs: Option<Arc<dyn LocalLogs>>,
+}
 
 /// The router for every implemented `/v1` endpoint.
 pub fn router(server: Arc<dyn Server>) -> Router {
+    router_with(server, ApiOptions::default())
+}
+
+/// [`router`], with the client endpoints `options` enable.
+pub fn router_with(server: Arc<dyn Server>, options: ApiOptions) -> Router {
+    server_routes(Arc::clone(&server)).merge(client_fs::router(server, options.local_logs))
+}
+
+fn server_routes(server: Arc<dyn Server>) -> Router {
     Router::new()
         .route("/v1/jobs", get(handlers::list_jobs).put(handlers::register_job).post(handlers::register_job))
         .route("/v1/jobs/parse", axum::routing::put(writes::parse_job).post(writes::parse_job))
@@ -63,6 +82,11 @@ pub async fn serve(addr: SocketAddr, server: Arc<dyn Server>) -> std::io::Result
 /// Start the API on its own thread with its own compio runtime, returning
 /// the address it listens on (port 0 picks a free one).
 pub fn spawn(addr: SocketAddr, server: Arc<dyn Server>) -> std::io::Result<SocketAddr> {
+    spawn_with(addr, server, ApiOptions::default())
+}
+
+/// [`spawn`], with the client endpoints `options` enable.
+pub fn spawn_with(addr: SocketAddr, server: Arc<dyn Server>, options: ApiOptions) -> std::io::Result<SocketAddr> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("http".into()).spawn(move || {
         let runtime = match compio::runtime::Runtime::new() {
@@ -76,7 +100,7 @@ pub fn spawn(addr: SocketAddr, server: Arc<dyn Server>) -> std::io::Result<Socke
             match compio::net::TcpListener::bind(addr).await {
                 Ok(listener) => {
                     let _ = tx.send(listener.local_addr());
-                    if let Err(e) = cyper_axum::serve(listener, router(server)).await {
+                    if let Err(e) = cyper_axum::serve(listener, router_with(server, options)).await {
                         eprintln!("http server stopped: {e}");
                     }
                 }

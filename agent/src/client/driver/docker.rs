@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
+use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -252,6 +252,46 @@ impl DockerDriver {
             .collect())
     }
 
+    /// Creates the task's container (pulling the image if missing, removing
+    /// a leftover of an earlier attempt) without starting it; returns its id.
+    /// `destroy` with a handle of that id removes it.
+    pub fn create_container(&self, spec: &TaskSpec) -> Result<String, DriverError> {
+        self.create(spec).map(|(_, id)| id)
+    }
+
+    fn create(&self, spec: &TaskSpec) -> Result<(Docker, String), DriverError> {
+        let config = parse_config(&spec.config)?;
+        let body = DockerDriver::create_body(spec, &config)?;
+        spec.dirs.create()?;
+        let docker = self.client()?;
+        self.ensure_image(&docker, &config)?;
+        let name = format!("{}-{}", spec.task_name, spec.alloc_id);
+        // A container of the same name is a leftover of an earlier attempt.
+        let (d, n) = (docker.clone(), name.clone());
+        let removed = self.call(API_TIMEOUT, async move {
+            d.remove_container(&n, Some(RemoveContainerOptionsBuilder::new().force(true).build())).await
+        })?;
+        match removed {
+            Ok(()) => {}
+            Err(err) if status_of(&err) == Some(STATUS_NOT_FOUND) => {}
+            Err(err) => return Err(docker_error(err)),
+        }
+        let d = docker.clone();
+        let created = self.call(API_TIMEOUT, async move {
+            d.create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body).await
+        })?;
+        let id = created.map_err(|err| DriverError::Start(format!("create container: {err}")))?.id;
+        Ok((docker, id))
+    }
+
+    /// The container create request for `spec`: image, command, env,
+    /// labels, limits, ports, the alloc dir mounts, and the assigned GPUs as
+    /// a `DeviceRequest` (driver `nvidia`, their UUIDs, capability `gpu`).
+    /// Pure: what `start` sends, for tests and debugging.
+    pub fn container_config(spec: &TaskSpec) -> Result<ContainerCreateBody, DriverError> {
+        DockerDriver::create_body(spec, &parse_config(&spec.config)?)
+    }
+
     fn create_body(spec: &TaskSpec, config: &DockerConfig) -> Result<ContainerCreateBody, DriverError> {
         let mut labels: HashMap<String, String> = config.labels.clone().into_iter().collect();
         labels.insert(LABEL_ALLOC_ID.into(), spec.alloc_id.clone());
@@ -279,6 +319,15 @@ impl DockerDriver {
                 .iter()
                 .map(|(host, container)| format!("{}:{container}", host.display()))
                 .collect();
+        let device_requests = caravan_gpu::reserve::docker_device_request(&spec.devices).map(|request| {
+            vec![DeviceRequest {
+                driver: Some(request.driver),
+                count: None,
+                device_ids: Some(request.device_ids),
+                capabilities: Some(request.capabilities),
+                options: None,
+            }]
+        });
         Ok(ContainerCreateBody {
             image: Some(config.image.clone()),
             cmd: (!cmd.is_empty()).then_some(cmd),
@@ -293,6 +342,7 @@ impl DockerDriver {
                 cpu_shares: Some(i64::from(spec.resources.cpu_mhz.max(2))),
                 binds: Some(binds),
                 port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+                device_requests,
                 ..Default::default()
             }),
             ..Default::default()
@@ -378,27 +428,7 @@ impl Driver for DockerDriver {
     }
 
     fn start(&self, spec: &TaskSpec) -> Result<TaskHandle, DriverError> {
-        let config = parse_config(&spec.config)?;
-        let body = DockerDriver::create_body(spec, &config)?;
-        spec.dirs.create()?;
-        let docker = self.client()?;
-        self.ensure_image(&docker, &config)?;
-        let name = format!("{}-{}", spec.task_name, spec.alloc_id);
-        // A container of the same name is a leftover of an earlier attempt.
-        let (d, n) = (docker.clone(), name.clone());
-        let removed = self.call(API_TIMEOUT, async move {
-            d.remove_container(&n, Some(RemoveContainerOptionsBuilder::new().force(true).build())).await
-        })?;
-        match removed {
-            Ok(()) => {}
-            Err(err) if status_of(&err) == Some(STATUS_NOT_FOUND) => {}
-            Err(err) => return Err(docker_error(err)),
-        }
-        let d = docker.clone();
-        let created = self.call(API_TIMEOUT, async move {
-            d.create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body).await
-        })?;
-        let id = created.map_err(|err| DriverError::Start(format!("create container: {err}")))?.id;
+        let (docker, id) = self.create(spec)?;
         let handle = TaskHandle {
             driver: DOCKER_DRIVER.into(),
             alloc_id: spec.alloc_id.clone(),

@@ -12,12 +12,14 @@
 //! `cpu.weight`), v1 otherwise (`memory.limit_in_bytes`, `cpu.shares`), each
 //! task in `caravan/<alloc id>-<task>`.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use caravan_engine::model::ConfigValue;
 
+use super::executor::{Executor, Launch};
 use super::raw_exec::parse_command_config;
 use super::{Driver, DriverError, DriverFingerprint, ExitResult, TaskHandle, TaskResources, TaskSpec, process};
 
@@ -35,6 +37,15 @@ const SHELL: &str = "/bin/sh";
 /// task never runs unconfined.
 const JOIN_CGROUPS_SCRIPT: &str =
     r#"while [ "$#" -gt 0 ] && [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@""#;
+/// Hides every device node named before `--` behind `/dev/null` (a bind
+/// mount in the task's own mount namespace), then execs what follows. Exit
+/// 125 if a mount fails, so a task never sees a GPU it was not given.
+const MASK_DEVICES_SCRIPT: &str = r#"while [ "$#" -gt 0 ] && [ "$1" != -- ]; do mount --bind /dev/null "$1" || exit 125; shift; done; shift; exec "$@""#;
+/// Where the NVIDIA kernel driver lists each GPU's UUID and device minor,
+/// readable without NVML.
+const NVIDIA_PROC_GPUS: &str = "/proc/driver/nvidia/gpus";
+/// The NVIDIA driver's vendor name in assigned devices.
+const VENDOR_NVIDIA: &str = "nvidia";
 /// The kernel refuses `cpu.shares` below 2.
 const CPU_SHARES_MIN: u64 = 2;
 /// `cpu.weight` bounds in cgroup v2.
@@ -69,11 +80,21 @@ fn cgroup_version() -> Option<CgroupVersion> {
 
 /// The `exec` driver; every task lives in its handle.
 #[derive(Debug, Default)]
-pub struct ExecDriver;
+pub struct ExecDriver {
+    executor: Option<Executor>,
+}
 
 impl ExecDriver {
+    /// Tasks as children of the agent: a task re-attached after an agent
+    /// restart has an unknown exit status.
     pub fn new() -> ExecDriver {
-        ExecDriver
+        ExecDriver { executor: None }
+    }
+
+    /// Tasks under an executor that records their exit status; the
+    /// executor stays outside the task's cgroups and namespaces.
+    pub fn with_executor(executor: Executor) -> ExecDriver {
+        ExecDriver { executor: Some(executor) }
     }
 
     /// Why the driver cannot run tasks here, or `None` when it can.
@@ -146,6 +167,71 @@ fn create_cgroups(name: &str, resources: TaskResources) -> Result<Vec<PathBuf>, 
             Ok(vec![memory, cpu])
         }
         None => Err(DriverError::Unavailable(format!("no usable cgroup hierarchy under {CGROUP_ROOT}"))),
+    }
+}
+
+/// The minors of the GPU nodes (`/dev/nvidiaN`) to hide from a task that
+/// was given the GPUs `assigned` (UUIDs): every node but the assigned GPUs'.
+/// `None` when an assigned id is not a whole GPU known to the driver (a MIG
+/// instance, whose parent needs NVML to find): nothing is hidden then.
+fn gpu_minors_to_hide(
+    node_minors: &[u32],
+    uuid_minors: &BTreeMap<String, u32>,
+    assigned: &[String],
+) -> Option<Vec<u32>> {
+    let mut allowed = Vec::new();
+    for uuid in assigned {
+        allowed.push(*uuid_minors.get(uuid)?);
+    }
+    Some(node_minors.iter().copied().filter(|minor| !allowed.contains(minor)).collect())
+}
+
+/// `Device Minor` by `GPU UUID`, from the driver's `/proc` files.
+fn nvidia_uuid_minors() -> BTreeMap<String, u32> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(NVIDIA_PROC_GPUS) else { return out };
+    for entry in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("information")) else { continue };
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name).map(|rest| rest.trim_start_matches(':').trim().to_string()))
+        };
+        if let (Some(uuid), Some(minor)) = (field("GPU UUID"), field("Device Minor").and_then(|m| m.parse().ok())) {
+            out.insert(uuid, minor);
+        }
+    }
+    out
+}
+
+/// The GPU device nodes on this machine (`/dev/nvidiaN`) by minor.
+fn gpu_node_minors() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/dev") else { return Vec::new() };
+    let mut minors: Vec<u32> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.strip_prefix("nvidia")?.parse().ok())
+        .collect();
+    minors.sort_unstable();
+    minors
+}
+
+/// The GPU nodes a task must not see: all but its assigned GPUs'.
+fn gpu_nodes_to_hide(spec: &TaskSpec) -> Vec<PathBuf> {
+    let node_minors = gpu_node_minors();
+    if node_minors.is_empty() {
+        return Vec::new();
+    }
+    let assigned: Vec<String> = spec
+        .devices
+        .iter()
+        .filter(|device| &*device.vendor == VENDOR_NVIDIA)
+        .flat_map(|device| device.instance_ids.iter().map(|id| id.to_string()))
+        .collect();
+    match gpu_minors_to_hide(&node_minors, &nvidia_uuid_minors(), &assigned) {
+        Some(minors) => minors.into_iter().map(|minor| PathBuf::from(format!("/dev/nvidia{minor}"))).collect(),
+        None => {
+            tracing::warn!(task = %spec.task_name, ?assigned, "assigned GPU instances not in {NVIDIA_PROC_GPUS} (MIG?); no GPU node hidden");
+            Vec::new()
+        }
     }
 }
 
@@ -224,15 +310,40 @@ impl Driver for ExecDriver {
         let user = super::lookup_user(spec.user.as_deref().unwrap_or(EXEC_USER_DEFAULT))?;
         prepare_dirs(spec, user.uid, user.gid)?;
         let cgroups = create_cgroups(&cgroup_name(spec), spec.resources)?;
-        let mut command = Command::new(SHELL);
-        command.arg("-c").arg(JOIN_CGROUPS_SCRIPT).arg("caravan-exec");
-        command.args(cgroups.iter().map(|dir| dir.join("cgroup.procs")));
-        command.arg("--").arg(UNSHARE).args(["--pid", "--fork", "--mount-proc", "--kill-child"]);
-        if user.uid != 0 {
-            command.arg(format!("--setgid={}", user.gid)).arg(format!("--setuid={}", user.uid));
+        let mut args: Vec<OsString> = vec!["-c".into(), JOIN_CGROUPS_SCRIPT.into(), "caravan-exec".into()];
+        args.extend(cgroups.iter().map(|dir| dir.join("cgroup.procs").into_os_string()));
+        args.push("--".into());
+        // GPUs the task was not given are hidden in a mount namespace of its
+        // own, before the user switch (mounting needs root).
+        let hidden = gpu_nodes_to_hide(spec);
+        if !hidden.is_empty() {
+            args.extend(
+                [
+                    UNSHARE,
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    SHELL,
+                    "-c",
+                    MASK_DEVICES_SCRIPT,
+                    "caravan-mask",
+                ]
+                .map(OsString::from),
+            );
+            args.extend(hidden.into_iter().map(PathBuf::into_os_string));
+            args.push("--".into());
         }
-        command.arg("--").arg(program).args(&config.args);
-        match process::spawn(EXEC_DRIVER, spec, command, cgroups.clone()) {
+        args.extend([UNSHARE, "--pid", "--fork", "--mount-proc", "--kill-child"].map(OsString::from));
+        if user.uid != 0 {
+            args.push(format!("--setgid={}", user.gid).into());
+            args.push(format!("--setuid={}", user.uid).into());
+        }
+        args.push("--".into());
+        args.push(program.into());
+        args.extend(config.args.iter().map(OsString::from));
+        let launch = Launch { program: SHELL.into(), args, user: None };
+        match process::spawn(EXEC_DRIVER, spec, launch, self.executor.as_ref(), cgroups.clone()) {
             Ok(handle) => Ok(handle),
             Err(err) => {
                 remove_cgroups(&cgroups);
@@ -271,6 +382,17 @@ impl Driver for ExecDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hides_every_gpu_node_but_the_assigned() {
+        let uuid_minors: BTreeMap<String, u32> =
+            [("GPU-a".to_string(), 0), ("GPU-b".to_string(), 1), ("GPU-c".to_string(), 2)].into();
+        let nodes = [0, 1, 2];
+        assert_eq!(gpu_minors_to_hide(&nodes, &uuid_minors, &["GPU-b".into()]), Some(vec![0, 2]));
+        assert_eq!(gpu_minors_to_hide(&nodes, &uuid_minors, &["GPU-a".into(), "GPU-c".into()]), Some(vec![1]));
+        assert_eq!(gpu_minors_to_hide(&nodes, &uuid_minors, &[]), Some(vec![0, 1, 2]), "no GPU: none visible");
+        assert_eq!(gpu_minors_to_hide(&nodes, &uuid_minors, &["MIG-x".into()]), None);
+    }
 
     #[test]
     fn shares_map_onto_weights_like_systemd() {

@@ -164,6 +164,14 @@ fn existing_indexes(dir: &Path, prefix: &str) -> io::Result<Vec<u64>> {
     Ok(indexes)
 }
 
+/// The rotated files of a stream with their index, oldest first.
+pub fn log_files(dir: &Path, task: &str, stream: LogStream) -> io::Result<Vec<(u64, PathBuf)>> {
+    let prefix = format!("{task}.{}", stream.as_str());
+    let mut indexes = existing_indexes(dir, &prefix)?;
+    indexes.sort_unstable();
+    Ok(indexes.into_iter().map(|index| (index, dir.join(format!("{prefix}.{index}")))).collect())
+}
+
 /// Reads every rotated file of a stream, oldest first: what `alloc logs`
 /// shows, and what tests check.
 pub fn read_all(dir: &Path, task: &str, stream: LogStream) -> io::Result<Vec<u8>> {

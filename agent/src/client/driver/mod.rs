@@ -9,6 +9,10 @@
 //!   inside cgroups limiting memory and CPU shares, as a configured user.
 //! - [`docker::DockerDriver`]: a container through the Docker Engine API.
 //!
+//! `raw_exec` and `exec` built `with_executor` start each task under
+//! [`executor`], a small supervisor process that records the task's exit
+//! status, so a task re-attached after an agent restart reports it.
+//!
 //! A task starts from a [`TaskSpec`] and is known afterwards only by its
 //! [`TaskHandle`], which serializes: the client stores it, and after an agent
 //! restart a fresh driver re-attaches with [`Driver::recover`].
@@ -26,6 +30,7 @@
 
 pub mod docker;
 pub mod exec;
+pub mod executor;
 pub mod logs;
 mod process;
 pub mod raw_exec;
@@ -34,7 +39,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use caravan_engine::model::ConfigValue;
+use caravan_engine::model::{AssignedDevice, ConfigValue};
 use serde::{Deserialize, Serialize};
 
 pub use logs::LogConfig;
@@ -164,6 +169,10 @@ pub struct TaskSpec {
     /// Device environment (`CUDA_VISIBLE_DEVICES`, ...) from the gpu crate;
     /// merged over `env`.
     pub device_env: BTreeMap<String, String>,
+    /// The device instances the scheduler assigned this task (GPUs):
+    /// `docker` asks for exactly these in a `DeviceRequest`; `exec` hides
+    /// every other GPU's device node from the task.
+    pub devices: Vec<AssignedDevice>,
     /// `user = "..."`; `exec` defaults to `nobody`, `raw_exec` runs as the
     /// agent, `docker` as the image says.
     pub user: Option<String>,
@@ -200,7 +209,15 @@ pub enum HandleState {
     /// A process: its pid and its start time in clock ticks since boot
     /// (field 22 of `/proc/<pid>/stat`), so a recycled pid is never mistaken
     /// for the task. `cgroups` are the directories the exec driver made.
-    Process { pid: i32, start_ticks: u64, cgroups: Vec<PathBuf> },
+    /// `executor`: the task's supervisor, which records its exit status
+    /// (absent for a task started directly, or by an older agent).
+    Process {
+        pid: i32,
+        start_ticks: u64,
+        cgroups: Vec<PathBuf>,
+        #[serde(default)]
+        executor: Option<Box<executor::ExecutorHandle>>,
+    },
     /// A Docker container.
     Container { id: String },
 }

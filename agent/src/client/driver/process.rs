@@ -21,6 +21,7 @@ use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::process::{Pid, Signal, WaitOptions};
 
+use super::executor::{self, Executor, ExecutorHandle, Launch};
 use super::logs::{LogStream, RotatingWriter, pump};
 use super::{DriverError, ExitResult, HandleState, TaskHandle, TaskSpec};
 
@@ -32,6 +33,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// error: the kernel needs milliseconds; a process stuck in uninterruptible
 /// sleep (D state, a dead NFS mount) can take longer, and we do not wait on it forever.
 const KILL_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How long `destroy` lets an executor whose task is dead finish writing
+/// the exit status before killing it: it needs microseconds.
+const EXECUTOR_EXIT_MAX: Duration = Duration::from_secs(2);
 /// `PATH` for tasks whose environment has none: the usual system directories.
 pub(crate) const PATH_DEFAULT: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Offset of a signal in an exit code, as shells and Nomad's executor report
@@ -70,13 +74,16 @@ pub(crate) fn resolve_command(command: &str, env: &BTreeMap<String, String>) -> 
         .ok_or_else(|| DriverError::Start(format!("command {command:?} not found in PATH {path_var:?}")))
 }
 
-/// Spawns `command` (program and arguments already set) for `spec`: the
-/// environment, the task directory as working directory, its own process
-/// group, output into the log fifos.
+/// Spawns `launch` for `spec`: the environment, the task directory as
+/// working directory, its own process group, output into the log fifos.
+/// With an `executor`, the agent starts the executor, which starts the task
+/// and records its exit status (see [`executor`]); without, the task is the
+/// agent's child and its status is lost if the agent restarts.
 pub(crate) fn spawn(
     driver: &str,
     spec: &TaskSpec,
-    mut command: Command,
+    launch: Launch,
+    executor: Option<&Executor>,
     cgroups: Vec<PathBuf>,
 ) -> Result<TaskHandle, DriverError> {
     spec.dirs.create()?;
@@ -101,24 +108,55 @@ pub(crate) fn spawn(
     let stdout_end = task_ends.pop().ok_or_else(|| DriverError::Start("no stdout fifo".into()))?;
     let mut env = spec.full_env();
     env.entry("PATH".into()).or_insert_with(|| PATH_DEFAULT.into());
+    let executor_dir = spec.dirs.task_dir.join(executor::EXECUTOR_DIR_NAME);
+    let mut command = match executor {
+        Some(executor) => {
+            executor::prepare_dir(&executor_dir)?;
+            executor.command(&executor_dir, &launch)
+        }
+        None => {
+            let mut command = Command::new(&launch.program);
+            command.args(&launch.args);
+            if let Some((uid, gid)) = launch.user {
+                command.uid(uid).gid(gid);
+            }
+            // The executor makes its own session; a task started directly
+            // leads its own process group.
+            command.process_group(0);
+            command
+        }
+    };
     command
         .env_clear()
         .envs(&env)
         .current_dir(&spec.dirs.task_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout_end))
-        .stderr(Stdio::from(stderr_end))
-        .process_group(0);
-    let child = command.spawn().map_err(|e| DriverError::Start(format!("{:?}: {e}", command.get_program())))?;
+        .stderr(Stdio::from(stderr_end));
+    let child = command.spawn().map_err(|e| DriverError::Start(format!("{:?}: {e}", launch.program)))?;
     // Our copies of the task's fifo ends must close, or the pumps would
     // never see end of file.
     drop(command);
-    let pid = i32::try_from(child.id()).map_err(|_| DriverError::Start("pid out of range".into()))?;
+    let child_pid = i32::try_from(child.id()).map_err(|_| DriverError::Start("pid out of range".into()))?;
     // The child is reaped by `wait` through waitpid, not through `Child`.
     drop(child);
     // A task that already exited is a zombie until `wait` reaps it; its
     // start time is still there.
-    let (_, start_ticks) = stat(pid).ok_or_else(|| DriverError::Start(format!("task process {pid} vanished")))?;
+    let (_, child_ticks) =
+        stat(child_pid).ok_or_else(|| DriverError::Start(format!("task process {child_pid} vanished")))?;
+    let (pid, start_ticks, executor) = match executor {
+        None => (child_pid, child_ticks, None),
+        Some(_) => {
+            let exited = || reap_if_exited(child_pid);
+            let (pid, ticks) = executor::wait_started(&executor_dir, exited).inspect_err(|_| {
+                if let Some(raw) = Pid::from_raw(child_pid) {
+                    let _ = rustix::process::kill_process(raw, Signal::KILL);
+                }
+                reap_if_exited(child_pid);
+            })?;
+            (pid, ticks, Some(Box::new(ExecutorHandle { pid: child_pid, start_ticks: child_ticks, dir: executor_dir })))
+        }
+    };
     for (stream, fifo, reader) in readers {
         start_pump(fifo, reader, log_dir, task, stream, spec.logs);
     }
@@ -128,8 +166,23 @@ pub(crate) fn spawn(
         task_name: task.clone(),
         log_dir: log_dir.clone(),
         logs: spec.logs,
-        state: HandleState::Process { pid, start_ticks, cgroups },
+        state: HandleState::Process { pid, start_ticks, cgroups, executor },
     })
+}
+
+/// Reaps `pid` if it is our child and has exited; true when it is gone
+/// (reaped now, earlier, or not our child and no longer running).
+fn reap_if_exited(pid: i32) -> bool {
+    let Some(raw) = Pid::from_raw(pid) else { return true };
+    loop {
+        match rustix::process::waitpid(Some(raw), WaitOptions::NOHANG) {
+            Ok(Some(_)) => return true,
+            Ok(None) => return false,
+            Err(Errno::INTR) => continue,
+            Err(Errno::CHILD) => return start_ticks(pid).is_none(),
+            Err(_) => return true,
+        }
+    }
 }
 
 /// Opens the agent's end of a fifo without blocking when no writer exists
@@ -176,7 +229,7 @@ fn start_pump(fifo: PathBuf, reader: File, log_dir: &Path, task: &str, stream: L
 
 pub(crate) fn process_of(handle: &TaskHandle) -> Result<(i32, u64, &[PathBuf]), DriverError> {
     match &handle.state {
-        HandleState::Process { pid, start_ticks, cgroups } => Ok((*pid, *start_ticks, cgroups)),
+        HandleState::Process { pid, start_ticks, cgroups, .. } => Ok((*pid, *start_ticks, cgroups)),
         HandleState::Container { .. } => {
             Err(DriverError::InvalidHandle("a container handle given to a process driver".into()))
         }
@@ -194,7 +247,7 @@ fn start_ticks(pid: i32) -> Option<u64> {
 }
 
 /// State (field 3) and start time (field 22) of `/proc/<pid>/stat`.
-fn stat(pid: i32) -> Option<(String, u64)> {
+pub(crate) fn stat(pid: i32) -> Option<(String, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces.
     let after_name = &stat[stat.rfind(')')? + 1..];
@@ -209,11 +262,43 @@ pub(crate) fn alive(pid: i32, ticks: u64) -> bool {
     start_ticks(pid) == Some(ticks)
 }
 
-/// Blocks until the process exits. Our own child is reaped with its exit
-/// status; a process re-attached after an agent restart is watched through
-/// `/proc`, and its status is unknown.
+fn executor_of(handle: &TaskHandle) -> Option<&ExecutorHandle> {
+    match &handle.state {
+        HandleState::Process { executor, .. } => executor.as_deref(),
+        HandleState::Container { .. } => None,
+    }
+}
+
+/// Blocks until the task exits. A task under an executor: once the
+/// executor exits (reaped if it is our child, watched through `/proc`
+/// otherwise), its recorded status. A task started directly: our own child
+/// is reaped with its exit status; one re-attached after an agent restart
+/// is watched through `/proc`, and its status is unknown.
 pub(crate) fn wait(handle: &TaskHandle) -> Result<ExitResult, DriverError> {
     let (pid, ticks, _) = process_of(handle)?;
+    if let Some(executor) = executor_of(handle) {
+        while !reap_if_exited(executor.pid) && alive(executor.pid, executor.start_ticks) {
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        if let Some(status) = executor::read_status(&executor.dir) {
+            return Ok(ExitResult {
+                exit_code: status.exit_code,
+                signal: status.signal,
+                oom_killed: false,
+                error: None,
+            });
+        }
+        // The executor was killed: watch the task itself, status unknown.
+        while alive(pid, ticks) {
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        return Ok(ExitResult {
+            exit_code: 0,
+            signal: None,
+            oom_killed: false,
+            error: Some("the task executor died without recording the exit status".into()),
+        });
+    }
     let raw = Pid::from_raw(pid).ok_or_else(|| DriverError::InvalidHandle(format!("pid {pid}")))?;
     loop {
         match rustix::process::waitpid(Some(raw), WaitOptions::NOHANG) {
@@ -301,7 +386,12 @@ fn kill(pid: i32, ticks: u64) -> Result<(), DriverError> {
 
 pub(crate) fn recover(handle: &TaskHandle) -> Result<(), DriverError> {
     let (pid, ticks, _) = process_of(handle)?;
-    if !alive(pid, ticks) {
+    // A task that exited while no agent ran is not lost when its executor
+    // runs or recorded how it ended: `wait` reports that.
+    let known_end = executor_of(handle).is_some_and(|executor| {
+        alive(executor.pid, executor.start_ticks) || executor::read_status(&executor.dir).is_some()
+    });
+    if !alive(pid, ticks) && !known_end {
         return Err(DriverError::TaskGone(format!("process {pid} is not running")));
     }
     for stream in [LogStream::Stdout, LogStream::Stderr] {
@@ -319,6 +409,25 @@ pub(crate) fn destroy(handle: &TaskHandle) -> Result<(), DriverError> {
     if let Some(raw) = Pid::from_raw(pid) {
         // Not our child, or already reaped by `wait`: nothing to do.
         let _ = rustix::process::waitpid(Some(raw), WaitOptions::NOHANG);
+    }
+    if let Some(executor) = executor_of(handle) {
+        // The executor exits right after recording the status; one that
+        // does not (stopped, stuck) is killed, and reaped if ours.
+        let deadline = Instant::now() + EXECUTOR_EXIT_MAX;
+        while !reap_if_exited(executor.pid) && alive(executor.pid, executor.start_ticks) {
+            if Instant::now() >= deadline {
+                if let Some(raw) = Pid::from_raw(executor.pid) {
+                    let _ = rustix::process::kill_process(raw, Signal::KILL);
+                }
+                std::thread::sleep(POLL_INTERVAL);
+                reap_if_exited(executor.pid);
+                break;
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        // The status has been read (or never will be): a destroyed task is
+        // gone for `recover`.
+        let _ = std::fs::remove_dir_all(&executor.dir);
     }
     for stream in [LogStream::Stdout, LogStream::Stderr] {
         let _ = std::fs::remove_file(fifo_path(&handle.log_dir, &handle.task_name, stream));

@@ -1,11 +1,11 @@
 //! `raw_exec`: the task as a plain process of the agent's user, without
 //! isolation. Opt-in in the agent config (on in `-dev`), as in Nomad.
 
-use std::process::Command;
 use std::time::Duration;
 
 use caravan_engine::model::ConfigValue;
 
+use super::executor::{Executor, Launch};
 use super::{ConfigReader, Driver, DriverError, DriverFingerprint, ExitResult, TaskHandle, TaskSpec, process};
 
 /// The driver's name in jobspecs.
@@ -26,13 +26,22 @@ pub(crate) fn parse_command_config(config: &ConfigValue) -> Result<CommandConfig
     Ok(CommandConfig { command: reader.required_string("command")?, args: reader.string_list("args")? })
 }
 
-/// The `raw_exec` driver; it holds no state, every task lives in its handle.
+/// The `raw_exec` driver; every task lives in its handle.
 #[derive(Debug, Default)]
-pub struct RawExecDriver;
+pub struct RawExecDriver {
+    executor: Option<Executor>,
+}
 
 impl RawExecDriver {
+    /// Tasks as children of the agent: a task re-attached after an agent
+    /// restart has an unknown exit status.
     pub fn new() -> RawExecDriver {
-        RawExecDriver
+        RawExecDriver { executor: None }
+    }
+
+    /// Tasks under an executor that records their exit status.
+    pub fn with_executor(executor: Executor) -> RawExecDriver {
+        RawExecDriver { executor: Some(executor) }
     }
 }
 
@@ -58,18 +67,17 @@ impl Driver for RawExecDriver {
     fn start(&self, spec: &TaskSpec) -> Result<TaskHandle, DriverError> {
         let config = parse_command_config(&spec.config)?;
         let program = process::resolve_command(&config.command, &spec.env)?;
-        let mut command = Command::new(program);
-        command.args(&config.args);
+        let mut launch =
+            Launch { program: program.into(), args: config.args.iter().map(Into::into).collect(), user: None };
         // Without isolation a `user` is still honoured when the agent can
         // switch to it (it runs as root); otherwise the agent's user it is.
         if let Some(user) = &spec.user {
             let user = super::lookup_user(user)?;
             if rustix::process::geteuid().as_raw() != user.uid {
-                use std::os::unix::process::CommandExt;
-                command.uid(user.uid).gid(user.gid);
+                launch.user = Some((user.uid, user.gid));
             }
         }
-        process::spawn(RAW_EXEC_DRIVER, spec, command, Vec::new())
+        process::spawn(RAW_EXEC_DRIVER, spec, launch, self.executor.as_ref(), Vec::new())
     }
 
     fn wait(&self, handle: &TaskHandle) -> Result<ExitResult, DriverError> {
