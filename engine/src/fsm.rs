@@ -124,6 +124,9 @@ pub struct ApplyOutcome {
     /// Jobs that were purged: their blocked evals are untracked.
     pub jobs_purged: Vec<JobKey>,
     pub allocs_written: usize,
+    /// New allocations skipped because their id was already stored (see
+    /// `apply_plan`); nonzero means a plan was committed twice.
+    pub duplicate_placements: usize,
 }
 
 /// Applies commands to a [`StateStore`].
@@ -401,6 +404,15 @@ fn apply_plan(state: &mut State, index: u64, applied: &PlanApplied, out: &mut Ap
     }
     let mut fresh: Vec<Arc<Allocation>> = Vec::with_capacity(applied.allocs.len());
     for alloc in &applied.allocs {
+        if alloc.create_index == 0 && state.alloc(alloc.id).is_some() {
+            // The same placement committed twice: a plan whose commit timed
+            // out but landed, planned again by its worker from the same
+            // snapshot (same seed, same ids). The first copy stands; every
+            // server skips the second alike, so the state stays the same
+            // everywhere.
+            out.duplicate_placements += 1;
+            continue;
+        }
         let mut alloc = (**alloc).clone();
         alloc.modify_index = index;
         alloc.alloc_modify_index = index;

@@ -51,6 +51,19 @@ struct InFlight {
     pending: PendingPlan,
     result: PlanResult,
     command: Option<Command>,
+    /// The optimistic chain this plan was evaluated on (see `Chain`).
+    chain: u64,
+}
+
+/// The optimistic chain's generation: the committer moves it on when a
+/// commit fails, so the applier drops its view (which still holds the
+/// failed plan's result) and every plan evaluated on that view is refused
+/// instead of committed. Without it, a worker retrying the failed plan's
+/// eval on the same snapshot (same seed, same allocation ids) would be
+/// evaluated against a view that already holds those allocations.
+#[derive(Debug, Default)]
+struct Chain {
+    generation: AtomicU64,
 }
 
 /// How the applier overlaps evaluation with commits.
@@ -84,16 +97,17 @@ pub fn spawn_applier(
     }
     let (tx, rx) = crossbeam_channel::bounded::<InFlight>(PLANS_IN_FLIGHT_MAX);
     let in_flight = Arc::new(AtomicU64::new(0));
+    let chain = Arc::new(Chain::default());
     let applier = {
-        let (store, in_flight, cancel) = (store.clone(), in_flight.clone(), cancel.clone());
+        let (store, in_flight, chain, cancel) = (store.clone(), in_flight.clone(), chain.clone(), cancel.clone());
         std::thread::Builder::new()
             .name("plan-applier".into())
-            .spawn(move || apply_loop(&queue, &store, &clock, seed, &in_flight, &tx, &cancel))
+            .spawn(move || apply_loop(&queue, &store, &clock, seed, &in_flight, &chain, &tx, &cancel))
             .expect("spawn plan applier")
     };
     let commit = std::thread::Builder::new()
         .name("plan-committer".into())
-        .spawn(move || commit_loop(&rx, &store, committer.as_ref(), &in_flight))
+        .spawn(move || commit_loop(&rx, &store, committer.as_ref(), &in_flight, &chain))
         .expect("spawn plan committer");
     vec![applier, commit]
 }
@@ -138,19 +152,28 @@ fn serial_loop(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn apply_loop(
     queue: &PlanQueue,
     store: &StateStore,
     clock: &Arc<dyn Clock>,
     seed: u64,
     in_flight: &AtomicU64,
+    chain: &Chain,
     tx: &crossbeam_channel::Sender<InFlight>,
     cancel: &Cancel,
 ) {
     let mut ids = IdGen::with_seed(seed);
     let mut optimistic: Option<State> = None;
+    let mut generation = chain.generation.load(Ordering::SeqCst);
     while !cancel.is_cancelled() {
         let Some(pending) = queue.dequeue(DEQUEUE_SLICE, cancel) else { continue };
+        let now_generation = chain.generation.load(Ordering::SeqCst);
+        if now_generation != generation {
+            // A commit failed: the view holds a result that never landed.
+            optimistic = None;
+            generation = now_generation;
+        }
         // With nothing in flight the store is the truth; otherwise evaluate
         // against the store plus the uncommitted result.
         let base: State = match (&optimistic, in_flight.load(Ordering::SeqCst)) {
@@ -173,7 +196,7 @@ fn apply_loop(
             None => Some(base),
         };
         in_flight.fetch_add(1, Ordering::SeqCst);
-        if tx.send(InFlight { pending, result, command }).is_err() {
+        if tx.send(InFlight { pending, result, command, chain: generation }).is_err() {
             return;
         }
     }
@@ -184,14 +207,13 @@ fn commit_loop(
     store: &StateStore,
     committer: &dyn Committer,
     in_flight: &AtomicU64,
+    chain: &Chain,
 ) {
-    let mut previous_failed = false;
-    for InFlight { pending, mut result, command } in rx.iter() {
-        let answer = if previous_failed {
-            // This plan was evaluated against a view that included a result
-            // that never committed: it may rely on stops that did not happen.
-            previous_failed = false;
-            Err(PlanError::CommitFailed("previous plan failed to commit; retry".into()))
+    for InFlight { pending, mut result, command, chain: evaluated_on } in rx.iter() {
+        let answer = if evaluated_on != chain.generation.load(Ordering::SeqCst) {
+            // Evaluated against a view that included a result that never
+            // committed: it may rely on stops that did not happen.
+            Err(PlanError::CommitFailed("an earlier plan failed to commit; retry".into()))
         } else {
             match command {
                 Some(cmd) => match committer.commit(cmd) {
@@ -203,7 +225,7 @@ fn commit_loop(
                         Ok(result)
                     }
                     Err(e) => {
-                        previous_failed = true;
+                        chain.generation.fetch_add(1, Ordering::SeqCst);
                         Err(PlanError::CommitFailed(e.0))
                     }
                 },

@@ -302,8 +302,10 @@ impl Waiters {
         self.count = self.by_node.values().map(Vec::len).sum();
     }
 
-    /// Wake the node's queries its allocations index has passed.
-    fn wake(&mut self, node: NodeId, index: u64) {
+    /// Take out the node's queries its allocations index has passed, for
+    /// the caller to wake once it has let go of the lock (see
+    /// [`ClientRpc::run_watcher`]).
+    fn passed(&mut self, node: NodeId, index: u64, woken: &mut Vec<oneshot::Sender<()>>) {
         let Some(parked) = self.by_node.remove(&node) else { return };
         self.count -= parked.len();
         let mut still = Vec::new();
@@ -312,7 +314,7 @@ impl Waiters {
                 continue;
             }
             if index > waiter.min_index {
-                let _ = waiter.wake.send(());
+                woken.push(waiter.wake);
             } else {
                 still.push(waiter);
             }
@@ -742,16 +744,22 @@ impl ClientRpc {
             }
             // Taken after the feed: it shows every change the feed named.
             let state = self.store.snapshot();
-            let mut waiters = self.waiters.lock().expect("alloc waiters poisoned");
-            if changes.everything {
-                let nodes: Vec<NodeId> = waiters.by_node.keys().copied().collect();
+            let mut woken = Vec::new();
+            {
+                let mut waiters = self.waiters.lock().expect("alloc waiters poisoned");
+                let nodes: Vec<NodeId> =
+                    if changes.everything { waiters.by_node.keys().copied().collect() } else { changes.nodes };
                 for node in nodes {
-                    waiters.wake(node, node_allocs_index(&state, node));
+                    waiters.passed(node, node_allocs_index(&state, node), &mut woken);
                 }
-            } else {
-                for node in changes.nodes {
-                    waiters.wake(node, node_allocs_index(&state, node));
-                }
+            }
+            // Woken outside the lock: waking a task queues it on the raft
+            // thread's runtime, and when that queue is full the waker
+            // waits for the raft thread to drain it. Were the lock held,
+            // a query being parked on the raft thread would wait for the
+            // lock and neither would move (seen at 2,000 simulated nodes).
+            for wake in woken {
+                let _ = wake.send(());
             }
         }
     }
