@@ -228,7 +228,8 @@ fn allocation_queries_send_only_what_changed_since_the_callers_copy() {
     assert_eq!(same.unchanged.len(), 3, "but every allocation is still listed, by id");
     assert_eq!(same.index, full.index);
 
-    // One status report: only that allocation travels again.
+    // The node's own status report is not echoed back: its query does not
+    // wake for it and nothing travels (the client knows what it reported).
     let now = caravan_engine::clock::Clock::now_ns(&SystemClock);
     let target = full.changed[1].id;
     let update = AllocClientUpdate {
@@ -239,15 +240,22 @@ fn allocation_queries_send_only_what_changed_since_the_callers_copy() {
         task_states: BTreeMap::new(),
     };
     client.update_allocs(vec![update]).unwrap();
+    let echo = ask(full.index, full.index);
+    assert_eq!(echo.index, full.index, "a client report does not move the node's index");
+    assert!(echo.changed.is_empty());
+    assert_eq!(ask(0, 0).changed.iter().find(|a| a.id == target).unwrap().client_status, ClientStatus::Running);
+
+    // A change by the servers (another job's allocation) travels alone.
+    server.register_job(fixtures::job("one", JobType::Service, 1, 100, 128)).unwrap();
+    assert!(wait_until(TIMEOUT, || ask(0, 0).changed.len() == 4), "the fourth allocation is placed");
     let delta = ask(full.index, full.index);
-    assert!(delta.index > full.index, "the node's index moved with the report");
-    assert_eq!(delta.changed.iter().map(|a| a.id).collect::<Vec<_>>(), vec![target]);
-    assert_eq!(delta.changed[0].client_status, ClientStatus::Running);
-    assert_eq!(delta.unchanged.len(), 2);
+    assert!(delta.index > full.index, "the node's index moved with the placement");
+    assert_eq!(delta.changed.len(), 1, "only the new allocation comes in full");
+    assert!(full.changed.iter().all(|a| a.id != delta.changed[0].id));
+    assert_eq!(delta.unchanged.len(), 3);
     // The agent's client merges deltas into the whole list.
     let (merged, _) = client.node_allocs(node.id, 0, Duration::ZERO).unwrap();
-    assert_eq!(merged.len(), 3);
-    assert_eq!(merged.iter().find(|a| a.id == target).unwrap().client_status, ClientStatus::Running);
+    assert_eq!(merged.len(), 4);
     server.shutdown();
 }
 

@@ -156,9 +156,10 @@ fn append_ids<K: Clone>(list: &mut IdList<K>, extra: impl ExactSizeIterator<Item
 struct NodeSlot {
     usage: NodeUsage,
     alloc_ids: super::chunks::Chunked<AllocId>,
-    /// The index of the last write to any of the node's allocations (its
-    /// client's blocking query watches this): at least the highest
-    /// `modify_index` among them, higher after a removal.
+    /// The index of the last change the servers made to the node's
+    /// allocations (placed, stopped, updated, removed; not the client's
+    /// own status reports): what its client's blocking query watches. At
+    /// least the highest `alloc_modify_index` among them.
     allocs_index: u64,
 }
 
@@ -280,8 +281,8 @@ impl State {
         self.alloc_count
     }
 
-    /// The index of the last write to the node's allocations, as Nomad's
-    /// `Node.GetClientAllocs` reports it; `None` for a node never seen.
+    /// The index of the servers' last change to the node's allocations
+    /// (see `NodeSlot::allocs_index`); `None` for a node never seen.
     pub fn node_allocs_index(&self, id: NodeId) -> Option<u64> {
         self.node_slots.get(&id).map(|s| s.allocs_index)
     }
@@ -429,13 +430,20 @@ impl State {
     pub(crate) fn put_alloc(&mut self, index: u64, alloc: Arc<Allocation>) {
         let old = self.job_table(&alloc.job_key()).insert(alloc.id, alloc.clone());
         self.adjust_usage(old.as_deref(), Some(&alloc));
+        // Only the servers' changes move the node's index: its client
+        // needs no echo of its own status reports (Nomad's client watches
+        // `AllocModifyIndex` for the same reason), which halves the
+        // wake-ups of a busy node's query.
+        let servers_changed = old.as_ref().is_none_or(|o| o.alloc_modify_index != alloc.alloc_modify_index);
         let slot = Arc::make_mut(self.node_slots.entry(alloc.node_id).or_default());
         if old.is_none() {
             self.alloc_count += 1;
             slot.alloc_ids.push(alloc.id);
         }
-        slot.allocs_index = slot.allocs_index.max(index).max(alloc.modify_index);
-        self.alloc_nodes_touched.push(alloc.node_id);
+        if servers_changed {
+            slot.allocs_index = slot.allocs_index.max(index).max(alloc.alloc_modify_index);
+            self.alloc_nodes_touched.push(alloc.node_id);
+        }
         self.touch(Table::Allocs, index);
     }
 
@@ -450,7 +458,7 @@ impl State {
             for alloc in run.iter().filter(|a| !a.is_terminal()) {
                 slot.usage.add(alloc);
             }
-            let newest = run.iter().map(|a| a.modify_index).max().unwrap_or(0);
+            let newest = run.iter().map(|a| a.alloc_modify_index).max().unwrap_or(0);
             slot.allocs_index = slot.allocs_index.max(index).max(newest);
             self.alloc_nodes_touched.push(run[0].node_id);
         }

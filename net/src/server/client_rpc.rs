@@ -194,7 +194,9 @@ pub struct AllocsRequest {
 
 /// `NODE_ALLOCS`'s answer: every allocation on the node still in the state
 /// (terminal ones until garbage-collected): in full (each with its job)
-/// those written after the request's `known_index`, as ids the rest; and
+/// those the servers changed after the request's `known_index` (their
+/// `alloc_modify_index`: the client's own status reports do not count), as
+/// ids the rest; and
 /// the index to pass as `min_index` and `known_index` next time. Sending
 /// only what changed is what keeps a node with a hundred allocations from
 /// receiving all of them on every placement (Nomad's client asks for the
@@ -259,9 +261,9 @@ where
     rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(MessageError::Malformed)
 }
 
-/// The node's allocations index, as Nomad's `GetClientAllocs`: the last
-/// write to any of its allocations (0 before its first), or the
-/// allocations table's index for a node the state has never seen.
+/// The node's allocations index: the servers' last change to any of its
+/// allocations (0 before its first), or the allocations table's index for
+/// a node the state has never seen.
 pub(crate) fn node_allocs_index(state: &State, node: NodeId) -> u64 {
     state.node_allocs_index(node).unwrap_or_else(|| state.table_index(Table::Allocs))
 }
@@ -560,7 +562,7 @@ impl ClientRpc {
         let mut changed = Vec::new();
         let mut unchanged = Vec::new();
         for alloc in state.allocs_by_node(request.node_id) {
-            if alloc.modify_index > request.known_index {
+            if alloc.alloc_modify_index > request.known_index {
                 changed.push(alloc.clone());
             } else {
                 unchanged.push(alloc.id);
