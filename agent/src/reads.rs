@@ -67,7 +67,7 @@ pub(crate) enum AllocCommand {
     Stop { id: String },
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -75,20 +75,20 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn short(v: &Value) -> String {
+pub(crate) fn short(v: &Value) -> String {
     let text = s(v);
     text.get(..8).map(str::to_string).unwrap_or(text)
 }
 
 #[allow(clippy::print_stdout)]
-fn print_json(v: &Value) -> anyhow::Result<ExitCode> {
+pub(crate) fn print_json(v: &Value) -> anyhow::Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Rows padded to their widest cell, two spaces apart, as Nomad prints.
 #[allow(clippy::print_stdout)]
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -117,6 +117,7 @@ pub(crate) fn node(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
             } else {
                 serde_json::json!({"DrainSpec": null, "MarkEligible": true})
             };
+            let id = client.resolve_id("/v1/nodes", "node", &id)?;
             client.post(&format!("/v1/node/{id}/drain"), &spec)?;
             #[allow(clippy::print_stdout)]
             {
@@ -126,6 +127,7 @@ pub(crate) fn node(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         }
         NodeCommand::Eligibility { id, enable, disable } => {
             anyhow::ensure!(enable != disable, "exactly one of -enable or -disable is required");
+            let id = client.resolve_id("/v1/nodes", "node", &id)?;
             let body = serde_json::json!({"Eligibility": if enable { "eligible" } else { "ineligible" }});
             client.post(&format!("/v1/node/{id}/eligibility"), &body)?;
             #[allow(clippy::print_stdout)]
@@ -164,6 +166,7 @@ pub(crate) fn node(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
             table(&["ID", "DC", "Name", "Class", "Drain", "Eligibility", "Status"], &rows);
         }
         Some(id) => {
+            let id = client.resolve_id("/v1/nodes", "node", &id)?;
             let node = client.get(&format!("/v1/node/{id}"))?;
             if json {
                 return print_json(&node);
@@ -183,6 +186,7 @@ pub(crate) fn eval(cmd: EvalCommand) -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_env();
     match cmd {
         EvalCommand::Status { id, json } => {
+            let id = client.resolve_id("/v1/evaluations", "evaluation", &id)?;
             let eval = client.get(&format!("/v1/evaluation/{id}"))?;
             if json {
                 return print_json(&eval);
@@ -236,8 +240,9 @@ pub(crate) fn eval(cmd: EvalCommand) -> anyhow::Result<ExitCode> {
 pub(crate) fn alloc(cmd: AllocCommand) -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_env();
     let (id, json) = match cmd {
-        AllocCommand::Status { id, json } => (id, json),
+        AllocCommand::Status { id, json } => (client.resolve_id("/v1/allocations", "allocation", &id)?, json),
         AllocCommand::Stop { id } => {
+            let id = client.resolve_id("/v1/allocations", "allocation", &id)?;
             let reply = client.post(&format!("/v1/allocation/{id}/stop"), &serde_json::json!({}))?;
             #[allow(clippy::print_stdout)]
             {
