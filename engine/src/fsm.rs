@@ -298,7 +298,10 @@ fn apply_command(state: &mut State, index: u64, command: &Command, out: &mut App
             d.status = *status;
             d.status_description = description.clone();
             d.modify_index = index;
+            let key = d.job.clone();
             state.put_deployment(index, Arc::new(d));
+            // A resumed deployment whose allocations all run is done.
+            refresh_deployment_status(state, index, &key);
             upsert_evals(state, index, evals.iter(), out);
         }
     }
