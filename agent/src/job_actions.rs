@@ -72,7 +72,7 @@ pub(crate) fn dispatch(id: &str, input: Option<&Path>, meta: &[String], detach: 
             } else {
                 std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
             };
-            Some(base64_encode(&bytes))
+            Some(caravan_net::api::base64::encode(&bytes))
         }
     };
     let client = ApiClient::from_env();
@@ -80,36 +80,4 @@ pub(crate) fn dispatch(id: &str, input: Option<&Path>, meta: &[String], detach: 
     let reply = client.post(&format!("/v1/job/{id}/dispatch"), &body)?;
     println!("Dispatched Job ID = {}", reply["DispatchedJobID"].as_str().unwrap_or(""));
     follow(&client, &reply, detach)
-}
-
-/// Standard, padded base64: how Nomad's API carries `[]byte`.
-fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::base64_encode;
-
-    #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"h"), "aA==");
-        assert_eq!(base64_encode(b"hi"), "aGk=");
-        assert_eq!(base64_encode(b"hello"), "aGVsbG8=");
-        assert_eq!(base64_encode(b"abc"), "YWJj");
-    }
 }

@@ -260,6 +260,29 @@ fn job_actions_deployments_and_id_prefixes_through_the_cli() {
     assert_eq!(code, 1);
     assert!(stderr.contains("missing"), "{stderr}");
 
+    // A parameterized job: registered without an eval, dispatched with a
+    // payload file and meta; the child runs.
+    let params = dir.join("params.nomad.hcl");
+    std::fs::write(
+        &params,
+        "job \"params\" {\n  type = \"batch\"\n  parameterized {\n    payload = \"required\"\n    meta_required = [\"who\"]\n  }\n  group \"g\" {\n    task \"t\" {\n      driver = \"raw_exec\"\n      config {\n        command = \"/bin/true\"\n      }\n      resources {\n        cpu = 50\n        memory = 32\n      }\n    }\n  }\n}\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = agent.caravan(&["job", "run", "-detach", params.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, _, stderr) = agent.caravan(&["job", "dispatch", "params", input.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("required meta keys"), "{stderr}");
+    let (code, stdout, stderr) =
+        agent.caravan(&["job", "dispatch", "-detach", "-meta", "who=me", "params", input.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let child = stdout.lines().find_map(|l| l.strip_prefix("Dispatched Job ID = ")).unwrap().to_string();
+    assert!(child.starts_with("params/dispatch-"), "{stdout}");
+    assert!(stdout.contains("Evaluation ID"), "{stdout}");
+    let inspect = agent.caravan(&["job", "inspect", &child]).1;
+    assert!(inspect.contains("\"Payload\": \"aGVsbG8=\"") && inspect.contains("\"who\": \"me\""), "{inspect}");
+    wait_for(&agent, &["job", "status", &child], "complete");
+
     // Allocation, node and evaluation ids by prefix; short ids are distinct.
     let (_, json, _) = agent.caravan(&["alloc", "status", "-json", "ffffffffffffffff"]);
     assert!(json.is_empty());

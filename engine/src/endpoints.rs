@@ -76,10 +76,83 @@ pub fn node_evals(
         .collect()
 }
 
+/// A parameterized job is a template: registering it creates no eval, as
+/// in Nomad (its dispatched children are evaluated).
 pub fn register_job(job: Job, now_ns: TimeNs, ids: &mut IdGen) -> Result<Command, EndpointError> {
     validate_job(&job)?;
-    let eval = eval_for(&job, TriggeredBy::JobRegister, None, now_ns, ids);
-    Ok(Command::JobRegister { job, eval: Some(eval), now_ns })
+    let eval = (!job.is_parameterized_parent()).then(|| eval_for(&job, TriggeredBy::JobRegister, None, now_ns, ids));
+    Ok(Command::JobRegister { job, eval, now_ns })
+}
+
+/// Nomad's limit on a dispatch payload (`DispatchPayloadSizeLimit`): the
+/// payload travels with the child job in every raft entry that carries it.
+pub const DISPATCH_PAYLOAD_BYTES_MAX: usize = 16 * 1024;
+
+/// `job dispatch`: a child of a parameterized job, registered with its
+/// eval (Nomad's `Job.Dispatch`). The child's id is
+/// `<parent>/dispatch-<unix seconds>-<8 hex>`; its meta is the parent's
+/// with the dispatch meta on top. Returns the command and the child's id.
+pub fn dispatch_job(
+    state: &State,
+    key: &JobKey,
+    payload: Vec<u8>,
+    meta: std::collections::BTreeMap<std::sync::Arc<str>, std::sync::Arc<str>>,
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+) -> Result<(Command, std::sync::Arc<str>), EndpointError> {
+    use crate::model::PayloadMode;
+    let parent = state.job(key).ok_or_else(|| EndpointError::JobNotFound(key.clone()))?;
+    let Some(config) = parent.parameterized.as_ref().filter(|_| parent.parent_id.is_none()) else {
+        return Err(EndpointError::Refused(format!("specified job {:?} is not a parameterized job", key.id)));
+    };
+    if parent.stop {
+        return Err(EndpointError::Refused(format!("job {:?} is stopped", key.id)));
+    }
+    if payload.len() > DISPATCH_PAYLOAD_BYTES_MAX {
+        return Err(EndpointError::Refused(format!(
+            "Payload exceeds maximum size; {} > {DISPATCH_PAYLOAD_BYTES_MAX}",
+            payload.len()
+        )));
+    }
+    match (config.payload, payload.is_empty()) {
+        (PayloadMode::Required, true) => {
+            return Err(EndpointError::Refused("Payload is not provided but required by parameterized job".into()));
+        }
+        (PayloadMode::Forbidden, false) => {
+            return Err(EndpointError::Refused("Payload provided but forbidden by parameterized job".into()));
+        }
+        _ => {}
+    }
+    let missing: Vec<&str> = config.meta_required.iter().filter(|k| !meta.contains_key(*k)).map(|k| &**k).collect();
+    if !missing.is_empty() {
+        return Err(EndpointError::Refused(format!("Dispatch did not provide required meta keys: {missing:?}")));
+    }
+    let unpermitted: Vec<&str> = meta
+        .keys()
+        .filter(|k| !config.meta_required.contains(k) && !config.meta_optional.contains(k))
+        .map(|k| &**k)
+        .collect();
+    if !unpermitted.is_empty() {
+        return Err(EndpointError::Refused(format!(
+            "Dispatch request included unpermitted metadata keys: {unpermitted:?}"
+        )));
+    }
+    let suffix = (ids.eval().0 >> 96) as u32;
+    let child_id: std::sync::Arc<str> =
+        format!("{}/dispatch-{}-{suffix:08x}", parent.id, now_ns / crate::model::SECOND_NS).into();
+    let mut child = (**parent).clone();
+    child.id = child_id.clone();
+    child.name = child_id.clone();
+    child.parent_id = Some(parent.id.clone());
+    child.payload = payload;
+    child.meta.extend(meta);
+    child.version = 0;
+    child.stable = false;
+    child.create_index = 0;
+    child.modify_index = 0;
+    child.job_modify_index = 0;
+    let command = register_job(child, now_ns, ids)?;
+    Ok((command, child_id))
 }
 
 pub fn deregister_job(

@@ -347,7 +347,8 @@ fn refresh_job_status(state: &mut State, index: u64, key: &JobKey) {
             break;
         }
     }
-    let status = if any_live {
+    let status = if any_live || (job.is_parameterized_parent() && !job.stop) {
+        // Nomad shows a parameterized job as running: it can be dispatched.
         JobStatus::Running
     } else if job.stop || (any_alloc && job.job_type.is_batch_like()) {
         JobStatus::Dead

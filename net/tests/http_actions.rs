@@ -257,7 +257,7 @@ fn scale_and_scale_status() {
 }
 
 #[test]
-fn dispatch_and_periodic_force_refuse_plain_jobs() {
+fn dispatch_and_periodic_force_refuse_plain_jobs_and_bad_bodies() {
     let (addr, server) = start();
     assert_eq!(call(addr, "PUT", "/v1/jobs", &service_job("web", 1, "a")).status, 200);
     idle(&server);
@@ -423,4 +423,58 @@ fn node_purge_loses_its_allocations() {
     assert!(live.iter().all(|a| a["NodeID"] != node_id.as_str()));
     let eval = call(addr, "GET", &format!("/v1/evaluation/{}", evals[0].as_str().unwrap()), b"").json();
     assert_eq!(eval["Status"], "complete");
+}
+
+#[test]
+fn dispatch_runs_children_of_a_parameterized_job() {
+    let (addr, server) = start();
+    let parent = json!({"Job": {"ID": "params", "Type": "batch", "Meta": {"base": "1"},
+        "ParameterizedJob": {"Payload": "required", "MetaRequired": ["who"], "MetaOptional": ["extra"]},
+        "TaskGroups": [{"Name": "g", "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+            "Config": {"command": "/bin/true"}, "Resources": {"CPU": 100, "MemoryMB": 64}}]}]}});
+    let r = post(addr, "/v1/jobs", parent);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["EvalID"], "", "a parameterized job is not evaluated itself");
+    idle(&server);
+    let p = job(addr, "params");
+    assert_eq!(p["Status"], "running");
+    assert_eq!(p["ParameterizedJob"]["Payload"], "required");
+    assert_eq!(call(addr, "GET", "/v1/job/params/allocations", b"").json().as_array().unwrap().len(), 0);
+    let bad = post(
+        addr,
+        "/v1/jobs",
+        json!({"Job": {"ID": "x", "ParameterizedJob": {"Payload": "sometimes"},
+        "TaskGroups": [{"Name": "g", "Tasks": [{"Name": "t", "Driver": "raw_exec"}]}]}}),
+    );
+    refused(&bad, 400, "ParameterizedJob.Payload");
+
+    let before = server.cluster.store.latest_index();
+    refused(&post(addr, "/v1/job/params/dispatch", json!({"Meta": {"who": "me"}})), 400, "required by parameterized");
+    refused(&post(addr, "/v1/job/params/dispatch", json!({"Payload": "aGk="})), 400, "required meta keys");
+    refused(
+        &post(addr, "/v1/job/params/dispatch", json!({"Payload": "aGk=", "Meta": {"who": "me", "nope": "x"}})),
+        400,
+        "unpermitted metadata keys",
+    );
+    assert_eq!(server.cluster.store.latest_index(), before, "refusals write nothing");
+
+    let r = post(addr, "/v1/job/params/dispatch", json!({"Payload": "aGk=", "Meta": {"who": "me"}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let child = r.json()["DispatchedJobID"].as_str().unwrap().to_string();
+    let suffix = child.strip_prefix("params/dispatch-").expect("<parent>/dispatch-<time>-<hex>");
+    let (time, hex) = suffix.split_once('-').unwrap();
+    assert!(time.parse::<u64>().unwrap() > 1_600_000_000, "{child}");
+    assert!(hex.len() == 8 && hex.chars().all(|c| c.is_ascii_hexdigit()), "{child}");
+    assert!(!r.json()["EvalID"].as_str().unwrap().is_empty());
+    idle(&server);
+    let c = job(addr, &child);
+    assert_eq!(c["ParentID"], "params");
+    assert_eq!(c["Dispatched"], true);
+    assert_eq!(c["Payload"], "aGk=");
+    assert_eq!((c["Meta"]["who"].as_str(), c["Meta"]["base"].as_str()), (Some("me"), Some("1")));
+    let allocs = call(addr, "GET", &format!("/v1/job/{child}/allocations"), b"").json();
+    assert_eq!(allocs.as_array().unwrap().len(), 1, "the child runs: {allocs}");
+    assert_eq!(call(addr, "GET", "/v1/jobs?prefix=params", b"").json().as_array().unwrap().len(), 2);
+    let again = post(addr, "/v1/job/params/dispatch", json!({"Payload": "aGk=", "Meta": {"who": "you"}}));
+    assert_ne!(again.json()["DispatchedJobID"].as_str().unwrap(), child, "each dispatch is a new child");
 }

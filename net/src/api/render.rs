@@ -252,6 +252,14 @@ pub fn job_to_api(j: &model::Job) -> api::Job {
         create_index: Some(j.create_index),
         modify_index: Some(j.modify_index),
         job_modify_index: Some(j.job_modify_index),
+        parameterized_job: j.parameterized.as_ref().map(|p| {
+            serde_json::json!({"Payload": p.payload.as_str(),
+                "MetaRequired": p.meta_required.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+                "MetaOptional": p.meta_optional.iter().map(|k| k.to_string()).collect::<Vec<_>>()})
+        }),
+        payload: (!j.payload.is_empty()).then(|| Value::String(super::base64::encode(&j.payload))),
+        parent_id: j.parent_id.as_ref().map(|p| p.to_string()),
+        dispatched: j.parent_id.as_ref().map(|_| true),
         ..Default::default()
     }
 }

@@ -114,7 +114,8 @@ pub(super) async fn register_job(State(server): Shared, body: Bytes) -> Response
     match server.register_job(job) {
         Ok((eval_id, index)) => reply(
             index,
-            &json!({"EvalID": eval_id.to_string(), "EvalCreateIndex": index, "JobModifyIndex": index, "Warnings": "", "Index": index, "LastContact": 0, "KnownLeader": true}),
+            // A parameterized job registers without an eval: "" as Nomad.
+            &json!({"EvalID": if eval_id.is_nil() { String::new() } else { eval_id.to_string() }, "EvalCreateIndex": index, "JobModifyIndex": index, "Warnings": "", "Index": index, "LastContact": 0, "KnownLeader": true}),
         ),
         Err(e) => endpoint_error(e),
     }

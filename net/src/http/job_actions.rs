@@ -23,10 +23,6 @@ use super::handlers::{endpoint_error, refuse, reply};
 use super::server::Server;
 use crate::api;
 
-/// Nomad's limit on a dispatch payload (`DispatchPayloadSizeLimit`): the
-/// payload is stored with the child job, in every raft entry that carries it.
-pub(super) const DISPATCH_PAYLOAD_BYTES_MAX: usize = 16 * 1024;
-
 pub(super) fn body_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, Response> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(serde_json::Map::new());
@@ -214,60 +210,57 @@ pub(super) fn periodic_force(server: &Arc<dyn Server>, key: &JobKey) -> Response
 }
 
 /// `POST /v1/job/<id>/dispatch`: `Payload` (base64), `Meta`. The body is
-/// checked as Nomad checks it; Caravan has no parameterized jobs (a
-/// `parameterized` block is refused at register), so a known job is then
-/// refused with Nomad's reason.
+/// checked first; then the engine's `dispatch_job` checks it against the
+/// parent's `parameterized` block and registers the child with its eval.
 pub(super) fn dispatch(server: &Arc<dyn Server>, key: &JobKey, body: &[u8]) -> Response {
     let body = match body_object(body) {
         Ok(b) => b,
         Err(e) => return e,
     };
-    match body.get("Payload") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(text)) => match base64_decoded_len(text) {
-            Some(len) if len > DISPATCH_PAYLOAD_BYTES_MAX => {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    format!("Payload exceeds maximum size; {len} > {DISPATCH_PAYLOAD_BYTES_MAX}"),
-                );
-            }
-            Some(_) => {}
+    let payload = match body.get("Payload") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(text)) => match api::base64::decode(text) {
+            Some(bytes) => bytes,
             None => return refuse(StatusCode::BAD_REQUEST, "Payload must be base64 (standard alphabet, padded)"),
         },
         Some(v) => return refuse(StatusCode::BAD_REQUEST, format!("Payload must be a base64 string, got {v}")),
+    };
+    if payload.len() > endpoints::DISPATCH_PAYLOAD_BYTES_MAX {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("Payload exceeds maximum size; {} > {}", payload.len(), endpoints::DISPATCH_PAYLOAD_BYTES_MAX),
+        );
     }
+    let mut meta: BTreeMap<Arc<str>, Arc<str>> = BTreeMap::new();
     match body.get("Meta") {
         None | Some(Value::Null) => {}
-        Some(Value::Object(meta)) => {
-            if let Some((k, v)) = meta.iter().find(|(_, v)| !v.is_string()) {
-                return refuse(StatusCode::BAD_REQUEST, format!("Meta[{k:?}] must be a string, got {v}"));
+        Some(Value::Object(map)) => {
+            for (k, v) in map {
+                let Some(v) = v.as_str() else {
+                    return refuse(StatusCode::BAD_REQUEST, format!("Meta[{k:?}] must be a string, got {v}"));
+                };
+                meta.insert(k.as_str().into(), v.into());
             }
         }
         Some(v) => return refuse(StatusCode::BAD_REQUEST, format!("Meta must be an object of strings, got {v}")),
     }
-    let snap = server.store().snapshot();
-    match snap.job(key) {
-        None => refuse(StatusCode::NOT_FOUND, format!("job not found: {}", key.id)),
-        Some(_) => refuse(StatusCode::BAD_REQUEST, format!("specified job {:?} is not a parameterized job", key.id)),
+    let mut dispatched = None;
+    let result = server.write(&mut |state, ids, now| {
+        let (command, child) = endpoints::dispatch_job(state, key, payload.clone(), meta.clone(), now, ids)?;
+        dispatched = Some((child, eval_of(&command)));
+        Ok(command)
+    });
+    match (result, dispatched) {
+        (Ok(index), Some((child, eval_id))) => reply(
+            index,
+            &json!({"DispatchedJobID": child.to_string(), "EvalID": eval_id.map(|e| e.to_string()).unwrap_or_default(),
+                    "EvalCreateIndex": index, "JobCreateIndex": index, "Index": index}),
+        ),
+        (Ok(index), None) => {
+            refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("dispatch committed at {index} without a job"))
+        }
+        (Err(e), _) => endpoint_error(e),
     }
-}
-
-/// The decoded length of standard, padded base64 (what Go's
-/// `encoding/json` expects for `[]byte`), or None when it is not that.
-fn base64_decoded_len(text: &str) -> Option<usize> {
-    let bytes = text.as_bytes();
-    if !bytes.len().is_multiple_of(4) {
-        return None;
-    }
-    let padding = bytes.iter().rev().take_while(|&&b| b == b'=').count();
-    if padding > 2 {
-        return None;
-    }
-    let body = &bytes[..bytes.len() - padding];
-    if !body.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/') {
-        return None;
-    }
-    Some(bytes.len() / 4 * 3 - padding)
 }
 
 /// `GET /v1/job/<id>/deployments` (newest first) and `/deployment` (the
@@ -288,18 +281,4 @@ pub(super) fn job_deployments(snap: &Snapshot, key: &JobKey, index: u64, latest_
 pub(super) fn deployment_json(snap: &Snapshot, d: &caravan_engine::model::Deployment) -> api::read::Deployment {
     let job = snap.job_version(&d.job, d.job_version);
     api::deployment_to_api(d, job.as_deref(), snap.allocs_by_job(&d.job).map(|a| &**a))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::base64_decoded_len;
-
-    #[test]
-    fn base64_lengths() {
-        assert_eq!(base64_decoded_len(""), Some(0));
-        assert_eq!(base64_decoded_len("aGk="), Some(2));
-        assert_eq!(base64_decoded_len("aGVsbG8="), Some(5));
-        assert_eq!(base64_decoded_len("aGVsbG8"), None);
-        assert_eq!(base64_decoded_len("a*Vs"), None);
-    }
 }
