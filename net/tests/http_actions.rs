@@ -440,6 +440,7 @@ fn dispatch_runs_children_of_a_parameterized_job() {
     assert_eq!(p["Status"], "running");
     assert_eq!(p["ParameterizedJob"]["Payload"], "required");
     assert_eq!(call(addr, "GET", "/v1/job/params/allocations", b"").json().as_array().unwrap().len(), 0);
+    refused(&call(addr, "POST", "/v1/job/params/evaluate", b""), 400, "parameterized");
     let bad = post(
         addr,
         "/v1/jobs",

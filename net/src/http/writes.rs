@@ -114,6 +114,9 @@ fn evaluate(server: &Arc<dyn Server>, key: &JobKey) -> Response {
     let mut eval_id = None;
     let result = server.write(&mut |state, ids, now| {
         let job = state.job(key).ok_or_else(|| EndpointError::JobNotFound(key.clone()))?;
+        if job.is_parameterized_parent() {
+            return Err(EndpointError::Refused("can't evaluate parameterized job".into()));
+        }
         let mut eval = Evaluation::new(ids.eval(), key, job.job_type, job.priority, TriggeredBy::JobRegister);
         eval.job_modify_index = job.job_modify_index;
         eval.create_time_ns = now;
