@@ -66,6 +66,27 @@ impl ApiClient {
         self.finish(&format!("DELETE {path}"), self.agent.delete(&url).call())
     }
 
+    /// A full id from a unique prefix, as Nomad's CLI accepts
+    /// (`alloc status 3f2a`): `list` is the collection (`/v1/allocations`)
+    /// whose `?prefix=` finds the candidates; `what` names them in errors.
+    pub(crate) fn resolve_id(&self, list: &str, what: &str, id_or_prefix: &str) -> anyhow::Result<String> {
+        /// A whole UUID needs no lookup.
+        const UUID_LEN: usize = 36;
+        if id_or_prefix.len() == UUID_LEN {
+            return Ok(id_or_prefix.to_string());
+        }
+        if id_or_prefix.is_empty() || !id_or_prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            bail!("{what} id {id_or_prefix:?} is not an id or an id prefix");
+        }
+        let matches = self.get(&format!("{list}?prefix={id_or_prefix}"))?;
+        let ids: Vec<&str> = matches.as_array().into_iter().flatten().filter_map(|m| m["ID"].as_str()).collect();
+        match ids.as_slice() {
+            [] => bail!("no {what} with prefix or id {id_or_prefix:?} found"),
+            [one] => Ok((*one).to_string()),
+            many => bail!("prefix {id_or_prefix:?} matched multiple {what}s: {}", many.join(", ")),
+        }
+    }
+
     pub(crate) fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         self.finish(&format!("PUT {path}"), self.agent.put(&url).send_json(body))

@@ -51,6 +51,35 @@ pub(crate) enum JobCommand {
     Inspect { id: String },
     /// List a job's kept versions.
     History { id: String },
+    /// Submit a kept version of a job again, as its newest version.
+    Revert {
+        id: String,
+        version: u64,
+        /// Return after submitting, without following the evaluation.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Change a task group's count: `job scale <job> [<group>] <count>`
+    /// (the group may be left out when the job has only one).
+    Scale {
+        id: String,
+        /// `[<group>] <count>`.
+        #[arg(num_args = 1..=2, required = true)]
+        group_and_count: Vec<String>,
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Dispatch an instance of a parameterized job, with an optional
+    /// payload file (`-` reads standard input).
+    Dispatch {
+        id: String,
+        input: Option<PathBuf>,
+        /// Dispatch metadata: `-meta key=value` (repeatable).
+        #[arg(long = "meta", value_name = "KEY=VALUE")]
+        meta: Vec<String>,
+        #[arg(long)]
+        detach: bool,
+    },
 }
 
 pub(crate) fn run(cmd: JobCommand) -> anyhow::Result<ExitCode> {
@@ -62,6 +91,11 @@ pub(crate) fn run(cmd: JobCommand) -> anyhow::Result<ExitCode> {
         JobCommand::Stop { id, purge } => crate::monitor::stop(&id, purge),
         JobCommand::Inspect { id } => crate::monitor::inspect(&id),
         JobCommand::History { id } => crate::monitor::history(&id),
+        JobCommand::Revert { id, version, detach } => crate::job_actions::revert(&id, version, detach),
+        JobCommand::Scale { id, group_and_count, detach } => crate::job_actions::scale(&id, &group_and_count, detach),
+        JobCommand::Dispatch { id, input, meta, detach } => {
+            crate::job_actions::dispatch(&id, input.as_deref(), &meta, detach)
+        }
     }
 }
 
@@ -81,7 +115,7 @@ pub(crate) fn load(spec: &JobspecArgs) -> anyhow::Result<Result<serde_json::Valu
     Ok(caravan_net::jobspec::parse_jobspec(&source, &parsed_vars, &var_refs).map_err(|e| e.to_string()))
 }
 
-fn read_source(file: &std::path::Path) -> anyhow::Result<String> {
+pub(crate) fn read_source(file: &std::path::Path) -> anyhow::Result<String> {
     if file.as_os_str() == "-" {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading standard input")?;

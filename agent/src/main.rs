@@ -1,14 +1,15 @@
 //! The `caravan` binary: `main` parses arguments and maps errors to exit
 //! codes; each verb lives in its own module.
 //!
-//! Today: `caravan agent -dev` (one in-process server with the HTTP API)
-//! and `caravan job validate` (offline). Server mode with raft, the client
-//! agent and the HTTP-backed CLI verbs arrive with their issues.
+//! `caravan agent` runs a server, a client or both (`-dev`); every other
+//! verb talks to the HTTP API (`NOMAD_ADDR`), except `job validate`.
 
 mod agent;
 mod alloc_logs;
 mod api_client;
+mod deployment;
 mod job;
+mod job_actions;
 mod monitor;
 mod reads;
 mod tls;
@@ -35,6 +36,9 @@ enum Command {
     /// Work with jobs.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// Work with deployments.
+    #[command(subcommand)]
+    Deployment(deployment::DeploymentCommand),
     /// Work with client nodes.
     #[command(subcommand)]
     Node(reads::NodeCommand),
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(args) => agent::run(args),
         Command::Job(cmd) => job::run(cmd),
+        Command::Deployment(cmd) => deployment::run(cmd),
         Command::Node(cmd) => reads::node(cmd),
         Command::Eval(cmd) => reads::eval(cmd),
         Command::Alloc(cmd) => reads::alloc(cmd),

@@ -60,7 +60,7 @@ pub(crate) fn run_job(spec: &JobspecArgs, output: bool, detach: bool) -> anyhow:
 /// failures. Exit 0 when everything was placed, 2 on placement failures
 /// (as Nomad's CLI).
 #[allow(clippy::print_stdout)]
-fn monitor(client: &ApiClient, eval_id: &str) -> anyhow::Result<ExitCode> {
+pub(crate) fn monitor(client: &ApiClient, eval_id: &str) -> anyhow::Result<ExitCode> {
     println!("==> Monitoring evaluation \"{}\"", short(eval_id));
     let mut index = 0u64;
     let mut eval = Value::Null;

@@ -69,7 +69,7 @@ pub(crate) enum AllocCommand {
     Logs(crate::alloc_logs::LogsArgs),
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -77,20 +77,20 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn short(v: &Value) -> String {
+pub(crate) fn short(v: &Value) -> String {
     let text = s(v);
     text.get(..8).map(str::to_string).unwrap_or(text)
 }
 
 #[allow(clippy::print_stdout)]
-fn print_json(v: &Value) -> anyhow::Result<ExitCode> {
+pub(crate) fn print_json(v: &Value) -> anyhow::Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Rows padded to their widest cell, two spaces apart, as Nomad prints.
 #[allow(clippy::print_stdout)]
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -119,6 +119,7 @@ pub(crate) fn node(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
             } else {
                 serde_json::json!({"DrainSpec": null, "MarkEligible": true})
             };
+            let id = client.resolve_id("/v1/nodes", "node", &id)?;
             client.post(&format!("/v1/node/{id}/drain"), &spec)?;
             #[allow(clippy::print_stdout)]
             {
@@ -128,6 +129,7 @@ pub(crate) fn node(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
         }
         NodeCommand::Eligibility { id, enable, disable } => {
             anyhow::ensure!(enable != disable, "exactly one of -enable or -disable is required");
+            let id = client.resolve_id("/v1/nodes", "node", &id)?;
             let body = serde_json::json!({"Eligibility": if enable { "eligible" } else { "ineligible" }});
             client.post(&format!("/v1/node/{id}/eligibility"), &body)?;
             #[allow(clippy::print_stdout)]
@@ -166,6 +168,7 @@ pub(crate) fn node(cmd: NodeCommand) -> anyhow::Result<ExitCode> {
             table(&["ID", "DC", "Name", "Class", "Drain", "Eligibility", "Status"], &rows);
         }
         Some(id) => {
+            let id = client.resolve_id("/v1/nodes", "node", &id)?;
             let node = client.get(&format!("/v1/node/{id}"))?;
             if json {
                 return print_json(&node);
@@ -185,6 +188,7 @@ pub(crate) fn eval(cmd: EvalCommand) -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_env();
     match cmd {
         EvalCommand::Status { id, json } => {
+            let id = client.resolve_id("/v1/evaluations", "evaluation", &id)?;
             let eval = client.get(&format!("/v1/evaluation/{id}"))?;
             if json {
                 return print_json(&eval);
@@ -238,9 +242,10 @@ pub(crate) fn eval(cmd: EvalCommand) -> anyhow::Result<ExitCode> {
 pub(crate) fn alloc(cmd: AllocCommand) -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_env();
     let (id, json) = match cmd {
-        AllocCommand::Status { id, json } => (id, json),
+        AllocCommand::Status { id, json } => (client.resolve_id("/v1/allocations", "allocation", &id)?, json),
         AllocCommand::Logs(args) => return crate::alloc_logs::run(args),
         AllocCommand::Stop { id } => {
+            let id = client.resolve_id("/v1/allocations", "allocation", &id)?;
             let reply = client.post(&format!("/v1/allocation/{id}/stop"), &serde_json::json!({}))?;
             #[allow(clippy::print_stdout)]
             {

@@ -144,3 +144,182 @@ fn dev_agent_runs_jobs_through_the_cli() {
     assert_eq!(code, 1);
     assert!(stderr.contains("not found"), "{stderr}");
 }
+
+/// A service pinned to one static port: on the dev agent's one node only
+/// one of its `count` allocations fits, so its deployment stays running.
+const PINNED_JOB: &str = r#"
+job "pinned" {
+  type = "service"
+  group "g" {
+    count = 2
+    network {
+      port "http" {
+        static = 18999
+      }
+    }
+    task "t" {
+      driver = "raw_exec"
+      config {
+        command = "/bin/sleep"
+        args    = ["300"]
+      }
+      resources {
+        cpu    = 50
+        memory = 32
+      }
+    }
+  }
+}
+"#;
+
+fn wait_for(agent: &DevAgent, args: &[&str], text: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, stdout, stderr) = agent.caravan(args);
+        if stdout.contains(text) {
+            return stdout;
+        }
+        assert!(std::time::Instant::now() < deadline, "`{}` never showed {text:?}: {stdout}{stderr}", args.join(" "));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn job_actions_deployments_and_id_prefixes_through_the_cli() {
+    let agent = DevAgent::start();
+    wait_for(&agent, &["node", "status"], "ready");
+    let dir = std::env::temp_dir().join(format!("caravan-cli-actions-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = dir.join("pinned.nomad.hcl");
+    std::fs::write(&spec, PINNED_JOB).unwrap();
+    let (code, stdout, stderr) = agent.caravan(&["job", "run", "-detach", spec.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+
+    // Deployments: list, status by id prefix, pause, resume, promote, fail.
+    let list = wait_for(&agent, &["deployment", "list"], "pinned");
+    assert!(list.contains("running"), "{list}");
+    let (_, json, _) = agent.caravan(&["deployment", "list", "-json"]);
+    let deployments: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let id = deployments[0]["ID"].as_str().unwrap().to_string();
+    let prefix = &id[..8];
+    let (code, stdout, stderr) = agent.caravan(&["deployment", "status", prefix]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(&format!("ID          = {id}")) && stdout.contains("Job ID      = pinned"), "{stdout}");
+    assert!(stdout.contains("Task Group") && stdout.contains("Desired"), "{stdout}");
+    let (code, _, stderr) = agent.caravan(&["deployment", "pause", prefix]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(agent.caravan(&["deployment", "status", prefix]).1.contains("Status      = paused"));
+    let (code, _, stderr) = agent.caravan(&["deployment", "resume", prefix]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(agent.caravan(&["deployment", "status", prefix]).1.contains("Status      = running"));
+    let (code, _, stderr) = agent.caravan(&["deployment", "promote", prefix]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no canaries"), "{stderr}");
+    let (code, _, stderr) = agent.caravan(&["deployment", "fail", prefix]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(agent.caravan(&["deployment", "status", prefix]).1.contains("Status      = failed"));
+    let (code, _, stderr) = agent.caravan(&["deployment", "fail", prefix]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("terminal"), "{stderr}");
+    let (code, _, stderr) = agent.caravan(&["deployment", "status", "ffffffff"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no deployment"), "{stderr}");
+
+    // Scale (the job has one group, so the group may be left out), revert.
+    let (code, stdout, stderr) = agent.caravan(&["job", "scale", "-detach", "pinned", "1"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("Evaluation ID"), "{stdout}");
+    let (code, stdout, stderr) = agent.caravan(&["job", "scale", "pinned", "g", "3"]);
+    assert!(code == 0 || code == 2, "followed, with placement failures allowed: {stdout}{stderr}");
+    assert!(stdout.contains("Monitoring evaluation"), "{stdout}");
+    let (code, _, stderr) = agent.caravan(&["job", "scale", "pinned", "nope", "3"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    let (code, _, stderr) = agent.caravan(&["job", "scale", "pinned", "g", "-2"]);
+    assert_ne!(code, 0, "{stderr}");
+    let history = agent.caravan(&["job", "history", "pinned"]).1;
+    assert!(history.contains("Version     = 2"), "{history}");
+    let (code, stdout, stderr) = agent.caravan(&["job", "revert", "-detach", "pinned", "1"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let inspect = agent.caravan(&["job", "inspect", "pinned"]).1;
+    assert!(inspect.contains("\"Version\": 3") && inspect.contains("\"Count\": 1"), "{inspect}");
+    let (code, _, stderr) = agent.caravan(&["job", "revert", "pinned", "3"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("current version"), "{stderr}");
+
+    // Dispatch: the body is sent; the server refuses a job that is not parameterized.
+    let input = dir.join("payload.txt");
+    std::fs::write(&input, "hello").unwrap();
+    let (code, _, stderr) = agent.caravan(&["job", "dispatch", "-meta", "k=v", "pinned", input.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("not a parameterized job"), "{stderr}");
+    let (code, _, stderr) = agent.caravan(&["job", "dispatch", "-meta", "novalue", "pinned"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("KEY=VALUE"), "{stderr}");
+    let (code, _, stderr) = agent.caravan(&["job", "dispatch", "pinned", dir.join("missing").to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("missing"), "{stderr}");
+
+    // A parameterized job: registered without an eval, dispatched with a
+    // payload file and meta; the child runs.
+    let params = dir.join("params.nomad.hcl");
+    std::fs::write(
+        &params,
+        "job \"params\" {\n  type = \"batch\"\n  parameterized {\n    payload = \"required\"\n    meta_required = [\"who\"]\n  }\n  group \"g\" {\n    task \"t\" {\n      driver = \"raw_exec\"\n      config {\n        command = \"/bin/true\"\n      }\n      resources {\n        cpu = 50\n        memory = 32\n      }\n    }\n  }\n}\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = agent.caravan(&["job", "run", "-detach", params.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, _, stderr) = agent.caravan(&["job", "dispatch", "params", input.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("required meta keys"), "{stderr}");
+    let (code, stdout, stderr) =
+        agent.caravan(&["job", "dispatch", "-detach", "-meta", "who=me", "params", input.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let child = stdout.lines().find_map(|l| l.strip_prefix("Dispatched Job ID = ")).unwrap().to_string();
+    assert!(child.starts_with("params/dispatch-"), "{stdout}");
+    assert!(stdout.contains("Evaluation ID"), "{stdout}");
+    let inspect = agent.caravan(&["job", "inspect", &child]).1;
+    assert!(inspect.contains("\"Payload\": \"aGVsbG8=\"") && inspect.contains("\"who\": \"me\""), "{inspect}");
+    wait_for(&agent, &["job", "status", &child], "complete");
+
+    // Allocation, node and evaluation ids by prefix; short ids are distinct.
+    let (_, json, _) = agent.caravan(&["alloc", "status", "-json", "ffffffffffffffff"]);
+    assert!(json.is_empty());
+    let status = wait_for(&agent, &["job", "status", "pinned"], "running");
+    let alloc_ids: Vec<&str> = status
+        .lines()
+        .skip_while(|l| *l != "Allocations")
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(!alloc_ids.is_empty(), "{status}");
+    let mut distinct = alloc_ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), alloc_ids.len(), "short allocation ids collide: {status}");
+    let (code, stdout, stderr) = agent.caravan(&["alloc", "status", alloc_ids[0]]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(&format!("ID                   = {}", alloc_ids[0])), "{stdout}");
+    assert!(stdout.contains("JobID                = pinned"), "{stdout}");
+    let node_id = stdout.lines().find_map(|l| l.strip_prefix("NodeID               = ")).unwrap().to_string();
+    let (code, stdout, stderr) = agent.caravan(&["node", "status", &node_id[..8]]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(&node_id), "{stdout}");
+    let eval_id = stdout_of(&agent, &["eval", "list", "-json"]);
+    let (code, stdout, stderr) = agent.caravan(&["eval", "status", &eval_id[..8]]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(&eval_id), "{stdout}");
+    let (code, _, stderr) = agent.caravan(&["alloc", "status", "not-hex!"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("not an id"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The first evaluation's id from `eval list -json`.
+fn stdout_of(agent: &DevAgent, args: &[&str]) -> String {
+    let (code, stdout, stderr) = agent.caravan(args);
+    assert_eq!(code, 0, "{stderr}");
+    let evals: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    evals[0]["ID"].as_str().unwrap().to_string()
+}

@@ -7,10 +7,10 @@
 use std::collections::BTreeSet;
 
 use crate::fsm::Command;
-use crate::ids::{AllocId, IdGen, JobKey, NodeId};
+use crate::ids::{AllocId, DeploymentId, IdGen, JobKey, NodeId};
 use crate::model::{
-    AllocClientUpdate, ClientStatus, DesiredTransition, DrainStrategy, Evaluation, Job, JobType, Node, NodeStatus,
-    SchedulingEligibility, TimeNs, TriggeredBy,
+    AllocClientUpdate, ClientStatus, DeploymentStatus, DesiredTransition, DrainStrategy, Evaluation, Job, JobType,
+    Node, NodeStatus, SchedulingEligibility, TimeNs, TriggeredBy,
 };
 use crate::state::State;
 use crate::validate::{ValidationError, validate_job, validate_node};
@@ -26,6 +26,14 @@ pub enum EndpointError {
     JobNotFound(JobKey),
     #[error("allocation {0} not found")]
     AllocNotFound(AllocId),
+    #[error("deployment {0} not found")]
+    DeploymentNotFound(DeploymentId),
+    #[error("job {0} at version {1} not found")]
+    JobVersionNotFound(JobKey, u64),
+    /// The request is well-formed but not allowed in the current state
+    /// (for example reverting to the current version); the text says why.
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Apply(#[from] crate::fsm::ApplyError),
     /// The write could not be committed (no leader, no quorum, or the
@@ -68,10 +76,83 @@ pub fn node_evals(
         .collect()
 }
 
+/// A parameterized job is a template: registering it creates no eval, as
+/// in Nomad (its dispatched children are evaluated).
 pub fn register_job(job: Job, now_ns: TimeNs, ids: &mut IdGen) -> Result<Command, EndpointError> {
     validate_job(&job)?;
-    let eval = eval_for(&job, TriggeredBy::JobRegister, None, now_ns, ids);
-    Ok(Command::JobRegister { job, eval: Some(eval), now_ns })
+    let eval = (!job.is_parameterized_parent()).then(|| eval_for(&job, TriggeredBy::JobRegister, None, now_ns, ids));
+    Ok(Command::JobRegister { job, eval, now_ns })
+}
+
+/// Nomad's limit on a dispatch payload (`DispatchPayloadSizeLimit`): the
+/// payload travels with the child job in every raft entry that carries it.
+pub const DISPATCH_PAYLOAD_BYTES_MAX: usize = 16 * 1024;
+
+/// `job dispatch`: a child of a parameterized job, registered with its
+/// eval (Nomad's `Job.Dispatch`). The child's id is
+/// `<parent>/dispatch-<unix seconds>-<8 hex>`; its meta is the parent's
+/// with the dispatch meta on top. Returns the command and the child's id.
+pub fn dispatch_job(
+    state: &State,
+    key: &JobKey,
+    payload: Vec<u8>,
+    meta: std::collections::BTreeMap<std::sync::Arc<str>, std::sync::Arc<str>>,
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+) -> Result<(Command, std::sync::Arc<str>), EndpointError> {
+    use crate::model::PayloadMode;
+    let parent = state.job(key).ok_or_else(|| EndpointError::JobNotFound(key.clone()))?;
+    let Some(config) = parent.parameterized.as_ref().filter(|_| parent.parent_id.is_none()) else {
+        return Err(EndpointError::Refused(format!("specified job {:?} is not a parameterized job", key.id)));
+    };
+    if parent.stop {
+        return Err(EndpointError::Refused(format!("job {:?} is stopped", key.id)));
+    }
+    if payload.len() > DISPATCH_PAYLOAD_BYTES_MAX {
+        return Err(EndpointError::Refused(format!(
+            "Payload exceeds maximum size; {} > {DISPATCH_PAYLOAD_BYTES_MAX}",
+            payload.len()
+        )));
+    }
+    match (config.payload, payload.is_empty()) {
+        (PayloadMode::Required, true) => {
+            return Err(EndpointError::Refused("Payload is not provided but required by parameterized job".into()));
+        }
+        (PayloadMode::Forbidden, false) => {
+            return Err(EndpointError::Refused("Payload provided but forbidden by parameterized job".into()));
+        }
+        _ => {}
+    }
+    let missing: Vec<&str> = config.meta_required.iter().filter(|k| !meta.contains_key(*k)).map(|k| &**k).collect();
+    if !missing.is_empty() {
+        return Err(EndpointError::Refused(format!("Dispatch did not provide required meta keys: {missing:?}")));
+    }
+    let unpermitted: Vec<&str> = meta
+        .keys()
+        .filter(|k| !config.meta_required.contains(k) && !config.meta_optional.contains(k))
+        .map(|k| &**k)
+        .collect();
+    if !unpermitted.is_empty() {
+        return Err(EndpointError::Refused(format!(
+            "Dispatch request included unpermitted metadata keys: {unpermitted:?}"
+        )));
+    }
+    let suffix = (ids.eval().0 >> 96) as u32;
+    let child_id: std::sync::Arc<str> =
+        format!("{}/dispatch-{}-{suffix:08x}", parent.id, now_ns / crate::model::SECOND_NS).into();
+    let mut child = (**parent).clone();
+    child.id = child_id.clone();
+    child.name = child_id.clone();
+    child.parent_id = Some(parent.id.clone());
+    child.payload = payload;
+    child.meta.extend(meta);
+    child.version = 0;
+    child.stable = false;
+    child.create_index = 0;
+    child.modify_index = 0;
+    child.job_modify_index = 0;
+    let command = register_job(child, now_ns, ids)?;
+    Ok((command, child_id))
 }
 
 pub fn deregister_job(
@@ -176,4 +257,139 @@ pub fn update_allocs_from_client(
         .map(|job| eval_for(job, TriggeredBy::RetryFailedAlloc, None, now_ns, ids))
         .collect();
     Command::AllocClientUpdate { updates, evals }
+}
+
+/// `job revert`: register a kept version's specification again, as a new
+/// version, with its eval (Nomad's `Job.Revert`). `enforce_prior_version`
+/// refuses the revert unless the current version is that one.
+pub fn revert_job(
+    state: &State,
+    key: &JobKey,
+    version: u64,
+    enforce_prior_version: Option<u64>,
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+) -> Result<Command, EndpointError> {
+    let current = state.job(key).ok_or_else(|| EndpointError::JobNotFound(key.clone()))?;
+    if current.version == version {
+        return Err(EndpointError::Refused(format!("can't revert to current version {version}")));
+    }
+    if let Some(prior) = enforce_prior_version
+        && prior != current.version
+    {
+        return Err(EndpointError::Refused(format!(
+            "current job has version {}; enforcing version {prior}",
+            current.version
+        )));
+    }
+    let target =
+        state.job_version(key, version).ok_or_else(|| EndpointError::JobVersionNotFound(key.clone(), version))?;
+    let mut job = (*target).clone();
+    // Bookkeeping is the register path's: it numbers the new version.
+    job.version = current.version;
+    job.create_index = current.create_index;
+    register_job(job, now_ns, ids)
+}
+
+/// `job stable`: mark a kept version stable or not (Nomad's `Job.Stable`).
+pub fn set_job_stability(state: &State, key: &JobKey, version: u64, stable: bool) -> Result<Command, EndpointError> {
+    state.job(key).ok_or_else(|| EndpointError::JobNotFound(key.clone()))?;
+    state.job_version(key, version).ok_or_else(|| EndpointError::JobVersionNotFound(key.clone(), version))?;
+    Ok(Command::JobStability { key: key.clone(), version, stable })
+}
+
+/// `job scale`: a new job version with the group's count changed, and its
+/// eval (Nomad's `Job.Scale`). `count` None only validates the target:
+/// Caravan keeps no scaling events, so there is nothing else to record.
+pub fn scale_job(
+    state: &State,
+    key: &JobKey,
+    group: &str,
+    count: Option<u32>,
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+) -> Result<Option<Command>, EndpointError> {
+    let current = state.job(key).ok_or_else(|| EndpointError::JobNotFound(key.clone()))?;
+    let Some(group_index) = current.group_index(group) else {
+        return Err(EndpointError::Refused(format!(
+            "task group {group:?} specified for scaling does not exist in job"
+        )));
+    };
+    let Some(count) = count else { return Ok(None) };
+    if current.stop {
+        return Err(EndpointError::Refused("job is stopped: run it again before scaling".into()));
+    }
+    if current.job_type.is_system_like() {
+        return Err(EndpointError::Refused(format!("can't scale a {} job", current.job_type)));
+    }
+    let mut job = (**current).clone();
+    job.task_groups[group_index].count = count;
+    validate_job(&job)?;
+    let eval = eval_for(&job, TriggeredBy::JobScaling, None, now_ns, ids);
+    Ok(Some(Command::JobRegister { job, eval: Some(eval), now_ns }))
+}
+
+/// What a user may do to a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentAction {
+    Fail,
+    Pause,
+    Resume,
+}
+
+/// `deployment fail|pause|resume` with the eval Nomad creates for the job
+/// (fail and resume let the scheduler act; pause only records).
+pub fn update_deployment(
+    state: &State,
+    id: DeploymentId,
+    action: DeploymentAction,
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+) -> Result<Command, EndpointError> {
+    let d = state.deployment(id).ok_or(EndpointError::DeploymentNotFound(id))?;
+    if !d.status.is_active() {
+        let verb = match action {
+            DeploymentAction::Fail => "fail",
+            DeploymentAction::Pause => "pause",
+            DeploymentAction::Resume => "resume",
+        };
+        return Err(EndpointError::Refused(format!("can't {verb} terminal deployment (status {})", d.status.as_str())));
+    }
+    let (status, description) = match action {
+        DeploymentAction::Fail => (DeploymentStatus::Failed, "Deployment marked as failed"),
+        DeploymentAction::Pause => (DeploymentStatus::Paused, "Deployment is paused"),
+        DeploymentAction::Resume => (DeploymentStatus::Running, "Deployment is running"),
+    };
+    let mut evals = Vec::new();
+    if action != DeploymentAction::Pause
+        && let Some(job) = state.job(&d.job)
+    {
+        let mut eval = eval_for(job, TriggeredBy::DeploymentWatcher, None, now_ns, ids);
+        eval.deployment_id = Some(id);
+        evals.push(eval);
+    }
+    Ok(Command::DeploymentStatusUpdate { id, status, description: description.into(), evals })
+}
+
+/// `deployment promote`: Caravan places no canaries yet, so there is never
+/// anything to promote; Nomad refuses the same way for a deployment
+/// without canaries.
+pub fn promote_deployment(state: &State, id: DeploymentId) -> Result<std::convert::Infallible, EndpointError> {
+    let d = state.deployment(id).ok_or(EndpointError::DeploymentNotFound(id))?;
+    if !d.status.is_active() {
+        return Err(EndpointError::Refused(format!(
+            "can't promote terminal deployment (status {})",
+            d.status.as_str()
+        )));
+    }
+    Err(EndpointError::Refused("deployment has no canaries to promote".into()))
+}
+
+/// `node purge`: remove the node with an eval for every job that had a
+/// live allocation there (and every system job); the scheduler then marks
+/// those allocations lost and replaces them (Nomad's `Node.Deregister`).
+pub fn purge_node(state: &State, node_id: NodeId, now_ns: TimeNs, ids: &mut IdGen) -> Result<Command, EndpointError> {
+    state.node(node_id).ok_or(EndpointError::NodeNotFound(node_id))?;
+    let evals = node_evals(state, node_id, TriggeredBy::NodeUpdate, now_ns, ids);
+    Ok(Command::NodeDeregister { node_id, evals })
 }

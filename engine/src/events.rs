@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::fsm::Command;
-use crate::ids::{AllocId, EvalId, JobKey, NodeId};
-use crate::model::{Allocation, Evaluation, Job, Node};
+use crate::ids::{AllocId, DeploymentId, EvalId, JobKey, NodeId};
+use crate::model::{Allocation, Deployment, Evaluation, Job, Node};
 use crate::state::State;
 
 /// Events kept for late readers. Nomad keeps 100 by default; a reader that
@@ -25,6 +25,7 @@ enum Subject {
     Evaluation(EvalId),
     Allocation(AllocId),
     Node(NodeId),
+    Deployment(DeploymentId),
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +42,7 @@ pub enum EventPayload {
     Evaluation(Arc<Evaluation>),
     Allocation(Arc<Allocation>),
     Node(Arc<Node>),
+    Deployment(Arc<Deployment>),
 }
 
 /// One change, as Nomad's stream names it (`Topic`, `Type`, `Key`).
@@ -96,6 +98,10 @@ impl EventBuffer {
                 evals
             }
             Command::EvalUpsert { evals } => evals,
+            Command::DeploymentStatusUpdate { id, evals, .. } => {
+                self.push(index, "DeploymentStatusUpdate", Subject::Deployment(*id));
+                evals
+            }
             Command::AllocClientUpdate { updates, evals } => {
                 for u in updates {
                     self.push(index, "AllocationUpdated", Subject::Allocation(u.alloc_id));
@@ -111,6 +117,9 @@ impl EventBuffer {
                 }
                 for p in &applied.preemptions {
                     self.push(index, "PlanResult", Subject::Allocation(p.alloc_id));
+                }
+                if let Some(d) = &applied.deployment {
+                    self.push(index, "PlanResult", Subject::Deployment(d.id));
                 }
                 &applied.preemption_evals
             }
@@ -141,6 +150,10 @@ fn materialize(r: &Recorded, state: &State) -> Option<Event> {
             ("Allocation", id.to_string(), a.job.namespace.to_string(), EventPayload::Allocation(a.clone()))
         }
         Subject::Node(id) => ("Node", id.to_string(), String::new(), EventPayload::Node(state.node(*id)?.clone())),
+        Subject::Deployment(id) => {
+            let d = state.deployment(*id)?;
+            ("Deployment", id.to_string(), d.job.namespace.to_string(), EventPayload::Deployment(d.clone()))
+        }
     };
     Some(Event { index: r.index, topic, kind: r.kind, key, namespace, payload })
 }

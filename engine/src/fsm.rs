@@ -9,10 +9,11 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::ids::{AllocId, EvalId, JobKey, NodeId};
+use crate::ids::{AllocId, DeploymentId, EvalId, JobKey, NodeId};
 use crate::model::{
-    AllocClientUpdate, AllocPreemption, AllocStop, Allocation, Deployment, DesiredStatus, DesiredTransition,
-    DrainStrategy, EvalStatus, Evaluation, Job, JobStatus, Node, NodeStatus, SchedulingEligibility, TimeNs,
+    AllocClientUpdate, AllocPreemption, AllocStop, Allocation, ClientStatus, Deployment, DeploymentStatus,
+    DesiredStatus, DesiredTransition, DrainStrategy, EvalStatus, Evaluation, Job, JobStatus, Node, NodeStatus,
+    SchedulingEligibility, TimeNs,
 };
 use crate::state::{SchedulerConfig, State, StateStore};
 
@@ -96,6 +97,21 @@ pub enum Command {
     SchedulerConfigUpdate {
         config: SchedulerConfig,
     },
+    /// Mark one kept version of a job stable or not (Nomad's `Job.Stable`).
+    JobStability {
+        key: JobKey,
+        version: u64,
+        stable: bool,
+    },
+    /// A user's deployment action (fail, pause, resume), with the eval it
+    /// triggers, as Nomad's `Deployment.Fail` / `Deployment.Pause`.
+    DeploymentStatusUpdate {
+        id: DeploymentId,
+        status: DeploymentStatus,
+        #[rkyv(with = crate::model::rkyv_with::ArcStr)]
+        description: Arc<str>,
+        evals: Vec<Evaluation>,
+    },
 }
 
 /// A command referred to something that does not exist; nothing was changed.
@@ -105,6 +121,10 @@ pub enum ApplyError {
     JobNotFound(JobKey),
     #[error("node {0} not found")]
     NodeNotFound(NodeId),
+    #[error("job {0} has no version {1}")]
+    JobVersionNotFound(JobKey, u64),
+    #[error("deployment {0} not found")]
+    DeploymentNotFound(DeploymentId),
 }
 
 /// A node's capacity may have grown: blocked evals for its class may now fit.
@@ -253,6 +273,7 @@ fn apply_command(state: &mut State, index: u64, command: &Command, out: &mut App
             }
             for key in jobs {
                 refresh_job_status(state, index, &key);
+                refresh_deployment_status(state, index, &key);
             }
             upsert_evals(state, index, evals.iter(), out);
         }
@@ -269,6 +290,23 @@ fn apply_command(state: &mut State, index: u64, command: &Command, out: &mut App
         }
         Command::ApplyPlanResults(applied) => apply_plan(state, index, applied, out),
         Command::SchedulerConfigUpdate { config } => state.set_scheduler_config(index, config.clone()),
+        Command::JobStability { key, version, stable } => {
+            if !state.set_job_version_stable(index, key, *version, *stable) {
+                return Err(ApplyError::JobVersionNotFound(key.clone(), *version));
+            }
+        }
+        Command::DeploymentStatusUpdate { id, status, description, evals } => {
+            let existing = state.deployment(*id).cloned().ok_or(ApplyError::DeploymentNotFound(*id))?;
+            let mut d = (*existing).clone();
+            d.status = *status;
+            d.status_description = description.clone();
+            d.modify_index = index;
+            let key = d.job.clone();
+            state.put_deployment(index, Arc::new(d));
+            // A resumed deployment whose allocations all run is done.
+            refresh_deployment_status(state, index, &key);
+            upsert_evals(state, index, evals.iter(), out);
+        }
     }
     Ok(())
 }
@@ -312,7 +350,8 @@ fn refresh_job_status(state: &mut State, index: u64, key: &JobKey) {
             break;
         }
     }
-    let status = if any_live {
+    let status = if any_live || (job.is_parameterized_parent() && !job.stop) {
+        // Nomad shows a parameterized job as running: it can be dispatched.
         JobStatus::Running
     } else if job.stop || (any_alloc && job.job_type.is_batch_like()) {
         JobStatus::Dead
@@ -324,6 +363,64 @@ fn refresh_job_status(state: &mut State, index: u64, key: &JobKey) {
         job.status = status;
         job.modify_index = index;
         state.replace_job_record(index, Arc::new(job));
+    }
+}
+
+/// A new deployment supersedes the job's active ones, as Nomad's
+/// reconciler cancels them ("Cancelled due to newer version of job").
+fn cancel_older_deployments(state: &mut State, index: u64, newer: &Deployment) {
+    let older: Vec<Arc<Deployment>> = state
+        .deployments()
+        .filter(|d| d.job == newer.job && d.id != newer.id && d.status.is_active())
+        .cloned()
+        .collect();
+    for d in older {
+        let mut d = (*d).clone();
+        d.status = DeploymentStatus::Cancelled;
+        d.status_description = "Cancelled due to newer version of job".into();
+        d.modify_index = index;
+        state.put_deployment(index, Arc::new(d));
+    }
+}
+
+/// Settle the job's running deployment from its allocations' client
+/// status. Caravan has no health checks yet, so an allocation counts as
+/// healthy once it runs: the deployment succeeds (and its job version
+/// becomes stable) when every desired allocation of the version runs, and
+/// fails when one of its allocations fails. A paused deployment waits.
+fn refresh_deployment_status(state: &mut State, index: u64, key: &JobKey) {
+    let Some(d) = state.latest_deployment(key).cloned() else { return };
+    if d.status != DeploymentStatus::Running {
+        return;
+    }
+    let Some(job) = state.job(key).cloned() else { return };
+    if job.version != d.job_version {
+        return;
+    }
+    let desired_total: u64 = job.task_groups.iter().map(|g| u64::from(g.count)).sum();
+    let mut healthy: u64 = 0;
+    let mut failed = false;
+    for alloc in state.allocs_by_job(key).filter(|a| a.deployment_id == Some(d.id)) {
+        match alloc.client_status {
+            ClientStatus::Failed => failed = true,
+            ClientStatus::Running if alloc.desired_status == DesiredStatus::Run => healthy += 1,
+            _ => {}
+        }
+    }
+    let (status, description) = if failed {
+        (DeploymentStatus::Failed, "Failed due to unhealthy allocations")
+    } else if healthy >= desired_total {
+        (DeploymentStatus::Successful, "Deployment completed successfully")
+    } else {
+        return;
+    };
+    let mut d = (*d).clone();
+    d.status = status;
+    d.status_description = description.into();
+    d.modify_index = index;
+    state.put_deployment(index, Arc::new(d));
+    if status == DeploymentStatus::Successful {
+        state.set_job_version_stable(index, key, job.version, true);
     }
 }
 
@@ -452,12 +549,19 @@ fn apply_plan(state: &mut State, index: u64, applied: &PlanApplied, out: &mut Ap
     state.put_new_allocs(index, &fresh);
     if let Some(deployment) = &applied.deployment {
         let mut d = deployment.clone();
+        let is_new = state.deployment(d.id).is_none();
         d.create_index = state.deployment(d.id).map_or(index, |e| e.create_index);
         d.modify_index = index;
+        if is_new {
+            cancel_older_deployments(state, index, &d);
+        }
         state.put_deployment(index, Arc::new(d));
     }
     for key in jobs {
         refresh_job_status(state, index, &key);
+        // In-place updates keep running allocations running: the
+        // deployment may be complete as soon as the plan lands.
+        refresh_deployment_status(state, index, &key);
     }
     upsert_evals(state, index, applied.preemption_evals.iter(), out);
 }

@@ -18,6 +18,9 @@ pub struct IdParseError(pub String);
 
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
+        uuid_id!($(#[$doc])* $name, text_order = identity_order);
+    };
+    ($(#[$doc:meta])* $name:ident, text_order = $order:path) => {
         $(#[$doc])*
         // packed(8): a u128 is 16-byte aligned, which pushes every struct,
         // vector and map node holding ids onto the allocator's slower
@@ -37,7 +40,7 @@ macro_rules! uuid_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write_uuid(f, self.0)
+                write_uuid(f, $order(self.0))
             }
         }
 
@@ -51,7 +54,8 @@ macro_rules! uuid_id {
         impl FromStr for $name {
             type Err = IdParseError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                parse_uuid(s).map($name)
+                // Every text order is its own inverse (a swap).
+                parse_uuid(s).map(|v| $name($order(v)))
             }
         }
     };
@@ -62,8 +66,10 @@ uuid_id!(
     NodeId
 );
 uuid_id!(
-    /// Identifies an allocation.
-    AllocId
+    /// Identifies an allocation. Its text swaps the id's first and last
+    /// 32 bits (see [`alloc_text_order`]).
+    AllocId,
+    text_order = alloc_text_order
 );
 uuid_id!(
     /// Identifies an evaluation.
@@ -73,6 +79,26 @@ uuid_id!(
     /// Identifies a deployment.
     DeploymentId
 );
+
+/// The text of most ids is the value's hex, in order.
+fn identity_order(v: u128) -> u128 {
+    v
+}
+
+/// An allocation id's high word is its job's tag (see [`IdGen::alloc_for`]),
+/// so in plain hex every allocation of a job would share its first 8
+/// characters, the short id `job status` and `alloc status` show. Its text
+/// swaps the top 32 bits (tag) with the bottom 32 (random): the short id is
+/// random, while the value, and so the state store's lookup by tag, stays
+/// as it is. The swap leaves the UUID version and variant nibbles in place
+/// and is its own inverse, so parsing applies it again.
+fn alloc_text_order(v: u128) -> u128 {
+    const LOW_32: u128 = 0xFFFF_FFFF;
+    let top = v >> 96;
+    let bottom = v & LOW_32;
+    let middle = v & !(LOW_32 << 96) & !LOW_32;
+    (bottom << 96) | middle | top
+}
 
 fn write_uuid(f: &mut fmt::Formatter<'_>, v: u128) -> fmt::Result {
     let hex = format!("{v:032x}");
@@ -238,6 +264,21 @@ mod tests {
         assert_eq!(text.len(), 36);
         assert_eq!(text.as_bytes()[14], b'4', "version nibble");
         assert_eq!(text.parse::<AllocId>().unwrap(), id);
+    }
+
+    #[test]
+    fn alloc_short_ids_differ_within_a_job() {
+        let mut ids = IdGen::with_seed(3);
+        let key = JobKey::new("default", "web");
+        let texts: Vec<String> = (0..16).map(|_| ids.alloc_for(&key).to_string()).collect();
+        let shorts: std::collections::BTreeSet<&str> = texts.iter().map(|t| &t[..8]).collect();
+        assert_eq!(shorts.len(), texts.len(), "short ids collide: {texts:?}");
+        for text in &texts {
+            let id: AllocId = text.parse().unwrap();
+            assert_eq!(id.job_tag(), key.tag());
+            assert_eq!(&id.to_string(), text);
+            assert_eq!(text.as_bytes()[14], b'4', "version nibble");
+        }
     }
 
     #[test]

@@ -219,6 +219,44 @@ impl Default for MigrateStrategy {
     }
 }
 
+/// What a dispatch must carry as its payload (`parameterized { payload }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum PayloadMode {
+    Optional,
+    Required,
+    Forbidden,
+}
+
+impl PayloadMode {
+    pub fn parse(s: &str) -> Option<PayloadMode> {
+        match s {
+            "" | "optional" => Some(PayloadMode::Optional),
+            "required" => Some(PayloadMode::Required),
+            "forbidden" => Some(PayloadMode::Forbidden),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayloadMode::Optional => "optional",
+            PayloadMode::Required => "required",
+            PayloadMode::Forbidden => "forbidden",
+        }
+    }
+}
+
+/// `parameterized { ... }`: the job is a template that runs only as the
+/// children `job dispatch` creates (Nomad's `ParameterizedJobConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Parameterized {
+    pub payload: PayloadMode,
+    #[rkyv(with = Map<ArcStr>)]
+    pub meta_required: Vec<Arc<str>>,
+    #[rkyv(with = Map<ArcStr>)]
+    pub meta_optional: Vec<Arc<str>>,
+}
+
 /// One process or container.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Task {
@@ -343,6 +381,13 @@ pub struct Job {
     pub meta: BTreeMap<Arc<str>, Arc<str>>,
     /// Stopped by the user: the scheduler stops all of its allocations.
     pub stop: bool,
+    /// A parameterized job: never scheduled itself, only its dispatched children.
+    pub parameterized: Option<Parameterized>,
+    /// A dispatched child's parent job id.
+    #[rkyv(with = Map<ArcStr>)]
+    pub parent_id: Option<Arc<str>>,
+    /// A dispatched child's payload (bounded by the dispatch endpoint).
+    pub payload: Vec<u8>,
     pub status: JobStatus,
     pub stable: bool,
     pub version: u64,
@@ -374,6 +419,9 @@ impl Job {
             update: None,
             meta: BTreeMap::new(),
             stop: false,
+            parameterized: None,
+            parent_id: None,
+            payload: Vec::new(),
             status: JobStatus::Pending,
             stable: false,
             version: 0,
@@ -386,6 +434,12 @@ impl Job {
 
     pub fn key(&self) -> JobKey {
         JobKey { namespace: self.namespace.clone(), id: self.id.clone() }
+    }
+
+    /// A parameterized job itself (not one of its dispatched children): a
+    /// template the scheduler never places.
+    pub fn is_parameterized_parent(&self) -> bool {
+        self.parameterized.is_some() && self.parent_id.is_none()
     }
 
     pub fn group(&self, name: &str) -> Option<&TaskGroup> {

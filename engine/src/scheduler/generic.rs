@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::ids::{IdGen, NodeId};
 use crate::model::{
-    AllocMetric, AllocPreemption, AllocStop, AllocatedResources, Allocation, EvalStatus, Evaluation, Job, JobType,
-    TimeNs, TriggeredBy,
+    AllocMetric, AllocPreemption, AllocStop, AllocatedResources, Allocation, Deployment, DeploymentStatus, EvalStatus,
+    Evaluation, Job, JobType, TimeNs, TriggeredBy,
 };
 use crate::state::State;
 
@@ -15,6 +15,75 @@ use super::reconcile::{self, Placement, PlacementReason};
 use super::stack::{Selection, Stack, StackConfig};
 
 pub(super) fn schedule(
+    state: &State,
+    eval: &Evaluation,
+    job: Option<Arc<Job>>,
+    now_ns: TimeNs,
+    seed: u64,
+    ids: &mut IdGen,
+) -> ScheduleOutcome {
+    let mut out = reconcile_and_place(state, eval, job.clone(), now_ns, seed, ids);
+    if let Some(job) = job.filter(|j| !j.stop) {
+        attach_deployment(state, &job, &mut out, ids);
+    }
+    out
+}
+
+/// Service jobs with an update strategy roll out each version under a
+/// deployment (Nomad's reconciler): the plan's new allocations join the
+/// version's active deployment, or a new one the plan creates. Caravan
+/// places a version all at once (no rolling batches or canaries yet), so
+/// the deployment records the rollout and its outcome (see the FSM).
+fn attach_deployment(state: &State, job: &Arc<Job>, out: &mut ScheduleOutcome, ids: &mut IdGen) {
+    let has_strategy =
+        |g: &crate::model::TaskGroup| g.update.as_ref().or(job.update.as_ref()).is_some_and(|u| u.max_parallel > 0);
+    if job.job_type != JobType::Service || !job.task_groups.iter().any(has_strategy) {
+        return;
+    }
+    // New allocations, and in-place updates to this version (Nomad's
+    // reconciler deploys both); not annotations of unchanged allocations.
+    let rolls_out = |a: &Allocation| {
+        a.create_index == 0
+            || (a.job.version == job.version
+                && state.alloc(a.id).is_some_and(|stored| stored.job.version != job.version))
+    };
+    if !out.plan.node_allocation.values().flatten().any(|a| rolls_out(a)) {
+        return;
+    }
+    let key = job.key();
+    let current = state
+        .latest_deployment(&key)
+        .filter(|d| d.job_version == job.version && d.job_modify_index == job.job_modify_index);
+    let deployment_id = match current {
+        Some(d) if d.status.is_active() => d.id,
+        // The version's deployment has ended: its replacements are not part of it.
+        Some(_) => return,
+        None => {
+            let d = Deployment {
+                id: ids.deployment(),
+                job: key,
+                job_version: job.version,
+                job_modify_index: job.job_modify_index,
+                status: DeploymentStatus::Running,
+                status_description: "Deployment is running".into(),
+                create_index: 0,
+                modify_index: 0,
+            };
+            let id = d.id;
+            out.plan.deployment = Some(d);
+            id
+        }
+    };
+    for alloc in out.plan.node_allocation.values_mut().flatten() {
+        if rolls_out(alloc) && alloc.deployment_id != Some(deployment_id) {
+            // The plan's allocations are its own (fresh or just copied):
+            // no further copy is made.
+            Arc::make_mut(alloc).deployment_id = Some(deployment_id);
+        }
+    }
+}
+
+fn reconcile_and_place(
     state: &State,
     eval: &Evaluation,
     job: Option<Arc<Job>>,

@@ -370,6 +370,31 @@ impl State {
         self.touch(Table::Jobs, index);
     }
 
+    /// Set the stability of one kept version (and of the current record
+    /// when it is that version); false when no such version is kept.
+    pub(crate) fn set_job_version_stable(&mut self, index: u64, key: &JobKey, version: u64, stable: bool) -> bool {
+        let Some(versions) = self.job_versions.get_mut(key) else { return false };
+        let mut found = false;
+        for v in versions.iter_mut() {
+            if v.version == version {
+                let mut job = (**v).clone();
+                job.stable = stable;
+                *v = Arc::new(job);
+                found = true;
+            }
+        }
+        if !found {
+            return false;
+        }
+        if let Some(current) = self.jobs.get(key).filter(|j| j.version == version).cloned() {
+            let mut job = (*current).clone();
+            job.stable = stable;
+            self.jobs.insert(key.clone(), Arc::new(job));
+        }
+        self.touch(Table::Jobs, index);
+        true
+    }
+
     pub(crate) fn remove_job(&mut self, index: u64, key: &JobKey) -> Option<Arc<Job>> {
         self.job_versions.remove(key);
         let removed = self.jobs.remove(key);

@@ -82,6 +82,40 @@ impl Cx {
         self.p.push(&join(path, field), what);
     }
 
+    /// `ParameterizedJob`: `Payload` (optional, required, forbidden),
+    /// `MetaRequired`, `MetaOptional`.
+    fn parameterized(&mut self, v: Option<&Value>) -> Option<model::Parameterized> {
+        let v = v.filter(|v| !v.is_null())?;
+        let Some(obj) = v.as_object() else {
+            self.problem("", "ParameterizedJob", "must be an object");
+            return None;
+        };
+        let payload = match obj.get("Payload") {
+            None | Some(Value::Null) => Some(model::PayloadMode::Optional),
+            Some(Value::String(p)) => model::PayloadMode::parse(p),
+            Some(_) => None,
+        };
+        let payload = payload.unwrap_or_else(|| {
+            self.problem("ParameterizedJob", "Payload", "must be \"optional\", \"required\" or \"forbidden\"");
+            model::PayloadMode::Optional
+        });
+        let mut keys = |field: &str| -> Vec<Arc<str>> {
+            match obj.get(field) {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
+                    items.iter().filter_map(Value::as_str).map(Into::into).collect()
+                }
+                Some(_) => {
+                    self.problem("ParameterizedJob", field, "must be a list of strings");
+                    Vec::new()
+                }
+            }
+        };
+        let meta_required = keys("MetaRequired");
+        let meta_optional = keys("MetaOptional");
+        Some(model::Parameterized { payload, meta_required, meta_optional })
+    }
+
     fn unsupported(&mut self, path: &str, field: &str, v: &Option<Value>) {
         if v.as_ref().is_some_and(|v| !is_empty_value(v)) {
             self.problem(path, field, "not supported by Caravan");
@@ -118,9 +152,19 @@ impl Cx {
 
     fn job(&mut self, j: super::Job) -> model::Job {
         self.unsupported("", "Periodic", &j.periodic);
-        self.unsupported("", "ParameterizedJob", &j.parameterized_job);
         self.unsupported("", "Multiregion", &j.multiregion);
-        self.unsupported("", "Payload", &j.payload);
+        let parameterized = self.parameterized(j.parameterized_job.as_ref());
+        let payload = match &j.payload {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(text)) => super::base64::decode(text).unwrap_or_else(|| {
+                self.problem("", "Payload", "must be base64 (standard alphabet, padded)");
+                Vec::new()
+            }),
+            Some(_) => {
+                self.problem("", "Payload", "must be a base64 string");
+                Vec::new()
+            }
+        };
         let job_type = match j.job_type.as_deref() {
             None | Some("") => JobType::Service,
             Some(t) => JobType::parse(t).unwrap_or_else(|| {
@@ -153,6 +197,9 @@ impl Cx {
         job.spreads = self.spreads("", j.spreads);
         job.meta = arc_map(j.meta);
         job.stop = j.stop.unwrap_or(false);
+        job.parameterized = parameterized;
+        job.payload = payload;
+        job.parent_id = j.parent_id.filter(|p| !p.is_empty()).map(Into::into);
         job.update = match (&j.update, job_type) {
             (Some(u), _) => Some(self.update("Update", model::UpdateStrategy::default(), u)),
             // api.Job.Canonicalize gives service jobs the default strategy.

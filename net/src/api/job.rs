@@ -55,15 +55,22 @@ pub struct Job {
     pub create_index: Option<u64>,
     pub modify_index: Option<u64>,
     pub job_modify_index: Option<u64>,
-    // Known to Nomad, not modelled by Caravan: refused unless empty.
+    // `Periodic` and `Multiregion` are known to Nomad, not modelled by
+    // Caravan: refused unless empty.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub periodic: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parameterized_job: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub multiregion: Option<Value>,
+    /// Base64 (a dispatched child's payload).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
+    /// A dispatched child's parent.
+    #[serde(rename = "ParentID", skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dispatched: Option<bool>,
 }
 
 /// Nomad's `api.TaskGroup`.

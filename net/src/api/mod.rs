@@ -17,6 +17,7 @@
 //! assert_eq!(job.task_groups[0].tasks[0].resources.memory_mb, 300);
 //! ```
 
+pub mod base64;
 mod canonical;
 mod decode;
 mod error;

@@ -516,8 +516,31 @@ pub struct Deployment {
     pub job_id: String,
     pub job_version: u64,
     pub job_modify_index: u64,
+    pub job_spec_modify_index: u64,
+    pub job_create_index: u64,
+    pub is_multiregion: bool,
+    pub task_groups: BTreeMap<String, DeploymentState>,
     pub status: String,
     pub status_description: String,
     pub create_index: u64,
     pub modify_index: u64,
+}
+
+/// One task group's progress in a deployment (`api.DeploymentState`).
+/// Caravan counts an allocation healthy once its client reports it running.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeploymentState {
+    pub placed_canaries: Vec<String>,
+    pub auto_revert: bool,
+    pub auto_promote: bool,
+    /// Nanoseconds, as Go marshals a `time.Duration`.
+    pub progress_deadline: i64,
+    pub require_progress_by: String,
+    pub promoted: bool,
+    pub desired_canaries: u32,
+    pub desired_total: u32,
+    pub placed_allocs: u32,
+    pub healthy_allocs: u32,
+    pub unhealthy_allocs: u32,
 }

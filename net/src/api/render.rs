@@ -252,6 +252,14 @@ pub fn job_to_api(j: &model::Job) -> api::Job {
         create_index: Some(j.create_index),
         modify_index: Some(j.modify_index),
         job_modify_index: Some(j.job_modify_index),
+        parameterized_job: j.parameterized.as_ref().map(|p| {
+            serde_json::json!({"Payload": p.payload.as_str(),
+                "MetaRequired": p.meta_required.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+                "MetaOptional": p.meta_optional.iter().map(|k| k.to_string()).collect::<Vec<_>>()})
+        }),
+        payload: (!j.payload.is_empty()).then(|| Value::String(super::base64::encode(&j.payload))),
+        parent_id: j.parent_id.as_ref().map(|p| p.to_string()),
+        dispatched: j.parent_id.as_ref().map(|_| true),
         ..Default::default()
     }
 }
@@ -650,14 +658,49 @@ pub fn eval_to_api(e: &model::Evaluation) -> read::Evaluation {
     }
 }
 
-/// `GET /v1/deployment/:id`.
-pub fn deployment_to_api(d: &model::Deployment) -> read::Deployment {
+/// `GET /v1/deployment/:id`: the record, with per-group progress counted
+/// from the job version it deploys and the allocations it placed.
+pub fn deployment_to_api<'a>(
+    d: &model::Deployment,
+    job: Option<&model::Job>,
+    allocs: impl Iterator<Item = &'a model::Allocation>,
+) -> read::Deployment {
+    let mut task_groups: BTreeMap<String, read::DeploymentState> = BTreeMap::new();
+    if let Some(job) = job {
+        for g in &job.task_groups {
+            let update = g.update.as_ref().or(job.update.as_ref());
+            task_groups.insert(
+                g.name.to_string(),
+                read::DeploymentState {
+                    auto_revert: update.is_some_and(|u| u.auto_revert),
+                    auto_promote: update.is_some_and(|u| u.auto_promote),
+                    progress_deadline: update.map_or(0, |u| u.progress_deadline_ns),
+                    require_progress_by: rfc3339(0),
+                    desired_total: g.count,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    for a in allocs.filter(|a| a.deployment_id == Some(d.id)) {
+        let Some(state) = task_groups.get_mut(a.group_name()) else { continue };
+        state.placed_allocs += 1;
+        match a.client_status {
+            model::ClientStatus::Running => state.healthy_allocs += 1,
+            model::ClientStatus::Failed | model::ClientStatus::Lost => state.unhealthy_allocs += 1,
+            _ => {}
+        }
+    }
     read::Deployment {
         id: d.id.to_string(),
         namespace: d.job.namespace.to_string(),
         job_id: d.job.id.to_string(),
         job_version: d.job_version,
         job_modify_index: d.job_modify_index,
+        job_spec_modify_index: d.job_modify_index,
+        job_create_index: job.map_or(0, |j| j.create_index),
+        is_multiregion: false,
+        task_groups,
         status: d.status.as_str().to_string(),
         status_description: d.status_description.to_string(),
         create_index: d.create_index,

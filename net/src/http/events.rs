@@ -48,6 +48,7 @@ fn payload(p: &EventPayload) -> Value {
         EventPayload::Evaluation(e) => json!({"Evaluation": api::eval_to_api(e)}),
         EventPayload::Allocation(a) => json!({"Allocation": api::alloc_to_api(a, None)}),
         EventPayload::Node(n) => json!({"Node": api::node_to_api(n)}),
+        EventPayload::Deployment(d) => json!({"Deployment": api::deployment_to_api(d, None, std::iter::empty())}),
     }
 }
 

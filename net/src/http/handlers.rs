@@ -53,6 +53,11 @@ pub(super) fn endpoint_error(e: EndpointError) -> Response {
         EndpointError::JobNotFound(k) => refuse(StatusCode::NOT_FOUND, format!("job not found: {}", k.id)),
         EndpointError::NodeNotFound(n) => refuse(StatusCode::NOT_FOUND, format!("node not found: {n}")),
         EndpointError::AllocNotFound(a) => refuse(StatusCode::NOT_FOUND, format!("alloc not found: {a}")),
+        EndpointError::DeploymentNotFound(d) => refuse(StatusCode::NOT_FOUND, format!("deployment not found: {d}")),
+        EndpointError::JobVersionNotFound(k, v) => {
+            refuse(StatusCode::NOT_FOUND, format!("job {:?} at version {v} not found", k.id))
+        }
+        EndpointError::Refused(reason) => refuse(StatusCode::BAD_REQUEST, reason),
         EndpointError::Apply(a) => refuse(StatusCode::INTERNAL_SERVER_ERROR, a.to_string()),
         // Nomad answers 500 "No cluster leader"; 503 says the same and
         // tells clients to retry.
@@ -61,7 +66,7 @@ pub(super) fn endpoint_error(e: EndpointError) -> Response {
 }
 
 /// Take the snapshot a read answers from, honouring `?index=&wait=`.
-async fn read(
+pub(super) async fn read_snapshot(
     server: &Arc<dyn Server>,
     params: &HashMap<String, String>,
     tables: &'static [Table],
@@ -86,7 +91,7 @@ fn parse_id<T: FromStr>(text: &str, what: &str) -> Result<T, Response> {
 }
 
 pub(super) async fn list_jobs(State(server): Shared, Query(params): Params) -> Response {
-    let (snap, index) = match read(&server, &params, &[Table::Jobs, Table::Allocs]).await {
+    let (snap, index) = match read_snapshot(&server, &params, &[Table::Jobs, Table::Allocs]).await {
         Ok(r) => r,
         Err(e) => return e,
     };
@@ -109,7 +114,8 @@ pub(super) async fn register_job(State(server): Shared, body: Bytes) -> Response
     match server.register_job(job) {
         Ok((eval_id, index)) => reply(
             index,
-            &json!({"EvalID": eval_id.to_string(), "EvalCreateIndex": index, "JobModifyIndex": index, "Warnings": "", "Index": index, "LastContact": 0, "KnownLeader": true}),
+            // A parameterized job registers without an eval: "" as Nomad.
+            &json!({"EvalID": if eval_id.is_nil() { String::new() } else { eval_id.to_string() }, "EvalCreateIndex": index, "JobModifyIndex": index, "Warnings": "", "Index": index, "LastContact": 0, "KnownLeader": true}),
         ),
         Err(e) => endpoint_error(e),
     }
@@ -117,7 +123,8 @@ pub(super) async fn register_job(State(server): Shared, body: Bytes) -> Response
 
 /// Job ids may contain `/` (dispatched children), so sub-resources are
 /// recognised by suffix, as Nomad does.
-const JOB_SUFFIXES: [&str; 4] = ["/allocations", "/evaluations", "/summary", "/versions"];
+const JOB_SUFFIXES: [&str; 7] =
+    ["/allocations", "/evaluations", "/summary", "/versions", "/deployments", "/deployment", "/scale"];
 
 fn split_job_path(rest: &str) -> (&str, &str) {
     for suffix in JOB_SUFFIXES {
@@ -134,10 +141,11 @@ pub(super) async fn read_job(State(server): Shared, Path(rest): Path<String>, Qu
     let tables: &'static [Table] = match what {
         "/allocations" => &[Table::Allocs],
         "/evaluations" => &[Table::Evals],
-        "/summary" => &[Table::Jobs, Table::Allocs],
+        "/summary" | "/scale" => &[Table::Jobs, Table::Allocs],
+        "/deployments" | "/deployment" => &[Table::Deployments, Table::Allocs],
         _ => &[Table::Jobs],
     };
-    let (snap, index) = match read(&server, &params, tables).await {
+    let (snap, index) = match read_snapshot(&server, &params, tables).await {
         Ok(r) => r,
         Err(e) => return e,
     };
@@ -154,6 +162,9 @@ pub(super) async fn read_job(State(server): Shared, Path(rest): Path<String>, Qu
             reply(index, &evals.into_iter().map(|e| api::eval_to_api(e)).collect::<Vec<_>>())
         }
         "/summary" => reply(index, &api::job_summary(job, snap.allocs_by_job(&key).map(|a| &**a), &BTreeMap::new())),
+        "/deployments" => super::job_actions::job_deployments(&snap, &key, index, false),
+        "/deployment" => super::job_actions::job_deployments(&snap, &key, index, true),
+        "/scale" => super::job_actions::scale_status(&snap, &key, index),
         "/versions" => {
             let versions: Vec<_> = snap.job_versions(&key).iter().map(|j| api::job_to_api(j)).collect();
             reply(index, &json!({"Versions": versions, "Diffs": null}))
@@ -175,7 +186,7 @@ pub(super) async fn deregister_job(State(server): Shared, Path(rest): Path<Strin
 }
 
 pub(super) async fn list_evals(State(server): Shared, Query(params): Params) -> Response {
-    let (snap, index) = match read(&server, &params, &[Table::Evals]).await {
+    let (snap, index) = match read_snapshot(&server, &params, &[Table::Evals]).await {
         Ok(r) => r,
         Err(e) => return e,
     };
@@ -195,7 +206,7 @@ pub(super) async fn read_eval(State(server): Shared, Path(rest): Path<String>, Q
         Err(e) => return e,
     };
     let tables: &'static [Table] = if allocations { &[Table::Allocs] } else { &[Table::Evals] };
-    let (snap, index) = match read(&server, &params, tables).await {
+    let (snap, index) = match read_snapshot(&server, &params, tables).await {
         Ok(r) => r,
         Err(e) => return e,
     };
@@ -212,7 +223,7 @@ pub(super) async fn read_eval(State(server): Shared, Path(rest): Path<String>, Q
 }
 
 pub(super) async fn list_allocs(State(server): Shared, Query(params): Params) -> Response {
-    let (snap, index) = match read(&server, &params, &[Table::Allocs]).await {
+    let (snap, index) = match read_snapshot(&server, &params, &[Table::Allocs]).await {
         Ok(r) => r,
         Err(e) => return e,
     };
@@ -228,7 +239,7 @@ pub(super) async fn read_alloc(State(server): Shared, Path(id): Path<String>, Qu
         Ok(id) => id,
         Err(e) => return e,
     };
-    let (snap, index) = match read(&server, &params, &[Table::Allocs]).await {
+    let (snap, index) = match read_snapshot(&server, &params, &[Table::Allocs]).await {
         Ok(r) => r,
         Err(e) => return e,
     };
@@ -239,7 +250,7 @@ pub(super) async fn read_alloc(State(server): Shared, Path(id): Path<String>, Qu
 }
 
 pub(super) async fn list_nodes(State(server): Shared, Query(params): Params) -> Response {
-    let (snap, index) = match read(&server, &params, &[Table::Nodes]).await {
+    let (snap, index) = match read_snapshot(&server, &params, &[Table::Nodes]).await {
         Ok(r) => r,
         Err(e) => return e,
     };
@@ -259,7 +270,7 @@ pub(super) async fn read_node(State(server): Shared, Path(rest): Path<String>, Q
         Err(e) => return e,
     };
     let tables: &'static [Table] = if allocations { &[Table::Allocs] } else { &[Table::Nodes] };
-    let (snap, index) = match read(&server, &params, tables).await {
+    let (snap, index) = match read_snapshot(&server, &params, tables).await {
         Ok(r) => r,
         Err(e) => return e,
     };

@@ -8,8 +8,10 @@
 
 mod blocking;
 mod client_fs;
+mod deployments;
 mod events;
 mod handlers;
+mod job_actions;
 mod server;
 mod writes;
 
@@ -55,6 +57,8 @@ fn server_routes(server: Arc<dyn Server>) -> Router {
         .route("/v1/allocation/{*rest}", get(handlers::read_alloc).post(writes::alloc_post).put(writes::alloc_post))
         .route("/v1/nodes", get(handlers::list_nodes))
         .route("/v1/node/{*rest}", get(handlers::read_node).post(writes::node_post).put(writes::node_post))
+        .route("/v1/deployments", get(deployments::list))
+        .route("/v1/deployment/{*rest}", get(deployments::read).post(deployments::action).put(deployments::action))
         .route("/v1/regions", get(writes::regions))
         .route("/v1/metrics", get(writes::metrics))
         .route("/v1/event/stream", get(events::stream))

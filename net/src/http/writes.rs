@@ -79,8 +79,28 @@ pub(super) async fn regions() -> Response {
     reply(0, &["global"])
 }
 
-/// `POST /v1/job/<id>` (register), `/evaluate`, `/plan`.
+/// `POST /v1/job/<id>` (register), `/evaluate`, `/plan`, and the actions
+/// of [`super::job_actions`]. Job ids may contain `/`, so actions are
+/// recognised by suffix, as Nomad does.
 pub(super) async fn job_post(state: Shared, Path(rest): Path<String>, query: Params, body: Bytes) -> Response {
+    use super::job_actions as actions;
+    let server = &state.0;
+    let ns = namespace(&query.0);
+    if let Some(id) = rest.strip_suffix("/revert") {
+        return actions::revert(server, &JobKey::new(ns, id), &body);
+    }
+    if let Some(id) = rest.strip_suffix("/stable") {
+        return actions::stable(server, &JobKey::new(ns, id), &body);
+    }
+    if let Some(id) = rest.strip_suffix("/scale") {
+        return actions::scale(server, &JobKey::new(ns, id), &body);
+    }
+    if let Some(id) = rest.strip_suffix("/periodic/force") {
+        return actions::periodic_force(server, &JobKey::new(ns, id));
+    }
+    if let Some(id) = rest.strip_suffix("/dispatch") {
+        return actions::dispatch(server, &JobKey::new(ns, id), &body);
+    }
     if let Some(id) = rest.strip_suffix("/evaluate") {
         return evaluate(&state.0, &JobKey::new(namespace(&query.0), id));
     }
@@ -94,6 +114,9 @@ fn evaluate(server: &Arc<dyn Server>, key: &JobKey) -> Response {
     let mut eval_id = None;
     let result = server.write(&mut |state, ids, now| {
         let job = state.job(key).ok_or_else(|| EndpointError::JobNotFound(key.clone()))?;
+        if job.is_parameterized_parent() {
+            return Err(EndpointError::Refused("can't evaluate parameterized job".into()));
+        }
         let mut eval = Evaluation::new(ids.eval(), key, job.job_type, job.priority, TriggeredBy::JobRegister);
         eval.job_modify_index = job.job_modify_index;
         eval.create_time_ns = now;
@@ -173,17 +196,20 @@ fn plan(server: &Arc<dyn Server>, key: &JobKey, body: &[u8]) -> Response {
 pub(super) async fn node_post(state: Shared, Path(rest): Path<String>, body: Bytes) -> Response {
     let (id, action) = match rest.rsplit_once('/') {
         Some((id, action)) => (id, action),
-        None => return refuse(StatusCode::METHOD_NOT_ALLOWED, "POST needs /drain or /eligibility"),
+        None => return refuse(StatusCode::METHOD_NOT_ALLOWED, "POST needs /drain, /eligibility or /purge"),
     };
     let node_id: NodeId = match id.parse() {
         Ok(id) => id,
         Err(_) => return refuse(StatusCode::BAD_REQUEST, format!("invalid node id {id:?}")),
     };
+    let server = &state.0;
+    if action == "purge" {
+        return purge_node(server, node_id);
+    }
     let request = match body_json(&body) {
         Ok(v) => v,
         Err(e) => return e,
     };
-    let server = &state.0;
     let result = match action {
         "drain" => {
             let spec = &request["DrainSpec"];
@@ -235,6 +261,28 @@ pub(super) async fn node_post(state: Shared, Path(rest): Path<String>, body: Byt
         Ok(index) => reply(
             index,
             &json!({"EvalIDs": Value::Array(vec![]), "EvalCreateIndex": index, "NodeModifyIndex": index, "Index": index}),
+        ),
+        Err(e) => endpoint_error(e),
+    }
+}
+
+/// `POST/PUT /v1/node/<id>/purge`: the node is removed; each job with an
+/// allocation there is evaluated, and the scheduler marks those
+/// allocations lost (Nomad's `Node.Deregister`, answered as its
+/// `NodeUpdateResponse`).
+fn purge_node(server: &Arc<dyn Server>, node_id: NodeId) -> Response {
+    let mut eval_ids = Vec::new();
+    let result = server.write(&mut |state, ids, now| {
+        let command = endpoints::purge_node(state, node_id, now, ids)?;
+        if let Command::NodeDeregister { evals, .. } = &command {
+            eval_ids = evals.iter().map(|e| e.id.to_string()).collect();
+        }
+        Ok(command)
+    });
+    match result {
+        Ok(index) => reply(
+            index,
+            &json!({"EvalIDs": eval_ids, "EvalCreateIndex": index, "NodeModifyIndex": index, "HeartbeatTTL": 0, "Index": index}),
         ),
         Err(e) => endpoint_error(e),
     }

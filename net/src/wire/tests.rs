@@ -222,8 +222,15 @@ fn every_command() -> Vec<Command> {
                 ..Default::default()
             },
         },
+        Command::JobStability { key: job.key(), version: 3, stable: true },
+        Command::DeploymentStatusUpdate {
+            id: ids.deployment(),
+            status: DeploymentStatus::Paused,
+            description: "Deployment is paused".into(),
+            evals: vec![failed_eval(&mut ids, &job)],
+        },
     ];
-    let mut seen = [false; 13];
+    let mut seen = [false; 15];
     for command in &commands {
         let slot = match command {
             Command::JobRegister { .. } => 0,
@@ -239,6 +246,8 @@ fn every_command() -> Vec<Command> {
             Command::AllocDesiredTransition { .. } => 10,
             Command::ApplyPlanResults(_) => 11,
             Command::SchedulerConfigUpdate { .. } => 12,
+            Command::JobStability { .. } => 13,
+            Command::DeploymentStatusUpdate { .. } => 14,
         };
         seen[slot] = true;
     }

@@ -1,0 +1,481 @@
+//! The job actions (`revert`, `stable`, `scale`, `dispatch`,
+//! `periodic/force`), deployments and node purge over a real socket,
+//! against an in-process cluster: each success changes the state as Nomad
+//! would; bad input is a 4xx with a reason and changes nothing; unknown
+//! ids are 404.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use caravan_engine::clock::SystemClock;
+use caravan_engine::fixtures::node;
+use caravan_engine::fsm::Command;
+use caravan_engine::ids::{AllocId, IdGen};
+use caravan_engine::local::{LocalCluster, LocalConfig};
+use caravan_engine::model::{AllocClientUpdate, ClientStatus};
+use caravan_net::http::{self, LocalServer};
+use serde_json::{Value, json};
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    fn index(&self) -> u64 {
+        self.headers
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-nomad-index: ").map(|v| v.trim().parse().unwrap()))
+            .expect("X-Nomad-Index header")
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+fn call(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = headers.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap();
+    let body = if headers.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Reply { status, headers: headers.to_string(), body }
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = &tail[n + 2..];
+    }
+    out
+}
+
+fn start() -> (SocketAddr, Arc<LocalServer>) {
+    let cluster = LocalCluster::start(LocalConfig { workers: 2, ..LocalConfig::default() }, Arc::new(SystemClock));
+    let mut ids = IdGen::with_seed(1);
+    for i in 0..3 {
+        let n = node(&mut ids, &format!("n{i}"), "dc1", 4000, 8192);
+        cluster.commit(&Command::NodeRegister { node: n, evals: vec![] }).unwrap();
+    }
+    let server = Arc::new(LocalServer { cluster, rpc_addr: "127.0.0.1:4647".into() });
+    let addr = http::spawn("127.0.0.1:0".parse().unwrap(), server.clone()).unwrap();
+    (addr, server)
+}
+
+/// A service job (Nomad gives service jobs an update strategy, so each
+/// version rolls out under a deployment).
+fn service_job(id: &str, count: u32, meta: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"Job": {"ID": id, "Type": "service", "Meta": {"m": meta}, "TaskGroups": [
+        {"Name": "g", "Count": count, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+            "Config": {"command": "/bin/sleep", "args": ["60"]}, "Resources": {"CPU": 100, "MemoryMB": 64}}]}
+    ]}}))
+    .unwrap()
+}
+
+fn idle(server: &LocalServer) {
+    assert!(server.cluster.wait_idle(Duration::from_secs(30)), "the cluster settles");
+}
+
+fn job(addr: SocketAddr, id: &str) -> Value {
+    let r = call(addr, "GET", &format!("/v1/job/{id}"), b"");
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+fn post(addr: SocketAddr, path: &str, body: Value) -> Reply {
+    call(addr, "POST", path, body.to_string().as_bytes())
+}
+
+/// A refusal: the status, and a body that says why.
+fn refused(r: &Reply, status: u16, reason: &str) {
+    assert_eq!(r.status, status, "{}", r.body);
+    assert!(r.body.contains(reason), "{:?} should say {reason:?}", r.body);
+}
+
+/// The clients report every live allocation of the job running.
+fn report_running(server: &LocalServer, addr: SocketAddr, job_id: &str) {
+    let allocs = call(addr, "GET", &format!("/v1/job/{job_id}/allocations"), b"").json();
+    let updates: Vec<AllocClientUpdate> = allocs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["DesiredStatus"] == "run")
+        .map(|a| AllocClientUpdate {
+            alloc_id: a["ID"].as_str().unwrap().parse::<AllocId>().unwrap(),
+            client_status: ClientStatus::Running,
+            client_description: "Tasks are running".into(),
+            at_ns: 1,
+            task_states: Default::default(),
+        })
+        .collect();
+    server.cluster.commit(&Command::AllocClientUpdate { updates, evals: vec![] }).unwrap();
+}
+
+#[test]
+fn revert_and_stable() {
+    let (addr, server) = start();
+    assert_eq!(call(addr, "PUT", "/v1/jobs", &service_job("web", 1, "a")).status, 200);
+    assert_eq!(call(addr, "PUT", "/v1/jobs", &service_job("web", 2, "b")).status, 200);
+    idle(&server);
+    assert_eq!(job(addr, "web")["Version"], 1);
+
+    // Refusals first: each leaves the job at version 1.
+    refused(&post(addr, "/v1/job/web/revert", json!({"JobVersion": 1})), 400, "current version");
+    refused(
+        &post(addr, "/v1/job/web/revert", json!({"JobVersion": 0, "EnforcePriorVersion": 5})),
+        400,
+        "enforcing version 5",
+    );
+    refused(&post(addr, "/v1/job/web/revert", json!({"JobVersion": "0"})), 400, "JobVersion");
+    refused(&post(addr, "/v1/job/web/revert", json!({"JobVersion": -1})), 400, "JobVersion");
+    refused(&call(addr, "POST", "/v1/job/web/revert", b"{not json"), 400, "invalid JSON");
+    refused(&post(addr, "/v1/job/web/revert", json!({"JobVersion": 9})), 404, "version 9");
+    refused(&post(addr, "/v1/job/nope/revert", json!({"JobVersion": 0})), 404, "not found");
+    let unchanged = job(addr, "web");
+    assert_eq!(unchanged["Version"], 1);
+    assert_eq!(unchanged["TaskGroups"][0]["Count"], 2);
+
+    let r = post(addr, "/v1/job/web/revert", json!({"JobVersion": 0, "EnforcePriorVersion": 1}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let eval_id = r.json()["EvalID"].as_str().unwrap().to_string();
+    idle(&server);
+    let reverted = job(addr, "web");
+    assert_eq!(reverted["Version"], 2, "a revert is a new version");
+    assert_eq!(reverted["TaskGroups"][0]["Count"], 1, "with version 0's spec");
+    assert_eq!(reverted["Meta"]["m"], "a");
+    let eval = call(addr, "GET", &format!("/v1/evaluation/{eval_id}"), b"").json();
+    assert_eq!(eval["Status"], "complete", "{eval}");
+    let live = call(addr, "GET", "/v1/job/web/allocations", b"").json();
+    let running = live.as_array().unwrap().iter().filter(|a| a["DesiredStatus"] == "run").count();
+    assert_eq!(running, 1, "the scheduler applied the reverted count: {live}");
+
+    // Stable: set and clear on a kept version.
+    assert_eq!(reverted["Stable"], false);
+    let r = post(addr, "/v1/job/web/stable", json!({"JobVersion": 2, "Stable": true}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["Index"].as_u64(), Some(r.index()), "the body's index is the header's");
+    assert_eq!(job(addr, "web")["Stable"], true);
+    let r = post(addr, "/v1/job/web/stable", json!({"JobVersion": 0, "Stable": true}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let versions = call(addr, "GET", "/v1/job/web/versions", b"").json();
+    let stable: Vec<(u64, bool)> = versions["Versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["Version"].as_u64().unwrap(), v["Stable"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(stable, vec![(2, true), (1, false), (0, true)]);
+    refused(&post(addr, "/v1/job/web/stable", json!({"JobVersion": 7, "Stable": true})), 404, "version 7");
+    refused(&post(addr, "/v1/job/web/stable", json!({"JobVersion": 2, "Stable": "yes"})), 400, "Stable");
+    refused(&post(addr, "/v1/job/nope/stable", json!({"JobVersion": 0, "Stable": true})), 404, "not found");
+    let r = post(addr, "/v1/job/web/stable", json!({"JobVersion": 2, "Stable": false}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(job(addr, "web")["Stable"], false);
+}
+
+#[test]
+fn scale_and_scale_status() {
+    let (addr, server) = start();
+    // Job ids may contain `/` (as dispatched children do).
+    assert_eq!(call(addr, "PUT", "/v1/jobs", &service_job("team/web", 1, "a")).status, 200);
+    idle(&server);
+
+    for (body, status, reason) in [
+        (json!({"Count": 3}), 400, "missing task group"),
+        (json!({"Count": 3, "Target": {"Group": "nope"}}), 400, "does not exist"),
+        (json!({"Count": -1, "Target": {"Group": "g"}}), 400, "negative"),
+        (json!({"Count": "3", "Target": {"Group": "g"}}), 400, "Count"),
+        (json!({"Count": 3, "Target": {"Group": 7}}), 400, "Target.Group"),
+        (json!({"Count": 5000000000u64, "Target": {"Group": "g"}}), 400, "too large"),
+        (json!({"Count": 3, "Target": {"Group": "g"}, "Message": 1}), 400, "Message"),
+    ] {
+        refused(&post(addr, "/v1/job/team/web/scale", body), status, reason);
+    }
+    refused(&post(addr, "/v1/job/nope/scale", json!({"Count": 3, "Target": {"Group": "g"}})), 404, "not found");
+    assert_eq!(job(addr, "team/web")["Version"], 0, "refusals change nothing");
+
+    // No count: only the target is checked; nothing is written.
+    let r = post(addr, "/v1/job/team/web/scale", json!({"Target": {"Group": "g"}, "Message": "just checking"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["EvalID"], "");
+    assert_eq!(job(addr, "team/web")["Version"], 0);
+
+    let r = post(addr, "/v1/job/team/web/scale", json!({"Count": 3, "Target": {"Group": "g"}, "Message": "more"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let eval_id = r.json()["EvalID"].as_str().unwrap().to_string();
+    idle(&server);
+    let scaled = job(addr, "team/web");
+    assert_eq!(scaled["Version"], 1);
+    assert_eq!(scaled["TaskGroups"][0]["Count"], 3);
+    let eval = call(addr, "GET", &format!("/v1/evaluation/{eval_id}"), b"").json();
+    assert_eq!(eval["TriggeredBy"], "job-scaling");
+    assert_eq!(eval["Status"], "complete");
+
+    report_running(&server, addr, "team/web");
+    let status = call(addr, "GET", "/v1/job/team/web/scale", b"");
+    assert_eq!(status.status, 200, "{}", status.body);
+    let status = status.json();
+    assert_eq!(status["JobID"], "team/web");
+    assert_eq!(status["JobStopped"], false);
+    let g = &status["TaskGroups"]["g"];
+    assert_eq!((g["Desired"].as_u64(), g["Placed"].as_u64(), g["Running"].as_u64()), (Some(3), Some(3), Some(3)));
+    assert_eq!(call(addr, "GET", "/v1/job/nope/scale", b"").status, 404);
+
+    // Allocation short ids (the first 8 characters) differ within a job.
+    let allocs = call(addr, "GET", "/v1/job/team/web/allocations", b"").json();
+    let mut shorts: Vec<String> =
+        allocs.as_array().unwrap().iter().map(|a| a["ID"].as_str().unwrap()[..8].to_string()).collect();
+    shorts.sort();
+    shorts.dedup();
+    assert_eq!(shorts.len(), 3, "{allocs}");
+    let by_prefix = call(addr, "GET", &format!("/v1/allocations?prefix={}", shorts[0]), b"").json();
+    assert_eq!(by_prefix.as_array().unwrap().len(), 1, "a short id finds one allocation");
+}
+
+#[test]
+fn dispatch_and_periodic_force_refuse_plain_jobs_and_bad_bodies() {
+    let (addr, server) = start();
+    assert_eq!(call(addr, "PUT", "/v1/jobs", &service_job("web", 1, "a")).status, 200);
+    idle(&server);
+    let before = server.cluster.store.latest_index();
+    refused(&post(addr, "/v1/job/web/dispatch", json!({"Payload": "aGk="})), 400, "not a parameterized job");
+    refused(&post(addr, "/v1/job/web/dispatch", json!({"Payload": "not base64!"})), 400, "base64");
+    refused(&post(addr, "/v1/job/web/dispatch", json!({"Payload": 5})), 400, "Payload");
+    let big = "A".repeat(4 * 6000);
+    refused(&post(addr, "/v1/job/web/dispatch", json!({"Payload": big})), 400, "maximum size");
+    refused(&post(addr, "/v1/job/web/dispatch", json!({"Meta": {"k": 1}})), 400, "Meta");
+    refused(&post(addr, "/v1/job/web/dispatch", json!({"Meta": "k=v"})), 400, "Meta");
+    refused(&post(addr, "/v1/job/nope/dispatch", json!({})), 404, "not found");
+    refused(&call(addr, "POST", "/v1/job/web/periodic/force", b""), 400, "not periodic");
+    refused(&call(addr, "POST", "/v1/job/nope/periodic/force", b""), 404, "not found");
+    assert_eq!(server.cluster.store.latest_index(), before, "nothing written");
+}
+
+#[test]
+fn deployments_follow_a_service_job() {
+    let (addr, server) = start();
+    assert_eq!(call(addr, "PUT", "/v1/jobs", &service_job("web", 2, "a")).status, 200);
+    idle(&server);
+
+    let latest = call(addr, "GET", "/v1/job/web/deployment", b"");
+    assert_eq!(latest.status, 200, "{}", latest.body);
+    let d = latest.json();
+    let id = d["ID"].as_str().expect("a deployment for version 0").to_string();
+    assert_eq!(d["JobID"], "web");
+    assert_eq!(d["JobVersion"], 0);
+    assert_eq!(d["Status"], "running");
+    assert_eq!(d["TaskGroups"]["g"]["DesiredTotal"], 2);
+    assert_eq!(d["TaskGroups"]["g"]["PlacedAllocs"], 2);
+    assert_eq!(d["TaskGroups"]["g"]["HealthyAllocs"], 0);
+    let list = call(addr, "GET", "/v1/deployments", b"").json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(call(addr, "GET", &format!("/v1/deployments?prefix={}", &id[..4]), b"").json()[0]["ID"], id);
+    assert_eq!(call(addr, "GET", "/v1/job/web/deployments", b"").json()[0]["ID"], id);
+    assert_eq!(call(addr, "GET", &format!("/v1/deployment/{id}"), b"").json()["ID"], id);
+    let allocs = call(addr, "GET", &format!("/v1/deployment/allocations/{id}"), b"").json();
+    assert_eq!(allocs.as_array().unwrap().len(), 2);
+    for a in allocs.as_array().unwrap() {
+        let full = call(addr, "GET", &format!("/v1/allocation/{}", a["ID"].as_str().unwrap()), b"").json();
+        assert_eq!(full["DeploymentID"], id.as_str());
+    }
+
+    // Pause and resume.
+    refused(&post(addr, &format!("/v1/deployment/pause/{id}"), json!({})), 400, "Pause");
+    refused(&post(addr, &format!("/v1/deployment/pause/{id}"), json!({"Pause": "yes"})), 400, "Pause");
+    let r = post(addr, &format!("/v1/deployment/pause/{id}"), json!({"Pause": true}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let d = call(addr, "GET", &format!("/v1/deployment/{id}"), b"").json();
+    assert_eq!((d["Status"].as_str(), d["StatusDescription"].as_str()), (Some("paused"), Some("Deployment is paused")));
+    let r = post(addr, &format!("/v1/deployment/pause/{id}"), json!({"Pause": false}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.json()["EvalID"].as_str().unwrap().is_empty(), "resuming evaluates the job");
+    assert_eq!(call(addr, "GET", &format!("/v1/deployment/{id}"), b"").json()["Status"], "running");
+
+    // Promote: there are no canaries.
+    refused(&post(addr, &format!("/v1/deployment/promote/{id}"), json!({"All": true})), 400, "no canaries");
+    refused(&post(addr, &format!("/v1/deployment/promote/{id}"), json!({"Groups": [1]})), 400, "Groups");
+
+    // Fail, then every action on the terminal deployment is refused.
+    let r = post(addr, &format!("/v1/deployment/fail/{id}"), json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let eval_id = r.json()["EvalID"].as_str().unwrap().to_string();
+    let eval = call(addr, "GET", &format!("/v1/evaluation/{eval_id}"), b"").json();
+    assert_eq!(eval["TriggeredBy"], "deployment-watcher");
+    assert_eq!(eval["DeploymentID"], id.as_str());
+    let d = call(addr, "GET", &format!("/v1/deployment/{id}"), b"").json();
+    assert_eq!(
+        (d["Status"].as_str(), d["StatusDescription"].as_str()),
+        (Some("failed"), Some("Deployment marked as failed"))
+    );
+    refused(&post(addr, &format!("/v1/deployment/fail/{id}"), json!({})), 400, "terminal");
+    refused(&post(addr, &format!("/v1/deployment/pause/{id}"), json!({"Pause": true})), 400, "terminal");
+    idle(&server);
+
+    // Unknown and malformed ids.
+    let unknown = "0a1b2c3d-0000-4000-8000-000000000000";
+    assert_eq!(call(addr, "GET", &format!("/v1/deployment/{unknown}"), b"").status, 404);
+    refused(&post(addr, &format!("/v1/deployment/fail/{unknown}"), json!({})), 404, "not found");
+    refused(&call(addr, "GET", "/v1/deployment/nope", b""), 400, "invalid deployment id");
+    refused(&post(addr, &format!("/v1/deployment/bogus/{id}"), json!({})), 404, "bogus");
+    assert_eq!(call(addr, "GET", "/v1/job/nope/deployment", b"").status, 404);
+
+    // A new version gets a new deployment, which succeeds once its
+    // allocations run, and the version becomes stable.
+    assert_eq!(call(addr, "PUT", "/v1/jobs", &service_job("web", 2, "b")).status, 200);
+    idle(&server);
+    let d = call(addr, "GET", "/v1/job/web/deployment", b"").json();
+    let id2 = d["ID"].as_str().unwrap().to_string();
+    assert_ne!(id2, id);
+    assert_eq!(d["JobVersion"], 1);
+    assert_eq!(d["Status"], "running");
+    report_running(&server, addr, "web");
+    let d = call(addr, "GET", &format!("/v1/deployment/{id2}"), b"").json();
+    assert_eq!(d["Status"], "successful", "{d}");
+    assert_eq!(d["TaskGroups"]["g"]["HealthyAllocs"], 2);
+    assert_eq!(job(addr, "web")["Stable"], true);
+    assert_eq!(call(addr, "GET", "/v1/job/web/deployments", b"").json().as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn deployment_events_stream() {
+    let (addr, server) = start();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream
+        .write_all(format!("GET /v1/event/stream?topic=Deployment HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        call(addr, "PUT", "/v1/jobs", &service_job("web", 1, "a"))
+    });
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("\"Topic\":\"Deployment\"") {
+        let n = stream.read(&mut buf).expect("the stream delivers before the read timeout");
+        assert!(n > 0, "stream closed early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("\"JobID\":\"web\""), "{seen}");
+    assert!(!seen.contains("\"Topic\":\"Job\""), "{seen}");
+    assert_eq!(writer.join().unwrap().status, 200);
+    idle(&server);
+}
+
+#[test]
+fn node_purge_loses_its_allocations() {
+    let (addr, server) = start();
+    assert_eq!(call(addr, "PUT", "/v1/jobs", &service_job("web", 3, "a")).status, 200);
+    idle(&server);
+    let allocs = call(addr, "GET", "/v1/job/web/allocations", b"").json();
+    let victim = allocs[0].clone();
+    let node_id = victim["NodeID"].as_str().unwrap().to_string();
+    let on_node: Vec<String> = allocs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["NodeID"] == node_id.as_str())
+        .map(|a| a["ID"].as_str().unwrap().to_string())
+        .collect();
+
+    refused(&call(addr, "POST", "/v1/node/not-an-id/purge", b""), 400, "invalid node id");
+    let unknown = "0a1b2c3d-0000-4000-8000-000000000000";
+    refused(&call(addr, "POST", &format!("/v1/node/{unknown}/purge"), b""), 404, "not found");
+    assert_eq!(call(addr, "GET", "/v1/nodes", b"").json().as_array().unwrap().len(), 3);
+
+    let r = call(addr, "POST", &format!("/v1/node/{node_id}/purge"), b"");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let evals = r.json()["EvalIDs"].as_array().unwrap().clone();
+    assert_eq!(evals.len(), 1, "one eval for the one job on the node: {}", r.body);
+    idle(&server);
+    assert_eq!(call(addr, "GET", &format!("/v1/node/{node_id}"), b"").status, 404);
+    assert_eq!(call(addr, "GET", "/v1/nodes", b"").json().as_array().unwrap().len(), 2);
+    for id in &on_node {
+        let a = call(addr, "GET", &format!("/v1/allocation/{id}"), b"").json();
+        assert_eq!((a["ClientStatus"].as_str(), a["DesiredStatus"].as_str()), (Some("lost"), Some("stop")), "{a}");
+    }
+    let live = call(addr, "GET", "/v1/job/web/allocations", b"").json();
+    let live: Vec<&Value> = live.as_array().unwrap().iter().filter(|a| a["DesiredStatus"] == "run").collect();
+    assert_eq!(live.len(), 3, "replacements placed");
+    assert!(live.iter().all(|a| a["NodeID"] != node_id.as_str()));
+    let eval = call(addr, "GET", &format!("/v1/evaluation/{}", evals[0].as_str().unwrap()), b"").json();
+    assert_eq!(eval["Status"], "complete");
+}
+
+#[test]
+fn dispatch_runs_children_of_a_parameterized_job() {
+    let (addr, server) = start();
+    let parent = json!({"Job": {"ID": "params", "Type": "batch", "Meta": {"base": "1"},
+        "ParameterizedJob": {"Payload": "required", "MetaRequired": ["who"], "MetaOptional": ["extra"]},
+        "TaskGroups": [{"Name": "g", "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+            "Config": {"command": "/bin/true"}, "Resources": {"CPU": 100, "MemoryMB": 64}}]}]}});
+    let r = post(addr, "/v1/jobs", parent);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["EvalID"], "", "a parameterized job is not evaluated itself");
+    idle(&server);
+    let p = job(addr, "params");
+    assert_eq!(p["Status"], "running");
+    assert_eq!(p["ParameterizedJob"]["Payload"], "required");
+    assert_eq!(call(addr, "GET", "/v1/job/params/allocations", b"").json().as_array().unwrap().len(), 0);
+    refused(&call(addr, "POST", "/v1/job/params/evaluate", b""), 400, "parameterized");
+    let bad = post(
+        addr,
+        "/v1/jobs",
+        json!({"Job": {"ID": "x", "ParameterizedJob": {"Payload": "sometimes"},
+        "TaskGroups": [{"Name": "g", "Tasks": [{"Name": "t", "Driver": "raw_exec"}]}]}}),
+    );
+    refused(&bad, 400, "ParameterizedJob.Payload");
+
+    let before = server.cluster.store.latest_index();
+    refused(&post(addr, "/v1/job/params/dispatch", json!({"Meta": {"who": "me"}})), 400, "required by parameterized");
+    refused(&post(addr, "/v1/job/params/dispatch", json!({"Payload": "aGk="})), 400, "required meta keys");
+    refused(
+        &post(addr, "/v1/job/params/dispatch", json!({"Payload": "aGk=", "Meta": {"who": "me", "nope": "x"}})),
+        400,
+        "unpermitted metadata keys",
+    );
+    assert_eq!(server.cluster.store.latest_index(), before, "refusals write nothing");
+
+    let r = post(addr, "/v1/job/params/dispatch", json!({"Payload": "aGk=", "Meta": {"who": "me"}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let child = r.json()["DispatchedJobID"].as_str().unwrap().to_string();
+    let suffix = child.strip_prefix("params/dispatch-").expect("<parent>/dispatch-<time>-<hex>");
+    let (time, hex) = suffix.split_once('-').unwrap();
+    assert!(time.parse::<u64>().unwrap() > 1_600_000_000, "{child}");
+    assert!(hex.len() == 8 && hex.chars().all(|c| c.is_ascii_hexdigit()), "{child}");
+    assert!(!r.json()["EvalID"].as_str().unwrap().is_empty());
+    idle(&server);
+    let c = job(addr, &child);
+    assert_eq!(c["ParentID"], "params");
+    assert_eq!(c["Dispatched"], true);
+    assert_eq!(c["Payload"], "aGk=");
+    assert_eq!((c["Meta"]["who"].as_str(), c["Meta"]["base"].as_str()), (Some("me"), Some("1")));
+    let allocs = call(addr, "GET", &format!("/v1/job/{child}/allocations"), b"").json();
+    assert_eq!(allocs.as_array().unwrap().len(), 1, "the child runs: {allocs}");
+    assert_eq!(call(addr, "GET", "/v1/jobs?prefix=params", b"").json().as_array().unwrap().len(), 2);
+    let again = post(addr, "/v1/job/params/dispatch", json!({"Payload": "aGk=", "Meta": {"who": "you"}}));
+    assert_ne!(again.json()["DispatchedJobID"].as_str().unwrap(), child, "each dispatch is a new child");
+}
