@@ -59,3 +59,30 @@ fn failed_command_changes_nothing() {
     assert_eq!(after.node_count(), 1);
     assert_eq!(after.table_index(Table::Nodes), before.table_index(Table::Nodes));
 }
+
+#[test]
+fn a_plan_committed_twice_places_its_allocations_once() {
+    // A plan whose commit timed out but landed, planned again from the same
+    // snapshot (same seed, same allocation ids) and committed again.
+    let mut c = SimCluster::new(7);
+    let n = node(&mut c.ids, "n", "dc1", 4000, 8192);
+    let node_id = c.add_node(n);
+    let eval = c.register(job("web", JobType::Service, 3, 100, 128));
+    let outcome = c.schedule(&eval);
+    let snapshot = c.snapshot();
+    let (result, _) = caravan_engine::plan::evaluate::evaluate_plan(&snapshot, &outcome.plan);
+    let applied = caravan_engine::plan::evaluate::plan_applied(&outcome.plan, &result, vec![], 0);
+    c.commit(Command::ApplyPlanResults(applied.clone()));
+    let after_first = c.snapshot();
+    assert_eq!(after_first.allocs_by_node(node_id).count(), 3);
+    let usage_first = after_first.node_usage(node_id).cloned();
+
+    let mut state = (*after_first).clone();
+    let outcome =
+        caravan_engine::fsm::apply_to(&mut state, after_first.index() + 1, &Command::ApplyPlanResults(applied))
+            .expect("the second copy applies without error");
+    assert_eq!(outcome.duplicate_placements, 3, "every placement of the second copy is skipped");
+    assert_eq!(state.allocs_by_node(node_id).count(), 3, "no allocation is added twice");
+    assert_eq!(state.alloc_count(), 3);
+    assert_eq!(state.node_usage(node_id).cloned(), usage_first, "usage is not counted twice");
+}
