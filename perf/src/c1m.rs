@@ -120,7 +120,10 @@ fn measure(args: &C1mArgs, running: &setup::Running, wanted: u64, quiet: bool) -
             let ran = shared.allocs_running.load(Ordering::Relaxed);
             samples.push((start.elapsed().as_secs_f64(), seen, ran));
             bar_placed.set_position(seen);
-            if seen >= wanted && ran >= wanted {
+            // Every allocation a node received, replacements of lost ones
+            // included, must be running: counting to `wanted` alone ends
+            // early when some were rescheduled.
+            if seen >= wanted && ran >= seen {
                 break;
             }
             if Instant::now() > deadline {
