@@ -43,6 +43,9 @@ pub(crate) struct LatencyArgs {
     /// Pause between probes (ms).
     #[arg(long, default_value_t = 20)]
     probe_interval_ms: u64,
+    /// Stop probing after this many seconds; probes not sent count as lost.
+    #[arg(long, default_value_t = 300)]
+    timeout_s: u64,
     #[arg(long)]
     json: bool,
     #[arg(long)]
@@ -165,7 +168,12 @@ fn probe(
     lost: &mut u64,
 ) -> anyhow::Result<()> {
     let shared = &running.fleet.shared;
+    let gives_up = Instant::now() + Duration::from_secs(args.timeout_s);
     for i in 0..args.probes {
+        if Instant::now() > gives_up {
+            *lost += (args.probes - i) as u64;
+            break;
+        }
         let id = format!("lat-{i}");
         let sent = Instant::now();
         let sent_s = shared.at_s(sent);
