@@ -179,9 +179,7 @@ fn count_on_nodes(api: &api::Api, jobs: &[String], nodes: &std::collections::Has
     for id in jobs {
         let list = api.get(&format!("/v1/job/{id}/allocations"))?;
         for alloc in list.as_array().context("job allocations are not a list")? {
-            let live = alloc["DesiredStatus"] == "run"
-                && !matches!(alloc["ClientStatus"].as_str(), Some("complete" | "failed" | "lost"));
-            if live && nodes.contains(alloc["NodeID"].as_str().unwrap_or_default()) {
+            if setup::is_live(alloc) && nodes.contains(alloc["NodeID"].as_str().unwrap_or_default()) {
                 count += 1;
             }
         }

@@ -123,16 +123,13 @@ fn run_once(args: &EngineArgs) -> anyhow::Result<serde_json::Value> {
         })
         .count();
     let sum = |f: fn(&WorkerStats) -> u64| worker_stats.iter().map(|s| f(s)).sum::<u64>();
-    let mut latencies: Vec<u64> =
-        worker_stats.iter().flat_map(|s| s.eval_latency_us.lock().expect("stats poisoned").clone()).collect();
-    latencies.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i] as f64 / 1000.0
-    };
+    let mut latencies_ms: Vec<f64> = worker_stats
+        .iter()
+        .flat_map(|s| s.eval_latency_us.lock().expect("stats poisoned").clone())
+        .map(|us| us as f64 / 1000.0)
+        .collect();
+    latencies_ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| crate::report::percentile(&latencies_ms, p);
     let result = json!({
         "scenario": if args.raft { "engine-raft" } else { "engine" },
         "nodes": args.nodes,

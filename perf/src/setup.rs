@@ -130,6 +130,12 @@ pub(crate) struct Verified {
     pub(crate) overcommitted_nodes: u64,
 }
 
+/// An allocation (API JSON) that holds its node's resources: wanted
+/// running and not terminal on the client.
+pub(crate) fn is_live(alloc: &Value) -> bool {
+    alloc["DesiredStatus"] == "run" && !matches!(alloc["ClientStatus"].as_str(), Some("complete" | "failed" | "lost"))
+}
+
 fn parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> anyhow::Result<R> + Sync) -> anyhow::Result<Vec<R>> {
     let chunk = items.len().div_ceil(VERIFY_THREADS).max(1);
     std::thread::scope(|scope| {
@@ -154,9 +160,7 @@ pub(crate) fn verify(api: &Api, jobs: &[String], nodes: &[Node]) -> anyhow::Resu
     let mut verified = Verified::default();
     for list in &allocs {
         for alloc in list.as_array().context("job allocations are not a list")? {
-            let live = alloc["DesiredStatus"] == "run"
-                && !matches!(alloc["ClientStatus"].as_str(), Some("complete" | "failed" | "lost"));
-            if !live {
+            if !is_live(alloc) {
                 continue;
             }
             verified.allocs_placed += 1;

@@ -1,5 +1,6 @@
-//! Standard, padded base64: how Go's `encoding/json` carries `[]byte`
-//! (dispatch payloads). Small enough not to need a dependency.
+//! Standard, padded base64 (RFC 4648 §4): how Go's `encoding/json` carries
+//! `[]byte` (dispatch payloads, log frames), and PEM bodies. Small enough
+//! not to need a dependency.
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -65,5 +66,15 @@ mod tests {
         assert_eq!(decode("aGVsbG8"), None);
         assert_eq!(decode("a*Vs"), None);
         assert_eq!(decode("a=Vs"), None);
+    }
+
+    #[test]
+    fn encode_matches_rfc4648_vectors() {
+        let vectors =
+            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("foobar", "Zm9vYmFy")];
+        for (input, expected) in vectors {
+            assert_eq!(encode(input.as_bytes()), expected);
+        }
+        assert_eq!(encode(b"foobar\n"), "Zm9vYmFyCg==");
     }
 }

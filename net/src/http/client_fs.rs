@@ -242,7 +242,7 @@ fn frame(request: &LogsRequest, file: &LogFile, end_offset: u64, data: &[u8]) ->
     let mut line = serde_json::json!({
         "File": format!("alloc/logs/{name}"),
         "Offset": end_offset,
-        "Data": base64(data),
+        "Data": crate::api::base64::encode(data),
     })
     .to_string();
     line.push('\n');
@@ -344,36 +344,9 @@ fn send_blocking(tx: &mut futures_channel::mpsc::Sender<Result<Vec<u8>, std::io:
     }
 }
 
-/// Standard base64 with padding, as Go's `[]byte` fields in JSON.
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar\n"), "Zm9vYmFyCg==");
-    }
 
     #[test]
     fn offsets_count_across_rotated_files() {

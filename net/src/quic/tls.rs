@@ -292,7 +292,7 @@ fn certs_pem(certs: &[CertificateDer<'static>]) -> String {
 fn pem_block(label: &str, der: &[u8]) -> String {
     /// RFC 7468 line width.
     const LINE_CHARS: usize = 64;
-    let encoded = base64(der);
+    let encoded = crate::api::base64::encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
     for line in encoded.as_bytes().chunks(LINE_CHARS) {
         // base64 output is ASCII, so any chunk is valid UTF-8.
@@ -300,24 +300,6 @@ fn pem_block(label: &str, der: &[u8]) -> String {
         out.push('\n');
     }
     out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-/// Standard base64 with padding (RFC 4648 §4); small enough not to need a crate.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 0x3f) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
     out
 }
 
@@ -340,18 +322,4 @@ fn write_file(path: &Path, contents: &[u8], mode: Option<u32>) -> Result<(), Tls
     }
     file.write_all(contents).map_err(io_error)?;
     file.sync_all().map_err(io_error)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        let vectors =
-            [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("foobar", "Zm9vYmFy")];
-        for (input, expected) in vectors {
-            assert_eq!(base64(input.as_bytes()), expected);
-        }
-    }
 }
