@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use crate::ids::{AllocId, DeploymentId, EvalId, JobKey, NodeId};
 use crate::model::{
-    AllocClientUpdate, AllocPreemption, AllocStop, Allocation, ClientStatus, Deployment, DeploymentStatus,
-    DesiredStatus, DesiredTransition, DrainStrategy, EvalStatus, Evaluation, Job, JobStatus, Node, NodeStatus,
-    SchedulingEligibility, TimeNs,
+    AllocClientUpdate, AllocPreemption, AllocStop, Allocation, Deployment, DeploymentStatus, DesiredStatus,
+    DesiredTransition, DrainStrategy, EvalStatus, Evaluation, Job, JobStatus, Node, NodeStatus, SchedulingEligibility,
+    TimeNs,
 };
 use crate::state::{SchedulerConfig, State, StateStore};
 
@@ -369,11 +369,8 @@ fn refresh_job_status(state: &mut State, index: u64, key: &JobKey) {
 /// A new deployment supersedes the job's active ones, as Nomad's
 /// reconciler cancels them ("Cancelled due to newer version of job").
 fn cancel_older_deployments(state: &mut State, index: u64, newer: &Deployment) {
-    let older: Vec<Arc<Deployment>> = state
-        .deployments()
-        .filter(|d| d.job == newer.job && d.id != newer.id && d.status.is_active())
-        .cloned()
-        .collect();
+    let older: Vec<Arc<Deployment>> =
+        state.deployments_by_job(&newer.job).filter(|d| d.id != newer.id && d.status.is_active()).cloned().collect();
     for d in older {
         let mut d = (*d).clone();
         d.status = DeploymentStatus::Cancelled;
@@ -398,15 +395,8 @@ fn refresh_deployment_status(state: &mut State, index: u64, key: &JobKey) {
         return;
     }
     let desired_total: u64 = job.task_groups.iter().map(|g| u64::from(g.count)).sum();
-    let mut healthy: u64 = 0;
-    let mut failed = false;
-    for alloc in state.allocs_by_job(key).filter(|a| a.deployment_id == Some(d.id)) {
-        match alloc.client_status {
-            ClientStatus::Failed => failed = true,
-            ClientStatus::Running if alloc.desired_status == DesiredStatus::Run => healthy += 1,
-            _ => {}
-        }
-    }
+    let health = state.deployment_health(d.id);
+    let (healthy, failed) = (health.healthy, health.failed > 0);
     let (status, description) = if failed {
         (DeploymentStatus::Failed, "Failed due to unhealthy allocations")
     } else if healthy >= desired_total {

@@ -157,3 +157,56 @@ fn revert_stability_scale_and_purge() {
     assert_eq!(snap.alloc(victim.id).unwrap().client_status, ClientStatus::Lost);
     assert_eq!(c.live_allocs(&key), 3);
 }
+
+/// The state's per-deployment health tally, recounted from the allocations.
+fn assert_health_matches_allocs(snap: &caravan_engine::state::State) {
+    for d in snap.deployments() {
+        let mut recount = caravan_engine::state::DeploymentHealth::default();
+        for a in snap.allocs().filter(|a| a.deployment_id == Some(d.id)) {
+            recount.healthy +=
+                u64::from(a.client_status == ClientStatus::Running && a.desired_status == DesiredStatus::Run);
+            recount.failed += u64::from(a.client_status == ClientStatus::Failed);
+        }
+        assert_eq!(snap.deployment_health(d.id), recount, "deployment {} health drifted", d.id);
+    }
+}
+
+#[test]
+fn deployment_health_follows_every_allocation_write() {
+    let (mut c, key) = cluster();
+    let eval = c.register(service(3, 64));
+    c.process(&eval);
+    let d = c.snapshot().latest_deployment(&key).unwrap().id;
+    let ids: Vec<_> = c.snapshot().allocs_by_job(&key).map(|a| a.id).collect();
+    assert_eq!(c.snapshot().deployment_health(d), Default::default());
+
+    c.client_update(ids[0], ClientStatus::Running);
+    c.client_update(ids[1], ClientStatus::Running);
+    assert_eq!(c.snapshot().deployment_health(d).healthy, 2);
+    assert_eq!(c.snapshot().deployment(d).unwrap().status, DeploymentStatus::Running, "2 of 3 healthy");
+    assert_health_matches_allocs(&c.snapshot());
+
+    // A running allocation that fails stops counting as healthy and fails
+    // the deployment; the third then running changes nothing.
+    c.client_update(ids[1], ClientStatus::Failed);
+    let health = c.snapshot().deployment_health(d);
+    assert_eq!((health.healthy, health.failed), (1, 1));
+    assert_eq!(c.snapshot().deployment(d).unwrap().status, DeploymentStatus::Failed);
+    c.client_update(ids[2], ClientStatus::Running);
+    assert_eq!(c.snapshot().deployment(d).unwrap().status, DeploymentStatus::Failed);
+    assert_health_matches_allocs(&c.snapshot());
+
+    // A new version replaces the allocations: the old deployment's healthy
+    // allocations are stopped and leave its tally; the new one's start at 0.
+    let eval = c.register(service(3, 128));
+    c.process(&eval);
+    let d1 = c.snapshot().latest_deployment(&key).unwrap().id;
+    assert_ne!(d1, d);
+    assert_eq!(c.snapshot().deployment_health(d1).healthy, 0);
+    assert_health_matches_allocs(&c.snapshot());
+    run_all(&mut c, &key, ClientStatus::Running);
+    let placed = c.snapshot().allocs_by_job(&key).filter(|a| a.deployment_id == Some(d1)).count();
+    assert!(placed > 0);
+    assert_eq!(c.snapshot().deployment_health(d1).healthy, placed as u64);
+    assert_health_matches_allocs(&c.snapshot());
+}

@@ -105,6 +105,11 @@ pub struct State {
     evals: IdMap<EvalId, Arc<Evaluation>>,
     evals_by_job: HashMap<JobKey, IdList<EvalId>>,
     deployments: IdMap<DeploymentId, Arc<Deployment>>,
+    deployments_by_job: HashMap<JobKey, IdList<DeploymentId>>,
+    /// Per deployment: its allocations' health, kept in step with every
+    /// allocation write so the FSM decides a deployment's end in O(1)
+    /// per status batch instead of scanning the job's allocations.
+    deployment_health: IdMap<DeploymentId, DeploymentHealth>,
     scheduler_config: Arc<SchedulerConfig>,
     /// Nodes ready for placement, in id order, computed on first use after
     /// any node write and shared by every snapshot until the next one.
@@ -119,6 +124,29 @@ pub struct State {
     /// possible): the store moves them into its [`super::AllocNodeFeed`]
     /// when it publishes, so this is empty in every published snapshot.
     alloc_nodes_touched: Vec<NodeId>,
+}
+
+/// How a deployment's allocations are doing: derived from the
+/// allocations (never stored in a snapshot; a restore rebuilds it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeploymentHealth {
+    /// Allocations the servers want running that their client reports
+    /// running.
+    pub healthy: u64,
+    /// Allocations whose client reports them failed.
+    pub failed: u64,
+}
+
+impl DeploymentHealth {
+    fn of(alloc: &Allocation) -> DeploymentHealth {
+        use crate::model::{ClientStatus, DesiredStatus};
+        DeploymentHealth {
+            healthy: u64::from(
+                alloc.client_status == ClientStatus::Running && alloc.desired_status == DesiredStatus::Run,
+            ),
+            failed: u64::from(alloc.client_status == ClientStatus::Failed),
+        }
+    }
 }
 
 /// A placement scope: node pool and datacenter patterns.
@@ -319,7 +347,21 @@ impl State {
 
     /// The deployment of the job's newest version, if any.
     pub fn latest_deployment(&self, key: &JobKey) -> Option<&Arc<Deployment>> {
-        self.deployments.values().filter(|d| &d.job == key).max_by_key(|d| (d.job_version, d.create_index))
+        self.deployments_by_job(key).max_by_key(|d| (d.job_version, d.create_index))
+    }
+
+    /// The job's deployments, oldest first.
+    pub fn deployments_by_job(&self, key: &JobKey) -> impl Iterator<Item = &Arc<Deployment>> + '_ {
+        self.deployments_by_job
+            .get(key)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.deployments.get(id))
+    }
+
+    /// The health of the deployment's allocations (zero for one without).
+    pub fn deployment_health(&self, id: DeploymentId) -> DeploymentHealth {
+        self.deployment_health.get(&id).copied().unwrap_or_default()
     }
 
     pub fn scheduler_config(&self) -> &SchedulerConfig {
@@ -455,6 +497,7 @@ impl State {
     pub(crate) fn put_alloc(&mut self, index: u64, alloc: Arc<Allocation>) {
         let old = self.job_table(&alloc.job_key()).insert(alloc.id, alloc.clone());
         self.adjust_usage(old.as_deref(), Some(&alloc));
+        self.adjust_deployment_health(old.as_deref(), Some(&alloc));
         // Only the servers' changes move the node's index: its client
         // needs no echo of its own status reports (Nomad's client watches
         // `AllocModifyIndex` for the same reason), which halves the
@@ -494,6 +537,15 @@ impl State {
                 assert!(old.is_none(), "put_new_allocs given an existing allocation {}", alloc.id);
             }
         }
+        for run in allocs.chunk_by(|a, b| a.deployment_id == b.deployment_id) {
+            let Some(id) = run[0].deployment_id else { continue };
+            let health = self.deployment_health.entry(id).or_default();
+            for alloc in run {
+                let add = DeploymentHealth::of(alloc);
+                health.healthy += add.healthy;
+                health.failed += add.failed;
+            }
+        }
         self.alloc_count += allocs.len();
         self.touch(Table::Allocs, index);
     }
@@ -515,6 +567,7 @@ impl State {
             }
             self.alloc_count -= 1;
             self.adjust_usage(Some(&old), None);
+            self.adjust_deployment_health(Some(&old), None);
             if let Some(slot) = self.node_slots.get_mut(&old.node_id) {
                 let slot = Arc::make_mut(slot);
                 slot.alloc_ids.remove(&id);
@@ -557,7 +610,37 @@ impl State {
         }
     }
 
+    /// Move the allocation's health from its old to its new deployment
+    /// tally (usually the same one).
+    fn adjust_deployment_health(&mut self, old: Option<&Allocation>, new: Option<&Allocation>) {
+        if let Some(old) = old
+            && let Some(id) = old.deployment_id
+            && let Some(health) = self.deployment_health.get_mut(&id)
+        {
+            let gone = DeploymentHealth::of(old);
+            // The tally counted `old` when it was written; saturating so a
+            // broken invariant cannot take the FSM down on every server.
+            debug_assert!(health.healthy >= gone.healthy && health.failed >= gone.failed);
+            health.healthy = health.healthy.saturating_sub(gone.healthy);
+            health.failed = health.failed.saturating_sub(gone.failed);
+        }
+        if let Some(new) = new
+            && let Some(id) = new.deployment_id
+        {
+            let health = self.deployment_health.entry(id).or_default();
+            let add = DeploymentHealth::of(new);
+            health.healthy += add.healthy;
+            health.failed += add.failed;
+        }
+    }
+
     pub(crate) fn put_deployment(&mut self, index: u64, deployment: Arc<Deployment>) {
+        if !self.deployments.contains_key(&deployment.id) {
+            append_ids(
+                self.deployments_by_job.entry(deployment.job.clone()).or_default(),
+                std::iter::once(deployment.id),
+            );
+        }
         self.deployments.insert(deployment.id, deployment);
         self.touch(Table::Deployments, index);
     }
