@@ -95,7 +95,9 @@ fn measure(args: &C1mArgs, running: &setup::Running, wanted: u64, quiet: bool) -
     let jobs: Vec<String> = (0..args.jobs).map(|j| format!("c1m-{j}")).collect();
 
     let start = Instant::now();
+    let start_unix_ns = setup::unix_now_ns();
     let origin_s = shared.at_s(start);
+    let submitted_s = std::sync::Mutex::new(0.0_f64);
     let next = AtomicUsize::new(0);
     let submitted = AtomicUsize::new(0);
     let bar_placed = setup::progress(wanted, "placed", quiet);
@@ -110,6 +112,8 @@ fn measure(args: &C1mArgs, running: &setup::Running, wanted: u64, quiet: bool) -
                         let spec = api::job(id, &args.job_type, args.count, TASK_CPU_MHZ, TASK_MEMORY_MB);
                         api.register(&spec).with_context(|| format!("registering {id}"))?;
                         submitted.fetch_add(1, Ordering::Relaxed);
+                        let mut last = submitted_s.lock().expect("submitted_s poisoned");
+                        *last = last.max(start.elapsed().as_secs_f64());
                     }
                 })
             })
@@ -162,7 +166,9 @@ fn measure(args: &C1mArgs, running: &setup::Running, wanted: u64, quiet: bool) -
     }
 
     let verified = setup::verify(api, &jobs, &running.nodes)?;
-    let evals = setup::eval_latencies_ms(api, &jobs)?;
+    let eval_times = setup::eval_latencies_ms(api, &jobs)?;
+    let evals = &eval_times.latencies_ms;
+    let evals_done_s = (eval_times.last_done_unix_ns - start_unix_ns).max(0) as f64 / 1e9;
     let node_allocs: Vec<u32> = shared.node_allocs.iter().map(|a| a.load(Ordering::Relaxed)).collect();
     let nodes_used = node_allocs.iter().filter(|n| **n > 0).count();
     let raft_entries = applied_after - applied_before;
@@ -185,9 +191,11 @@ fn measure(args: &C1mArgs, running: &setup::Running, wanted: u64, quiet: bool) -
         "placements_per_s": (seen.min(wanted) as f64 / placed_s.max(1e-9)).round(),
         "running_s": round3(running_s),
         "running_per_s": (ran.min(wanted) as f64 / running_s.max(1e-9)).round(),
-        "eval_latency_ms_p50": round3(percentile(&evals, 0.50)),
-        "eval_latency_ms_p99": round3(percentile(&evals, 0.99)),
-        "eval_latency_ms_max": round3(percentile(&evals, 1.0)),
+        "eval_latency_ms_p50": round3(percentile(evals, 0.50)),
+        "eval_latency_ms_p99": round3(percentile(evals, 0.99)),
+        "eval_latency_ms_max": round3(percentile(evals, 1.0)),
+        "submitted_s": round3(submitted_s.into_inner().expect("submitted_s poisoned")),
+        "evals_done_s": round3(evals_done_s),
         "evals_complete": evals.len(),
         "plan_rejections": (refreshes_after - refreshes_before).round(),
         "raft_entries": raft_entries,

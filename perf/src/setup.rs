@@ -200,9 +200,10 @@ pub(crate) fn verify(api: &Api, jobs: &[String], nodes: &[Node]) -> anyhow::Resu
 
 /// Every evaluation of the given jobs: (create → modify) in ms, for those
 /// complete.
-pub(crate) fn eval_latencies_ms(api: &Api, jobs: &[String]) -> anyhow::Result<Vec<f64>> {
+pub(crate) fn eval_latencies_ms(api: &Api, jobs: &[String]) -> anyhow::Result<EvalTimes> {
     let lists: Vec<Value> = parallel(jobs, |id| api.get(&format!("/v1/job/{id}/evaluations")))?;
     let mut out = Vec::new();
+    let mut last_done_unix_ns = 0_i64;
     for list in &lists {
         for eval in list.as_array().context("evaluations are not a list")? {
             if eval["Status"] != "complete" {
@@ -212,8 +213,23 @@ pub(crate) fn eval_latencies_ms(api: &Api, jobs: &[String]) -> anyhow::Result<Ve
                 continue;
             };
             out.push((modified - created).max(0) as f64 / 1e6);
+            last_done_unix_ns = last_done_unix_ns.max(modified);
         }
     }
     out.sort_by(f64::total_cmp);
-    Ok(out)
+    Ok(EvalTimes { latencies_ms: out, last_done_unix_ns })
+}
+
+/// Completed evaluations: each one's create → complete, sorted, and when
+/// the last completed (server clock, Unix ns).
+pub(crate) struct EvalTimes {
+    pub(crate) latencies_ms: Vec<f64>,
+    pub(crate) last_done_unix_ns: i64,
+}
+
+/// Now on the Unix clock, in ns (the servers' eval times use it).
+pub(crate) fn unix_now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
