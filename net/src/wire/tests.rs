@@ -322,7 +322,7 @@ fn command_header_is_checked() {
     future[4] = COMMAND_FORMAT_VERSION + 1;
     let err = decode_commands(&future).unwrap_err();
     assert!(matches!(err, WireError::UnsupportedVersion { found, .. } if found == COMMAND_FORMAT_VERSION + 1));
-    assert!(err.to_string().contains("unsupported command batch format version 2"), "{err}");
+    assert!(err.to_string().contains("unsupported command batch format version 3"), "{err}");
 }
 
 /// A small deterministic generator for the mutation loops (no dependency).
@@ -574,7 +574,7 @@ fn busy_state_round_trips() {
     assert_eq!(spans, spans_again);
     const EVALS: u8 = 5;
     const EVAL_LISTS: u8 = 6;
-    const TRAILER: u8 = 9;
+    const TRAILER: u8 = 10;
     for (i, (start, end)) in spans.into_iter().enumerate() {
         if ![EVALS, EVAL_LISTS, TRAILER].contains(&bytes[start]) {
             assert!(bytes[start..end] == again[start..end], "chunk {i} (kind {}) differs", bytes[start]);
