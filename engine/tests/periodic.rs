@@ -280,3 +280,33 @@ fn validation_names_each_periodic_problem() {
     sysbatch.task_groups[0].reschedule_policy = None;
     assert!(caravan_engine::validate::validate_job(&sysbatch).is_ok());
 }
+
+/// The leader loop of an in-process cluster runs the dispatcher on its
+/// clock: moving a manual clock past a launch time launches the child,
+/// which is then placed like any batch job.
+#[test]
+fn the_leader_loop_launches_on_its_clock() {
+    use caravan_engine::clock::ManualClock;
+    use caravan_engine::local::{LocalCluster, LocalConfig};
+    use std::time::{Duration, Instant};
+
+    let clock = ManualClock::new(at(10));
+    let cluster = LocalCluster::start(LocalConfig { workers: 1, ..LocalConfig::default() }, Arc::new(clock.clone()));
+    let mut ids = IdGen::with_seed(8);
+    let n = node(&mut ids, "n0", "dc1", 4000, 4096);
+    cluster.commit(&Command::NodeRegister { node: n, evals: vec![] }).unwrap();
+    cluster.register_job(periodic_job("tick", &["*/5 * * * *"])).unwrap();
+    let child = key(&child_name("tick", at(300)));
+    clock.set_ns(at(300));
+    // Wait for the loop (it looks every tick) — a bound, not a timing claim.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.store.snapshot().allocs_by_job(&child).next().is_none() {
+        assert!(Instant::now() < deadline, "the child was launched and placed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(cluster.wait_idle(Duration::from_secs(30)));
+    let state = cluster.store.snapshot();
+    assert_eq!(child_ids(&state, "tick"), vec![child_name("tick", at(300))], "exactly one launch");
+    assert_eq!(state.periodic_launch(&key("tick")).unwrap().launch_ns, at(300));
+    cluster.shutdown();
+}
