@@ -80,6 +80,21 @@ pub(crate) enum JobCommand {
         #[arg(long)]
         detach: bool,
     },
+    /// Periodic job actions: `job periodic force <job>`.
+    #[command(subcommand)]
+    Periodic(PeriodicCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum PeriodicCommand {
+    /// Launch a child of a periodic job now, whatever its schedule (and
+    /// `prohibit_overlap`) says, then follow its evaluation.
+    Force {
+        id: String,
+        /// Return after launching, without following the evaluation.
+        #[arg(long)]
+        detach: bool,
+    },
 }
 
 pub(crate) fn run(cmd: JobCommand) -> anyhow::Result<ExitCode> {
@@ -96,6 +111,7 @@ pub(crate) fn run(cmd: JobCommand) -> anyhow::Result<ExitCode> {
         JobCommand::Dispatch { id, input, meta, detach } => {
             crate::job_actions::dispatch(&id, input.as_deref(), &meta, detach)
         }
+        JobCommand::Periodic(PeriodicCommand::Force { id, detach }) => crate::job_actions::periodic_force(&id, detach),
     }
 }
 

@@ -1,4 +1,4 @@
-//! `caravan job revert|scale|dispatch`: one write each, then (unless
+//! `caravan job revert|scale|dispatch|periodic force`: one write each, then (unless
 //! `-detach`) the evaluation is followed as `job run` follows it.
 
 use std::path::Path;
@@ -79,5 +79,13 @@ pub(crate) fn dispatch(id: &str, input: Option<&Path>, meta: &[String], detach: 
     let body = json!({"JobID": id, "Payload": payload, "Meta": meta_map});
     let reply = client.post(&format!("/v1/job/{id}/dispatch"), &body)?;
     println!("Dispatched Job ID = {}", reply["DispatchedJobID"].as_str().unwrap_or(""));
+    follow(&client, &reply, detach)
+}
+
+/// `job periodic force <job>`: launch a child now (Nomad prints the
+/// evaluation it creates, then follows it).
+pub(crate) fn periodic_force(id: &str, detach: bool) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_env();
+    let reply = client.post(&format!("/v1/job/{id}/periodic/force"), &json!({}))?;
     follow(&client, &reply, detach)
 }

@@ -129,6 +129,9 @@ pub(crate) fn status(id: &str) -> anyhow::Result<ExitCode> {
             .unwrap_or_default()
     );
     println!("Status        = {}", field("Status"));
+    if job["Periodic"].is_object() {
+        return periodic_status(&client, id, &job["Periodic"]);
+    }
     println!();
     println!("Allocations");
     println!(
@@ -146,6 +149,50 @@ pub(crate) fn status(id: &str) -> anyhow::Result<ExitCode> {
             a["DesiredStatus"].as_str().unwrap_or(""),
             a["ClientStatus"].as_str().unwrap_or("")
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The periodic part of `job status`, as Nomad prints it: whether it
+/// launches, when next (computed here from the job's schedule, as Nomad's
+/// CLI does), and the children launched so far.
+#[allow(clippy::print_stdout)]
+fn periodic_status(client: &ApiClient, id: &str, periodic: &Value) -> anyhow::Result<ExitCode> {
+    use caravan_engine::model::Periodic;
+    let text = |k: &str| periodic[k].as_str().unwrap_or("").to_string();
+    let mut specs: Vec<std::sync::Arc<str>> =
+        periodic["Specs"].as_array().into_iter().flatten().filter_map(Value::as_str).map(Into::into).collect();
+    if specs.is_empty() && !text("Spec").is_empty() {
+        specs.push(text("Spec").into());
+    }
+    let config = Periodic {
+        enabled: periodic["Enabled"].as_bool().unwrap_or(true),
+        specs,
+        legacy_spec: false,
+        prohibit_overlap: periodic["ProhibitOverlap"].as_bool().unwrap_or(false),
+        time_zone: text("TimeZone").into(),
+    };
+    let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    let next = caravan_engine::periodic::CronSchedule::parse(&config)
+        .ok()
+        .filter(|_| config.enabled)
+        .and_then(|schedule| schedule.next_after(now_ns));
+    println!("Periodic      = true");
+    match next {
+        Some(at_ns) => println!(
+            "Next Periodic Launch = {} (in {}s, {})",
+            caravan_net::api::rfc3339(at_ns),
+            (at_ns - now_ns) / 1_000_000_000,
+            config.time_zone
+        ),
+        None => println!("Next Periodic Launch = none"),
+    }
+    println!();
+    println!("Previously Launched Jobs");
+    println!("{:<40}  {:<8}", "ID", "Status");
+    let children = client.get(&format!("/v1/jobs?prefix={id}/periodic-"))?;
+    for child in children.as_array().into_iter().flatten().filter(|c| c["ParentID"] == id) {
+        println!("{:<40}  {:<8}", child["ID"].as_str().unwrap_or(""), child["Status"].as_str().unwrap_or(""));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -23,10 +23,12 @@ use crate::broker::{
     BrokerConfig, BrokerError, BrokerOutput, SharedBroker, cancel_update, failed_followup, failed_followup_delay_ns,
 };
 use crate::clock::Clock;
+use crate::endpoints;
 use crate::fsm::{self, ApplyOutcome, Command};
 use crate::ids::IdGen;
 use crate::leader::{GcThresholds, Restored, collect_garbage, restore};
 use crate::model::{EvalStatus, Evaluation, Plan, PlanResult};
+use crate::periodic::PeriodicDispatcher;
 use crate::plan::{Committer, Pipelining, PlanQueue, spawn_applier};
 use crate::state::{Cancel, State, StateStore};
 
@@ -40,6 +42,14 @@ const FAILED_UNBLOCK_INTERVAL_NS: i64 = 60 * crate::model::SECOND_NS;
 /// How often the leader garbage-collects (Nomad's core scheduler runs its
 /// GC passes every 5 minutes).
 const GC_INTERVAL_NS: i64 = 5 * 60 * crate::model::SECOND_NS;
+
+/// How often the leader looks for periodic jobs due a launch: cron's
+/// resolution is a second.
+const PERIODIC_INTERVAL_NS: i64 = crate::model::SECOND_NS;
+
+/// Periodic launches committed per look; more wait for the next one (a
+/// second later), so one look never holds the leader loop for long.
+const PERIODIC_LAUNCHES_PER_TICK_MAX: usize = 256;
 
 /// Eval writes the FSM's routing asks for, waiting for the leader loop.
 /// Each is one cancelled duplicate of a blocked eval; more than this means
@@ -216,7 +226,7 @@ pub fn spawn_leader_threads(
 /// Leader duties: write what the broker decided (cancelled duplicates of
 /// pending evals) and what routing deferred, drain the failed queue (mark
 /// the eval failed, create its delayed follow-up, then ack it), retry evals
-/// blocked by plan conflicts, and collect garbage.
+/// blocked by plan conflicts, launch periodic jobs, and collect garbage.
 fn leader_loop(
     duties: &LeaderDuties,
     store: &StateStore,
@@ -230,8 +240,14 @@ fn leader_loop(
     let delivery_limit = BrokerConfig::default().delivery_limit;
     let mut last_failed_unblock_ns = clock.now_ns();
     let mut last_gc_ns = clock.now_ns();
+    let mut periodic = PeriodicDispatcher::new();
+    let mut last_periodic_ns = clock.now_ns().saturating_sub(PERIODIC_INTERVAL_NS);
     while cancel.sleep(LEADER_TICK) {
         let now = clock.now_ns();
+        if now.saturating_sub(last_periodic_ns) >= PERIODIC_INTERVAL_NS {
+            last_periodic_ns = now;
+            launch_periodic(&mut periodic, store, committer, now, &mut ids);
+        }
         if now - last_gc_ns >= GC_INTERVAL_NS {
             last_gc_ns = now;
             for command in collect_garbage(&store.snapshot(), now, GcThresholds::default()) {
@@ -264,6 +280,29 @@ fn leader_loop(
             }
         }
     }
+}
+
+/// Commit the launches `dispatcher` finds due at `now`, each built from the
+/// latest state; one that fails (the job changed, or the FSM finds the time
+/// launched already) is decided again on the next look.
+pub fn launch_periodic(
+    dispatcher: &mut PeriodicDispatcher,
+    store: &StateStore,
+    committer: &dyn Committer,
+    now: crate::model::TimeNs,
+    ids: &mut IdGen,
+) -> usize {
+    let mut launched = 0;
+    for due in dispatcher.due(&store.snapshot(), now, PERIODIC_LAUNCHES_PER_TICK_MAX) {
+        let result = committer.commit_built(store, &mut |state| {
+            endpoints::periodic_launch(state, &due.key, due.launch_ns, false, now, ids).ok().map(|(command, _)| command)
+        });
+        match result {
+            Ok(Some(_)) => launched += 1,
+            _ => dispatcher.launch_failed(&due.key),
+        }
+    }
+    launched
 }
 
 /// The workers' view of a leader in the same process: its broker and plan

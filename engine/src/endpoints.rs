@@ -76,11 +76,11 @@ pub fn node_evals(
         .collect()
 }
 
-/// A parameterized job is a template: registering it creates no eval, as
-/// in Nomad (its dispatched children are evaluated).
+/// A parameterized or periodic job is a template: registering it creates
+/// no eval, as in Nomad (its dispatched or launched children are evaluated).
 pub fn register_job(job: Job, now_ns: TimeNs, ids: &mut IdGen) -> Result<Command, EndpointError> {
     validate_job(&job)?;
-    let eval = (!job.is_parameterized_parent()).then(|| eval_for(&job, TriggeredBy::JobRegister, None, now_ns, ids));
+    let eval = (!job.is_template()).then(|| eval_for(&job, TriggeredBy::JobRegister, None, now_ns, ids));
     Ok(Command::JobRegister { job, eval, now_ns })
 }
 
@@ -152,6 +152,45 @@ pub fn dispatch_job(
     child.modify_index = 0;
     child.job_modify_index = 0;
     let command = register_job(child, now_ns, ids)?;
+    Ok((command, child_id))
+}
+
+/// Launch a periodic job's child at `launch_ns` (Nomad's `deriveJob` and
+/// `DispatchJob`): the parent's spec without its `periodic` block, as
+/// `<parent>/periodic-<unix seconds>`, with its eval, and the launch
+/// recorded for the parent, all in one command. `forced` is
+/// `job periodic force`: the FSM does not refuse it for a time already
+/// recorded. Returns the command and the child's id.
+pub fn periodic_launch(
+    state: &State,
+    key: &JobKey,
+    launch_ns: TimeNs,
+    forced: bool,
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+) -> Result<(Command, std::sync::Arc<str>), EndpointError> {
+    let parent = state.job(key).ok_or_else(|| EndpointError::JobNotFound(key.clone()))?;
+    if !parent.is_periodic_parent() {
+        return Err(EndpointError::Refused(format!("can't force launch non-periodic job {:?}", key.id)));
+    }
+    if !parent.is_periodic_active() {
+        let why = if parent.stop { "stopped" } else { "disabled" };
+        return Err(EndpointError::Refused(format!("periodic job {:?} is {why}", key.id)));
+    }
+    let child_id = crate::periodic::child_id(&parent.id, launch_ns);
+    let mut child = (**parent).clone();
+    child.id = child_id.clone();
+    child.name = child_id.clone();
+    child.parent_id = Some(parent.id.clone());
+    child.periodic = None;
+    child.version = 0;
+    child.stable = false;
+    child.create_index = 0;
+    child.modify_index = 0;
+    child.job_modify_index = 0;
+    validate_job(&child)?;
+    let eval = eval_for(&child, TriggeredBy::PeriodicJob, None, now_ns, ids);
+    let command = Command::PeriodicLaunch { job: child, eval, launch_ns, forced, now_ns };
     Ok((command, child_id))
 }
 

@@ -98,6 +98,10 @@ impl EventBuffer {
                 evals
             }
             Command::EvalUpsert { evals } => evals,
+            Command::PeriodicLaunch { job, eval, .. } => {
+                self.push(index, "JobRegistered", Subject::Job(job.key()));
+                std::slice::from_ref(eval)
+            }
             Command::DeploymentStatusUpdate { id, evals, .. } => {
                 self.push(index, "DeploymentStatusUpdate", Subject::Deployment(*id));
                 evals

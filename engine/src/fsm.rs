@@ -112,6 +112,18 @@ pub enum Command {
         description: Arc<str>,
         evals: Vec<Evaluation>,
     },
+    /// A periodic job's child, launched: the child job and its eval, and
+    /// the parent's launch record moved to `launch_ns`, atomically (Nomad
+    /// records the launch in the child's `Job.Register`). A scheduled
+    /// (not `forced`) launch at or before the recorded one is refused, so
+    /// a launch committed twice, or by two leaders, lands once.
+    PeriodicLaunch {
+        job: Job,
+        eval: Evaluation,
+        launch_ns: TimeNs,
+        forced: bool,
+        now_ns: TimeNs,
+    },
 }
 
 /// A command referred to something that does not exist; nothing was changed.
@@ -125,6 +137,10 @@ pub enum ApplyError {
     JobVersionNotFound(JobKey, u64),
     #[error("deployment {0} not found")]
     DeploymentNotFound(DeploymentId),
+    #[error("job {0} is not an active periodic job")]
+    NotPeriodic(JobKey),
+    #[error("periodic job {key} already launched at {recorded_ns} ns, not after {launch_ns} ns")]
+    PeriodicLaunchedAlready { key: JobKey, recorded_ns: TimeNs, launch_ns: TimeNs },
 }
 
 /// A node's capacity may have grown: blocked evals for its class may now fit.
@@ -192,6 +208,7 @@ fn apply_command(state: &mut State, index: u64, command: &Command, out: &mut App
             let job = state.job(key).cloned().ok_or_else(|| ApplyError::JobNotFound(key.clone()))?;
             if *purge {
                 state.remove_job(index, key);
+                state.remove_periodic_launch(index, key);
                 out.jobs_purged.push(key.clone());
             } else if !job.stop {
                 let mut stopped = (*job).clone();
@@ -289,6 +306,24 @@ fn apply_command(state: &mut State, index: u64, command: &Command, out: &mut App
             upsert_evals(state, index, evals.iter(), out);
         }
         Command::ApplyPlanResults(applied) => apply_plan(state, index, applied, out),
+        Command::PeriodicLaunch { job, eval, launch_ns, forced, now_ns } => {
+            let parent_id = job.parent_id.clone().ok_or_else(|| ApplyError::NotPeriodic(job.key()))?;
+            let parent_key = JobKey { namespace: job.namespace.clone(), id: parent_id };
+            if !state.job(&parent_key).is_some_and(|p| p.is_periodic_active()) {
+                return Err(ApplyError::NotPeriodic(parent_key));
+            }
+            let recorded_ns = state.periodic_launch(&parent_key).map_or(TimeNs::MIN, |l| l.launch_ns);
+            if !*forced && *launch_ns <= recorded_ns {
+                return Err(ApplyError::PeriodicLaunchedAlready {
+                    key: parent_key,
+                    recorded_ns,
+                    launch_ns: *launch_ns,
+                });
+            }
+            register_job(state, index, job, *now_ns);
+            state.put_periodic_launch(index, &parent_key, *launch_ns);
+            upsert_evals(state, index, std::iter::once(eval), out);
+        }
         Command::SchedulerConfigUpdate { config } => state.set_scheduler_config(index, config.clone()),
         Command::JobStability { key, version, stable } => {
             if !state.set_job_version_stable(index, key, *version, *stable) {
@@ -313,7 +348,9 @@ fn apply_command(state: &mut State, index: u64, command: &Command, out: &mut App
 
 fn register_job(state: &mut State, index: u64, job: &Job, now_ns: TimeNs) {
     let mut job = job.clone();
-    match state.job(&job.key()).cloned() {
+    let existing = state.job(&job.key()).cloned();
+    record_periodic_start(state, index, &job, existing.as_deref(), now_ns);
+    match existing {
         Some(existing) => {
             let changed = job.spec_changed(&existing);
             job.create_index = existing.create_index;
@@ -337,6 +374,22 @@ fn register_job(state: &mut State, index: u64, job: &Job, now_ns: TimeNs) {
     refresh_job_status(state, index, &key);
 }
 
+/// A periodic job that becomes active (registered, enabled, started again,
+/// or given a new schedule) starts counting from `now_ns`: its launch
+/// record moves there, so no launch before it is "missed" and caught up.
+/// The record never moves back (see `State::put_periodic_launch`).
+fn record_periodic_start(state: &mut State, index: u64, job: &Job, existing: Option<&Job>, now_ns: TimeNs) {
+    if !job.is_periodic_active() {
+        return;
+    }
+    let key = job.key();
+    let unchanged = existing.is_some_and(|old| old.is_periodic_active() && old.periodic == job.periodic);
+    if unchanged && state.periodic_launch(&key).is_some() {
+        return;
+    }
+    state.put_periodic_launch(index, &key, now_ns);
+}
+
 /// Nomad's job status: running while any allocation is non-terminal, dead
 /// when stopped (or a finished batch job), pending otherwise.
 fn refresh_job_status(state: &mut State, index: u64, key: &JobKey) {
@@ -350,8 +403,9 @@ fn refresh_job_status(state: &mut State, index: u64, key: &JobKey) {
             break;
         }
     }
-    let status = if any_live || (job.is_parameterized_parent() && !job.stop) {
-        // Nomad shows a parameterized job as running: it can be dispatched.
+    let status = if any_live || (job.is_template() && !job.stop) {
+        // Nomad shows a parameterized or periodic job as running: it can
+        // be dispatched, or launches children.
         JobStatus::Running
     } else if job.stop || (any_alloc && job.job_type.is_batch_like()) {
         JobStatus::Dead

@@ -8,6 +8,7 @@
 //! - [`broker`], [`blocked`]: the eval broker and the blocked-eval tracker (leader only).
 //! - [`duties`]: those leader-only services together, turned on and off with leadership.
 //! - [`heartbeat`]: client heartbeat timers (TTL, grace, expiry), a leader duty.
+//! - [`periodic`]: cron schedules and the leader's periodic job dispatcher.
 //! - [`scheduler`]: `schedule(snapshot, eval, now) -> plan`, pure and deterministic.
 //! - [`plan`]: the plan queue and the applier that re-checks and commits plans.
 //! - [`worker`]: scheduler worker threads, with the raft-sync catch-up.
@@ -39,6 +40,7 @@ pub mod intern;
 pub mod leader;
 pub mod local;
 pub mod model;
+pub mod periodic;
 pub mod plan;
 pub mod scheduler;
 pub mod sim;

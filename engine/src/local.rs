@@ -219,7 +219,7 @@ impl LocalCluster {
     /// Validate and register a job with its eval (one log entry).
     pub fn register_job(&self, job: Job) -> Result<EvalId, EndpointError> {
         let command = endpoints::register_job(job, self.clock.now_ns(), &mut self.ids.lock().expect("ids poisoned"))?;
-        // A parameterized job registers without an eval: NIL says so.
+        // A parameterized or periodic job registers without an eval: NIL says so.
         let id = match &command {
             Command::JobRegister { eval: Some(eval), .. } => eval.id,
             _ => EvalId::NIL,

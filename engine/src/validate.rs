@@ -142,6 +142,23 @@ pub fn validate_job(job: &Job) -> Result<(), ValidationError> {
     if job.task_groups.is_empty() {
         p.push("", "missing task groups");
     }
+    if let Some(periodic) = &job.periodic {
+        if periodic.enabled && !job.job_type.is_batch_like() {
+            p.push(
+                "periodic: ",
+                format!("periodic can only be used with batch or sysbatch jobs, not {}", job.job_type),
+            );
+        }
+        if job.parameterized.is_some() {
+            p.push("periodic: ", "a job cannot be both periodic and parameterized in Caravan");
+        }
+        if job.parent_id.is_some() {
+            p.push("periodic: ", "a child job cannot be periodic");
+        }
+        for problem in crate::periodic::periodic_problems(periodic) {
+            p.push("periodic: ", problem);
+        }
+    }
     let system = job.job_type.is_system_like();
     validate_constraints(&mut p, "", &job.constraints);
     validate_affinities(&mut p, "", &job.affinities, job.job_type);

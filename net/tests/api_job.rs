@@ -206,11 +206,11 @@ fn out_of_range_numbers() {
 
 #[test]
 fn unknown_operator_and_unsupported_fields() {
-    let body = r#"{"Job":{"ID":"x","Periodic":{"Spec":"* * * * *"},"Constraints":[{"LTarget":"${attr.a}","RTarget":"b","Operand":"~="}],"TaskGroups":[{"Name":"g","Tasks":[{"Name":"t","Driver":"exec","Templates":[{"DestPath":"x"}]}]}]}}"#;
+    let body = r#"{"Job":{"ID":"x","Multiregion":{"Strategy":{"MaxParallel":1}},"Constraints":[{"LTarget":"${attr.a}","RTarget":"b","Operand":"~="}],"TaskGroups":[{"Name":"g","Tasks":[{"Name":"t","Driver":"exec","Templates":[{"DestPath":"x"}]}]}]}}"#;
     check_err(
         body.as_bytes(),
         expect![[
-            r#"3 errors: Periodic: not supported by Caravan; Constraints[0].Operand: unknown constraint operator "~="; TaskGroups[0].Tasks[0].Templates: not supported by Caravan"#
+            r#"3 errors: Multiregion: not supported by Caravan; Constraints[0].Operand: unknown constraint operator "~="; TaskGroups[0].Tasks[0].Templates: not supported by Caravan"#
         ]],
     );
 }

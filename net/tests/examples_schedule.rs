@@ -36,3 +36,29 @@ fn examples_are_placed_in_full() {
         assert_eq!(placed as u32, wanted, "{name}: {:?}", outcome.failed_tg_allocs);
     }
 }
+
+/// The periodic example is a template: registering it places nothing; a
+/// launched child is placed in full.
+#[test]
+fn periodic_example_launches_children_that_are_placed() {
+    use caravan_engine::{endpoints, ids::JobKey, model::SECOND_NS};
+    let mut c = SimCluster::new(2);
+    let n = node(&mut c.ids, "n0", "dc1", 8000, 16_384);
+    c.add_node(n);
+    let job = load("nightly-report.nomad.hcl");
+    let periodic = job.periodic.clone().expect("a periodic block");
+    assert_eq!(periodic.specs.len(), 2);
+    assert_eq!(&*periodic.time_zone, "America/New_York");
+    assert!(periodic.prohibit_overlap && periodic.enabled);
+    let register = endpoints::register_job(job, c.now_ns, &mut c.ids).unwrap();
+    c.commit(register);
+    let key = JobKey::new("default", "nightly-report");
+    let at = c.now_ns + 60 * SECOND_NS;
+    let (launch, child) = endpoints::periodic_launch(&c.snapshot(), &key, at, true, at, &mut c.ids).unwrap();
+    c.commit(launch);
+    let child_key = JobKey::new("default", &child);
+    let eval = (**c.snapshot().evals_by_job(&child_key).next().unwrap()).clone();
+    let (_, result) = c.process(&eval);
+    assert_eq!(result.node_allocation.values().map(Vec::len).sum::<usize>(), 1);
+    assert_eq!(c.live_allocs(&key), 0, "the parent itself never runs");
+}

@@ -270,7 +270,7 @@ fn dispatch_and_periodic_force_refuse_plain_jobs_and_bad_bodies() {
     refused(&post(addr, "/v1/job/web/dispatch", json!({"Meta": {"k": 1}})), 400, "Meta");
     refused(&post(addr, "/v1/job/web/dispatch", json!({"Meta": "k=v"})), 400, "Meta");
     refused(&post(addr, "/v1/job/nope/dispatch", json!({})), 404, "not found");
-    refused(&call(addr, "POST", "/v1/job/web/periodic/force", b""), 400, "not periodic");
+    refused(&call(addr, "POST", "/v1/job/web/periodic/force", b""), 400, "non-periodic");
     refused(&call(addr, "POST", "/v1/job/nope/periodic/force", b""), 404, "not found");
     assert_eq!(server.cluster.store.latest_index(), before, "nothing written");
 }
@@ -478,4 +478,93 @@ fn dispatch_runs_children_of_a_parameterized_job() {
     assert_eq!(call(addr, "GET", "/v1/jobs?prefix=params", b"").json().as_array().unwrap().len(), 2);
     let again = post(addr, "/v1/job/params/dispatch", json!({"Payload": "aGk=", "Meta": {"who": "you"}}));
     assert_ne!(again.json()["DispatchedJobID"].as_str().unwrap(), child, "each dispatch is a new child");
+}
+
+/// A periodic batch job as the API takes it (`cron` is `Spec`).
+fn periodic_job(id: &str, periodic: Value) -> Value {
+    json!({"Job": {"ID": id, "Type": "batch", "Periodic": periodic,
+        "TaskGroups": [{"Name": "g", "Count": 1, "Tasks": [{"Name": "t", "Driver": "raw_exec",
+            "Config": {"command": "/bin/true"}, "Resources": {"CPU": 100, "MemoryMB": 64}}]}]}})
+}
+
+#[test]
+fn periodic_jobs_register_as_templates_and_force_launches_a_child() {
+    let (addr, server) = start();
+    // Six fields: Nomad's minute .. day of week plus a year, so the only
+    // scheduled launch is far away and every child here is forced.
+    let periodic = json!({"Spec": "0 0 1 1 * 2099", "TimeZone": "America/New_York", "ProhibitOverlap": true});
+    let r = post(addr, "/v1/jobs", periodic_job("report", periodic.clone()));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["EvalID"], "", "a periodic job is not evaluated itself");
+    idle(&server);
+    let parent = job(addr, "report");
+    assert_eq!(parent["Status"], "running");
+    assert_eq!(
+        parent["Periodic"],
+        json!({"Enabled": true, "Spec": "0 0 1 1 * 2099", "Specs": null, "SpecType": "cron",
+               "ProhibitOverlap": true, "TimeZone": "America/New_York"})
+    );
+    assert_eq!(call(addr, "GET", "/v1/job/report/allocations", b"").json().as_array().unwrap().len(), 0);
+    let stubs = call(addr, "GET", "/v1/jobs?prefix=report", b"").json();
+    assert_eq!(stubs[0]["Periodic"], true);
+    refused(&call(addr, "POST", "/v1/job/report/evaluate", b""), 400, "periodic");
+    // A plan of the job says when it launches next: midnight in New York.
+    let plan = post(addr, "/v1/job/report/plan", periodic_job("report", periodic));
+    assert_eq!(plan.json()["NextPeriodicLaunch"], "2099-01-01T05:00:00Z", "{}", plan.body);
+
+    let forced = call(addr, "POST", "/v1/job/report/periodic/force", b"");
+    assert_eq!(forced.status, 200, "{}", forced.body);
+    let reply = forced.json();
+    let eval_id = reply["EvalID"].as_str().unwrap().to_string();
+    assert!(!eval_id.is_empty());
+    assert_eq!(reply["EvalCreateIndex"], reply["Index"]);
+    assert_eq!(reply["Index"].as_u64(), Some(forced.index()));
+    idle(&server);
+    let eval = call(addr, "GET", &format!("/v1/evaluation/{eval_id}"), b"").json();
+    assert_eq!(eval["TriggeredBy"], "periodic-job");
+    let child_id = eval["JobID"].as_str().unwrap().to_string();
+    let launched = child_id.strip_prefix("report/periodic-").expect("<parent>/periodic-<unix seconds>");
+    assert!(launched.parse::<u64>().unwrap() > 1_600_000_000, "{child_id}");
+    let child = job(addr, &child_id);
+    assert_eq!(child["ParentID"], "report");
+    assert!(child["Periodic"].is_null(), "a child is not periodic itself");
+    assert!(child["Dispatched"].is_null(), "a launched child is not a dispatched one");
+    let allocs = call(addr, "GET", &format!("/v1/job/{child_id}/allocations"), b"").json();
+    assert_eq!(allocs.as_array().unwrap().len(), 1, "the child runs: {allocs}");
+    let children = call(addr, "GET", "/v1/jobs?prefix=report/periodic-", b"").json();
+    assert_eq!(children.as_array().unwrap().len(), 1);
+    assert_eq!(children[0]["ParentID"], "report");
+    let summary = call(addr, "GET", "/v1/job/report/summary", b"").json();
+    let counted = ["Pending", "Running", "Dead"].iter().map(|s| summary["Children"][s].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(counted, 1, "{summary}");
+
+    // Disabled: registered, but not launched, not even by force.
+    let disabled = post(addr, "/v1/jobs", periodic_job("later", json!({"Specs": ["@daily"], "Enabled": false})));
+    assert_eq!(disabled.status, 200, "{}", disabled.body);
+    refused(&call(addr, "POST", "/v1/job/later/periodic/force", b""), 400, "disabled");
+}
+
+#[test]
+fn bad_periodic_blocks_are_refused_with_the_reason_and_store_nothing() {
+    let (addr, server) = start();
+    let before = server.cluster.store.latest_index();
+    let cases = [
+        (json!({"Spec": "*/5 * * *"}), "invalid cron spec \"*/5 * * *\""),
+        (json!({"Spec": "99 * * * *"}), "invalid cron spec"),
+        (json!({"Specs": ["@daily", "nonsense"]}), "invalid cron spec \"nonsense\""),
+        (json!({"Spec": "@daily", "TimeZone": "Mars/Olympus_Mons"}), "invalid time zone \"Mars/Olympus_Mons\""),
+        (json!({"Spec": "@daily", "SpecType": "interval"}), "Periodic.SpecType"),
+        (json!({"Spec": "@daily", "ProhibitOverlap": "yes"}), "Periodic.ProhibitOverlap"),
+        (json!({"Spec": "@daily", "Specs": ["@hourly"]}), "only one of cron"),
+        (json!({"Enabled": true}), "must specify a cron expression"),
+        (json!("@daily"), "Periodic"),
+    ];
+    for (periodic, reason) in cases {
+        refused(&post(addr, "/v1/jobs", periodic_job("bad", periodic)), 400, reason);
+    }
+    let mut service = periodic_job("svc", json!({"Spec": "@daily"}));
+    service["Job"]["Type"] = json!("service");
+    refused(&post(addr, "/v1/jobs", service), 400, "periodic can only be used with batch or sysbatch jobs");
+    assert_eq!(server.cluster.store.latest_index(), before, "nothing written");
+    assert_eq!(call(addr, "GET", "/v1/job/bad", b"").status, 404);
 }

@@ -6,6 +6,7 @@ use expect_test::{Expect, expect};
 const HELLO: &str = include_str!("../../examples/hello.nomad.hcl");
 const WEB: &str = include_str!("../../examples/web.nomad.hcl");
 const GPU_TRAIN: &str = include_str!("../../examples/gpu-train.nomad.hcl");
+const NIGHTLY_REPORT: &str = include_str!("../../examples/nightly-report.nomad.hcl");
 
 fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -578,4 +579,34 @@ fn heredoc_keeps_runtime_references() {
         "job \"j\" {\n  meta {\n    script = <<EOT\ncd ${NOMAD_TASK_DIR} && echo ${upper(\"x\")}\nEOT\n  }\n}\n";
     let job = parse_jobspec(source, &[], &[]).unwrap();
     assert_eq!(job["Job"]["Meta"]["script"], "cd ${NOMAD_TASK_DIR} && echo X\n");
+}
+
+#[test]
+fn periodic_blocks() {
+    let job = parse_jobspec(NIGHTLY_REPORT, &[], &[]).expect("parses");
+    check_json(
+        &job["Job"]["Periodic"],
+        expect![[r#"
+            {
+              "ProhibitOverlap": true,
+              "Specs": [
+                "30 2 * * *",
+                "0 12 * * MON-FRI"
+              ],
+              "TimeZone": "America/New_York"
+            }"#]],
+    );
+    // The legacy single `cron`, and `enabled`.
+    let legacy = "job \"j\" {\n  type = \"batch\"\n  periodic {\n    cron = \"@hourly\"\n    enabled = false\n  }\n}\n";
+    let job = parse_jobspec(legacy, &[], &[]).expect("parses");
+    check_json(
+        &job["Job"]["Periodic"],
+        expect![[r#"
+            {
+              "Enabled": false,
+              "Spec": "@hourly",
+              "SpecType": "cron"
+            }"#]],
+    );
+    assert!(parse_err("job \"j\" {\n  periodic {\n    every = \"1h\"\n  }\n}\n").contains("every"));
 }

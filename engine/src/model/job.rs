@@ -257,6 +257,55 @@ pub struct Parameterized {
     pub meta_optional: Vec<Arc<str>>,
 }
 
+/// `periodic { ... }`: the job is a template the leader launches as a child
+/// job at each time its cron expressions name (Nomad's `PeriodicConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Periodic {
+    /// Launches happen only while enabled (Nomad's default: true).
+    pub enabled: bool,
+    /// Cron expressions (`cron = "..."` is one, `crons = [...]` several);
+    /// the next launch is the earliest next time of any of them.
+    #[rkyv(with = Map<ArcStr>)]
+    pub specs: Vec<Arc<str>>,
+    /// Whether `specs` came from the legacy single `cron` (`Spec` in the
+    /// API): rendered back the way it was submitted.
+    pub legacy_spec: bool,
+    /// Skip a launch while a child launched earlier is still running.
+    pub prohibit_overlap: bool,
+    /// IANA time zone the expressions are evaluated in (default `UTC`).
+    #[rkyv(with = ArcStr)]
+    pub time_zone: Arc<str>,
+}
+
+impl Periodic {
+    /// A periodic block with Nomad's defaults for the given expressions.
+    pub fn cron(specs: &[&str]) -> Periodic {
+        Periodic {
+            enabled: true,
+            specs: specs.iter().map(|s| Arc::from(*s)).collect(),
+            legacy_spec: false,
+            prohibit_overlap: false,
+            time_zone: "UTC".into(),
+        }
+    }
+}
+
+/// The suffix between a periodic job's id and a child's launch time
+/// (Nomad's `PeriodicLaunchSuffix`): children are `<parent>/periodic-<unix s>`.
+pub const PERIODIC_LAUNCH_SUFFIX: &str = "/periodic-";
+
+/// The last launch of a periodic job (Nomad's `PeriodicLaunch` table),
+/// kept through raft so a new leader neither repeats nor re-launches a
+/// time the previous one already launched. Written when the job is first
+/// registered (then it holds that time: nothing before it is missed) and
+/// with every launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct PeriodicLaunch {
+    pub launch_ns: TimeNs,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
 /// One process or container.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Task {
@@ -383,7 +432,9 @@ pub struct Job {
     pub stop: bool,
     /// A parameterized job: never scheduled itself, only its dispatched children.
     pub parameterized: Option<Parameterized>,
-    /// A dispatched child's parent job id.
+    /// A periodic job: never scheduled itself; the leader launches children.
+    pub periodic: Option<Periodic>,
+    /// A dispatched or launched child's parent job id.
     #[rkyv(with = Map<ArcStr>)]
     pub parent_id: Option<Arc<str>>,
     /// A dispatched child's payload (bounded by the dispatch endpoint).
@@ -420,6 +471,7 @@ impl Job {
             meta: BTreeMap::new(),
             stop: false,
             parameterized: None,
+            periodic: None,
             parent_id: None,
             payload: Vec::new(),
             status: JobStatus::Pending,
@@ -440,6 +492,23 @@ impl Job {
     /// template the scheduler never places.
     pub fn is_parameterized_parent(&self) -> bool {
         self.parameterized.is_some() && self.parent_id.is_none()
+    }
+
+    /// A periodic job itself (its launched children carry no `periodic`).
+    pub fn is_periodic_parent(&self) -> bool {
+        self.periodic.is_some() && self.parent_id.is_none()
+    }
+
+    /// A periodic job the leader launches children of now: enabled and
+    /// not stopped (Nomad's `IsPeriodicActive`).
+    pub fn is_periodic_active(&self) -> bool {
+        self.is_periodic_parent() && !self.stop && self.periodic.as_ref().is_some_and(|p| p.enabled)
+    }
+
+    /// A parameterized or periodic job: a template that only runs as its
+    /// children, so it gets no eval and the scheduler never places it.
+    pub fn is_template(&self) -> bool {
+        self.is_parameterized_parent() || self.is_periodic_parent()
     }
 
     pub fn group(&self, name: &str) -> Option<&TaskGroup> {

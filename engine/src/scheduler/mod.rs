@@ -66,8 +66,8 @@ pub fn run_seed(eval_id: EvalId, snapshot_index: u64) -> u64 {
 /// Schedule `eval` against `snapshot`. Pure: same inputs, same outcome.
 pub fn schedule(snapshot: &State, eval: &Evaluation, now_ns: TimeNs) -> Result<ScheduleOutcome, ScheduleError> {
     let seed = run_seed(eval.id, snapshot.index());
-    // A parameterized job is a template: only its dispatched children run.
-    let job = snapshot.job(&eval.job_key()).filter(|j| !j.is_parameterized_parent()).cloned();
+    // A parameterized or periodic job is a template: only its children run.
+    let job = snapshot.job(&eval.job_key()).filter(|j| !j.is_template()).cloned();
     if let Some(job) = &job
         && job.job_type != eval.job_type
     {

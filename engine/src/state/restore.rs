@@ -13,7 +13,8 @@
 //!    each node's list order ([`StateBuilder::order_node_allocs`]);
 //! 5. evaluations in [`State::evals`] order, then each job's list order
 //!    ([`StateBuilder::order_job_evals`]);
-//! 6. deployments in [`State::deployments`] order, the scheduler config.
+//! 6. deployments in [`State::deployments`] order, the scheduler config;
+//! 7. periodic launch records ([`State::periodic_launches`]).
 //!
 //! Hash tables iterate in an order that depends on insertion history, and
 //! the scheduler reads some of them in iteration order; inserting in the
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use super::tables::TABLE_COUNT;
 use super::{SchedulerConfig, State};
 use crate::ids::{AllocId, DeploymentId, EvalId, JobKey, NodeId};
-use crate::model::{Allocation, Deployment, Evaluation, Job, Node};
+use crate::model::{Allocation, Deployment, Evaluation, Job, Node, PeriodicLaunch};
 
 /// One job's records: its current version and the versions kept, oldest
 /// first as stored.
@@ -81,6 +82,8 @@ pub enum RestoreError {
     DuplicateEval(EvalId),
     #[error("deployment {0} restored twice")]
     DuplicateDeployment(DeploymentId),
+    #[error("periodic launch of job {0} restored twice")]
+    DuplicatePeriodicLaunch(JobKey),
 }
 
 /// Rebuilds a [`State`] from a full snapshot through the FSM's own write
@@ -180,6 +183,15 @@ impl StateBuilder {
         }
         self.state.put_deployment(RESTORE_INDEX, deployment);
         Ok(())
+    }
+
+    /// A periodic job's launch record as stored, indexes included.
+    pub fn put_periodic_launch(&mut self, key: JobKey, launch: PeriodicLaunch) -> Result<(), RestoreError> {
+        if self.state.restore_periodic_launch(key.clone(), launch) {
+            Ok(())
+        } else {
+            Err(RestoreError::DuplicatePeriodicLaunch(key))
+        }
     }
 
     /// The scheduler configuration as stored, `modify_index` included.

@@ -6,7 +6,7 @@ use imbl::{GenericHashMap, OrdMap, Vector};
 use super::usage::NodeUsage;
 use crate::ids::{AllocId, DeploymentId, EvalId, IdBuildHasher, JobKey, NodeId};
 use crate::intern::Sym;
-use crate::model::{Allocation, Deployment, Evaluation, Job, JobType, Node};
+use crate::model::{Allocation, Deployment, Evaluation, Job, JobType, Node, PeriodicLaunch};
 
 // Every hashed table uses the deterministic id hasher, so iteration order is
 // the same on every server and every run.
@@ -111,6 +111,8 @@ pub struct State {
     /// per status batch instead of scanning the job's allocations.
     deployment_health: IdMap<DeploymentId, DeploymentHealth>,
     scheduler_config: Arc<SchedulerConfig>,
+    /// Each periodic job's last launch (see [`PeriodicLaunch`]).
+    periodic_launches: OrdMap<JobKey, PeriodicLaunch>,
     /// Nodes ready for placement, in id order, computed on first use after
     /// any node write and shared by every snapshot until the next one.
     ready_nodes: Arc<OnceLock<Arc<Vec<Arc<Node>>>>>,
@@ -221,6 +223,35 @@ impl State {
     /// Jobs in (namespace, id) order.
     pub fn jobs(&self) -> impl Iterator<Item = &Arc<Job>> + '_ {
         self.jobs.values()
+    }
+
+    /// Jobs of a namespace whose id starts with `prefix`, in id order (a
+    /// range of the ordered table, not a scan).
+    pub fn jobs_with_id_prefix<'a>(
+        &'a self,
+        namespace: &str,
+        prefix: &str,
+    ) -> impl Iterator<Item = &'a Arc<Job>> + use<'a> {
+        let start = JobKey::new(namespace, prefix);
+        let within = start.clone();
+        self.jobs
+            .range(start..)
+            .take_while(move |(k, _)| k.namespace == within.namespace && k.id.starts_with(&*within.id))
+            .map(|(_, job)| job)
+    }
+
+    /// A periodic job's last launch, or when it was registered.
+    pub fn periodic_launch(&self, key: &JobKey) -> Option<&PeriodicLaunch> {
+        self.periodic_launches.get(key)
+    }
+
+    /// Every periodic launch record, in job key order.
+    pub fn periodic_launches(&self) -> impl Iterator<Item = (&JobKey, &PeriodicLaunch)> + '_ {
+        self.periodic_launches.iter()
+    }
+
+    pub fn periodic_launch_count(&self) -> usize {
+        self.periodic_launches.len()
     }
 
     pub fn job_count(&self) -> usize {
@@ -442,6 +473,27 @@ impl State {
         let removed = self.jobs.remove(key);
         self.touch(Table::Jobs, index);
         removed
+    }
+
+    /// Record a periodic job's launch. The record never goes back in
+    /// time: a launch at or before the recorded one is already covered.
+    pub(crate) fn put_periodic_launch(&mut self, index: u64, key: &JobKey, launch_ns: i64) {
+        let record = match self.periodic_launches.get(key) {
+            Some(old) => PeriodicLaunch {
+                launch_ns: old.launch_ns.max(launch_ns),
+                create_index: old.create_index,
+                modify_index: index,
+            },
+            None => PeriodicLaunch { launch_ns, create_index: index, modify_index: index },
+        };
+        self.periodic_launches.insert(key.clone(), record);
+        self.touch(Table::Jobs, index);
+    }
+
+    pub(crate) fn remove_periodic_launch(&mut self, index: u64, key: &JobKey) {
+        if self.periodic_launches.remove(key).is_some() {
+            self.touch(Table::Jobs, index);
+        }
     }
 
     pub(crate) fn put_node(&mut self, index: u64, node: Arc<Node>) {
@@ -740,6 +792,11 @@ impl State {
     /// restore creates the empty ones too, so `node_usage` answers the same.
     pub(super) fn ensure_node_slot(&mut self, id: NodeId) {
         self.node_slots.entry(id).or_default();
+    }
+
+    /// A periodic launch record as stored, its indexes included.
+    pub(super) fn restore_periodic_launch(&mut self, key: JobKey, launch: PeriodicLaunch) -> bool {
+        self.periodic_launches.insert(key, launch).is_none()
     }
 
     /// The configuration as stored, its `modify_index` included.

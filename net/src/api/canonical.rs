@@ -116,6 +116,65 @@ impl Cx {
         Some(model::Parameterized { payload, meta_required, meta_optional })
     }
 
+    /// `Periodic`: `Enabled` (default true), `Spec` (the `cron` of a
+    /// jobspec) or `Specs` (`crons`), `SpecType` (only "cron"),
+    /// `ProhibitOverlap`, `TimeZone` (default "UTC"). The expressions and
+    /// the zone are checked by the engine's validation.
+    fn periodic(&mut self, v: Option<&Value>) -> Option<model::Periodic> {
+        const AT: &str = "Periodic";
+        let v = v.filter(|v| !v.is_null())?;
+        let Some(obj) = v.as_object() else {
+            self.problem("", AT, "must be an object");
+            return None;
+        };
+        let mut flag = |field: &str, default: bool| match obj.get(field) {
+            None | Some(Value::Null) => default,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                self.problem(AT, field, "must be a boolean");
+                default
+            }
+        };
+        let enabled = flag("Enabled", true);
+        let prohibit_overlap = flag("ProhibitOverlap", false);
+        let mut text = |field: &str| -> Option<String> {
+            match obj.get(field) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(_) => {
+                    self.problem(AT, field, "must be a string");
+                    None
+                }
+            }
+        };
+        let spec = text("Spec").filter(|s| !s.is_empty());
+        let spec_type = text("SpecType").unwrap_or_default();
+        let time_zone = text("TimeZone").filter(|s| !s.is_empty()).unwrap_or_else(|| "UTC".to_string());
+        if !spec_type.is_empty() && spec_type != "cron" {
+            self.problem(AT, "SpecType", format!("unknown periodic specification type {spec_type:?} (only \"cron\")"));
+        }
+        let specs: Vec<Arc<str>> = match obj.get("Specs") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
+                items.iter().filter_map(Value::as_str).map(Into::into).collect()
+            }
+            Some(_) => {
+                self.problem(AT, "Specs", "must be a list of strings");
+                Vec::new()
+            }
+        };
+        let legacy_spec = spec.is_some();
+        let specs = match (spec, specs.is_empty()) {
+            (Some(spec), true) => vec![spec.into()],
+            (None, _) => specs,
+            (Some(spec), false) => {
+                self.problem(AT, "Spec", "only one of cron (Spec) or crons (Specs) may be set");
+                vec![spec.into()]
+            }
+        };
+        Some(model::Periodic { enabled, specs, legacy_spec, prohibit_overlap, time_zone: time_zone.into() })
+    }
+
     fn unsupported(&mut self, path: &str, field: &str, v: &Option<Value>) {
         if v.as_ref().is_some_and(|v| !is_empty_value(v)) {
             self.problem(path, field, "not supported by Caravan");
@@ -151,7 +210,7 @@ impl Cx {
     }
 
     fn job(&mut self, j: super::Job) -> model::Job {
-        self.unsupported("", "Periodic", &j.periodic);
+        let periodic = self.periodic(j.periodic.as_ref());
         self.unsupported("", "Multiregion", &j.multiregion);
         let parameterized = self.parameterized(j.parameterized_job.as_ref());
         let payload = match &j.payload {
@@ -198,6 +257,7 @@ impl Cx {
         job.meta = arc_map(j.meta);
         job.stop = j.stop.unwrap_or(false);
         job.parameterized = parameterized;
+        job.periodic = periodic;
         job.payload = payload;
         job.parent_id = j.parent_id.filter(|p| !p.is_empty()).map(Into::into);
         job.update = match (&j.update, job_type) {

@@ -55,12 +55,13 @@ pub struct Job {
     pub create_index: Option<u64>,
     pub modify_index: Option<u64>,
     pub job_modify_index: Option<u64>,
-    // `Periodic` and `Multiregion` are known to Nomad, not modelled by
-    // Caravan: refused unless empty.
+    /// `PeriodicConfig`, read field by field by canonicalization (so a
+    /// wrong type is named with its path rather than failing the decode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub periodic: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parameterized_job: Option<Value>,
+    /// Known to Nomad, not modelled by Caravan: refused unless empty.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub multiregion: Option<Value>,
     /// Base64 (a dispatched child's payload).

@@ -33,6 +33,6 @@ pub use decode::{BODY_BYTES_MAX, JSON_DEPTH_MAX, decode_api_job, decode_job_requ
 pub use error::{API_PROBLEMS_MAX, ApiError};
 pub use job::Job;
 pub use render::{
-    alloc_stub, alloc_to_api, deployment_to_api, eval_to_api, job_stub, job_summary, job_to_api, metric, node_stub,
-    node_to_api, rfc3339,
+    alloc_stub, alloc_to_api, children_summary, deployment_to_api, eval_to_api, job_stub, job_summary, job_to_api,
+    metric, node_stub, node_to_api, rfc3339,
 };

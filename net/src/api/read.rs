@@ -46,8 +46,20 @@ pub struct JobSummary {
     pub job_id: String,
     pub namespace: String,
     pub summary: BTreeMap<String, TaskGroupSummary>,
+    /// A periodic or parameterized job's children by status.
+    #[serde(default)]
+    pub children: JobChildrenSummary,
     pub create_index: u64,
     pub modify_index: u64,
+}
+
+/// `api.JobChildrenSummary`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct JobChildrenSummary {
+    pub pending: u64,
+    pub running: u64,
+    pub dead: u64,
 }
 
 /// `api.TaskGroupSummary`.

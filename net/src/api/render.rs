@@ -257,11 +257,29 @@ pub fn job_to_api(j: &model::Job) -> api::Job {
                 "MetaRequired": p.meta_required.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
                 "MetaOptional": p.meta_optional.iter().map(|k| k.to_string()).collect::<Vec<_>>()})
         }),
+        periodic: j.periodic.as_ref().map(periodic),
         payload: (!j.payload.is_empty()).then(|| Value::String(super::base64::encode(&j.payload))),
         parent_id: j.parent_id.as_ref().map(|p| p.to_string()),
-        dispatched: j.parent_id.as_ref().map(|_| true),
+        // Launched children of a periodic job are not "dispatched".
+        dispatched: j
+            .parent_id
+            .as_ref()
+            .filter(|p| !j.id.starts_with(&format!("{p}{}", model::PERIODIC_LAUNCH_SUFFIX)))
+            .map(|_| true),
         ..Default::default()
     }
+}
+
+/// Nomad's `api.PeriodicConfig`: a job submitted with `cron` reads back
+/// with `Spec`, one submitted with `crons` with `Specs`.
+fn periodic(p: &model::Periodic) -> Value {
+    let specs: Vec<String> = p.specs.iter().map(|s| s.to_string()).collect();
+    let (spec, specs) = match (p.legacy_spec, specs.first()) {
+        (true, Some(first)) => (first.clone(), Value::Null),
+        _ => (String::new(), Value::from(specs)),
+    };
+    serde_json::json!({"Enabled": p.enabled, "Spec": spec, "Specs": specs, "SpecType": "cron",
+        "ProhibitOverlap": p.prohibit_overlap, "TimeZone": p.time_zone.to_string()})
 }
 
 /// Count a job's allocations per group and client status, as Nomad's job
@@ -293,24 +311,41 @@ pub fn job_summary<'a>(
         job_id: job.id.to_string(),
         namespace: job.namespace.to_string(),
         summary,
+        children: read::JobChildrenSummary::default(),
         create_index: job.create_index,
         modify_index: job.modify_index,
     }
+}
+
+/// A template job's children by status (zeros for any other job).
+pub fn children_summary(state: &caravan_engine::state::State, job: &model::Job) -> read::JobChildrenSummary {
+    let mut children = read::JobChildrenSummary::default();
+    if !job.is_template() {
+        return children;
+    }
+    for child in caravan_engine::periodic::children(state, job) {
+        match child.status {
+            model::JobStatus::Pending => children.pending += 1,
+            model::JobStatus::Running => children.running += 1,
+            model::JobStatus::Dead => children.dead += 1,
+        }
+    }
+    children
 }
 
 /// `GET /v1/jobs` entry.
 pub fn job_stub(j: &model::Job, summary: Option<read::JobSummary>) -> read::JobListStub {
     read::JobListStub {
         id: j.id.to_string(),
-        parent_id: String::new(),
+        parent_id: j.parent_id.as_deref().unwrap_or_default().to_string(),
         name: j.name.to_string(),
         namespace: j.namespace.to_string(),
         datacenters: j.datacenters.iter().map(|d| d.to_string()).collect(),
         node_pool: j.node_pool.to_string(),
         job_type: j.job_type.as_str().to_string(),
         priority: j.priority,
-        periodic: false,
-        parameterized_job: false,
+        periodic: j.periodic.is_some(),
+        parameterized_job: j.parameterized.is_some(),
         stop: j.stop,
         status: j.status.as_str().to_string(),
         status_description: String::new(),

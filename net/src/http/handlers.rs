@@ -101,7 +101,11 @@ pub(super) async fn list_jobs(State(server): Shared, Query(params): Params) -> R
     let stubs: Vec<_> = snap
         .jobs()
         .filter(|j| (ns == "*" || &*j.namespace == ns) && j.id.starts_with(prefix))
-        .map(|j| api::job_stub(j, Some(api::job_summary(j, snap.allocs_by_job(&j.key()).map(|a| &**a), &queued))))
+        .map(|j| {
+            let mut summary = api::job_summary(j, snap.allocs_by_job(&j.key()).map(|a| &**a), &queued);
+            summary.children = api::children_summary(&snap, j);
+            api::job_stub(j, Some(summary))
+        })
         .collect();
     reply(index, &stubs)
 }
@@ -114,7 +118,7 @@ pub(super) async fn register_job(State(server): Shared, body: Bytes) -> Response
     match server.register_job(job) {
         Ok((eval_id, index)) => reply(
             index,
-            // A parameterized job registers without an eval: "" as Nomad.
+            // A parameterized or periodic job registers without an eval: "" as Nomad.
             &json!({"EvalID": if eval_id.is_nil() { String::new() } else { eval_id.to_string() }, "EvalCreateIndex": index, "JobModifyIndex": index, "Warnings": "", "Index": index, "LastContact": 0, "KnownLeader": true}),
         ),
         Err(e) => endpoint_error(e),
@@ -161,7 +165,11 @@ pub(super) async fn read_job(State(server): Shared, Path(rest): Path<String>, Qu
             evals.sort_by_key(|e| std::cmp::Reverse(e.create_index));
             reply(index, &evals.into_iter().map(|e| api::eval_to_api(e)).collect::<Vec<_>>())
         }
-        "/summary" => reply(index, &api::job_summary(job, snap.allocs_by_job(&key).map(|a| &**a), &BTreeMap::new())),
+        "/summary" => {
+            let mut summary = api::job_summary(job, snap.allocs_by_job(&key).map(|a| &**a), &BTreeMap::new());
+            summary.children = api::children_summary(&snap, job);
+            reply(index, &summary)
+        }
         "/deployments" => super::job_actions::job_deployments(&snap, &key, index, false),
         "/deployment" => super::job_actions::job_deployments(&snap, &key, index, true),
         "/scale" => super::job_actions::scale_status(&snap, &key, index),

@@ -198,14 +198,27 @@ pub(super) fn scale_status(snap: &Snapshot, key: &JobKey, index: u64) -> Respons
     )
 }
 
-/// `POST /v1/job/<id>/periodic/force`. Caravan has no periodic jobs (a
-/// jobspec with a `periodic` block is refused at register), so a known
-/// job is always refused here with Nomad's reason.
+/// `POST /v1/job/<id>/periodic/force`: launch a periodic job's child now
+/// (Nomad's `Job.PeriodicForce`), whatever its schedule and
+/// `prohibit_overlap` say. 404 for an unknown job, 400 for one that is not
+/// periodic, or is stopped or disabled.
 pub(super) fn periodic_force(server: &Arc<dyn Server>, key: &JobKey) -> Response {
-    let snap = server.store().snapshot();
-    match snap.job(key) {
-        None => refuse(StatusCode::NOT_FOUND, format!("job not found: {}", key.id)),
-        Some(_) => refuse(StatusCode::BAD_REQUEST, format!("job {:?} is not periodic", key.id)),
+    let mut launched = None;
+    let result = server.write(&mut |state, ids, now| {
+        let (command, child) = endpoints::periodic_launch(state, key, now, true, now, ids)?;
+        if let Command::PeriodicLaunch { eval, .. } = &command {
+            launched = Some((child, eval.id));
+        }
+        Ok(command)
+    });
+    match (result, launched) {
+        (Ok(index), Some((_, eval_id))) => {
+            reply(index, &json!({"EvalID": eval_id.to_string(), "EvalCreateIndex": index, "Index": index}))
+        }
+        (Ok(index), None) => {
+            refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("periodic force committed at {index} without a launch"))
+        }
+        (Err(e), _) => endpoint_error(e),
     }
 }
 

@@ -117,6 +117,9 @@ fn evaluate(server: &Arc<dyn Server>, key: &JobKey) -> Response {
         if job.is_parameterized_parent() {
             return Err(EndpointError::Refused("can't evaluate parameterized job".into()));
         }
+        if job.is_periodic_parent() {
+            return Err(EndpointError::Refused("can't evaluate periodic job".into()));
+        }
         let mut eval = Evaluation::new(ids.eval(), key, job.job_type, job.priority, TriggeredBy::JobRegister);
         eval.job_modify_index = job.job_modify_index;
         eval.create_time_ns = now;
@@ -143,6 +146,7 @@ fn plan(server: &Arc<dyn Server>, key: &JobKey, body: &[u8]) -> Response {
     if *job.id != *key.id {
         return refuse(StatusCode::BAD_REQUEST, format!("job ID {:?} does not match the URL {:?}", job.id, key.id));
     }
+    let submitted_periodic = job.periodic.clone().filter(|p| p.enabled && !job.stop);
     let snapshot = server.store().snapshot();
     let diff_type = match snapshot.job(&job.key()) {
         None => "Added",
@@ -185,11 +189,21 @@ fn plan(server: &Arc<dyn Server>, key: &JobKey, body: &[u8]) -> Response {
             "JobModifyIndex": snapshot.job(key).map_or(0, |j| j.job_modify_index),
             "CreatedEvals": Value::Array(vec![]),
             "Diff": {"Type": diff_type, "ID": key.id.to_string()},
-            "NextPeriodicLaunch": "0001-01-01T00:00:00Z",
+            "NextPeriodicLaunch": next_periodic_launch(&submitted_periodic, now),
             "Warnings": "",
             "Index": snapshot.index(),
         }),
     )
+}
+
+/// When a periodic job as planned would launch next, as RFC 3339 text;
+/// Go's zero time for any other job, as Nomad answers.
+fn next_periodic_launch(periodic: &Option<caravan_engine::model::Periodic>, now_ns: i64) -> String {
+    periodic
+        .as_ref()
+        .and_then(|p| caravan_engine::periodic::CronSchedule::parse(p).ok())
+        .and_then(|schedule| schedule.next_after(now_ns))
+        .map_or_else(|| "0001-01-01T00:00:00Z".to_string(), api::rfc3339)
 }
 
 /// `POST /v1/node/<id>/drain` and `/eligibility`.

@@ -13,7 +13,7 @@
 //! nodes in registration order), allocations (in table order, grouped by
 //! job, so a chunk's allocations share their `Arc<Job>` archived once),
 //! evaluations (table order), each job's eval list, deployments, the
-//! scheduler configuration (exactly one), then the trailer: item counts,
+//! scheduler configuration (exactly one), periodic launch records, then the trailer: item counts,
 //! the table indexes, the number of chunks and a crc32 of every byte before
 //! the trailer chunk. A payload is the rkyv archive of a `Vec` of that
 //! kind's records.
@@ -29,7 +29,7 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use caravan_engine::ids::{AllocId, EvalId, JobKey, NodeId};
-use caravan_engine::model::{Allocation, Deployment, Evaluation, Job, Node};
+use caravan_engine::model::{Allocation, Deployment, Evaluation, Job, Node, PeriodicLaunch};
 use caravan_engine::state::{SchedulerConfig, State, StateBuilder, TABLE_COUNT};
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
@@ -43,7 +43,8 @@ use super::WireError;
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CVNSNAP\0";
 
 /// Bumped whenever the layout or any archived model type changes.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+/// 2: `Job::periodic` and the periodic launch records.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
 
 /// The largest chunk payload written or accepted. The reader allocates a
 /// chunk's length before it can check the chunk's checksum, so a corrupted
@@ -71,6 +72,8 @@ const EVALS_PER_CHUNK: usize = 1024;
 const EVAL_IDS_PER_CHUNK: usize = 16 * 1024;
 /// Deployments per chunk (small fixed-size records).
 const DEPLOYMENTS_PER_CHUNK: usize = 1024;
+/// Periodic launch records per chunk (a job key and three integers).
+const PERIODIC_LAUNCHES_PER_CHUNK: usize = 4096;
 
 const HEADER_LEN: usize = 24;
 const CHUNK_HEADER_LEN: usize = 16;
@@ -86,13 +89,14 @@ enum Kind {
     EvalLists = 6,
     Deployments = 7,
     SchedulerConfig = 8,
-    Trailer = 9,
+    PeriodicLaunches = 9,
+    Trailer = 10,
 }
 
 impl Kind {
     fn from_byte(byte: u8) -> Option<Kind> {
         use Kind::*;
-        [Jobs, NodeSlots, Nodes, Allocs, Evals, EvalLists, Deployments, SchedulerConfig, Trailer]
+        [Jobs, NodeSlots, Nodes, Allocs, Evals, EvalLists, Deployments, SchedulerConfig, PeriodicLaunches, Trailer]
             .into_iter()
             .find(|k| *k as u8 == byte)
     }
@@ -122,6 +126,13 @@ struct EvalListRecord {
     eval_ids: Vec<EvalId>,
 }
 
+/// A periodic job's last launch.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct PeriodicLaunchRecord {
+    key: JobKey,
+    launch: PeriodicLaunch,
+}
+
 /// Items of each kind in a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ItemCounts {
@@ -133,6 +144,7 @@ pub struct ItemCounts {
     pub evals: u64,
     pub eval_lists: u64,
     pub deployments: u64,
+    pub periodic_launches: u64,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -218,6 +230,10 @@ pub fn write_snapshot(state: &State, out: &mut impl Write) -> Result<SnapshotSta
     expect_count("evaluations", counts.evals, evals_listed)?;
     counts.deployments = w.all(Kind::Deployments, state.deployments().cloned(), DEPLOYMENTS_PER_CHUNK)?;
     w.items(Kind::SchedulerConfig, vec![state.scheduler_config().clone()])?;
+    let launches =
+        state.periodic_launches().map(|(key, launch)| PeriodicLaunchRecord { key: key.clone(), launch: *launch });
+    counts.periodic_launches = w.all(Kind::PeriodicLaunches, launches, PERIODIC_LAUNCHES_PER_CHUNK)?;
+    expect_count("periodic launches", counts.periodic_launches, state.periodic_launch_count())?;
 
     let trailer = Trailer {
         index: state.index(),
@@ -375,6 +391,13 @@ pub fn read_snapshot(input: &mut impl Read) -> Result<State, WireError> {
                 match (configs.pop(), configs.is_empty()) {
                     (Some(config), true) => restore.builder.set_scheduler_config(config),
                     _ => return Err(WireError::Inconsistent("expected one scheduler configuration".into())),
+                }
+            }
+            Kind::PeriodicLaunches => {
+                let records: Vec<PeriodicLaunchRecord> = unarchive(payload)?;
+                for record in records {
+                    restore.counts.periodic_launches += 1;
+                    restore.builder.put_periodic_launch(record.key, record.launch)?;
                 }
             }
             Kind::Trailer => {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use caravan_engine::endpoints;
 use caravan_engine::fixtures;
 use caravan_engine::fsm::{Command, PlanApplied};
 use caravan_engine::ids::{IdGen, JobKey, NodeId};
@@ -11,9 +12,9 @@ use caravan_engine::intern::Sym;
 use caravan_engine::model::{
     Affinity, AllocClientUpdate, AllocMetric, AllocPreemption, AllocStop, Allocation, AssignedDevice, AssignedPort,
     ClientStatus, ConfigValue, Constraint, ConstraintOp, Deployment, DeploymentStatus, DesiredTransition,
-    DrainStrategy, EvalStatus, Evaluation, Job, JobType, MigrateStrategy, Node, NodeStatus, PortRequest,
-    RescheduleEvent, RescheduleTracker, SchedulingEligibility, Spread, SpreadTarget, TaskEvent, TaskLifecycleState,
-    TaskState, UpdateStrategy,
+    DrainStrategy, EvalStatus, Evaluation, Job, JobType, MigrateStrategy, Node, NodeStatus, Periodic, PortRequest,
+    RescheduleEvent, RescheduleTracker, SECOND_NS, SchedulingEligibility, Spread, SpreadTarget, TaskEvent,
+    TaskLifecycleState, TaskState, UpdateStrategy,
 };
 use caravan_engine::sim::SimCluster;
 use caravan_engine::state::{SchedulerAlgorithm, SchedulerConfig, State};
@@ -229,8 +230,19 @@ fn every_command() -> Vec<Command> {
             description: "Deployment is paused".into(),
             evals: vec![failed_eval(&mut ids, &job)],
         },
+        Command::PeriodicLaunch {
+            job: {
+                let mut child = fixtures::job("report/periodic-1893456300", JobType::Batch, 1, 100, 64);
+                child.parent_id = Some("report".into());
+                child
+            },
+            eval: failed_eval(&mut ids, &job),
+            launch_ns: 1_893_456_300 * SECOND_NS,
+            forced: true,
+            now_ns: 11,
+        },
     ];
-    let mut seen = [false; 15];
+    let mut seen = [false; 16];
     for command in &commands {
         let slot = match command {
             Command::JobRegister { .. } => 0,
@@ -248,6 +260,7 @@ fn every_command() -> Vec<Command> {
             Command::SchedulerConfigUpdate { .. } => 12,
             Command::JobStability { .. } => 13,
             Command::DeploymentStatusUpdate { .. } => 14,
+            Command::PeriodicLaunch { .. } => 15,
         };
         seen[slot] = true;
     }
@@ -309,7 +322,7 @@ fn command_header_is_checked() {
     future[4] = COMMAND_FORMAT_VERSION + 1;
     let err = decode_commands(&future).unwrap_err();
     assert!(matches!(err, WireError::UnsupportedVersion { found, .. } if found == COMMAND_FORMAT_VERSION + 1));
-    assert!(err.to_string().contains("unsupported command batch format version 2"), "{err}");
+    assert!(err.to_string().contains("unsupported command batch format version 3"), "{err}");
 }
 
 /// A small deterministic generator for the mutation loops (no dependency).
@@ -440,6 +453,27 @@ fn busy_state(nodes: usize, jobs: usize) -> SimCluster {
     sim.commit(Command::SchedulerConfigUpdate {
         config: SchedulerConfig { algorithm: SchedulerAlgorithm::Spread, ..Default::default() },
     });
+    // Periodic jobs: one launched, one only registered (its start recorded).
+    for id in ["report", "cleanup"] {
+        let mut periodic = fixtures::job(id, JobType::Batch, 1, 100, 64);
+        let mut config = Periodic::cron(&["*/5 * * * *", "@daily"]);
+        config.time_zone = "Europe/Berlin".into();
+        config.prohibit_overlap = true;
+        periodic.periodic = Some(config);
+        let register = endpoints::register_job(periodic, sim.now_ns, &mut ids).unwrap();
+        sim.commit(register);
+    }
+    let launch_ns = sim.now_ns + 300 * SECOND_NS;
+    let (launch, _) = endpoints::periodic_launch(
+        &sim.snapshot(),
+        &JobKey::new("default", "report"),
+        launch_ns,
+        false,
+        launch_ns,
+        &mut ids,
+    )
+    .unwrap();
+    sim.commit(launch);
     sim
 }
 
@@ -506,6 +540,8 @@ fn assert_same_state(a: &State, b: &State) {
     let deployments = |s: &State| s.deployments().map(|d| (**d).clone()).collect::<Vec<Deployment>>();
     assert_eq!(deployments(a), deployments(b));
     assert_eq!(a.scheduler_config(), b.scheduler_config());
+    let launches = |s: &State| s.periodic_launches().map(|(k, l)| (k.clone(), *l)).collect::<Vec<_>>();
+    assert_eq!(launches(a), launches(b));
 }
 
 fn snapshot_bytes(state: &State) -> (Vec<u8>, SnapshotStats) {
@@ -538,7 +574,7 @@ fn busy_state_round_trips() {
     assert_eq!(spans, spans_again);
     const EVALS: u8 = 5;
     const EVAL_LISTS: u8 = 6;
-    const TRAILER: u8 = 9;
+    const TRAILER: u8 = 10;
     for (i, (start, end)) in spans.into_iter().enumerate() {
         if ![EVALS, EVAL_LISTS, TRAILER].contains(&bytes[start]) {
             assert!(bytes[start..end] == again[start..end], "chunk {i} (kind {}) differs", bytes[start]);
