@@ -26,7 +26,7 @@ pub const COMMAND_MAGIC: [u8; 4] = *b"CVNC";
 
 /// Bumped whenever the archived layout of `Command` changes: a server must
 /// refuse entries it would misread (rkyv archives carry no schema).
-pub const COMMAND_FORMAT_VERSION: u8 = 1;
+pub const COMMAND_FORMAT_VERSION: u8 = 2;
 
 /// Magic, version, archive length, archive crc32.
 const HEADER_LEN: usize = COMMAND_MAGIC.len() + 1 + 4 + 4;

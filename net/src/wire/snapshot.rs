@@ -43,7 +43,7 @@ use super::WireError;
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CVNSNAP\0";
 
 /// Bumped whenever the layout or any archived model type changes.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
 
 /// The largest chunk payload written or accepted. The reader allocates a
 /// chunk's length before it can check the chunk's checksum, so a corrupted

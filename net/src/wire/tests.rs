@@ -11,9 +11,9 @@ use caravan_engine::intern::Sym;
 use caravan_engine::model::{
     Affinity, AllocClientUpdate, AllocMetric, AllocPreemption, AllocStop, Allocation, AssignedDevice, AssignedPort,
     ClientStatus, ConfigValue, Constraint, ConstraintOp, Deployment, DeploymentStatus, DesiredTransition,
-    DrainStrategy, EvalStatus, Evaluation, Job, JobType, MigrateStrategy, Node, NodeStatus, PortRequest,
-    RescheduleEvent, RescheduleTracker, SchedulingEligibility, Spread, SpreadTarget, TaskEvent, TaskLifecycleState,
-    TaskState, UpdateStrategy,
+    DrainStrategy, EvalStatus, Evaluation, Job, JobType, LifecycleHook, MigrateStrategy, Node, NodeStatus, PortRequest,
+    RescheduleEvent, RescheduleTracker, SchedulingEligibility, Spread, SpreadTarget, TaskEvent, TaskLifecycle,
+    TaskLifecycleState, TaskState, UpdateStrategy,
 };
 use caravan_engine::sim::SimCluster;
 use caravan_engine::state::{SchedulerAlgorithm, SchedulerConfig, State};
@@ -56,6 +56,11 @@ fn rich_job(id: &str) -> Job {
         ConfigValue::List(vec![ConfigValue::Int(-3), ConfigValue::Map(inner), ConfigValue::List(vec![])]),
     );
     task.config = ConfigValue::Map(config);
+    let mut init = group.tasks[0].clone();
+    init.name = "init".into();
+    init.resources.devices.clear();
+    init.lifecycle = Some(TaskLifecycle { hook: LifecycleHook::Prestart, sidecar: true });
+    group.tasks.push(init);
     job
 }
 
