@@ -77,7 +77,8 @@ fn minimal_job_gets_every_default() {
                       },
                       "Meta": {},
                       "KillTimeout": 5000000000,
-                      "Leader": false
+                      "Leader": false,
+                      "Lifecycle": null
                     }
                   ],
                   "RestartPolicy": {
