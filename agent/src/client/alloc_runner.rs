@@ -547,19 +547,14 @@ mod tests {
         assert_eq!(status(&[]), ClientStatus::Complete);
     }
 
-    #[test]
-    fn an_unknown_driver_fails_the_allocation_before_anything_starts() {
+    fn context(root: &Path, updates: Sender<TaskStateUpdate>) -> AllocContext {
         use caravan_engine::clock::SystemClock;
-        use caravan_engine::ids::IdGen;
-        use caravan_engine::model::{Job, JobType, Task, TaskGroup};
 
         use crate::client::driver::raw_exec::RawExecDriver;
 
-        let root = tempfile::tempdir().unwrap();
-        let (updates, received) = std::sync::mpsc::channel();
-        let ctx = AllocContext {
+        AllocContext {
             drivers: [("raw_exec".to_string(), Arc::new(RawExecDriver::new()) as Arc<dyn Driver>)].into(),
-            alloc_root: root.path().to_path_buf(),
+            alloc_root: root.to_path_buf(),
             node: NodeEnv {
                 region: "global".into(),
                 datacenter: "dc1".into(),
@@ -569,7 +564,54 @@ mod tests {
             },
             clock: Arc::new(SystemClock),
             updates,
+        }
+    }
+
+    #[test]
+    fn a_restored_allocation_does_not_rerun_its_finished_prestart_task() {
+        use caravan_engine::ids::IdGen;
+        use caravan_engine::model::{ConfigValue, Job, JobType, LifecycleHook, Task, TaskGroup, TaskLifecycle};
+
+        use crate::client::state_db::{StoredAlloc, StoredTask};
+
+        let root = tempfile::tempdir().unwrap();
+        let (updates, received) = std::sync::mpsc::channel();
+        let ctx = context(root.path(), updates);
+        let command = |path: &str| {
+            ConfigValue::Map([(Arc::from("command"), ConfigValue::String(path.into()))].into_iter().collect())
         };
+        // The prestart task would fail if it ran again.
+        let mut init = Task::new("init", "raw_exec");
+        init.config = command("/bin/false");
+        init.lifecycle = Some(TaskLifecycle { hook: LifecycleHook::Prestart, sidecar: false });
+        let mut main = Task::new("t", "raw_exec");
+        main.config = command("/bin/true");
+        let job =
+            Arc::new(Job::new("j", JobType::Batch, vec![TaskGroup::new("g", 1, JobType::Batch, vec![init, main])]));
+        let alloc = crate::client::testing::alloc(&mut IdGen::with_seed(4), &job, 0);
+        let mut done = TaskState::pending();
+        done.state = TaskLifecycleState::Dead;
+        let stored = StoredAlloc {
+            alloc,
+            tasks: [("init".to_string(), StoredTask { state: done, handle: None })].into_iter().collect(),
+        };
+        let mut runner = AllocRunner::restore(stored, &ctx);
+        while !runner.is_finished() {
+            let update = received.recv_timeout(Duration::from_secs(60)).expect("task updates");
+            assert_eq!(update.task_name, "t", "only the main task runs");
+            runner.on_task_update(&update);
+        }
+        assert_eq!(runner.client_status().0, ClientStatus::Complete);
+    }
+
+    #[test]
+    fn an_unknown_driver_fails_the_allocation_before_anything_starts() {
+        use caravan_engine::ids::IdGen;
+        use caravan_engine::model::{Job, JobType, Task, TaskGroup};
+
+        let root = tempfile::tempdir().unwrap();
+        let (updates, received) = std::sync::mpsc::channel();
+        let ctx = context(root.path(), updates);
         let tasks = vec![Task::new("web", "raw_exec"), Task::new("gpu", "no-such-driver")];
         let job = Arc::new(Job::new("j", JobType::Service, vec![TaskGroup::new("g", 1, JobType::Service, tasks)]));
         let alloc = crate::client::testing::alloc(&mut IdGen::with_seed(3), &job, 0);
