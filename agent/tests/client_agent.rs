@@ -1,7 +1,8 @@
 //! The client agent end to end against an in-process cluster: real
 //! scheduling (`LocalCluster`) behind a fake [`ServerApi`], real processes
 //! through `raw_exec`. Batch completion, service stop, the task
-//! environment, bad input, and an agent restart that re-attaches.
+//! environment, bad input, an agent restart that re-attaches, and task
+//! lifecycle hooks (prestart, poststart, poststop, sidecars).
 //!
 //! `CARAVAN_SLOW_TESTS=1` adds the 100-task start measurement.
 
@@ -22,8 +23,8 @@ use caravan_engine::endpoints;
 use caravan_engine::ids::{JobKey, NodeId};
 use caravan_engine::local::{LocalCluster, LocalConfig};
 use caravan_engine::model::{
-    AllocClientUpdate, Allocation, ClientStatus, ConfigValue, Job, JobType, Node, RestartMode, SECOND_NS, Task,
-    TaskGroup, TaskLifecycleState,
+    AllocClientUpdate, Allocation, ClientStatus, ConfigValue, Job, JobType, LifecycleHook, Node, RestartMode,
+    SECOND_NS, Task, TaskGroup, TaskLifecycle, TaskLifecycleState,
 };
 use caravan_engine::state::{Cancel, StateStore, Table};
 
@@ -484,4 +485,182 @@ fn hundred_tasks_start() {
     );
     h.server.stop_job(&key);
     h.wait_allocs(&key, "100 stopped allocations", all_with_status(100, ClientStatus::Complete));
+}
+
+/// A task of a lifecycle test: `/bin/sh -c script`, with a hook or none.
+fn hook_task(name: &str, hook: Option<(LifecycleHook, bool)>, script: &str) -> Task {
+    let mut task = Task::new(name, "raw_exec");
+    task.config = command_config("/bin/sh", &["-c", script]);
+    task.resources.cpu_mhz = 20;
+    task.resources.memory_mb = 16;
+    task.kill_timeout_ns = 2 * SECOND_NS;
+    task.lifecycle = hook.map(|(hook, sidecar)| TaskLifecycle { hook, sidecar });
+    task
+}
+
+/// A one-group job of `tasks`, restarting a failed task `attempts` times
+/// 100 ms apart, then failing.
+fn lifecycle_job(id: &str, job_type: JobType, attempts: u32, tasks: Vec<Task>) -> Job {
+    let mut group = TaskGroup::new("g", 1, job_type, tasks);
+    group.ephemeral_disk_mb = 10;
+    group.restart_policy.attempts = attempts;
+    group.restart_policy.delay_ns = SECOND_NS / 10;
+    group.restart_policy.mode = RestartMode::Fail;
+    Job::new(id, job_type, vec![group])
+}
+
+fn task_kinds(alloc: &Allocation, task: &str) -> Vec<String> {
+    alloc.task_states.get(task).map_or_else(Vec::new, |s| s.events.iter().map(|e| e.kind.to_string()).collect())
+}
+
+/// Shell that waits (up to 10 s) for a file in the shared alloc dir: a
+/// task that runs has not necessarily written it yet.
+fn wait_for(file: &str) -> String {
+    format!("for i in $(seq 100); do test -f \"$NOMAD_ALLOC_DIR/{file}\" && break; sleep 0.1; done")
+}
+
+fn alloc_dir_of(h: &Harness, alloc: &Allocation) -> PathBuf {
+    h.data_dir().join("alloc").join(alloc.id.to_string()).join("alloc")
+}
+
+#[test]
+fn prestart_completes_before_main_starts_and_poststop_runs_last() {
+    let mut h = Harness::start();
+    let tasks = vec![
+        // The main task fails unless the prestart task finished first; the
+        // poststop task fails unless the main task finished first.
+        hook_task(
+            "t",
+            None,
+            "test -f \"$NOMAD_ALLOC_DIR/ready\" || exit 3; echo main > \"$NOMAD_ALLOC_DIR/main-done\"",
+        ),
+        hook_task("init", Some((LifecycleHook::Prestart, false)), "sleep 0.5; echo ready > \"$NOMAD_ALLOC_DIR/ready\""),
+        hook_task(
+            "cleanup",
+            Some((LifecycleHook::Poststop, false)),
+            "test -f \"$NOMAD_ALLOC_DIR/main-done\" || exit 4; echo cleaned > \"$NOMAD_ALLOC_DIR/cleaned\"",
+        ),
+    ];
+    let key = h.run(lifecycle_job("ordered", JobType::Batch, 0, tasks));
+    let allocs = h.wait_allocs(&key, "the allocation complete", all_with_status(1, ClientStatus::Complete));
+    let alloc = &allocs[0];
+    for task in ["init", "t", "cleanup"] {
+        let state = &alloc.task_states[task];
+        assert_eq!(state.state, TaskLifecycleState::Dead, "{task}");
+        assert!(!state.failed, "{task}: {:?}", task_kinds(alloc, task));
+        assert_eq!(task_kinds(alloc, task), ["Received", "Task Setup", "Started", "Terminated"], "{task}");
+    }
+    let (init, main, cleanup) = (&alloc.task_states["init"], &alloc.task_states["t"], &alloc.task_states["cleanup"]);
+    assert!(init.finished_at_ns <= main.started_at_ns, "main started before the prestart task ended");
+    assert!(main.finished_at_ns <= cleanup.started_at_ns, "poststop started before the main task ended");
+    let cleaned = std::fs::read_to_string(alloc_dir_of(&h, alloc).join("cleaned")).unwrap();
+    assert_eq!(cleaned, "cleaned\n");
+}
+
+#[test]
+fn failing_prestart_fails_the_allocation_and_main_never_starts() {
+    let mut h = Harness::start();
+    let tasks = vec![
+        hook_task("init", Some((LifecycleHook::Prestart, false)), "exit 7"),
+        hook_task("t", None, "touch \"$NOMAD_ALLOC_DIR/main-ran\""),
+    ];
+    // One restart under the policy, then the prestart task fails for good.
+    let key = h.run(lifecycle_job("badinit", JobType::Batch, 1, tasks));
+    let allocs = h.wait_allocs(&key, "the allocation failed", |allocs| {
+        allocs.len() == 1
+            && allocs[0].client_status == ClientStatus::Failed
+            && allocs[0].task_states.values().all(|s| s.state == TaskLifecycleState::Dead)
+    });
+    let alloc = &allocs[0];
+    let init = &alloc.task_states["init"];
+    assert!(init.failed);
+    assert_eq!(init.restarts, 1, "{:?}", task_kinds(alloc, "init"));
+    assert_eq!(task_kinds(alloc, "init").last().map(String::as_str), Some("Not Restarting"));
+    let main = &alloc.task_states["t"];
+    assert!(!main.failed);
+    assert_eq!(task_kinds(alloc, "t"), ["Sibling Task Failed"]);
+    assert_eq!(main.started_at_ns, 0);
+    assert!(!alloc_dir_of(&h, alloc).join("main-ran").exists(), "the main task ran");
+}
+
+#[test]
+fn sidecar_is_stopped_when_the_batch_main_task_completes() {
+    let mut h = Harness::start();
+    let tasks = vec![
+        hook_task(
+            "proxy",
+            Some((LifecycleHook::Prestart, true)),
+            "echo $$ > \"$NOMAD_ALLOC_DIR/proxy.pid\"; exec sleep 600",
+        ),
+        // The main task sees the sidecar running.
+        hook_task(
+            "t",
+            None,
+            &format!("{}; kill -0 \"$(cat \"$NOMAD_ALLOC_DIR/proxy.pid\")\" || exit 5", wait_for("proxy.pid")),
+        ),
+    ];
+    let key = h.run(lifecycle_job("sidecar", JobType::Batch, 0, tasks));
+    let allocs = h.wait_allocs(&key, "the allocation complete", all_with_status(1, ClientStatus::Complete));
+    let alloc = &allocs[0];
+    let main = &alloc.task_states["t"];
+    assert!(!main.failed, "{:?}", task_kinds(alloc, "t"));
+    let proxy = &alloc.task_states["proxy"];
+    assert_eq!(proxy.state, TaskLifecycleState::Dead);
+    assert!(!proxy.failed);
+    let kinds = task_kinds(alloc, "proxy");
+    assert_eq!(kinds[kinds.len() - 4..], ["Main Tasks Dead", "Killing", "Terminated", "Killed"], "{kinds:?}");
+    assert!(proxy.started_at_ns <= main.started_at_ns);
+    assert!(main.finished_at_ns <= proxy.finished_at_ns);
+    let pid: i32 = std::fs::read_to_string(alloc_dir_of(&h, alloc).join("proxy.pid")).unwrap().trim().parse().unwrap();
+    let deadline = Instant::now() + WAIT_MAX;
+    while process_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!process_alive(pid), "the sidecar process {pid} still runs");
+}
+
+#[test]
+fn stopping_a_service_runs_its_poststop_task() {
+    let mut h = Harness::start();
+    let tasks = vec![
+        hook_task("t", None, "echo $$ > \"$NOMAD_ALLOC_DIR/main.pid\"; exec sleep 600"),
+        hook_task(
+            "announce",
+            Some((LifecycleHook::Poststart, false)),
+            &format!(
+                "{}; kill -0 \"$(cat \"$NOMAD_ALLOC_DIR/main.pid\")\" && touch \"$NOMAD_ALLOC_DIR/announced\"",
+                wait_for("main.pid")
+            ),
+        ),
+        hook_task(
+            "cleanup",
+            Some((LifecycleHook::Poststop, false)),
+            "pid=$(cat \"$NOMAD_ALLOC_DIR/main.pid\"); kill -0 \"$pid\" 2>/dev/null && exit 6; touch \"$NOMAD_ALLOC_DIR/cleaned\"",
+        ),
+    ];
+    let key = h.run(lifecycle_job("svc", JobType::Service, 0, tasks));
+    let allocs = h.wait_allocs(&key, "the poststart task done", |allocs| {
+        allocs.len() == 1
+            && allocs[0].client_status == ClientStatus::Running
+            && allocs[0].task_states.get("announce").is_some_and(|s| s.state == TaskLifecycleState::Dead)
+    });
+    let alloc = &allocs[0];
+    assert!(!alloc.task_states["announce"].failed, "{:?}", task_kinds(alloc, "announce"));
+    assert!(alloc_dir_of(&h, alloc).join("announced").exists());
+    // Waiting for the main task to end.
+    assert_eq!(alloc.task_states["cleanup"].state, TaskLifecycleState::Pending);
+    assert!(alloc.task_states["cleanup"].events.is_empty());
+
+    h.server.stop_job(&key);
+    let allocs = h.wait_allocs(&key, "the stopped allocation complete", |allocs| {
+        allocs.len() == 1
+            && allocs[0].client_status == ClientStatus::Complete
+            && allocs[0].task_states.values().all(|s| s.state == TaskLifecycleState::Dead)
+    });
+    let alloc = &allocs[0];
+    let (main, cleanup) = (&alloc.task_states["t"], &alloc.task_states["cleanup"]);
+    assert_eq!(task_kinds(alloc, "t").last().map(String::as_str), Some("Killed"));
+    assert!(!cleanup.failed, "{:?}", task_kinds(alloc, "cleanup"));
+    assert!(main.finished_at_ns <= cleanup.started_at_ns);
+    assert!(alloc_dir_of(&h, alloc).join("cleaned").exists());
 }

@@ -52,7 +52,12 @@ fn new_runner(
         logs: LogConfig::default(),
     };
     let (sender, receiver) = channel();
-    let runner_config = TaskRunnerConfig { job_type, restart_policy: policy, kill_timeout: Duration::from_millis(500) };
+    let runner_config = TaskRunnerConfig {
+        job_type,
+        restart_policy: policy,
+        kill_timeout: Duration::from_millis(500),
+        lifecycle: None,
+    };
     let runner = TaskRunner::new(Arc::new(RawExecDriver::new()), spec, runner_config, Arc::new(SystemClock), sender);
     (runner, receiver, Run { root })
 }

@@ -206,6 +206,8 @@ fn validate_group(p: &mut Problems, at: &str, group: &TaskGroup, job_type: JobTy
     }
     if group.tasks.is_empty() {
         p.push(at, "missing tasks");
+    } else if !group.tasks.iter().any(Task::is_main) {
+        p.push(at, "must have at least one main task (a task without a lifecycle hook)");
     }
     validate_constraints(p, at, &group.constraints);
     validate_affinities(p, at, &group.affinities, job_type);
@@ -945,6 +947,30 @@ mod tests {
                 - group "agent": system jobs may not have a reschedule policy
                 - group "agent": system jobs may not have a migrate block
                 - group "gang": a gang group needs a count of at least 1
+            "#]],
+        );
+    }
+
+    #[test]
+    fn a_group_keeps_a_main_task() {
+        use crate::model::{LifecycleHook, TaskLifecycle};
+        let hooked = |name: &str, hook| {
+            let mut task = Task::new(name, "raw_exec");
+            task.lifecycle = Some(TaskLifecycle { hook, sidecar: false });
+            task
+        };
+        let only_hooks = vec![hooked("init", LifecycleHook::Prestart), hooked("cleanup", LifecycleHook::Poststop)];
+        let mut with_main = only_hooks.clone();
+        with_main.push(Task::new("main", "raw_exec"));
+        let groups = vec![
+            TaskGroup::new("hooks", 1, JobType::Batch, only_hooks),
+            TaskGroup::new("ok", 1, JobType::Batch, with_main),
+        ];
+        check_job(
+            &Job::new("j", JobType::Batch, groups),
+            expect![[r#"
+                1 error
+                - group "hooks": must have at least one main task (a task without a lifecycle hook)
             "#]],
         );
     }

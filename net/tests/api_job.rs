@@ -77,7 +77,8 @@ fn minimal_job_gets_every_default() {
                       },
                       "Meta": {},
                       "KillTimeout": 5000000000,
-                      "Leader": false
+                      "Leader": false,
+                      "Lifecycle": null
                     }
                   ],
                   "RestartPolicy": {
@@ -301,4 +302,56 @@ fn api_error_bounds_its_problems() {
     let err = decode_job_request(body.as_bytes()).unwrap_err();
     assert_eq!(err.problems.len(), api::API_PROBLEMS_MAX);
     assert_eq!(err.omitted, 200);
+}
+
+#[test]
+fn lifecycle_hooks_round_trip() {
+    let body = with_group(
+        r#"{"Name":"g","Tasks":[
+            {"Name":"init","Driver":"exec","Lifecycle":{"Hook":"prestart"}},
+            {"Name":"proxy","Driver":"exec","Lifecycle":{"Hook":"prestart","Sidecar":true}},
+            {"Name":"main","Driver":"exec","Lifecycle":null},
+            {"Name":"plain","Driver":"exec","Lifecycle":{"Hook":""}},
+            {"Name":"cleanup","Driver":"exec","Lifecycle":{"Hook":"poststop","Sidecar":false}}]}"#,
+    );
+    let job = decode_job_request(body.as_bytes()).unwrap();
+    let rendered = job_to_api(&job);
+    assert_eq!(job_from_api(rendered.clone()).unwrap(), job, "job_from_api(job_to_api(x)) == x");
+    let tasks = serde_json::to_value(&rendered).unwrap()["TaskGroups"][0]["Tasks"].clone();
+    let lifecycles: Vec<String> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| format!("{}: {}", t["Name"].as_str().unwrap(), t["Lifecycle"]))
+        .collect();
+    expect![[r#"
+        init: {"Hook":"prestart","Sidecar":false}
+        proxy: {"Hook":"prestart","Sidecar":true}
+        main: null
+        plain: null
+        cleanup: {"Hook":"poststop","Sidecar":false}"#]]
+    .assert_eq(&lifecycles.join("\n"));
+}
+
+#[test]
+fn bad_lifecycle_hooks_are_refused() {
+    let body = with_group(
+        r#"{"Name":"g","Tasks":[
+            {"Name":"a","Driver":"exec","Lifecycle":{"Hook":"prestrat"}},
+            {"Name":"b","Driver":"exec","Lifecycle":{"Hook":7,"Sidecar":"yes"}},
+            {"Name":"c","Driver":"exec","Lifecycle":[]},
+            {"Name":"t","Driver":"exec"}]}"#,
+    );
+    check_err(
+        body.as_bytes(),
+        expect![[
+            r#"4 errors: TaskGroups[0].Tasks[0].Lifecycle.Hook: invalid hook "prestrat": must be "prestart", "poststart" or "poststop"; TaskGroups[0].Tasks[1].Lifecycle.Sidecar: must be a boolean; TaskGroups[0].Tasks[1].Lifecycle.Hook: must be a string; TaskGroups[0].Tasks[2].Lifecycle: must be an object"#
+        ]],
+    );
+    // Hooks only: nothing for them to run around.
+    let body = with_group(r#"{"Name":"g","Tasks":[{"Name":"a","Driver":"exec","Lifecycle":{"Hook":"prestart"}}]}"#);
+    check_err(
+        body.as_bytes(),
+        expect![[r#"1 error: group "g": must have at least one main task (a task without a lifecycle hook)"#]],
+    );
 }

@@ -9,11 +9,13 @@
 //! ([`AllocRunner::client_update`]). Only the blocking work has threads:
 //! one per task (a task runner blocks on its task) and one per kill.
 //!
-//! The group's tasks are plain tasks, all started together (lifecycle
-//! hooks come later). A task that fails for good takes its siblings down,
-//! as in Nomad; a task that cannot even be set up (an unknown driver, a
-//! directory that cannot be made) fails the allocation before anything
-//! starts, with an event saying why.
+//! Tasks start in their lifecycle order ([`super::lifecycle`]: prestart,
+//! main, poststart, poststop), decided after every change by the pure
+//! [`decide`] and applied here. A task that fails for good takes its
+//! siblings down, as in Nomad (poststop tasks still run after); a task that
+//! cannot even be set up (an unknown driver, a directory that cannot be
+//! made) fails the allocation before anything starts, with an event saying
+//! why.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,6 +31,7 @@ use caravan_engine::model::{
 
 use super::driver::{Driver, LogConfig, PortMapping, TaskDirs, TaskHandle, TaskResources, TaskSpec};
 use super::env::{NodeEnv, device_env, task_devices, task_env};
+use super::lifecycle::{Action, EndReason, Stage, TaskView, decide};
 use super::state_db::StoredAlloc;
 use super::task_runner::{KillHandle, TaskRunner, TaskRunnerConfig, TaskStateUpdate};
 
@@ -48,13 +51,34 @@ pub struct AllocContext {
 /// One task of the allocation, as the runner tracks it.
 #[derive(Debug)]
 struct TaskSlot {
+    stage: Stage,
+    leader: bool,
     /// The task's state as last reported (merged over `base`).
     state: TaskState,
     /// The state an earlier agent left, when this task was recovered: its
     /// events and restart count go under what the new task runner reports.
     base: Option<TaskState>,
+    /// What starting the task takes, until its turn comes.
+    prepared: Option<Prepared>,
+    /// A task runner was started for it.
+    launched: bool,
     /// `None` when no task runner runs (the task never started or is done).
     kill: Option<KillHandle>,
+    /// Its kill was requested.
+    killing: bool,
+}
+
+impl TaskSlot {
+    fn view(&self) -> TaskView {
+        TaskView {
+            stage: self.stage,
+            leader: self.leader,
+            state: self.state.state,
+            failed: self.state.failed,
+            launched: self.launched,
+            killing: self.killing,
+        }
+    }
 }
 
 /// Runs one allocation; see the module documentation.
@@ -63,8 +87,11 @@ pub struct AllocRunner {
     alloc: Arc<Allocation>,
     /// By task name; a `BTreeMap` so reports list tasks in a stable order.
     tasks: BTreeMap<String, TaskSlot>,
-    /// Kill was requested for every task (stop, eviction, a failed sibling).
-    killing: bool,
+    /// The allocation was stopped (by the servers, or it left this node):
+    /// every task but the poststop ones is killed.
+    stopped: bool,
+    clock: Arc<dyn Clock>,
+    updates: Sender<TaskStateUpdate>,
 }
 
 /// Nomad's allocation client status from its tasks (`getClientStatus`): any
@@ -120,6 +147,25 @@ fn dead_state(kind: &str, message: &str, failed: bool, now_ns: i64) -> TaskState
     state
 }
 
+/// The event a task gets when it ends (or never starts) for `reason`.
+fn end_event(reason: EndReason, failed_task: Option<&str>, now_ns: i64) -> TaskEvent {
+    match reason {
+        EndReason::SiblingFailed(_) => {
+            let name = failed_task.unwrap_or("?");
+            TaskEvent::new("Sibling Task Failed", now_ns, &format!("Task's sibling {name:?} failed"))
+        }
+        EndReason::LeaderDead => TaskEvent::new("Leader Task Dead", now_ns, "Leader Task in Group dead"),
+        EndReason::MainDead => TaskEvent::new("Main Tasks Dead", now_ns, "Main tasks in the group died"),
+        EndReason::Stopped => TaskEvent::new("Killed", now_ns, "Task killed before it started"),
+    }
+}
+
+/// Bound on the rounds of [`decide`] after one change: each round launches,
+/// kills or buries at least one task, so three per task and one to settle.
+fn decide_rounds_max(tasks: usize) -> usize {
+    3 * tasks + 1
+}
+
 fn nanos(ns: i64) -> Duration {
     Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
 }
@@ -128,6 +174,7 @@ fn nanos(ns: i64) -> Duration {
 type SetupFailure = (&'static str, String);
 
 /// Everything needed to start one task.
+#[derive(Debug)]
 struct Prepared {
     driver: Arc<dyn Driver>,
     spec: TaskSpec,
@@ -140,9 +187,9 @@ impl AllocRunner {
         alloc_root.join(alloc_id.to_string())
     }
 
-    /// Starts a new allocation: builds its directories and starts every
-    /// task. Nothing here fails the agent: a task that cannot be set up
-    /// fails the allocation instead.
+    /// Starts a new allocation: builds its directories and starts the tasks
+    /// whose turn it is. Nothing here fails the agent: a task that cannot be
+    /// set up fails the allocation instead.
     pub fn start(alloc: Arc<Allocation>, ctx: &AllocContext) -> AllocRunner {
         let recovered: BTreeMap<String, (TaskState, Option<TaskHandle>)> = BTreeMap::new();
         AllocRunner::launch(alloc, ctx, recovered)
@@ -151,7 +198,8 @@ impl AllocRunner {
     /// Restores an allocation an earlier agent ran: tasks that were dead
     /// stay dead; a task with a handle is re-attached
     /// ([`TaskRunner::run_recovered`]: one that is gone is restarted under
-    /// the restart policy); any other task starts afresh.
+    /// the restart policy); any other task starts afresh when its turn
+    /// comes.
     pub fn restore(stored: StoredAlloc, ctx: &AllocContext) -> AllocRunner {
         let recovered = stored.tasks.into_iter().map(|(name, task)| (name, (task.state, task.handle))).collect();
         AllocRunner::launch(Arc::new(stored.alloc), ctx, recovered)
@@ -164,11 +212,28 @@ impl AllocRunner {
     ) -> AllocRunner {
         let now = ctx.clock.now_ns();
         let group = alloc.group();
-        let mut runner = AllocRunner { alloc: Arc::clone(&alloc), tasks: BTreeMap::new(), killing: false };
+        let mut runner = AllocRunner {
+            alloc: Arc::clone(&alloc),
+            tasks: BTreeMap::new(),
+            // A recovered allocation the servers stopped starts nothing new.
+            stopped: alloc.server_terminal(),
+            clock: Arc::clone(&ctx.clock),
+            updates: ctx.updates.clone(),
+        };
+        let slot = |task: &caravan_engine::model::Task, state: TaskState| TaskSlot {
+            stage: Stage::of(task.lifecycle),
+            leader: task.leader,
+            state,
+            base: None,
+            prepared: None,
+            launched: false,
+            kill: None,
+            killing: false,
+        };
 
         // Every task of the group is prepared before any starts, so a group
         // that cannot run starts nothing.
-        let mut prepared: Vec<(String, Result<Prepared, SetupFailure>)> = Vec::new();
+        let mut prepared: Vec<(usize, Result<Prepared, SetupFailure>)> = Vec::new();
         for (index, task) in group.tasks.iter().enumerate() {
             let name = task.name.to_string();
             if let Some((state, _)) = recovered.get(&name)
@@ -176,33 +241,42 @@ impl AllocRunner {
             {
                 // Finished before the restart; its state says how.
                 let (state, _) = recovered.remove(&name).unwrap_or_else(|| (TaskState::pending(), None));
-                runner.tasks.insert(name, TaskSlot { state, base: None, kill: None });
+                runner.tasks.insert(name, TaskSlot { launched: true, ..slot(task, state) });
                 continue;
             }
-            prepared.push((name, AllocRunner::prepare(&alloc, index, ctx)));
+            prepared.push((index, AllocRunner::prepare(&alloc, index, ctx)));
         }
-        let first_failure = prepared.iter().find_map(|(name, result)| result.as_ref().err().map(|_| name.clone()));
-        for (name, result) in prepared {
-            let (state, handle) = match recovered.remove(&name) {
+        let first_failure =
+            prepared.iter().find_map(|(index, result)| result.as_ref().err().map(|_| group.tasks[*index].name.clone()));
+        for (index, result) in prepared {
+            let task = &group.tasks[index];
+            let name = task.name.to_string();
+            let (base, handle) = match recovered.remove(&name) {
                 Some((state, handle)) => (Some(state), handle),
                 None => (None, None),
             };
             match (result, &first_failure) {
                 (Err((kind, message)), _) => {
                     let dead = dead_state(kind, &message, true, now);
-                    runner.tasks.insert(name, TaskSlot { state: dead, base: None, kill: None });
+                    runner.tasks.insert(name, slot(task, dead));
                 }
                 (Ok(_), Some(failed)) => {
                     let message = format!("Task's sibling {failed:?} failed");
                     let dead = dead_state("Sibling Task Failed", &message, false, now);
-                    runner.tasks.insert(name, TaskSlot { state: dead, base: None, kill: None });
+                    runner.tasks.insert(name, slot(task, dead));
                 }
                 (Ok(prepared), None) => {
-                    let slot = AllocRunner::spawn(&name, prepared, ctx, state, handle);
-                    runner.tasks.insert(name, slot);
+                    let state = base.clone().unwrap_or_else(TaskState::pending);
+                    let mut new = TaskSlot { base, prepared: Some(prepared), ..slot(task, state) };
+                    if let Some(handle) = handle {
+                        // It was running: re-attach now, whatever its stage.
+                        runner.spawn(&name, &mut new, Some(handle));
+                    }
+                    runner.tasks.insert(name, new);
                 }
             }
         }
+        runner.advance();
         runner
     }
 
@@ -241,34 +315,127 @@ impl AllocRunner {
             job_type: alloc.job.job_type,
             restart_policy: group.restart_policy.clone(),
             kill_timeout: nanos(task.kill_timeout_ns),
+            lifecycle: task.lifecycle,
         };
         Ok(Prepared { driver, spec, config })
     }
 
-    /// Starts the task runner thread of one task.
-    fn spawn(
-        name: &str,
-        prepared: Prepared,
-        ctx: &AllocContext,
-        base: Option<TaskState>,
-        handle: Option<TaskHandle>,
-    ) -> TaskSlot {
-        let Prepared { driver, spec, config } = prepared;
+    /// Starts the task runner thread of one task (re-attaching to `handle`
+    /// when it was recovered running).
+    fn spawn(&self, name: &str, slot: &mut TaskSlot, handle: Option<TaskHandle>) {
+        assert!(!slot.launched, "task {name} launched twice");
+        let Some(Prepared { driver, spec, config }) = slot.prepared.take() else {
+            // Only prepared tasks are ever left pending and unlaunched.
+            unreachable!("task {name} has nothing to start");
+        };
+        slot.launched = true;
         let alloc_id = spec.alloc_id.clone();
-        let runner = TaskRunner::new(driver, spec, config, Arc::clone(&ctx.clock), ctx.updates.clone());
+        let runner = TaskRunner::new(driver, spec, config, Arc::clone(&self.clock), self.updates.clone());
         let kill = runner.kill_handle();
         let thread_name = format!("task-{}-{name}", alloc_id.get(..8).unwrap_or(&alloc_id));
         let spawned = std::thread::Builder::new().name(thread_name).spawn(move || match handle {
             Some(handle) => runner.run_recovered(handle),
             None => runner.run(),
         });
-        let state = base.clone().unwrap_or_else(TaskState::pending);
         match spawned {
-            Ok(_) => TaskSlot { state, base, kill: Some(kill) },
+            Ok(_) => slot.kill = Some(kill),
             Err(err) => {
                 let message = format!("failed to start the task runner thread: {err}");
-                let dead = dead_state("Setup Failure", &message, true, ctx.clock.now_ns());
-                TaskSlot { state: dead, base: None, kill: None }
+                slot.state = dead_state("Setup Failure", &message, true, self.clock.now_ns());
+                slot.base = None;
+            }
+        }
+    }
+
+    /// Applies the lifecycle decisions until none is left: starts the
+    /// tasks whose turn came, kills and buries the ones whose time is up.
+    fn advance(&mut self) {
+        let rounds_max = decide_rounds_max(self.tasks.len());
+        for _ in 0..rounds_max {
+            let views: Vec<TaskView> = self.tasks.values().map(TaskSlot::view).collect();
+            let actions = decide(&views, self.stopped);
+            if actions.is_empty() {
+                return;
+            }
+            let names: Vec<String> = self.tasks.keys().cloned().collect();
+            let now = self.clock.now_ns();
+            let mut kills: Vec<(KillHandle, Option<TaskEvent>, u8)> = Vec::new();
+            for action in actions {
+                match action {
+                    Action::Start(index) => {
+                        let name = &names[index];
+                        tracing::debug!(alloc = %self.alloc.id, task = %name, "starting task");
+                        let mut slot = self.tasks.remove(name).unwrap_or_else(|| unreachable!("task {name} listed"));
+                        self.spawn(name, &mut slot, None);
+                        self.tasks.insert(name.clone(), slot);
+                    }
+                    Action::Kill(index, reason) => {
+                        let failed = failed_name(&names, reason);
+                        let slot = self.slot_at(&names, index);
+                        slot.killing = true;
+                        // Stop sends no event of its own but "Killing"; the
+                        // others say why.
+                        let event = (reason != EndReason::Stopped).then(|| end_event(reason, failed, now));
+                        // Nomad's order: the leader, then the other tasks, sidecars last.
+                        let order = if slot.leader {
+                            0
+                        } else if slot.stage.is_sidecar() {
+                            2
+                        } else {
+                            1
+                        };
+                        if let Some(kill) = slot.kill.clone() {
+                            kills.push((kill, event, order));
+                        }
+                    }
+                    Action::Skip(index, reason) => {
+                        let failed = failed_name(&names, reason);
+                        let slot = self.slot_at(&names, index);
+                        slot.prepared = None;
+                        slot.state.push_event(end_event(reason, failed, now));
+                        slot.state.state = TaskLifecycleState::Dead;
+                        slot.state.failed = false;
+                        slot.state.finished_at_ns = now;
+                    }
+                }
+            }
+            self.kill(kills);
+        }
+        // Every round changes a task for good, so the rounds are bounded;
+        // only kills that could not be sent are asked again. The next
+        // change of a task tries again.
+        tracing::error!(alloc = %self.alloc.id, rounds_max, "lifecycle decisions did not settle");
+    }
+
+    fn slot_at(&mut self, names: &[String], index: usize) -> &mut TaskSlot {
+        let name = &names[index];
+        self.tasks.get_mut(name).unwrap_or_else(|| unreachable!("task {name} listed"))
+    }
+
+    /// Kills tasks on a thread of its own, each with its kill timeout; the
+    /// tasks report "Killing" and "Killed" as they go. Lower `order` first.
+    fn kill(&mut self, mut kills: Vec<(KillHandle, Option<TaskEvent>, u8)>) {
+        if kills.is_empty() {
+            return;
+        }
+        kills.sort_by_key(|(_, _, order)| *order);
+        let name = format!("kill-{}", self.alloc.id.to_string().get(..8).unwrap_or_default());
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            for order in 0..=2u8 {
+                std::thread::scope(|scope| {
+                    for (kill, event, _) in kills.iter().filter(|(_, _, o)| *o == order) {
+                        scope.spawn(move || kill.kill_because(event.clone()));
+                    }
+                });
+            }
+        });
+        if let Err(err) = spawned {
+            tracing::error!(alloc = %self.alloc.id, %err, "cannot start a thread to kill the tasks");
+            // Asked again at the next change.
+            for slot in self.tasks.values_mut() {
+                if slot.state.state != TaskLifecycleState::Dead {
+                    slot.killing = false;
+                }
             }
         }
     }
@@ -282,8 +449,9 @@ impl AllocRunner {
     }
 
     /// Takes a task runner's report; returns the task's state as the
-    /// allocation reports it, or `None` for a task it does not know. A
-    /// task that failed for good kills its siblings.
+    /// allocation reports it, or `None` for a task it does not know. Then
+    /// starts, kills or buries what the change calls for: the next
+    /// lifecycle stage, the siblings of a task that failed for good.
     pub fn on_task_update(&mut self, update: &TaskStateUpdate) -> Option<TaskState> {
         let slot = self.tasks.get_mut(&update.task_name)?;
         slot.state = match &slot.base {
@@ -294,10 +462,10 @@ impl AllocRunner {
             slot.kill = None;
         }
         let state = slot.state.clone();
-        if state.state == TaskLifecycleState::Dead && state.failed && !self.killing {
-            tracing::info!(alloc = %self.alloc.id, task = %update.task_name, "task failed; killing its siblings");
-            self.kill_all();
+        if state.state == TaskLifecycleState::Dead && state.failed {
+            tracing::info!(alloc = %self.alloc.id, task = %update.task_name, "task failed");
         }
+        self.advance();
         Some(state)
     }
 
@@ -312,30 +480,15 @@ impl AllocRunner {
         }
     }
 
-    /// Kills every task that still runs, each with its kill timeout, on
-    /// threads of their own; the tasks report "Killing" and "Killed" as they
-    /// go. Calling it again does nothing.
+    /// Stops the allocation: kills every task that still runs but the
+    /// poststop ones (which then run), and starts nothing else. Calling it
+    /// again does nothing.
     pub fn kill_all(&mut self) {
-        if self.killing {
+        if self.stopped {
             return;
         }
-        self.killing = true;
-        let kills: Vec<KillHandle> = self.tasks.values().filter_map(|slot| slot.kill.clone()).collect();
-        if kills.is_empty() {
-            return;
-        }
-        let name = format!("kill-{}", self.alloc.id.to_string().get(..8).unwrap_or_default());
-        let spawned = std::thread::Builder::new().name(name).spawn(move || {
-            std::thread::scope(|scope| {
-                for kill in &kills {
-                    scope.spawn(move || kill.kill());
-                }
-            });
-        });
-        if let Err(err) = spawned {
-            tracing::error!(alloc = %self.alloc.id, %err, "cannot start a thread to kill the tasks");
-            self.killing = false;
-        }
+        self.stopped = true;
+        self.advance();
     }
 
     /// Every task is dead: nothing of the allocation runs any more.
@@ -366,6 +519,14 @@ impl AllocRunner {
     }
 }
 
+/// The failed task an end reason names.
+fn failed_name(names: &[String], reason: EndReason) -> Option<&str> {
+    match reason {
+        EndReason::SiblingFailed(index) => names.get(index).map(String::as_str),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,19 +547,14 @@ mod tests {
         assert_eq!(status(&[]), ClientStatus::Complete);
     }
 
-    #[test]
-    fn an_unknown_driver_fails_the_allocation_before_anything_starts() {
+    fn context(root: &Path, updates: Sender<TaskStateUpdate>) -> AllocContext {
         use caravan_engine::clock::SystemClock;
-        use caravan_engine::ids::IdGen;
-        use caravan_engine::model::{Job, JobType, Task, TaskGroup};
 
         use crate::client::driver::raw_exec::RawExecDriver;
 
-        let root = tempfile::tempdir().unwrap();
-        let (updates, received) = std::sync::mpsc::channel();
-        let ctx = AllocContext {
+        AllocContext {
             drivers: [("raw_exec".to_string(), Arc::new(RawExecDriver::new()) as Arc<dyn Driver>)].into(),
-            alloc_root: root.path().to_path_buf(),
+            alloc_root: root.to_path_buf(),
             node: NodeEnv {
                 region: "global".into(),
                 datacenter: "dc1".into(),
@@ -408,7 +564,54 @@ mod tests {
             },
             clock: Arc::new(SystemClock),
             updates,
+        }
+    }
+
+    #[test]
+    fn a_restored_allocation_does_not_rerun_its_finished_prestart_task() {
+        use caravan_engine::ids::IdGen;
+        use caravan_engine::model::{ConfigValue, Job, JobType, LifecycleHook, Task, TaskGroup, TaskLifecycle};
+
+        use crate::client::state_db::{StoredAlloc, StoredTask};
+
+        let root = tempfile::tempdir().unwrap();
+        let (updates, received) = std::sync::mpsc::channel();
+        let ctx = context(root.path(), updates);
+        let command = |path: &str| {
+            ConfigValue::Map([(Arc::from("command"), ConfigValue::String(path.into()))].into_iter().collect())
         };
+        // The prestart task would fail if it ran again.
+        let mut init = Task::new("init", "raw_exec");
+        init.config = command("/bin/false");
+        init.lifecycle = Some(TaskLifecycle { hook: LifecycleHook::Prestart, sidecar: false });
+        let mut main = Task::new("t", "raw_exec");
+        main.config = command("/bin/true");
+        let job =
+            Arc::new(Job::new("j", JobType::Batch, vec![TaskGroup::new("g", 1, JobType::Batch, vec![init, main])]));
+        let alloc = crate::client::testing::alloc(&mut IdGen::with_seed(4), &job, 0);
+        let mut done = TaskState::pending();
+        done.state = TaskLifecycleState::Dead;
+        let stored = StoredAlloc {
+            alloc,
+            tasks: [("init".to_string(), StoredTask { state: done, handle: None })].into_iter().collect(),
+        };
+        let mut runner = AllocRunner::restore(stored, &ctx);
+        while !runner.is_finished() {
+            let update = received.recv_timeout(Duration::from_secs(60)).expect("task updates");
+            assert_eq!(update.task_name, "t", "only the main task runs");
+            runner.on_task_update(&update);
+        }
+        assert_eq!(runner.client_status().0, ClientStatus::Complete);
+    }
+
+    #[test]
+    fn an_unknown_driver_fails_the_allocation_before_anything_starts() {
+        use caravan_engine::ids::IdGen;
+        use caravan_engine::model::{Job, JobType, Task, TaskGroup};
+
+        let root = tempfile::tempdir().unwrap();
+        let (updates, received) = std::sync::mpsc::channel();
+        let ctx = context(root.path(), updates);
         let tasks = vec![Task::new("web", "raw_exec"), Task::new("gpu", "no-such-driver")];
         let job = Arc::new(Job::new("j", JobType::Service, vec![TaskGroup::new("g", 1, JobType::Service, tasks)]));
         let alloc = crate::client::testing::alloc(&mut IdGen::with_seed(3), &job, 0);

@@ -26,6 +26,16 @@ const TASK_STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("task_sta
 /// `<alloc id>/<task>` → JSON of the running task's [`TaskHandle`].
 const TASK_HANDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("task_handles");
 
+/// Starts every archived record, so a record of another layout is
+/// recognised and skipped instead of misread (rkyv archives carry no schema).
+const RECORD_MAGIC: [u8; 4] = *b"CVDB";
+
+/// Bumped whenever the archived layout of a stored model type changes
+/// (2: tasks gained `lifecycle`).
+pub const RECORD_FORMAT_VERSION: u8 = 2;
+
+const RECORD_HEADER_LEN: usize = RECORD_MAGIC.len() + 1;
+
 /// Errors of the state database.
 #[derive(Debug, thiserror::Error)]
 pub enum StateDbError {
@@ -87,12 +97,32 @@ fn split_task_key(key: &str) -> Option<(AllocId, &str)> {
     Some((alloc.parse().ok()?, task))
 }
 
-fn unarchive<T>(bytes: &[u8]) -> Option<T>
+/// `value` as a record: magic, version, rkyv archive.
+fn archive<T>(value: &T) -> Result<Vec<u8>, rancor::Error>
+where
+    T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+        >,
+{
+    let bytes = rkyv::to_bytes::<rancor::Error>(value)?;
+    let mut record = Vec::with_capacity(RECORD_HEADER_LEN + bytes.len());
+    record.extend_from_slice(&RECORD_MAGIC);
+    record.push(RECORD_FORMAT_VERSION);
+    record.extend_from_slice(&bytes);
+    Ok(record)
+}
+
+/// The value of a record of this version; `None` for any other record.
+fn unarchive<T>(record: &[u8]) -> Option<T>
 where
     T: rkyv::Archive,
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
         + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
 {
+    let (header, bytes) = record.split_at_checked(RECORD_HEADER_LEN)?;
+    if header[..RECORD_MAGIC.len()] != RECORD_MAGIC || header[RECORD_MAGIC.len()] != RECORD_FORMAT_VERSION {
+        return None;
+    }
     // redb hands out unaligned slices; rkyv reads aligned archives.
     let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
     aligned.extend_from_slice(bytes);
@@ -132,7 +162,7 @@ impl StateDb {
             for change in changes {
                 match change {
                     StateChange::PutAlloc(alloc) => {
-                        let bytes = rkyv::to_bytes::<rancor::Error>(&**alloc).map_err(|err| StateDbError::Encode {
+                        let bytes = archive(&**alloc).map_err(|err| StateDbError::Encode {
                             what: format!("allocation {}", alloc.id),
                             message: err.to_string(),
                         })?;
@@ -142,8 +172,7 @@ impl StateDb {
                         let key = task_key(*alloc_id, task_name);
                         let encode_err =
                             |message: String| StateDbError::Encode { what: format!("task {key}"), message };
-                        let bytes =
-                            rkyv::to_bytes::<rancor::Error>(&**state).map_err(|err| encode_err(err.to_string()))?;
+                        let bytes = archive(&**state).map_err(|err| encode_err(err.to_string()))?;
                         states.insert(key.as_str(), bytes.as_slice()).map_err(db_err)?;
                         match handle {
                             Some(handle) => {

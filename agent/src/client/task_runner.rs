@@ -19,7 +19,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use caravan_engine::clock::Clock;
-use caravan_engine::model::{JobType, RestartMode, RestartPolicy, TaskEvent, TaskLifecycleState, TaskState, TimeNs};
+use caravan_engine::model::{
+    JobType, LifecycleHook, RestartMode, RestartPolicy, TaskEvent, TaskLifecycle, TaskLifecycleState, TaskState, TimeNs,
+};
 
 use super::driver::{Driver, DriverError, ExitResult, TaskHandle, TaskSpec};
 
@@ -31,6 +33,8 @@ pub struct TaskRunnerConfig {
     pub restart_policy: RestartPolicy,
     /// Time between SIGTERM and SIGKILL when the task is killed.
     pub kill_timeout: Duration,
+    /// The task's lifecycle hook: whether a successful exit completes it.
+    pub lifecycle: Option<TaskLifecycle>,
 }
 
 /// One state change of a task, for the alloc runner.
@@ -102,12 +106,21 @@ impl KillHandle {
     /// the runner from restarting it. Returns once the task is gone; a second
     /// call does nothing.
     pub fn kill(&self) {
+        self.kill_because(None);
+    }
+
+    /// [`KillHandle::kill`], with `reason` (a sibling failed, the main
+    /// tasks are done) as the task's event before "Killing".
+    pub fn kill_because(&self, reason: Option<TaskEvent>) {
         let handle = {
             let mut inner = self.shared.lock();
             if inner.kill_requested {
                 return;
             }
             inner.kill_requested = true;
+            if let Some(reason) = reason {
+                inner.state.push_event(reason);
+            }
             let now = self.shared.clock.now_ns();
             inner.state.push_event(TaskEvent::new(
                 "Killing",
@@ -144,19 +157,36 @@ enum Decision {
 #[derive(Debug)]
 struct RestartTracker {
     policy: RestartPolicy,
-    batch: bool,
+    /// A successful exit counts as a restart rather than completing the task.
+    restart_on_success: bool,
     count: u32,
     interval_start_ns: TimeNs,
 }
 
+/// Whether a successful exit restarts the task (Nomad's
+/// `NewRestartTracker`): services restart, batch tasks complete; a sidecar
+/// restarts in any job, and other hooks complete in any job.
+fn restarts_on_success(job_type: JobType, lifecycle: Option<TaskLifecycle>) -> bool {
+    match lifecycle {
+        None => !matches!(job_type, JobType::Batch | JobType::SysBatch),
+        Some(TaskLifecycle { hook: LifecycleHook::Poststop, .. }) => false,
+        Some(TaskLifecycle { sidecar, .. }) => sidecar,
+    }
+}
+
 impl RestartTracker {
-    fn new(policy: RestartPolicy, job_type: JobType, now_ns: TimeNs) -> RestartTracker {
-        let batch = matches!(job_type, JobType::Batch | JobType::SysBatch);
-        RestartTracker { policy, batch, count: 0, interval_start_ns: now_ns }
+    fn new(
+        policy: RestartPolicy,
+        job_type: JobType,
+        lifecycle: Option<TaskLifecycle>,
+        now_ns: TimeNs,
+    ) -> RestartTracker {
+        let restart_on_success = restarts_on_success(job_type, lifecycle);
+        RestartTracker { policy, restart_on_success, count: 0, interval_start_ns: now_ns }
     }
 
     fn decide(&mut self, exit: &ExitResult, now_ns: TimeNs) -> Decision {
-        if self.batch && exit.successful() {
+        if !self.restart_on_success && exit.successful() {
             return Decision::Complete;
         }
         if now_ns.saturating_sub(self.interval_start_ns) > self.policy.interval_ns {
@@ -278,8 +308,12 @@ impl TaskRunner {
             event.fails_task = true;
             return self.finish(true, Some(event));
         }
-        let mut tracker =
-            RestartTracker::new(self.config.restart_policy.clone(), self.config.job_type, self.shared.clock.now_ns());
+        let mut tracker = RestartTracker::new(
+            self.config.restart_policy.clone(),
+            self.config.job_type,
+            self.config.lifecycle,
+            self.shared.clock.now_ns(),
+        );
         let mut set_up = false;
         loop {
             if self.kill_requested() {
@@ -450,7 +484,7 @@ mod tests {
 
     #[test]
     fn fail_mode_stops_after_attempts_within_interval() {
-        let mut tracker = RestartTracker::new(policy(2, RestartMode::Fail), JobType::Service, 0);
+        let mut tracker = RestartTracker::new(policy(2, RestartMode::Fail), JobType::Service, None, 0);
         assert!(matches!(tracker.decide(&failed(), SECOND_NS), Decision::Restart { .. }));
         assert!(matches!(tracker.decide(&failed(), 2 * SECOND_NS), Decision::Restart { .. }));
         assert!(matches!(tracker.decide(&failed(), 3 * SECOND_NS), Decision::NotRestarting { .. }));
@@ -458,7 +492,7 @@ mod tests {
 
     #[test]
     fn interval_resets_the_count() {
-        let mut tracker = RestartTracker::new(policy(1, RestartMode::Fail), JobType::Service, 0);
+        let mut tracker = RestartTracker::new(policy(1, RestartMode::Fail), JobType::Service, None, 0);
         assert!(matches!(tracker.decide(&failed(), SECOND_NS), Decision::Restart { .. }));
         // 11 s after the interval began: a new interval, a fresh attempt.
         assert!(matches!(tracker.decide(&failed(), 11 * SECOND_NS), Decision::Restart { .. }));
@@ -467,7 +501,7 @@ mod tests {
 
     #[test]
     fn delay_mode_waits_for_the_interval_end() {
-        let mut tracker = RestartTracker::new(policy(1, RestartMode::Delay), JobType::Service, 0);
+        let mut tracker = RestartTracker::new(policy(1, RestartMode::Delay), JobType::Service, None, 0);
         assert!(matches!(tracker.decide(&failed(), SECOND_NS), Decision::Restart { .. }));
         let Decision::Restart { delay, .. } = tracker.decide(&failed(), 4 * SECOND_NS) else {
             panic!("delay mode restarts");
@@ -478,9 +512,28 @@ mod tests {
     #[test]
     fn batch_success_completes_and_service_success_restarts() {
         let ok = ExitResult::default();
-        let mut batch = RestartTracker::new(policy(0, RestartMode::Fail), JobType::Batch, 0);
+        let mut batch = RestartTracker::new(policy(0, RestartMode::Fail), JobType::Batch, None, 0);
         assert_eq!(batch.decide(&ok, 1), Decision::Complete);
-        let mut service = RestartTracker::new(policy(1, RestartMode::Fail), JobType::Service, 0);
+        let mut service = RestartTracker::new(policy(1, RestartMode::Fail), JobType::Service, None, 0);
         assert!(matches!(service.decide(&ok, 1), Decision::Restart { .. }));
+    }
+
+    #[test]
+    fn hooks_complete_on_success_and_sidecars_restart() {
+        let hook = |hook, sidecar| Some(TaskLifecycle { hook, sidecar });
+        let cases = [
+            (JobType::Service, None, true),
+            (JobType::Batch, None, false),
+            (JobType::SysBatch, None, false),
+            (JobType::Service, hook(LifecycleHook::Prestart, false), false),
+            (JobType::Batch, hook(LifecycleHook::Prestart, true), true),
+            (JobType::Service, hook(LifecycleHook::Poststart, false), false),
+            (JobType::Batch, hook(LifecycleHook::Poststart, true), true),
+            (JobType::Service, hook(LifecycleHook::Poststop, false), false),
+            (JobType::Service, hook(LifecycleHook::Poststop, true), false),
+        ];
+        for (job_type, lifecycle, restarts) in cases {
+            assert_eq!(restarts_on_success(job_type, lifecycle), restarts, "{job_type:?} {lifecycle:?}");
+        }
     }
 }

@@ -306,6 +306,45 @@ pub struct PeriodicLaunch {
     pub modify_index: u64,
 }
 
+/// When a task with a `lifecycle` block runs relative to its group's main
+/// tasks (Nomad's `TaskLifecycleConfig.Hook`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum LifecycleHook {
+    /// Before the main tasks: they start once it completed successfully
+    /// (or, for a sidecar, once it runs).
+    Prestart,
+    /// Once every main task is running.
+    Poststart,
+    /// Once every other task is dead, the allocation stopped or not.
+    Poststop,
+}
+
+impl LifecycleHook {
+    pub const ALL: [LifecycleHook; 3] = [LifecycleHook::Prestart, LifecycleHook::Poststart, LifecycleHook::Poststop];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LifecycleHook::Prestart => "prestart",
+            LifecycleHook::Poststart => "poststart",
+            LifecycleHook::Poststop => "poststop",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LifecycleHook> {
+        LifecycleHook::ALL.into_iter().find(|hook| hook.as_str() == s)
+    }
+}
+
+/// `lifecycle { hook = ..., sidecar = ... }` (Nomad's `TaskLifecycleConfig`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TaskLifecycle {
+    pub hook: LifecycleHook,
+    /// Keeps running beside the main tasks (restarted even after a
+    /// successful exit) and is killed when they are done. Meaningless for
+    /// `poststop`.
+    pub sidecar: bool,
+}
+
 /// One process or container.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Task {
@@ -325,6 +364,8 @@ pub struct Task {
     pub meta: BTreeMap<Arc<str>, Arc<str>>,
     pub kill_timeout_ns: i64,
     pub leader: bool,
+    /// `None` for a main task.
+    pub lifecycle: Option<TaskLifecycle>,
 }
 
 impl Task {
@@ -342,7 +383,13 @@ impl Task {
             meta: BTreeMap::new(),
             kill_timeout_ns: 5 * SECOND_NS,
             leader: false,
+            lifecycle: None,
         }
+    }
+
+    /// A task without a lifecycle hook: the group's reason to exist.
+    pub fn is_main(&self) -> bool {
+        self.lifecycle.is_none()
     }
 }
 

@@ -397,7 +397,6 @@ impl Cx {
 
     fn task(&mut self, path: &str, t: Task, group_restart: &model::RestartPolicy) -> model::Task {
         self.unsupported(path, "Services", &t.services);
-        self.unsupported(path, "Lifecycle", &t.lifecycle);
         self.unsupported(path, "Artifacts", &t.artifacts);
         self.unsupported(path, "Templates", &t.templates);
         self.unsupported(path, "Vault", &t.vault);
@@ -417,6 +416,7 @@ impl Cx {
         task.affinities = self.affinities(path, "Affinities", t.affinities);
         task.kill_timeout_ns = self.duration(path, "KillTimeout", t.kill_timeout, DEFAULT_KILL_TIMEOUT_NS);
         task.leader = t.leader.unwrap_or(false);
+        task.lifecycle = self.lifecycle(path, t.lifecycle.as_ref());
         if let Some(r) = &t.restart_policy {
             let restart_path = join(path, "RestartPolicy");
             let merged = self.restart(&restart_path, group_restart.clone(), r);
@@ -431,6 +431,39 @@ impl Cx {
             task.resources = self.resources(&join(path, "Resources"), r);
         }
         task
+    }
+
+    /// `Lifecycle`: `Hook` (prestart, poststart, poststop) and `Sidecar`. An
+    /// empty hook means no lifecycle, as in `api.Task.Canonicalize`.
+    fn lifecycle(&mut self, path: &str, v: Option<&Value>) -> Option<model::TaskLifecycle> {
+        let v = v.filter(|v| !v.is_null())?;
+        let path = join(path, "Lifecycle");
+        let Some(obj) = v.as_object() else {
+            self.p.push(&path, "must be an object");
+            return None;
+        };
+        let sidecar = match obj.get("Sidecar") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                self.problem(&path, "Sidecar", "must be a boolean");
+                false
+            }
+        };
+        let hook = match obj.get("Hook") {
+            None | Some(Value::Null) => return None,
+            Some(Value::String(h)) if h.is_empty() => return None,
+            Some(Value::String(h)) => model::LifecycleHook::parse(h)
+                .ok_or_else(|| format!("invalid hook {h:?}: must be \"prestart\", \"poststart\" or \"poststop\"")),
+            Some(_) => Err("must be a string".to_string()),
+        };
+        match hook {
+            Ok(hook) => Some(model::TaskLifecycle { hook, sidecar }),
+            Err(message) => {
+                self.problem(&path, "Hook", message);
+                None
+            }
+        }
     }
 
     fn resources(&mut self, path: &str, r: Resources) -> model::TaskResources {

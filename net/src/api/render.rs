@@ -155,6 +155,10 @@ fn task(t: &model::Task) -> api::Task {
         meta: Some(map(&t.meta)),
         kill_timeout: Some(t.kill_timeout_ns),
         leader: Some(t.leader),
+        // `Some(Null)` renders `"Lifecycle": null`, as Nomad shows a main task.
+        lifecycle: Some(
+            t.lifecycle.map_or(Value::Null, |l| serde_json::json!({"Hook": l.hook.as_str(), "Sidecar": l.sidecar})),
+        ),
         ..Default::default()
     }
 }

@@ -26,7 +26,7 @@ pub const COMMAND_MAGIC: [u8; 4] = *b"CVNC";
 
 /// Bumped whenever the archived layout of `Command` changes: a server must
 /// refuse entries it would misread (rkyv archives carry no schema).
-/// 2: `Job::periodic` and `Command::PeriodicLaunch` (periodic jobs).
+/// 2: `Job::periodic` and `Command::PeriodicLaunch` (periodic jobs), `Task::lifecycle`.
 pub const COMMAND_FORMAT_VERSION: u8 = 2;
 
 /// Magic, version, archive length, archive crc32.

@@ -43,7 +43,7 @@ use super::WireError;
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CVNSNAP\0";
 
 /// Bumped whenever the layout or any archived model type changes.
-/// 2: `Job::periodic` and the periodic launch records.
+/// 2: `Job::periodic` and the periodic launch records, `Task::lifecycle`.
 pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
 
 /// The largest chunk payload written or accepted. The reader allocates a

@@ -12,9 +12,9 @@ use caravan_engine::intern::Sym;
 use caravan_engine::model::{
     Affinity, AllocClientUpdate, AllocMetric, AllocPreemption, AllocStop, Allocation, AssignedDevice, AssignedPort,
     ClientStatus, ConfigValue, Constraint, ConstraintOp, Deployment, DeploymentStatus, DesiredTransition,
-    DrainStrategy, EvalStatus, Evaluation, Job, JobType, MigrateStrategy, Node, NodeStatus, Periodic, PortRequest,
-    RescheduleEvent, RescheduleTracker, SECOND_NS, SchedulingEligibility, Spread, SpreadTarget, TaskEvent,
-    TaskLifecycleState, TaskState, UpdateStrategy,
+    DrainStrategy, EvalStatus, Evaluation, Job, JobType, LifecycleHook, MigrateStrategy, Node, NodeStatus, Periodic,
+    PortRequest, RescheduleEvent, RescheduleTracker, SECOND_NS, SchedulingEligibility, Spread, SpreadTarget, TaskEvent,
+    TaskLifecycle, TaskLifecycleState, TaskState, UpdateStrategy,
 };
 use caravan_engine::sim::SimCluster;
 use caravan_engine::state::{SchedulerAlgorithm, SchedulerConfig, State};
@@ -57,6 +57,11 @@ fn rich_job(id: &str) -> Job {
         ConfigValue::List(vec![ConfigValue::Int(-3), ConfigValue::Map(inner), ConfigValue::List(vec![])]),
     );
     task.config = ConfigValue::Map(config);
+    let mut init = group.tasks[0].clone();
+    init.name = "init".into();
+    init.resources.devices.clear();
+    init.lifecycle = Some(TaskLifecycle { hook: LifecycleHook::Prestart, sidecar: true });
+    group.tasks.push(init);
     job
 }
 
@@ -322,7 +327,8 @@ fn command_header_is_checked() {
     future[4] = COMMAND_FORMAT_VERSION + 1;
     let err = decode_commands(&future).unwrap_err();
     assert!(matches!(err, WireError::UnsupportedVersion { found, .. } if found == COMMAND_FORMAT_VERSION + 1));
-    assert!(err.to_string().contains("unsupported command batch format version 3"), "{err}");
+    let expected = format!("unsupported command batch format version {}", COMMAND_FORMAT_VERSION + 1);
+    assert!(err.to_string().contains(&expected), "{err}");
 }
 
 /// A small deterministic generator for the mutation loops (no dependency).
