@@ -109,6 +109,12 @@ const UPDATE_QUEUE_MAX: usize = crate::rpc::server::CONNECTIONS_MAX;
 /// leader change without holding more threads than raft can keep busy.
 pub const CLIENT_WRITERS: usize = 4;
 
+/// Registrations and status transitions committed in one raft entry: a
+/// node's fingerprint encodes to a few KiB, so 256 keep an entry around a
+/// MiB (well under the RPC body limit a follower's forwarded entry must
+/// fit) while 10,000 registering nodes need only some 40 entries.
+const NODE_WRITES_PER_ENTRY_MAX: usize = 256;
+
 /// Registrations and status transitions queued for the writers; past it
 /// callers get [`ErrorCode::OVERLOADED`] and back off.
 const WRITE_QUEUE_MAX: usize = 1024;
@@ -601,27 +607,76 @@ impl ClientRpc {
         self.committer().commit(command).map_err(|e| RemoteError::new(WRITE_FAILED, e.0))
     }
 
+    fn commit_all(&self, commands: &[Command]) -> Result<u64, RemoteError> {
+        self.committer().commit_all(commands).map_err(|e| RemoteError::new(WRITE_FAILED, e.0))
+    }
+
+    /// Take whatever registrations and status transitions are queued (up
+    /// to [`NODE_WRITES_PER_ENTRY_MAX`]) and commit them as one entry: a
+    /// register storm (every client after a leader change, a fleet coming
+    /// up) then costs one raft round trip per batch, not per node.
     fn run_writer(&self, jobs: &Mutex<Receiver<WriteJob>>) {
         while !self.stopping() {
-            let job = jobs.lock().expect("write queue poisoned").recv_timeout(THREAD_SLICE);
-            match job {
-                Ok(WriteJob::Register { node, reply }) => {
-                    let _ = reply.send(self.commit_register(*node));
+            let batch = {
+                let queue = jobs.lock().expect("write queue poisoned");
+                match queue.recv_timeout(THREAD_SLICE) {
+                    Ok(first) => {
+                        let mut batch = vec![first];
+                        while batch.len() < NODE_WRITES_PER_ENTRY_MAX {
+                            match queue.try_recv() {
+                                Ok(more) => batch.push(more),
+                                Err(_) => break,
+                            }
+                        }
+                        batch
+                    }
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
-                Ok(WriteJob::MarkReady { node_id, reply }) => {
-                    let _ = reply.send(self.commit_ready(node_id));
+            };
+            self.commit_node_writes(batch);
+        }
+    }
+
+    /// Build each write's command from one snapshot, commit them together,
+    /// then restart each node's heartbeat timer and answer its caller.
+    /// Writes are independent (one node each), so one state serves all; a
+    /// node twice in one batch registers twice, which is harmless. A failed
+    /// entry fails every caller in it: each retries on its own.
+    fn commit_node_writes(&self, batch: Vec<WriteJob>) {
+        let state = self.store.snapshot();
+        let mut commands = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::with_capacity(batch.len());
+        for job in batch {
+            let (node_id, reply, command) = match job {
+                WriteJob::Register { node, reply } => (node.id, reply, self.register_command(&state, *node)),
+                WriteJob::MarkReady { node_id, reply } => (node_id, reply, self.ready_command(&state, node_id)),
+            };
+            match command {
+                Ok(command) => {
+                    commands.extend(command);
+                    waiting.push((node_id, reply));
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
             }
+        }
+        let committed = if commands.is_empty() { Ok(state.index()) } else { self.commit_all(&commands) };
+        let node_count = self.store.snapshot().node_count();
+        let now = self.clock.now_ns();
+        for (node_id, reply) in waiting {
+            let answer = committed
+                .clone()
+                .and_then(|_| self.heartbeats.heartbeat(node_id, node_count, now).map_err(|_| self.not_leader()));
+            let _ = reply.send(answer);
         }
     }
 
     /// Nomad's `Node.Register`: the client's fingerprint, the servers' own
     /// fields (drain, eligibility) kept, status ready; evals when the node
     /// is new or becomes ready, not on every re-registration.
-    fn commit_register(&self, mut node: Node) -> Result<Duration, RemoteError> {
-        let state = self.store.snapshot();
+    fn register_command(&self, state: &State, mut node: Node) -> Result<Option<Command>, RemoteError> {
         let existing = state.node(node.id).cloned();
         if let Some(old) = &existing {
             node.drain = old.drain.clone();
@@ -631,38 +686,34 @@ impl ClientRpc {
         node.status_updated_at_ns = self.clock.now_ns();
         let command = {
             let mut ids = self.ids.lock().expect("ids poisoned");
-            endpoints::register_node(&state, node.clone(), self.clock.now_ns(), &mut ids).map_err(endpoint_error)?
+            endpoints::register_node(state, node, self.clock.now_ns(), &mut ids).map_err(endpoint_error)?
         };
-        let command = match command {
+        Ok(Some(match command {
             Command::NodeRegister { node, .. }
                 if existing.as_ref().is_some_and(|old| old.status == NodeStatus::Ready) =>
             {
                 Command::NodeRegister { node, evals: Vec::new() }
             }
             other => other,
-        };
-        self.commit(command)?;
-        let count = self.store.snapshot().node_count();
-        self.heartbeats.heartbeat(node.id, count, self.clock.now_ns()).map_err(|_| self.not_leader())
+        }))
     }
 
     /// Nomad's `Node.UpdateStatus` from a heartbeat: down or initializing
-    /// becomes ready (with node evals), then the timer restarts.
-    fn commit_ready(&self, node_id: NodeId) -> Result<Duration, RemoteError> {
-        let state = self.store.snapshot();
+    /// becomes ready (with node evals); nothing to write for a ready node.
+    fn ready_command(&self, state: &State, node_id: NodeId) -> Result<Option<Command>, RemoteError> {
         let node = state
             .node(node_id)
             .ok_or_else(|| RemoteError::new(NODE_NOT_FOUND, format!("node {node_id} is not registered")))?;
-        if node.status != NodeStatus::Ready {
-            let command = {
-                let mut ids = self.ids.lock().expect("ids poisoned");
-                endpoints::update_node_status(&state, node_id, NodeStatus::Ready, self.clock.now_ns(), &mut ids)
-                    .map_err(endpoint_error)?
-            };
-            self.commit(command)?;
-            tracing::info!(node = %node_id, was = node.status.as_str(), "node heartbeated: marked ready");
+        if node.status == NodeStatus::Ready {
+            return Ok(None);
         }
-        self.heartbeats.heartbeat(node_id, state.node_count(), self.clock.now_ns()).map_err(|_| self.not_leader())
+        let command = {
+            let mut ids = self.ids.lock().expect("ids poisoned");
+            endpoints::update_node_status(state, node_id, NodeStatus::Ready, self.clock.now_ns(), &mut ids)
+                .map_err(endpoint_error)?
+        };
+        tracing::info!(node = %node_id, was = node.status.as_str(), "node heartbeated: marking ready");
+        Ok(Some(command))
     }
 
     /// Gather status reports for [`ALLOC_UPDATE_BATCH_WINDOW`] after the

@@ -42,14 +42,23 @@ impl RaftCommitter {
     }
 }
 
-impl Committer for RaftCommitter {
-    fn commit(&self, command: Command) -> Result<u64, CommitError> {
-        let bytes = wire::encode_commands(std::slice::from_ref(&command)).map_err(|e| CommitError(e.to_string()))?;
+impl RaftCommitter {
+    /// Commit several commands as one log entry (one raft round trip).
+    /// Each applies all or nothing on its own; the error, if any, is the
+    /// last failing command's, and the others stay applied.
+    pub fn commit_all(&self, commands: &[Command]) -> Result<u64, CommitError> {
+        let bytes = wire::encode_commands(commands).map_err(|e| CommitError(e.to_string()))?;
         let payload = LogPayload { bytes };
         let reply = self.propose(payload).map_err(|e| CommitError(e.to_string()))?;
         match reply.error {
             None => Ok(reply.index),
             Some(e) => Err(CommitError(e)),
         }
+    }
+}
+
+impl Committer for RaftCommitter {
+    fn commit(&self, command: Command) -> Result<u64, CommitError> {
+        self.commit_all(std::slice::from_ref(&command))
     }
 }
