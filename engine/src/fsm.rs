@@ -185,6 +185,13 @@ impl Fsm {
     pub fn apply(&self, index: u64, command: &Command) -> Result<ApplyOutcome, ApplyError> {
         self.store.write(index, |state| apply_to(state, index, command))
     }
+
+    /// Apply the commands of one log entry at `index`, each all or nothing,
+    /// and publish once: no reader sees the entry half applied (a worker
+    /// told its plan landed at `index` finds it in any state at `index`).
+    pub fn apply_all(&self, index: u64, commands: &[Command]) -> Vec<Result<ApplyOutcome, ApplyError>> {
+        self.store.write(index, |state| commands.iter().map(|command| apply_to(state, index, command)).collect())
+    }
 }
 
 /// Apply a command to a state: the FSM's own writes, and the plan applier's

@@ -42,11 +42,14 @@ impl RaftCommitter {
     }
 }
 
-impl RaftCommitter {
-    /// Commit several commands as one log entry (one raft round trip).
-    /// Each applies all or nothing on its own; the error, if any, is the
-    /// last failing command's, and the others stay applied.
-    pub fn commit_all(&self, commands: &[Command]) -> Result<u64, CommitError> {
+impl Committer for RaftCommitter {
+    fn commit(&self, command: Command) -> Result<u64, CommitError> {
+        self.commit_all(std::slice::from_ref(&command))
+    }
+
+    /// One log entry (one raft round trip). The error, if any, is the last
+    /// failing command's; the others stay applied.
+    fn commit_all(&self, commands: &[Command]) -> Result<u64, CommitError> {
         let bytes = wire::encode_commands(commands).map_err(|e| CommitError(e.to_string()))?;
         let payload = LogPayload { bytes };
         let reply = self.propose(payload).map_err(|e| CommitError(e.to_string()))?;
@@ -54,11 +57,5 @@ impl RaftCommitter {
             None => Ok(reply.index),
             Some(e) => Err(CommitError(e)),
         }
-    }
-}
-
-impl Committer for RaftCommitter {
-    fn commit(&self, command: Command) -> Result<u64, CommitError> {
-        self.commit_all(std::slice::from_ref(&command))
     }
 }

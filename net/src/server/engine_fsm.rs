@@ -69,8 +69,11 @@ impl ReplicatedFsm for EngineFsm {
             }
         };
         let mut error = None;
-        for command in &commands {
-            match self.fsm.apply(index, command) {
+        // One publish for the whole entry (an empty one still advances the
+        // index), then each applied command's events and routing.
+        let outcomes = self.fsm.apply_all(index, &commands);
+        for (command, outcome) in commands.iter().zip(outcomes) {
+            match outcome {
                 Ok(outcome) => {
                     self.events.lock().expect("events poisoned").record(index, command);
                     self.duties.route_deferred(&outcome);
@@ -78,9 +81,6 @@ impl ReplicatedFsm for EngineFsm {
                 // All or nothing per command: the state is as it was.
                 Err(e) => error = Some(e.to_string()),
             }
-        }
-        if commands.is_empty() {
-            self.fsm.store().write(index, |_| ());
         }
         ApplyReply { index, error }
     }
