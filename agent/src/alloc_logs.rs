@@ -4,6 +4,10 @@
 //! The allocation may be given by a unique id prefix; the task may be left
 //! out when the allocation runs one. `-tail` starts `-n` lines (default 10)
 //! or `-c` bytes from the end; with `-f` it then follows.
+//!
+//! `caravan alloc fs [-stat] <alloc> [<path>]`: lists a directory of the
+//! allocation (Nomad's table: mode, size, modified time, name) or prints a
+//! file, through `/v1/client/fs/{stat,ls,cat}`.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -141,6 +145,64 @@ pub(crate) fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(clap::Args, Debug)]
+pub(crate) struct FsArgs {
+    /// Show the file's or directory's information instead of its contents.
+    #[arg(long)]
+    stat: bool,
+    /// The allocation id or a unique prefix of it.
+    alloc: String,
+    /// A path relative to the allocation directory; its root when left out.
+    path: Option<String>,
+}
+
+/// `path` for a query string: every byte but unreserved ones and `/`
+/// percent-encoded.
+fn query_escape(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for byte in path.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// One row of Nomad's `alloc fs` table for an `AllocFileInfo`.
+fn file_row(file: &Value) -> Vec<String> {
+    let mut name = text(&file["Name"]);
+    if file["IsDir"] == true {
+        name.push('/');
+    }
+    vec![text(&file["FileMode"]), file["Size"].as_u64().unwrap_or(0).to_string(), text(&file["ModTime"]), name]
+}
+
+pub(crate) fn run_fs(args: FsArgs) -> anyhow::Result<ExitCode> {
+    const HEADER: [&str; 4] = ["Mode", "Size", "Modified Time", "Name"];
+    let client = ApiClient::from_env();
+    let alloc = resolve_alloc(&client, &args.alloc)?;
+    let alloc_id = text(&alloc["ID"]);
+    let path = query_escape(args.path.as_deref().unwrap_or("/"));
+    let stat = client.get(&format!("/v1/client/fs/stat/{alloc_id}?path={path}"))?;
+    if args.stat {
+        crate::reads::table(&HEADER, &[file_row(&stat)]);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if stat["IsDir"] == true {
+        let listing = client.get(&format!("/v1/client/fs/ls/{alloc_id}?path={path}"))?;
+        let rows: Vec<Vec<String>> = listing.as_array().into_iter().flatten().map(file_row).collect();
+        crate::reads::table(&HEADER, &rows);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut reader = client.get_stream(&format!("/v1/client/fs/cat/{alloc_id}?path={path}"))?;
+    let mut stdout = std::io::stdout().lock();
+    std::io::copy(&mut reader, &mut stdout).context("reading the file")?;
+    stdout.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +213,11 @@ mod tests {
         assert_eq!(last_lines(b"a\nb\nc", 2), b"b\nc");
         assert_eq!(last_lines(b"a\nb\n", 5), b"a\nb\n");
         assert_eq!(last_lines(b"", 3), b"");
+    }
+
+    #[test]
+    fn query_paths_are_escaped() {
+        assert_eq!(query_escape("/alloc/logs"), "/alloc/logs");
+        assert_eq!(query_escape("a b&c=d%"), "a%20b%26c%3Dd%25");
     }
 }

@@ -67,6 +67,8 @@ pub(crate) enum AllocCommand {
     Stop { id: String },
     /// Show a task's stdout or stderr.
     Logs(crate::alloc_logs::LogsArgs),
+    /// List a directory of an allocation or print one of its files.
+    Fs(crate::alloc_logs::FsArgs),
 }
 
 pub(crate) fn s(v: &Value) -> String {
@@ -244,6 +246,7 @@ pub(crate) fn alloc(cmd: AllocCommand) -> anyhow::Result<ExitCode> {
     let (id, json) = match cmd {
         AllocCommand::Status { id, json } => (client.resolve_id("/v1/allocations", "allocation", &id)?, json),
         AllocCommand::Logs(args) => return crate::alloc_logs::run(args),
+        AllocCommand::Fs(args) => return crate::alloc_logs::run_fs(args),
         AllocCommand::Stop { id } => {
             let id = client.resolve_id("/v1/allocations", "allocation", &id)?;
             let reply = client.post(&format!("/v1/allocation/{id}/stop"), &serde_json::json!({}))?;

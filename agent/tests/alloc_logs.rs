@@ -1,7 +1,8 @@
 //! `caravan alloc logs` against a real dev agent (server and client in one
 //! process, so the HTTP API reads the client's log files): the whole log,
 //! stderr, an id prefix, `-tail -n`, `-f` following a running task, and an
-//! unknown task refused.
+//! unknown task refused; then `caravan alloc fs` listing, stating and
+//! printing the allocation's files.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -160,6 +161,21 @@ fn alloc_logs_shows_follows_and_tails_a_tasks_output() {
     }
     let _ = follow.kill();
     let _ = follow.wait();
+
+    // `alloc fs`: the allocation directory's root listed as Nomad's table,
+    // a file printed, a path leaving the directory refused.
+    let (code, stdout, stderr) = agent.caravan(&["alloc", "fs", &alloc_id]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("Mode"), "{stdout}");
+    assert!(stdout.contains(" alloc/\n") && stdout.contains(" t/\n"), "{stdout}");
+    let (code, stdout, stderr) = agent.caravan(&["alloc", "fs", "-stat", &alloc_id, "t/local"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.lines().nth(1).is_some_and(|row| row.starts_with('d') && row.ends_with(" local/")), "{stdout}");
+    let (code, stdout, stderr) = agent.caravan(&["alloc", "fs", &alloc_id[..8], "alloc/logs/t.stderr.0"]);
+    assert_eq!((code, stdout.as_str()), (0, "err-line\n"), "{stderr}");
+    let (code, _, stderr) = agent.caravan(&["alloc", "fs", &alloc_id, "../.."]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("must not contain"), "{stderr}");
     // Stop the job and let the client kill the task: tasks outlive their
     // agent by design, so one left running would outlive the test.
     let (code, _, stderr) = agent.caravan(&["job", "stop", "logs"]);

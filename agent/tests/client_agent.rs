@@ -23,8 +23,8 @@ use caravan_engine::endpoints;
 use caravan_engine::ids::{JobKey, NodeId};
 use caravan_engine::local::{LocalCluster, LocalConfig};
 use caravan_engine::model::{
-    AllocClientUpdate, Allocation, ClientStatus, ConfigValue, Job, JobType, LifecycleHook, Node, RestartMode,
-    SECOND_NS, Task, TaskGroup, TaskLifecycle, TaskLifecycleState,
+    AllocClientUpdate, Allocation, ClientStatus, ConfigValue, Job, JobType, LifecycleHook, Node, Parameterized,
+    PayloadMode, RestartMode, SECOND_NS, Task, TaskGroup, TaskLifecycle, TaskLifecycleState,
 };
 use caravan_engine::state::{Cancel, StateStore, Table};
 
@@ -663,4 +663,33 @@ fn stopping_a_service_runs_its_poststop_task() {
     assert!(!cleanup.failed, "{:?}", task_kinds(alloc, "cleanup"));
     assert!(main.finished_at_ns <= cleanup.started_at_ns);
     assert!(alloc_dir_of(&h, alloc).join("cleaned").exists());
+}
+
+#[test]
+fn a_dispatched_task_reads_its_payload_from_local() {
+    let mut h = Harness::start();
+    let mut parent = shell_job("render", JobType::Batch, 1, "test \"$(cat local/in/input.txt)\" = 'hello payload'");
+    parent.parameterized =
+        Some(Parameterized { payload: PayloadMode::Required, meta_required: Vec::new(), meta_optional: Vec::new() });
+    parent.task_groups[0].tasks[0].dispatch_payload_file = Some("in/input.txt".into());
+    let parent_key = h.run(parent);
+    let mut child_id = None;
+    h.server
+        .with_cluster(|c| {
+            c.write(|state, ids, now| {
+                let (command, id) =
+                    endpoints::dispatch_job(state, &parent_key, b"hello payload".to_vec(), BTreeMap::new(), now, ids)?;
+                child_id = Some(id);
+                Ok(command)
+            })
+        })
+        .unwrap()
+        .unwrap();
+    let child = JobKey::new(&parent_key.namespace, &child_id.unwrap());
+    let allocs = h.wait_allocs(&child, "the dispatched allocation complete", |allocs| {
+        allocs.len() == 1 && allocs[0].client_status.is_terminal()
+    });
+    assert_eq!(allocs[0].client_status, ClientStatus::Complete, "{:#?}", allocs[0].task_states);
+    let written = std::fs::read_to_string(h.task_dir(&allocs[0]).join("local/in/input.txt")).unwrap();
+    assert_eq!(written, "hello payload");
 }

@@ -78,7 +78,8 @@ fn minimal_job_gets_every_default() {
                       "Meta": {},
                       "KillTimeout": 5000000000,
                       "Leader": false,
-                      "Lifecycle": null
+                      "Lifecycle": null,
+                      "DispatchPayload": null
                     }
                   ],
                   "RestartPolicy": {
@@ -353,5 +354,51 @@ fn bad_lifecycle_hooks_are_refused() {
     check_err(
         body.as_bytes(),
         expect![[r#"1 error: group "g": must have at least one main task (a task without a lifecycle hook)"#]],
+    );
+}
+
+#[test]
+fn dispatch_payload_round_trips() {
+    let body = with_group(
+        r#"{"Name":"g","Tasks":[
+            {"Name":"a","Driver":"exec","DispatchPayload":{"File":"input/config.json"}},
+            {"Name":"b","Driver":"exec","DispatchPayload":{"File":""}},
+            {"Name":"c","Driver":"exec","DispatchPayload":null},
+            {"Name":"d","Driver":"exec","DispatchPayload":{"File":"x/../y.txt"}}]}"#,
+    );
+    let job = decode_job_request(body.as_bytes()).unwrap();
+    let rendered = job_to_api(&job);
+    assert_eq!(job_from_api(rendered.clone()).unwrap(), job, "job_from_api(job_to_api(x)) == x");
+    let tasks = serde_json::to_value(&rendered).unwrap()["TaskGroups"][0]["Tasks"].clone();
+    let payloads: Vec<String> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| format!("{}: {}", t["Name"].as_str().unwrap(), t["DispatchPayload"]))
+        .collect();
+    expect![[r#"
+        a: {"File":"input/config.json"}
+        b: null
+        c: null
+        d: {"File":"x/../y.txt"}"#]]
+    .assert_eq(&payloads.join("\n"));
+}
+
+#[test]
+fn dispatch_payload_files_outside_local_are_refused() {
+    let body = with_group(
+        r#"{"Name":"g","Tasks":[
+            {"Name":"a","Driver":"exec","DispatchPayload":{"File":"../secrets/token"}},
+            {"Name":"b","Driver":"exec","DispatchPayload":{"File":"/etc/passwd"}},
+            {"Name":"c","Driver":"exec","DispatchPayload":{"File":"x/../../y"}},
+            {"Name":"d","Driver":"exec","DispatchPayload":{"File":"dir/"}},
+            {"Name":"e","Driver":"exec","DispatchPayload":{"File":7}},
+            {"Name":"f","Driver":"exec","DispatchPayload":"in.json"}]}"#,
+    );
+    check_err(
+        body.as_bytes(),
+        expect![[
+            r#"6 errors: TaskGroups[0].Tasks[0].DispatchPayload.File: "../secrets/token" escapes the task's local/ directory; TaskGroups[0].Tasks[1].DispatchPayload.File: "/etc/passwd" must be a path relative to the task's local/ directory, not absolute; TaskGroups[0].Tasks[2].DispatchPayload.File: "x/../../y" escapes the task's local/ directory; TaskGroups[0].Tasks[3].DispatchPayload.File: "dir/" must name a file inside the task's local/ directory; TaskGroups[0].Tasks[4].DispatchPayload.File: must be a string; TaskGroups[0].Tasks[5].DispatchPayload: must be an object"#
+        ]],
     );
 }

@@ -2,7 +2,8 @@
 //! over a temporary directory: plain and framed output, offsets from the
 //! start and the end across rotated files, bad parameters refused, unknown
 //! allocations and tasks answered 404, and a server without a local client
-//! answering 501 with the reason.
+//! answering 501 with the reason. Then the allocation's files (`ls`,
+//! `stat`, `cat`, `readat`), and requests that try to leave its directory.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -40,6 +41,13 @@ impl LocalLogs for DirLogs {
             }
         }
         Ok(files)
+    }
+
+    fn alloc_dir(&self, alloc_id: &str) -> Result<PathBuf, LocalLogsError> {
+        if alloc_id != ALLOC {
+            return Err(LocalLogsError::UnknownAlloc(alloc_id.into()));
+        }
+        Ok(self.root.join("alloc-dir"))
     }
 }
 
@@ -175,4 +183,99 @@ fn a_server_without_a_local_client_says_why() {
     assert_eq!(status, 501, "{body}");
     assert!(body.contains("no client runs in this agent") && body.contains("forward"), "{body}");
     assert!(body.contains(ALLOC), "{body}");
+    for verb in ["ls", "stat", "cat", "readat"] {
+        let (status, body) = call(addr, &format!("/v1/client/fs/{verb}/{ALLOC}?path=/"));
+        assert_eq!(status, 501, "{verb}: {body}");
+        assert!(body.contains("no client runs in this agent"), "{verb}: {body}");
+    }
+}
+
+/// An allocation directory: `alloc/logs`, a task `web` with a file in
+/// `local/`, and symlinks inside and out (`outside.txt` sits next to it).
+fn alloc_tree(test: &str) -> PathBuf {
+    let root = logs_dir(test);
+    let alloc = root.join("alloc-dir");
+    std::fs::create_dir_all(alloc.join("alloc/logs")).unwrap();
+    std::fs::create_dir_all(alloc.join("web/local")).unwrap();
+    std::fs::write(alloc.join("alloc/logs/web.stdout.0"), "log line\n").unwrap();
+    std::fs::write(alloc.join("web/local/input.txt"), "hello files\n").unwrap();
+    std::fs::write(root.join("outside.txt"), "secret\n").unwrap();
+    std::os::unix::fs::symlink("input.txt", alloc.join("web/local/inside")).unwrap();
+    std::os::unix::fs::symlink(root.join("outside.txt"), alloc.join("web/local/out-file")).unwrap();
+    std::os::unix::fs::symlink(&root, alloc.join("web/local/out-dir")).unwrap();
+    root
+}
+
+fn names_and_dirs(listing: &Value) -> Vec<String> {
+    listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| format!("{}{}", f["Name"].as_str().unwrap(), if f["IsDir"] == true { "/" } else { "" }))
+        .collect()
+}
+
+#[test]
+fn lists_stats_and_reads_an_allocations_files() {
+    let root = alloc_tree("files");
+    let addr = start(Some(Arc::new(DirLogs { root: root.clone() })));
+
+    let (status, body) = call(addr, &format!("/v1/client/fs/ls/{ALLOC}"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(names_and_dirs(&serde_json::from_str(&body).unwrap()), ["alloc/", "web/"]);
+    let (status, body) = call(addr, &format!("/v1/client/fs/ls/{ALLOC}?path=/web/local"));
+    assert_eq!(status, 200, "{body}");
+    let listing: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(names_and_dirs(&listing), ["input.txt", "inside", "out-dir", "out-file"]);
+    let input = &listing[0];
+    assert_eq!(input["Size"], 12);
+    assert!(input["FileMode"].as_str().unwrap().starts_with("-rw"), "{input}");
+    assert_eq!(input["ContentType"], "text/plain; charset=utf-8");
+    assert!(input["ModTime"].as_str().unwrap().ends_with('Z'), "{input}");
+    // Symlinks are listed as themselves, not followed.
+    assert!(listing[3]["FileMode"].as_str().unwrap().starts_with('L'), "{listing}");
+
+    let (status, body) = call(addr, &format!("/v1/client/fs/stat/{ALLOC}?path=alloc/logs"));
+    assert_eq!(status, 200, "{body}");
+    let stat: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((stat["Name"].as_str(), stat["IsDir"].as_bool()), (Some("logs"), Some(true)));
+    assert!(stat["FileMode"].as_str().unwrap().starts_with('d'), "{stat}");
+    assert!(stat.get("ContentType").is_none(), "{stat}");
+
+    let (status, body) = call(addr, &format!("/v1/client/fs/cat/{ALLOC}?path=/web/local/input.txt"));
+    assert_eq!((status, body.as_str()), (200, "hello files\n"));
+    // A symlink that stays inside is followed.
+    let (status, body) = call(addr, &format!("/v1/client/fs/cat/{ALLOC}?path=web/local/inside"));
+    assert_eq!((status, body.as_str()), (200, "hello files\n"));
+    let (status, body) = call(addr, &format!("/v1/client/fs/readat/{ALLOC}?path=web/local/input.txt&offset=6&limit=5"));
+    assert_eq!((status, body.as_str()), (200, "files"));
+    let (status, body) = call(addr, &format!("/v1/client/fs/readat/{ALLOC}?path=web/local/input.txt&offset=100"));
+    assert_eq!((status, body.as_str()), (200, ""));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn file_requests_never_leave_the_allocation_directory() {
+    let root = alloc_tree("escape");
+    let addr = start(Some(Arc::new(DirLogs { root: root.clone() })));
+    let cases = [
+        (format!("/v1/client/fs/cat/{ALLOC}?path=../outside.txt"), 400, "must not contain"),
+        (format!("/v1/client/fs/cat/{ALLOC}?path=web/../../outside.txt"), 400, "must not contain"),
+        (format!("/v1/client/fs/ls/{ALLOC}?path=/.."), 400, "must not contain"),
+        (format!("/v1/client/fs/cat/{ALLOC}?path=web/local/out-file"), 403, "outside the allocation directory"),
+        (format!("/v1/client/fs/ls/{ALLOC}?path=web/local/out-dir"), 403, "outside the allocation directory"),
+        (format!("/v1/client/fs/stat/{ALLOC}?path=web/local/out-dir/outside.txt"), 403, "outside"),
+        (format!("/v1/client/fs/cat/{ALLOC}?path=web/local/missing"), 404, "no such file"),
+        (format!("/v1/client/fs/cat/{ALLOC}?path=web/local"), 400, "is a directory"),
+        (format!("/v1/client/fs/readat/{ALLOC}?path=web/local/input.txt&offset=-3"), 400, "invalid offset"),
+        ("/v1/client/fs/ls/other?path=/".to_string(), 404, "unknown allocation"),
+        ("/v1/client/fs/stat/other?path=/".to_string(), 404, "unknown allocation"),
+    ];
+    for (path, want_status, want_text) in cases {
+        let (status, body) = call(addr, &path);
+        assert_eq!(status, want_status, "{path}: {body}");
+        assert!(body.contains(want_text), "{path}: {body}");
+        assert!(!body.contains("secret"), "{path}: {body}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
 }

@@ -393,6 +393,9 @@ fn config_blocks_become_arrays() {
         hook    = "prestart"
         sidecar = false
       }
+      dispatch_payload {
+        file = "config.json"
+      }
       kill_timeout = "1h30m"
     }
     ephemeral_disk {
@@ -443,6 +446,9 @@ fn config_blocks_become_arrays() {
                         "type": "bind"
                       }
                     ]
+                  },
+                  "DispatchPayload": {
+                    "File": "config.json"
                   },
                   "Driver": "docker",
                   "KillTimeout": 5400000000000,

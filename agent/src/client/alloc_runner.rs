@@ -173,6 +173,52 @@ fn nanos(ns: i64) -> Duration {
 /// Why a task cannot even start: the event kind and its message.
 type SetupFailure = (&'static str, String);
 
+/// Writes `payload` to `file` under `local_dir` (as Nomad's dispatch hook,
+/// without snappy: Caravan stores the payload as it was sent). The task may
+/// have planted symlinks in `local/` on an earlier run (an agent restart
+/// prepares its tasks again), so no component of the path is followed
+/// through a symlink: directories are checked and created one at a time
+/// and the file is opened with `O_NOFOLLOW`.
+pub(crate) fn write_dispatch_payload(local_dir: &Path, file: &str, payload: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+    if let Some(problem) = caravan_engine::model::dispatch_payload_file_problem(file) {
+        return Err(invalid(format!("{file:?} {problem}")));
+    }
+    // Lexically resolved: the check above guarantees `..` never climbs out.
+    let mut parts: Vec<&str> = Vec::new();
+    for part in file.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            _ => parts.push(part),
+        }
+    }
+    let (name, dirs) = parts.split_last().ok_or_else(|| invalid(format!("{file:?} names no file")))?;
+    let mut path = local_dir.to_path_buf();
+    for dir in dirs {
+        path.push(dir);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(invalid(format!("{} is not a directory", path.display()))),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(&path)?,
+            Err(err) => return Err(err),
+        }
+    }
+    path.push(name);
+    let mut handle = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&path)?;
+    handle.write_all(payload)
+}
+
 /// Everything needed to start one task.
 #[derive(Debug)]
 struct Prepared {
@@ -289,6 +335,14 @@ impl AllocRunner {
         })?;
         let dirs = TaskDirs::new(&AllocRunner::alloc_dir(&ctx.alloc_root, alloc.id), &task.name);
         dirs.create().map_err(|err| ("Setup Failure", format!("failed to build task directories: {err}")))?;
+        // Nomad's dispatch hook: a dispatched job's payload, in `local/`.
+        if let Some(file) = &task.dispatch_payload_file
+            && !alloc.job.payload.is_empty()
+        {
+            write_dispatch_payload(&dirs.local_dir, file, &alloc.job.payload).map_err(|err| {
+                ("Setup Failure", format!("failed to write the dispatch payload to local/{file}: {err}"))
+            })?;
+        }
         let spec = TaskSpec {
             alloc_id: alloc.id.to_string(),
             task_name: task.name.to_string(),
@@ -647,5 +701,27 @@ mod tests {
         assert_eq!(merged.events.len(), MAX_TASK_EVENTS);
         assert_eq!(merged.events.last().map(|e| e.time_ns), Some(102));
         assert_eq!(merged.events[0].time_ns, 1, "the oldest event goes first");
+    }
+
+    #[test]
+    fn the_dispatch_payload_is_written_inside_local_and_never_through_a_symlink() {
+        let root = std::env::temp_dir().join(format!("caravan-payload-{}", std::process::id()));
+        let local = root.join("local");
+        std::fs::create_dir_all(&local).unwrap();
+        write_dispatch_payload(&local, "in/put.json", b"{}").unwrap();
+        assert_eq!(std::fs::read(local.join("in/put.json")).unwrap(), b"{}");
+        write_dispatch_payload(&local, "./a/../b.txt", b"x").unwrap();
+        assert_eq!(std::fs::read(local.join("b.txt")).unwrap(), b"x");
+        assert!(write_dispatch_payload(&local, "../escape", b"x").is_err());
+        assert!(write_dispatch_payload(&local, "/etc/passwd", b"x").is_err());
+        // A symlink the task left behind is not followed.
+        let outside = root.join("outside");
+        std::fs::write(&outside, "kept").unwrap();
+        std::os::unix::fs::symlink(&outside, local.join("link")).unwrap();
+        std::os::unix::fs::symlink(&root, local.join("dirlink")).unwrap();
+        assert!(write_dispatch_payload(&local, "link", b"x").is_err());
+        assert!(write_dispatch_payload(&local, "dirlink/outside", b"x").is_err());
+        assert_eq!(std::fs::read(&outside).unwrap(), b"kept");
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -1,6 +1,7 @@
 //! The client's side of `/v1/client/fs/logs`: [`AllocDirLogs`] finds a
 //! task's rotated log files (`<alloc dir>/<alloc id>/alloc/logs/<task>.<type>.N`)
-//! for the HTTP API of the same agent (`caravan_net::http::LocalLogs`).
+//! for the HTTP API of the same agent (`caravan_net::http::LocalLogs`), and
+//! the allocation directory `/v1/client/fs/{ls,stat,cat,readat}` read under.
 
 use std::path::{Path, PathBuf};
 
@@ -50,6 +51,14 @@ impl LocalLogs for AllocDirLogs {
             log_files(&dir, task, stream).map_err(|err| LocalLogsError::Io(format!("{}: {err}", dir.display())))?;
         Ok(files.into_iter().map(|(index, path)| LogFile { index, path }).collect())
     }
+
+    fn alloc_dir(&self, alloc_id: &str) -> Result<PathBuf, LocalLogsError> {
+        let alloc = self.alloc_root.join(alloc_id);
+        if !plain_name(alloc_id) || !alloc.is_dir() {
+            return Err(LocalLogsError::UnknownAlloc(alloc_id.to_string()));
+        }
+        Ok(alloc)
+    }
 }
 
 #[cfg(test)]
@@ -74,6 +83,9 @@ mod tests {
         assert!(matches!(logs.log_files("..", "web", LogType::Stdout), Err(LocalLogsError::UnknownAlloc(_))));
         assert!(matches!(logs.log_files("a1", "db", LogType::Stdout), Err(LocalLogsError::UnknownTask { .. })));
         assert!(matches!(logs.log_files("a1", "alloc", LogType::Stdout), Err(LocalLogsError::UnknownTask { .. })));
+        assert_eq!(logs.alloc_dir("a1").unwrap(), root.join("a1"));
+        assert!(matches!(logs.alloc_dir(".."), Err(LocalLogsError::UnknownAlloc(_))));
+        assert!(matches!(logs.alloc_dir("a2"), Err(LocalLogsError::UnknownAlloc(_))));
         let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -366,6 +366,11 @@ pub struct Task {
     pub leader: bool,
     /// `None` for a main task.
     pub lifecycle: Option<TaskLifecycle>,
+    /// `dispatch_payload { file }`: where, relative to the task's `local/`
+    /// directory, the client writes a dispatched job's payload. Validated
+    /// by the API to stay inside `local/`.
+    #[rkyv(with = Map<ArcStr>)]
+    pub dispatch_payload_file: Option<Arc<str>>,
 }
 
 impl Task {
@@ -384,6 +389,7 @@ impl Task {
             kill_timeout_ns: 5 * SECOND_NS,
             leader: false,
             lifecycle: None,
+            dispatch_payload_file: None,
         }
     }
 
@@ -391,6 +397,34 @@ impl Task {
     pub fn is_main(&self) -> bool {
         self.lifecycle.is_none()
     }
+}
+
+/// Why `file`, a dispatch payload's path relative to the task's `local/`
+/// directory, is refused: it is absolute, climbs out with `..`, names the
+/// directory itself, or holds a NUL. `None`: it stays inside. The API
+/// refuses such a job; the client checks again before it writes.
+pub fn dispatch_payload_file_problem(file: &str) -> Option<&'static str> {
+    if file.contains('\0') {
+        return Some("must not contain NUL");
+    }
+    if file.starts_with('/') {
+        return Some("must be a path relative to the task's local/ directory, not absolute");
+    }
+    let mut depth: usize = 0;
+    for part in file.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => match depth.checked_sub(1) {
+                Some(up) => depth = up,
+                None => return Some("escapes the task's local/ directory"),
+            },
+            _ => depth += 1,
+        }
+    }
+    if depth == 0 || file.ends_with('/') {
+        return Some("must name a file inside the task's local/ directory");
+    }
+    None
 }
 
 /// A set of tasks placed together on one node, `count` times.

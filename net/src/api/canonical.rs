@@ -401,7 +401,6 @@ impl Cx {
         self.unsupported(path, "Templates", &t.templates);
         self.unsupported(path, "Vault", &t.vault);
         self.unsupported(path, "VolumeMounts", &t.volume_mounts);
-        self.unsupported(path, "DispatchPayload", &t.dispatch_payload);
         self.unsupported(path, "KillSignal", &t.kill_signal);
         self.unsupported(path, "ShutdownDelay", &t.shutdown_delay);
         let mut task = model::Task::new(&t.name.unwrap_or_default(), &t.driver.unwrap_or_default());
@@ -417,6 +416,7 @@ impl Cx {
         task.kill_timeout_ns = self.duration(path, "KillTimeout", t.kill_timeout, DEFAULT_KILL_TIMEOUT_NS);
         task.leader = t.leader.unwrap_or(false);
         task.lifecycle = self.lifecycle(path, t.lifecycle.as_ref());
+        task.dispatch_payload_file = self.dispatch_payload(path, t.dispatch_payload.as_ref());
         if let Some(r) = &t.restart_policy {
             let restart_path = join(path, "RestartPolicy");
             let merged = self.restart(&restart_path, group_restart.clone(), r);
@@ -431,6 +431,35 @@ impl Cx {
             task.resources = self.resources(&join(path, "Resources"), r);
         }
         task
+    }
+
+    /// `DispatchPayload`: `File`, a relative path the client writes the
+    /// dispatched payload to, inside the task's `local/` directory (Nomad
+    /// checks the same with `escapingfs.PathEscapesAllocDir`). An empty
+    /// file means none, as in Nomad.
+    fn dispatch_payload(&mut self, path: &str, v: Option<&Value>) -> Option<Arc<str>> {
+        let v = v.filter(|v| !v.is_null())?;
+        let path = join(path, "DispatchPayload");
+        let Some(obj) = v.as_object() else {
+            self.p.push(&path, "must be an object");
+            return None;
+        };
+        let file = match obj.get("File") {
+            None | Some(Value::Null) => return None,
+            Some(Value::String(file)) if file.is_empty() => return None,
+            Some(Value::String(file)) => file,
+            Some(_) => {
+                self.problem(&path, "File", "must be a string");
+                return None;
+            }
+        };
+        match model::dispatch_payload_file_problem(file) {
+            None => Some(file.as_str().into()),
+            Some(reason) => {
+                self.problem(&path, "File", format!("{file:?} {reason}"));
+                None
+            }
+        }
     }
 
     /// `Lifecycle`: `Hook` (prestart, poststart, poststop) and `Sidecar`. An

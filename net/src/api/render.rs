@@ -159,6 +159,9 @@ fn task(t: &model::Task) -> api::Task {
         lifecycle: Some(
             t.lifecycle.map_or(Value::Null, |l| serde_json::json!({"Hook": l.hook.as_str(), "Sidecar": l.sidecar})),
         ),
+        dispatch_payload: Some(
+            t.dispatch_payload_file.as_ref().map_or(Value::Null, |file| serde_json::json!({"File": &**file})),
+        ),
         ..Default::default()
     }
 }

@@ -1,6 +1,7 @@
 //! `GET /v1/client/fs/logs/<alloc_id>`: a task's stdout or stderr, Nomad's
 //! parameters (`task`, `type=stdout|stderr`, `follow`, `origin=start|end`,
-//! `offset`, `plain`).
+//! `offset`, `plain`). The allocation's other files (`ls`, `stat`, `cat`,
+//! `readat`) are served by `alloc_files.rs` through the same seam.
 //!
 //! Logs live on the client that runs the allocation. This agent serves them
 //! when a client runs in the same process (`agent -dev`, or server and
@@ -36,18 +37,18 @@ use super::handlers::refuse;
 use super::server::Server;
 
 /// Bytes read and sent at a time: one frame.
-const CHUNK_BYTES: usize = 64 * 1024;
+pub(super) const CHUNK_BYTES: usize = 64 * 1024;
 /// How often a follow looks for new bytes: quick enough to feel live, a
 /// few wakeups a second per open stream.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// Heartbeat period of framed follows, as Nomad's stream.
 const HEARTBEAT: Duration = Duration::from_secs(10);
-/// Open log streams at once: each holds a reader thread while it lives.
-const STREAMS_MAX: usize = 64;
+/// Open log and file streams at once: each holds a reader thread while it lives.
+pub(super) const STREAMS_MAX: usize = 64;
 /// Chunks buffered per stream before the reader waits for the client.
-const CHUNKS_BUFFERED_MAX: usize = 8;
+pub(super) const CHUNKS_BUFFERED_MAX: usize = 8;
 
-static OPEN_STREAMS: AtomicUsize = AtomicUsize::new(0);
+pub(super) static OPEN_STREAMS: AtomicUsize = AtomicUsize::new(0);
 
 /// Which stream of a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,14 +90,35 @@ pub trait LocalLogs: Send + Sync + std::fmt::Debug + 'static {
     /// The rotated files of a task's stream, oldest first. A task that has
     /// not written yet has none.
     fn log_files(&self, alloc_id: &str, task: &str, log_type: LogType) -> Result<Vec<LogFile>, LocalLogsError>;
+
+    /// The allocation's directory on this client, which
+    /// `/v1/client/fs/{ls,stat,cat,readat}` read under (and never outside).
+    fn alloc_dir(&self, alloc_id: &str) -> Result<PathBuf, LocalLogsError>;
 }
 
 /// The routes, served by every agent; `logs` is the local client's, if any.
 pub(super) fn router(server: Arc<dyn Server>, logs: Option<Arc<dyn LocalLogs>>) -> Router {
-    Router::new().route("/v1/client/fs/logs/{alloc_id}", get(logs_handler)).with_state((server, logs))
+    Router::new()
+        .route("/v1/client/fs/logs/{alloc_id}", get(logs_handler))
+        .route("/v1/client/fs/ls/{alloc_id}", get(super::alloc_files::ls_handler))
+        .route("/v1/client/fs/stat/{alloc_id}", get(super::alloc_files::stat_handler))
+        .route("/v1/client/fs/cat/{alloc_id}", get(super::alloc_files::cat_handler))
+        .route("/v1/client/fs/readat/{alloc_id}", get(super::alloc_files::readat_handler))
+        .with_state((server, logs))
 }
 
-type LogsState = State<(Arc<dyn Server>, Option<Arc<dyn LocalLogs>>)>;
+/// The refusal of a server without a local client (501, with the reason).
+pub(super) fn not_implemented(alloc_id: &str) -> Response {
+    refuse(
+        StatusCode::NOT_IMPLEMENTED,
+        format!(
+            "no client runs in this agent, and Caravan does not yet forward /v1/client/fs requests to the \
+             allocation's node as Nomad does: ask the HTTP API of the agent whose client runs allocation {alloc_id}"
+        ),
+    )
+}
+
+pub(super) type LogsState = State<(Arc<dyn Server>, Option<Arc<dyn LocalLogs>>)>;
 
 /// A request, validated.
 #[derive(Debug, Clone)]
@@ -155,16 +177,7 @@ async fn logs_handler(
         Ok(request) => request,
         Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
     };
-    let Some(logs) = logs else {
-        return refuse(
-            StatusCode::NOT_IMPLEMENTED,
-            format!(
-                "no client runs in this agent, and Caravan does not yet forward /v1/client/fs requests to the \
-                 allocation's node as Nomad does: ask the HTTP API of the agent whose client runs allocation {}",
-                request.alloc_id
-            ),
-        );
-    };
+    let Some(logs) = logs else { return not_implemented(&request.alloc_id) };
     // Refuse an unknown allocation or task before streaming anything.
     let files = match logs.log_files(&request.alloc_id, &request.task, request.log_type) {
         Ok(files) => files,
@@ -330,7 +343,10 @@ fn read_chunk(file: &LogFile, position: u64, buffer: &mut [u8]) -> std::io::Resu
 }
 
 /// Pushes one chunk, waiting while the client is slow; false once it is gone.
-fn send_blocking(tx: &mut futures_channel::mpsc::Sender<Result<Vec<u8>, std::io::Error>>, chunk: Vec<u8>) -> bool {
+pub(super) fn send_blocking(
+    tx: &mut futures_channel::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    chunk: Vec<u8>,
+) -> bool {
     let mut item = Ok(chunk);
     loop {
         match tx.try_send(item) {

@@ -6,6 +6,7 @@
 //! The routes reach the server through [`Server`]: the in-process cluster
 //! implements it today; the raft-replicated server will too.
 
+mod alloc_files;
 mod blocking;
 mod client_fs;
 mod deployments;

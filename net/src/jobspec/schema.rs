@@ -176,6 +176,7 @@ static TASK: Schema = Schema {
         AFFINITY_BLOCK,
         one("restart", "RestartPolicy", &RESTART),
         one("lifecycle", "Lifecycle", &LIFECYCLE),
+        one("dispatch_payload", "DispatchPayload", &DISPATCH_PAYLOAD),
         one("logs", "LogConfig", &LOGS),
         many("artifact", "Artifacts", &ARTIFACT),
         many("template", "Templates", &TEMPLATE),
@@ -346,6 +347,8 @@ static LIFECYCLE: Schema = Schema {
     blocks: &[],
     post: Post::None,
 };
+
+static DISPATCH_PAYLOAD: Schema = Schema { attrs: &[attr("file", "File", Kind::Str)], blocks: &[], post: Post::None };
 
 static LOGS: Schema = Schema {
     attrs: &[

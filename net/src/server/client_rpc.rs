@@ -145,7 +145,7 @@ const MESSAGE_MAGIC: [u8; 4] = *b"CVCL";
 /// Bumped whenever an archived message layout changes (rkyv archives
 /// carry no schema), so a server and client of different versions refuse
 /// each other's bytes instead of misreading them.
-const MESSAGE_FORMAT_VERSION: u8 = 3;
+const MESSAGE_FORMAT_VERSION: u8 = 4; // 4: `Task::dispatch_payload_file`.
 
 const MESSAGE_HEADER_LEN: usize = MESSAGE_MAGIC.len() + 1;
 

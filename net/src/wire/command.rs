@@ -27,7 +27,8 @@ pub const COMMAND_MAGIC: [u8; 4] = *b"CVNC";
 /// Bumped whenever the archived layout of `Command` changes: a server must
 /// refuse entries it would misread (rkyv archives carry no schema).
 /// 2: `Job::periodic` and `Command::PeriodicLaunch` (periodic jobs), `Task::lifecycle`.
-pub const COMMAND_FORMAT_VERSION: u8 = 2;
+/// 3: `Task::dispatch_payload_file`.
+pub const COMMAND_FORMAT_VERSION: u8 = 3;
 
 /// Magic, version, archive length, archive crc32.
 const HEADER_LEN: usize = COMMAND_MAGIC.len() + 1 + 4 + 4;

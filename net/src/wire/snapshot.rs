@@ -44,7 +44,8 @@ pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CVNSNAP\0";
 
 /// Bumped whenever the layout or any archived model type changes.
 /// 2: `Job::periodic` and the periodic launch records, `Task::lifecycle`.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
+/// 3: `Task::dispatch_payload_file`.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 3;
 
 /// The largest chunk payload written or accepted. The reader allocates a
 /// chunk's length before it can check the chunk's checksum, so a corrupted
