@@ -64,10 +64,14 @@ const DEQUEUE_SLICE: Duration = Duration::from_millis(100);
 /// optimistic view, so this also bounds the work a failure throws away.
 const PLANS_IN_FLIGHT_MAX: usize = 64;
 
-/// Plans committed in one raft entry: a thousand-allocation plan encodes
-/// to ~325 KB, so 64 of them stay well under the RPC body limit a
-/// forwarded entry must fit, and small plans batch by the dozen.
+/// Plans committed in one raft entry: small plans batch by the dozen.
 const PLANS_PER_ENTRY_MAX: usize = 64;
+
+/// Allocations (placed, stopped, preempted) in one entry of several plans:
+/// one allocation encodes to ~325 bytes, so 8,192 keep an entry near
+/// 3 MB, well under the RPC frame (16 MiB) every entry must fit to reach
+/// the followers. A single plan larger than this is still one entry.
+const ALLOCS_PER_ENTRY_MAX: usize = 8192;
 
 struct InFlight {
     pending: PendingPlan,
@@ -231,18 +235,41 @@ fn commit_loop(
     in_flight: &AtomicU64,
     chain: &Chain,
 ) {
-    while let Ok(first) = rx.recv() {
+    // A plan taken off the channel that did not fit the last entry.
+    let mut carried: Option<InFlight> = None;
+    loop {
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match rx.recv() {
+                Ok(first) => first,
+                Err(_) => return,
+            },
+        };
+        let mut allocs = allocs_written(&first.result);
         let mut batch = vec![first];
         while batch.len() < PLANS_PER_ENTRY_MAX {
-            match rx.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
+            let Ok(more) = rx.try_recv() else { break };
+            let more_allocs = allocs_written(&more.result);
+            if allocs + more_allocs > ALLOCS_PER_ENTRY_MAX {
+                carried = Some(more);
+                break;
             }
+            allocs += more_allocs;
+            batch.push(more);
         }
         let count = batch.len() as u64;
         commit_batch(batch, store, committer, chain);
         in_flight.fetch_sub(count, Ordering::SeqCst);
     }
+}
+
+/// Allocations the plan's command writes: placed or updated, stopped,
+/// preempted.
+fn allocs_written(result: &PlanResult) -> usize {
+    let placed: usize = result.node_allocation.values().map(Vec::len).sum();
+    let stopped: usize = result.node_update.values().map(Vec::len).sum();
+    let preempted: usize = result.node_preemptions.values().map(Vec::len).sum();
+    placed + stopped + preempted
 }
 
 /// Commit the batch's plans as one entry, in evaluation order, and answer

@@ -69,6 +69,10 @@ impl PeerNetwork {
     }
 }
 
+/// Largest append-entries body sent at once: the RPC frame limit less room
+/// for the frame header and the request's fixed fields.
+const APPEND_BODY_BYTES_MAX: usize = crate::rpc::frame::BODY_LEN_MAX - 64 * 1024;
+
 fn decode_failed(e: msg::MessageError) -> RPCError<TypeConfig> {
     RPCError::Network(NetworkError::new(&e))
 }
@@ -81,9 +85,16 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let body = msg::encode_append(&rpc).map_err(decode_failed)?;
+        let (body, sent) = msg::encode_append(&rpc, APPEND_BODY_BYTES_MAX).map_err(decode_failed)?;
         let reply = self.call(method::RAFT_APPEND, body, option.hard_ttl()).await?;
-        msg::decode_append_response(&reply).map_err(decode_failed)
+        let response = msg::decode_append_response(&reply).map_err(decode_failed)?;
+        // The follower took the entries we sent; the rest go next time.
+        Ok(match response {
+            AppendEntriesResponse::Success if sent < rpc.entries.len() => {
+                AppendEntriesResponse::PartialSuccess(Some(rpc.entries[sent - 1].log_id))
+            }
+            other => other,
+        })
     }
 
     async fn vote(

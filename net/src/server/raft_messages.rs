@@ -123,19 +123,35 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub(crate) fn encode_append(req: &AppendEntriesRequest<TypeConfig>) -> Result<Vec<u8>, MessageError> {
+/// Encode an append-entries request with as many of its entries, in
+/// order, as fit in `body_bytes_max` (at least one, so an entry is never
+/// held back by the bound alone); returns the body and how many entries it
+/// carries. openraft sends up to 300 entries at once and a plan entry can
+/// be MBs, so a lagging follower's batch would otherwise outgrow the RPC
+/// frame; the caller reports the rest as not yet sent.
+pub(crate) fn encode_append(
+    req: &AppendEntriesRequest<TypeConfig>,
+    body_bytes_max: usize,
+) -> Result<(Vec<u8>, usize), MessageError> {
     let mut w = Writer::default();
     w.vote(&req.vote);
     w.log_id(req.prev_log_id.as_ref());
     w.log_id(req.leader_commit.as_ref());
-    w.u64(req.entries.len() as u64);
+    let count_at = w.out.len();
+    w.u64(0);
     let mut record = Vec::new();
+    let mut sent = 0;
     for entry in &req.entries {
         record.clear();
         encode_entry(entry, &mut record)?;
+        if sent > 0 && w.out.len() + 4 + record.len() > body_bytes_max {
+            break;
+        }
         w.bytes(&record);
+        sent += 1;
     }
-    Ok(w.out)
+    w.out[count_at..count_at + 8].copy_from_slice(&(sent as u64).to_le_bytes());
+    Ok((w.out, sent))
 }
 
 pub(crate) fn decode_append(bytes: &[u8]) -> Result<AppendEntriesRequest<TypeConfig>, MessageError> {
@@ -240,4 +256,53 @@ pub(crate) fn encode_vote_only(vote: &Vote) -> Vec<u8> {
 
 pub(crate) fn decode_vote_only(r: &mut Reader<'_>) -> Result<Vote, MessageError> {
     r.vote()
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::EntryPayload;
+    use openraft::impls::leader_id_adv::LeaderId;
+
+    use super::*;
+    use crate::raft::LogPayload;
+    use crate::raft::entry_codec::{LogEntry, LogId};
+
+    fn request(entry_bytes: &[usize]) -> AppendEntriesRequest<TypeConfig> {
+        let leader = LeaderId { term: 2, node_id: 1 };
+        let entries = entry_bytes
+            .iter()
+            .enumerate()
+            .map(|(i, len)| LogEntry {
+                log_id: LogId::new(leader, 10 + i as u64),
+                payload: EntryPayload::Normal(LogPayload { bytes: vec![7; *len] }),
+            })
+            .collect();
+        AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(2, 1),
+            prev_log_id: Some(LogId::new(leader, 9)),
+            leader_commit: Some(LogId::new(leader, 9)),
+            entries,
+        }
+    }
+
+    #[test]
+    fn append_bodies_stop_at_the_bound_and_say_how_many_entries_they_carry() {
+        let req = request(&[1000, 1000, 1000]);
+        let (all, sent) = encode_append(&req, usize::MAX).unwrap();
+        assert_eq!(sent, 3);
+        assert_eq!(decode_append(&all).unwrap().entries.len(), 3);
+
+        // Room for two entries, not three: the body carries the first two.
+        let (two, sent) = encode_append(&req, all.len() - 500).unwrap();
+        assert_eq!(sent, 2);
+        assert!(two.len() <= all.len() - 500);
+        let decoded = decode_append(&two).unwrap();
+        assert_eq!(decoded.entries.len(), 2);
+        assert_eq!(decoded.entries[1].log_id, req.entries[1].log_id);
+
+        // An entry larger than the bound alone is still sent, by itself.
+        let (one, sent) = encode_append(&request(&[5000, 10]), 100).unwrap();
+        assert_eq!(sent, 1);
+        assert_eq!(decode_append(&one).unwrap().entries.len(), 1);
+    }
 }
