@@ -381,6 +381,9 @@ fn client_reconnects_after_server_crash() {
     server.stop();
 }
 
+/// How long a server restarted on its old port keeps trying to bind it.
+const REBIND_PATIENCE: Duration = Duration::from_secs(10);
+
 /// An RPC server on its own thread and runtime, as in a real server process.
 struct ServerThread {
     addr: SocketAddr,
@@ -396,7 +399,21 @@ impl ServerThread {
             let runtime = compio::runtime::Runtime::new().expect("runtime");
             runtime.block_on(async move {
                 let handler = Rc::new(TestHandler::default());
-                let server = RpcServer::bind(addr, &tls, handler.clone()).await.expect("server binds");
+                // A fixed port just released (the crashed server's) may not
+                // be free yet: io_uring closes sockets asynchronously, and
+                // a parallel test may hold it for a moment as its
+                // ephemeral port. A restarting server would wait the same.
+                let rebind_until = Instant::now() + REBIND_PATIENCE;
+                let server = loop {
+                    match RpcServer::bind(addr, &tls, handler.clone()).await {
+                        Ok(server) => break server,
+                        Err(e) if addr.port() != 0 && Instant::now() < rebind_until => {
+                            eprintln!("rebinding {addr}: {e}; retrying");
+                            compio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("server binds: {e:?}"),
+                    }
+                };
                 addr_sender.send(server.local_addr()).expect("test waits for the address");
                 let graceful = stopped.await.unwrap_or(true);
                 if graceful {
