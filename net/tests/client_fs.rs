@@ -5,16 +5,16 @@
 //! answering 501 with the reason. Then the allocation's files (`ls`,
 //! `stat`, `cat`, `readat`), and requests that try to leave its directory.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use caravan_engine::clock::SystemClock;
 use caravan_engine::local::{LocalCluster, LocalConfig};
 use caravan_net::http::{self, ApiOptions, LocalLogs, LocalLogsError, LocalServer, LogFile, LogType};
 use serde_json::Value;
+
+mod common;
 
 /// An allocation id no state store holds.
 const ALLOC: &str = "0b6c4a3e-9f6e-4c2a-8d0e-2f1a5b7c9d11";
@@ -52,34 +52,8 @@ impl LocalLogs for DirLogs {
 }
 
 fn call(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = headers.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap();
-    let body = if headers.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    (status, body)
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = &tail[n + 2..];
-    }
-    out
+    let reply = common::call(addr, "GET", path, b"");
+    (reply.status, reply.body)
 }
 
 fn start(logs: Option<Arc<dyn LocalLogs>>) -> SocketAddr {
