@@ -27,16 +27,15 @@ use crate::api;
 pub(super) type Shared = State<Arc<dyn Server>>;
 pub(super) type Params = Query<HashMap<String, String>>;
 
-/// A JSON body with Nomad's query-meta headers.
+/// A JSON body with Nomad's index header.
 pub(super) fn reply<T: Serialize>(index: u64, body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => {
             let mut r = (StatusCode::OK, bytes).into_response();
             let h = r.headers_mut();
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            // X-Nomad-KnownLeader and -LastContact: see `consistency`.
             h.insert("X-Nomad-Index", HeaderValue::from(index.max(1)));
-            h.insert("X-Nomad-KnownLeader", HeaderValue::from_static("true"));
-            h.insert("X-Nomad-LastContact", HeaderValue::from_static("0"));
             r
         }
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding response: {e}")),

@@ -9,6 +9,7 @@
 mod alloc_files;
 mod blocking;
 mod client_fs;
+mod consistency;
 mod deployments;
 mod events;
 mod handlers;
@@ -24,7 +25,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
 pub use client_fs::{LocalLogs, LocalLogsError, LogFile, LogType};
-pub use server::{LocalServer, RaftServerInfo, Server, WriteBuilder, engine_gauges};
+pub use server::{LeaderContact, LocalServer, RaftServerInfo, Server, WriteBuilder, engine_gauges};
 
 /// What an agent adds to its API beyond the server's state.
 #[derive(Debug, Clone, Default)]
@@ -73,6 +74,7 @@ fn server_routes(server: Arc<dyn Server>) -> Router {
         .route("/v1/agent/health", get(handlers::agent_health))
         .route("/v1/agent/self", get(handlers::agent_self))
         .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn_with_state(server.clone(), consistency::consistent_reads))
         .layer(DefaultBodyLimit::max(crate::api::BODY_BYTES_MAX))
         .with_state(server)
 }

@@ -23,6 +23,21 @@ pub trait Server: Send + Sync + 'static {
     /// Build a write from the latest state and commit it atomically;
     /// returns the commit index.
     fn write(&self, build: &mut WriteBuilder<'_>) -> Result<u64, EndpointError>;
+    /// Whether this server leads (reads here need no catching up).
+    fn is_leader(&self) -> bool {
+        true
+    }
+    /// Bring this server's state up to everything the leader had applied
+    /// when called: what a read without `?stale` waits for (and a write
+    /// built from local state). The error says why not (no leader).
+    fn sync_with_leader(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Whether this server knows a leader and when it last heard from it,
+    /// for `X-Nomad-KnownLeader` and `X-Nomad-LastContact`.
+    fn leader_contact(&self) -> LeaderContact {
+        LeaderContact { known_leader: true, last_contact: Some(std::time::Duration::ZERO) }
+    }
     /// Events committed after `index`, oldest first, at most `limit`.
     fn events_since(&self, index: u64, limit: usize) -> Vec<caravan_engine::events::Event>;
     /// Gauges for `/v1/metrics`, named as Nomad names them where Nomad has
@@ -36,6 +51,15 @@ pub trait Server: Send + Sync + 'static {
         let address = self.leader_addr();
         vec![RaftServerInfo { id: address.clone(), node: "local".into(), address, leader: true, voter: true }]
     }
+}
+
+/// A server's knowledge of its leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderContact {
+    pub known_leader: bool,
+    /// Since the leader was last heard from: zero on the leader, `None`
+    /// if never.
+    pub last_contact: Option<std::time::Duration>,
 }
 
 /// One server of the raft configuration.

@@ -5,6 +5,7 @@
 //! metrics that any thread can read or wait on.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -106,6 +107,36 @@ impl ViewCell {
     }
 }
 
+/// When this server last accepted an AppendEntries (heartbeats included)
+/// from a leader: Nomad's `X-Nomad-LastContact` on a follower.
+#[derive(Debug)]
+pub(crate) struct LeaderContact {
+    epoch: Instant,
+    /// Milliseconds after `epoch`, plus one (0: never).
+    at_ms: AtomicU64,
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        LeaderContact { epoch: Instant::now(), at_ms: AtomicU64::new(0) }
+    }
+}
+
+impl LeaderContact {
+    pub(crate) fn heard_now(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.at_ms.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// Time since the last contact; `None` if there was none yet.
+    pub(crate) fn since(&self) -> Option<Duration> {
+        match self.at_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(self.epoch.elapsed().saturating_sub(Duration::from_millis(at - 1))),
+        }
+    }
+}
+
 /// A request to the raft thread.
 #[derive(Debug)]
 pub(crate) enum RaftRequest {
@@ -124,9 +155,16 @@ const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct RaftHandle {
     pub(crate) requests: UnboundedSender<RaftRequest>,
     pub(crate) view: Arc<ViewCell>,
+    pub(crate) contact: Arc<LeaderContact>,
 }
 
 impl RaftHandle {
+    /// How long ago this server last heard from a leader: zero on the
+    /// leader itself, `None` when it never has.
+    pub fn last_leader_contact(&self) -> Option<Duration> {
+        if self.view().is_leader() { Some(Duration::ZERO) } else { self.contact.since() }
+    }
+
     pub fn view(&self) -> RaftView {
         self.view.view.lock().expect("raft view poisoned").clone()
     }

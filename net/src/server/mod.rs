@@ -28,6 +28,7 @@ mod leadership;
 mod network;
 mod raft_messages;
 mod raft_thread;
+mod read_index;
 mod rpc_methods;
 mod worker_rpc;
 
@@ -64,9 +65,10 @@ pub use client_rpc::{
 pub use committer::{LeaderForwarder, RaftCommitter, WRITE_TIMEOUT};
 pub use handle::{RaftHandle, RaftView, Role, WriteError};
 pub use raft_thread::RaftTimings;
+pub use read_index::{READ_SYNC_TIMEOUT, ReadSyncError, sync_with_leader};
 pub use rpc_methods::NOT_LEADER;
 
-use crate::http::{Server, WriteBuilder};
+use crate::http::{LeaderContact, Server, WriteBuilder};
 
 /// Everything one server needs to start.
 #[derive(Debug, Clone)]
@@ -155,6 +157,8 @@ pub struct RaftServer {
     stop: Arc<AtomicBool>,
     workers_cancel: Cancel,
     client: Arc<client_rpc::ClientRpc>,
+    /// Calls to other servers from OS threads (read indexes).
+    rpc: crate::rpc::BlockingRpcClient,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -186,8 +190,9 @@ impl RaftServer {
         let local =
             Arc::new(DutiesLeader { store: store.clone(), duties: duties.clone(), committer: committer.clone() });
         let _ = services.set(local.clone());
+        let rpc = started.client.clone();
         let routing =
-            Arc::new(worker_rpc::RoutingLeader { local, raft: started.handle.clone(), client: started.client.clone() });
+            Arc::new(worker_rpc::RoutingLeader { local, raft: started.handle.clone(), client: started.client });
         let stop = Arc::new(AtomicBool::new(false));
         let workers_cancel = Cancel::new();
         let (worker_stats, mut threads) =
@@ -220,6 +225,7 @@ impl RaftServer {
             stop,
             workers_cancel,
             client,
+            rpc,
             threads: Mutex::new(threads),
         })
     }
@@ -240,15 +246,12 @@ impl RaftServer {
         self.raft.shutdown(SHUTDOWN_TIMEOUT);
     }
 
+    /// Commit through raft. A follower's write is forwarded and answered
+    /// once the leader has applied it, as in Nomad; this server may apply
+    /// it a little later, and a read without `?stale` waits for that
+    /// (see `read_index`).
     fn commit(&self, command: Command) -> Result<u64, EndpointError> {
         self.committer.commit(command).map_err(|e| EndpointError::Commit(e.0))
-    }
-
-    /// Wait for the write at `index` to be applied here too (a forwarded
-    /// write is applied on the leader first), so a read after the write
-    /// sees it.
-    fn read_your_write(&self, index: u64) {
-        let _ = self.store.snapshot_min_index(index, WRITE_TIMEOUT, &Cancel::new());
     }
 }
 
@@ -264,11 +267,11 @@ impl Server for RaftServer {
             _ => EvalId::NIL,
         };
         let index = self.commit(command)?;
-        self.read_your_write(index);
         Ok((eval_id, index))
     }
 
     fn deregister_job(&self, key: &JobKey, purge: bool) -> Result<(EvalId, u64), EndpointError> {
+        self.sync_with_leader().map_err(EndpointError::Commit)?;
         let command = endpoints::deregister_job(
             &self.store.snapshot(),
             key,
@@ -281,17 +284,30 @@ impl Server for RaftServer {
             _ => EvalId::NIL,
         };
         let index = self.commit(command)?;
-        self.read_your_write(index);
         Ok((eval_id, index))
     }
 
     fn write(&self, build: &mut WriteBuilder<'_>) -> Result<u64, EndpointError> {
-        // Built from this server's latest state; the FSM re-checks what it
-        // must on apply (a job deleted in between is refused there).
+        // Built from this server's latest state, caught up with the
+        // leader's first; the FSM re-checks what it must on apply (a job
+        // deleted in between is refused there).
+        self.sync_with_leader().map_err(EndpointError::Commit)?;
         let command = build(&self.store.snapshot(), &mut self.ids.lock().expect("ids poisoned"), self.clock.now_ns())?;
         let index = self.commit(command)?;
-        self.read_your_write(index);
         Ok(index)
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.view().is_leader()
+    }
+
+    fn sync_with_leader(&self) -> Result<(), String> {
+        read_index::sync_with_leader(&self.raft, &self.rpc, &self.store, READ_SYNC_TIMEOUT).map_err(|e| e.to_string())
+    }
+
+    fn leader_contact(&self) -> LeaderContact {
+        let known_leader = self.raft.view().leader_node().is_some();
+        LeaderContact { known_leader, last_contact: self.raft.last_leader_contact() }
     }
 
     fn events_since(&self, index: u64, limit: usize) -> Vec<Event> {

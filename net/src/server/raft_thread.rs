@@ -19,7 +19,7 @@ use super::ServerConfig;
 use super::client_rpc::ClientRpc;
 use super::committer::LeaderForwarder;
 use super::engine_fsm::EngineFsm;
-use super::handle::{RaftHandle, RaftRequest, RaftView, Role, ViewCell, WriteError};
+use super::handle::{LeaderContact, RaftHandle, RaftRequest, RaftView, Role, ViewCell, WriteError};
 use super::network::Network;
 use super::rpc_methods::{self as method, Handler, ServerRaft};
 use crate::quic::ClusterTls;
@@ -139,8 +139,10 @@ pub(crate) fn start(
     .map_err(|e| std::io::Error::other(format!("raft configuration: {e}")))?;
     let (requests, request_rx) = futures_channel::mpsc::unbounded();
     let view = Arc::new(ViewCell::default());
+    let contact = Arc::new(LeaderContact::default());
     let (started_tx, started_rx) = std::sync::mpsc::sync_channel::<std::io::Result<SocketAddr>>(1);
     let thread_view = view.clone();
+    let thread_contact = contact.clone();
     let thread_tls = tls.clone();
     let thread_config = config.clone();
     let incoming_dir = raft_dir.join("incoming");
@@ -160,6 +162,7 @@ pub(crate) fn start(
             log,
             state_machine,
             view: thread_view,
+            contact: thread_contact,
             requests: request_rx,
             started: started_tx,
             incoming_dir,
@@ -173,7 +176,7 @@ pub(crate) fn start(
     let client = BlockingRpcClient::start(SocketAddr::from(([0, 0, 0, 0], 0)), &tls)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let forwarder = Arc::new(RpcForwarder { client: client.clone() });
-    Ok(Started { id, handle: RaftHandle { requests, view }, forwarder, rpc_addr, log_metrics, client })
+    Ok(Started { id, handle: RaftHandle { requests, view, contact }, forwarder, rpc_addr, log_metrics, client })
 }
 
 struct RaftThread {
@@ -184,6 +187,7 @@ struct RaftThread {
     log: LogStore,
     state_machine: StateMachineStore<EngineFsm>,
     view: Arc<ViewCell>,
+    contact: Arc<LeaderContact>,
     requests: futures_channel::mpsc::UnboundedReceiver<RaftRequest>,
     started: std::sync::mpsc::SyncSender<std::io::Result<SocketAddr>>,
     incoming_dir: PathBuf,
@@ -206,6 +210,7 @@ async fn run(t: RaftThread) {
         t.incoming_dir.clone(),
         t.services.clone(),
         t.client.clone(),
+        method::RaftStatus { view: t.view.clone(), contact: t.contact.clone() },
     ));
     let server = match RpcServer::bind(t.config.rpc_bind, &t.tls, handler.clone()).await {
         Ok(s) => s,

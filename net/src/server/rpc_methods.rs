@@ -20,6 +20,7 @@ use caravan_engine::duties::DutiesLeader;
 
 use super::client_rpc::{self, ClientRpc};
 use super::engine_fsm::EngineFsm;
+use super::handle::{LeaderContact, ViewCell};
 use super::raft_messages::{self as msg, Reader, Writer};
 use super::worker_rpc;
 use crate::raft::snapshot_files::verify_snapshot;
@@ -36,6 +37,9 @@ pub(crate) const FORWARD_WRITE: u16 = 10;
 pub(crate) const STATUS: u16 = 11;
 /// Ask the leader to add a server as a voter.
 pub(crate) const JOIN: u16 = 12;
+/// Ask the leader for the index its state has applied: a follower serves a
+/// consistent read once its own state has reached it (a read index).
+pub(crate) const READ_INDEX: u16 = 13;
 
 /// The server is not the leader; the message holds the leader's RPC
 /// address when known (empty otherwise).
@@ -66,6 +70,14 @@ pub(crate) struct Handler {
     pub(crate) services: Arc<OnceLock<Arc<DutiesLeader>>>,
     /// The client agents' methods ([`client_rpc::CLIENT_METHODS`]).
     client: Arc<ClientRpc>,
+    status: RaftStatus,
+}
+
+/// What the raft thread publishes about itself, shared with the handler.
+pub(crate) struct RaftStatus {
+    pub(crate) view: Arc<ViewCell>,
+    /// Set on every AppendEntries accepted from a leader.
+    pub(crate) contact: Arc<LeaderContact>,
 }
 
 impl Handler {
@@ -75,8 +87,17 @@ impl Handler {
         incoming_dir: PathBuf,
         services: Arc<OnceLock<Arc<DutiesLeader>>>,
         client: Arc<ClientRpc>,
+        status: RaftStatus,
     ) -> Handler {
-        Handler { raft, me: RefCell::new(me), incoming_dir, incoming: RefCell::new(HashMap::new()), services, client }
+        Handler {
+            raft,
+            me: RefCell::new(me),
+            incoming_dir,
+            incoming: RefCell::new(HashMap::new()),
+            services,
+            client,
+            status,
+        }
     }
 
     fn raft(&self) -> Result<ServerRaft, RemoteError> {
@@ -90,6 +111,9 @@ impl Handler {
             RAFT_APPEND => {
                 let req = msg::decode_append(&body).map_err(bad)?;
                 let resp = self.raft()?.append_entries(req).await.map_err(|e| failed(&e))?;
+                if !matches!(resp, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+                    self.status.contact.heard_now();
+                }
                 Ok(msg::encode_append_response(&resp))
             }
             RAFT_VOTE => {
@@ -120,6 +144,19 @@ impl Handler {
                     .and_then(|id| metrics.membership_config.membership().get_node(&id).map(|n| (id, n.clone())));
                 let (id, node) = self.me.borrow().clone();
                 Ok(encode_status(&Status { id, node, initialized, leader }))
+            }
+            READ_INDEX => {
+                // Only a leader with a live lease answers: one cut off from
+                // the majority may be behind a newer leader.
+                let view = self.status.view.view_now();
+                let store = self.services.get().map(|s| &s.store);
+                match store {
+                    Some(store) if view.is_leader() => Ok(super::read_index::encode_index(store.latest_index())),
+                    _ => Err(RemoteError::new(
+                        NOT_LEADER,
+                        view.leader_node().map(|(_, n)| n.rpc_addr).unwrap_or_default(),
+                    )),
+                }
             }
             JOIN => {
                 let mut r = Reader::new(&body);
