@@ -11,6 +11,7 @@ mod deployment;
 mod job;
 mod job_actions;
 mod monitor;
+mod plan_diff;
 mod reads;
 mod tls;
 

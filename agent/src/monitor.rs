@@ -215,14 +215,7 @@ pub(crate) fn plan(spec: &JobspecArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(255));
         }
     };
-    let diff = plan["Diff"]["Type"].as_str().unwrap_or("None");
-    let marker = match diff {
-        "Added" => "+",
-        "Edited" => "+/-",
-        "Deleted" => "-",
-        _ => "",
-    };
-    println!("{marker} Job: \"{id}\"");
+    print!("{}", crate::plan_diff::render(&plan["Diff"]));
     println!("\nScheduler dry-run:");
     let mut changes = false;
     for (group, u) in plan["Annotations"]["DesiredTGUpdates"].as_object().into_iter().flatten() {

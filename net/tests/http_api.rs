@@ -143,7 +143,24 @@ fn parse_plan_evaluate_drain_and_scheduler_config() {
     assert_eq!(call(addr, "PUT", "/v1/jobs", job.to_string().as_bytes()).status, 200);
     assert!(server.cluster.wait_idle(Duration::from_secs(30)));
     let again = call(addr, "POST", "/v1/job/web/plan", job.to_string().as_bytes());
-    assert_eq!(again.json()["Diff"]["Type"], "None");
+    assert_eq!(again.json()["Diff"]["Type"], "None", "{}", again.body);
+    // An edit is listed field by field, with what it forces.
+    let mut edited = job.clone();
+    edited["Job"]["Priority"] = serde_json::json!(60);
+    edited["Job"]["TaskGroups"][0]["Tasks"][0]["Config"]["args"] = serde_json::json!(["-c", "sleep 1"]);
+    let plan = call(addr, "POST", "/v1/job/web/plan", edited.to_string().as_bytes());
+    assert_eq!(plan.status, 200, "{}", plan.body);
+    let diff = &plan.json()["Diff"];
+    assert_eq!(diff["Type"], "Edited", "{diff}");
+    assert_eq!(
+        diff["Fields"],
+        serde_json::json!([{"Type": "Edited", "Name": "Priority", "Old": "50", "New": "60", "Annotations": null}])
+    );
+    let group = &diff["TaskGroups"][0];
+    // At least one replacement (a rolling update may hold back the rest).
+    assert!(group["Updates"]["create/destroy update"].as_u64().is_some_and(|n| n >= 1), "{group}");
+    assert_eq!(group["Tasks"][0]["Annotations"], serde_json::json!(["forces create/destroy update"]), "{group}");
+    assert_eq!(group["Tasks"][0]["Objects"][0]["Name"], "Config", "{group}");
     let evaluate = call(addr, "POST", "/v1/job/web/evaluate", b"{}");
     assert_eq!(evaluate.status, 200, "{}", evaluate.body);
     assert!(evaluate.json()["EvalID"].is_string());

@@ -20,6 +20,7 @@
 pub mod base64;
 mod canonical;
 mod decode;
+pub mod diff;
 mod error;
 pub mod job;
 pub mod read;

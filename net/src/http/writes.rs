@@ -148,11 +148,9 @@ fn plan(server: &Arc<dyn Server>, key: &JobKey, body: &[u8]) -> Response {
     }
     let submitted_periodic = job.periodic.clone().filter(|p| p.enabled && !job.stop);
     let snapshot = server.store().snapshot();
-    let diff_type = match snapshot.job(&job.key()) {
-        None => "Added",
-        Some(existing) if job.spec_changed(existing) => "Edited",
-        Some(_) => "None",
-    };
+    let as_json = |j: &caravan_engine::model::Job| serde_json::to_value(api::job_to_api(j)).unwrap_or(Value::Null);
+    let stored_json = snapshot.job(&job.key()).map(|existing| as_json(existing));
+    let submitted_json = as_json(&job);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
     let mut ids = IdGen::with_seed(now as u64);
     let mut eval = Evaluation::new(ids.eval(), &job.key(), job.job_type, job.priority, TriggeredBy::JobRegister);
@@ -181,6 +179,22 @@ fn plan(server: &Arc<dyn Server>, key: &JobKey, body: &[u8]) -> Response {
         .collect();
     let failed: BTreeMap<String, api::read::AllocMetric> =
         outcome.failed_tg_allocs.iter().map(|(g, m)| (g.to_string(), api::metric(m))).collect();
+    let group_updates = |group: &str| {
+        let Some(d) = outcome.desired_updates.get(group) else { return Vec::new() };
+        [
+            ("create", d.place),
+            ("destroy", d.stop),
+            ("ignore", d.ignore),
+            ("in-place update", d.in_place_update),
+            ("create/destroy update", d.destructive_update),
+            ("migrate", d.migrate),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(kind, n)| (kind, u64::from(n)))
+        .collect()
+    };
+    let diff = api::diff::job_diff(stored_json.as_ref(), &submitted_json, &group_updates);
     reply(
         snapshot.index(),
         &json!({
@@ -188,7 +202,7 @@ fn plan(server: &Arc<dyn Server>, key: &JobKey, body: &[u8]) -> Response {
             "FailedTGAllocs": failed,
             "JobModifyIndex": snapshot.job(key).map_or(0, |j| j.job_modify_index),
             "CreatedEvals": Value::Array(vec![]),
-            "Diff": {"Type": diff_type, "ID": key.id.to_string()},
+            "Diff": diff,
             "NextPeriodicLaunch": next_periodic_launch(&submitted_periodic, now),
             "Warnings": "",
             "Index": snapshot.index(),
