@@ -12,6 +12,7 @@ use caravan_engine::clock::SystemClock;
 use caravan_engine::endpoints;
 use caravan_engine::fixtures;
 use caravan_engine::ids::IdGen;
+use caravan_engine::model::EvalStatus;
 use caravan_net::http::Server;
 use caravan_net::quic::DevCa;
 use caravan_net::server::{RaftServer, RaftTimings, ServerConfig, TlsFiles};
@@ -193,6 +194,99 @@ fn three_servers_form_replicate_forward_and_fail_over() {
     assert!(wait_until(LEADER_TIMEOUT, || running_allocs(&joined, "api") == 6 && running_allocs(&joined, "batch") == 2));
     joined.shutdown();
     for s in survivors {
+        s.shutdown();
+    }
+}
+
+/// The worker-behind-raft rule on a server that is still catching up by
+/// snapshot: a follower is stopped while the cluster moves past its
+/// compacted log, then restarted while evaluations keep coming. Its
+/// workers dequeue evals whose state it does not have yet; they wait, or
+/// nack and wait for their store, and no evaluation fails for it.
+#[test]
+fn a_follower_installing_a_snapshot_fails_no_evaluation() {
+    const SNAPSHOT_THRESHOLD: u64 = 16;
+    let root = tempfile::tempdir().unwrap();
+    let ca = DevCa::generate().unwrap();
+    let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_udp_port())).collect();
+    let configs: Vec<ServerConfig> = (0..3)
+        .map(|i| {
+            let dir = root.path().join(format!("s{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut config = ServerConfig::single(&format!("s{i}"), dir.clone());
+            config.rpc_bind = addrs[i].parse().unwrap();
+            config.bootstrap_expect = 3;
+            config.retry_join = addrs.clone();
+            config.raft = RaftTimings { snapshot_threshold: SNAPSHOT_THRESHOLD, ..fast_timings() };
+            config.workers = 2;
+            // Short, so a worker on the catching-up server gives up waiting
+            // (and nacks) while the snapshot is still on its way.
+            config.worker.raft_sync_limit = Duration::from_millis(100);
+            config.tls = Some(cluster_tls(&ca, &dir.join("tls")));
+            config
+        })
+        .collect();
+    let handles: Vec<_> = configs
+        .iter()
+        .cloned()
+        .map(|config| std::thread::spawn(move || RaftServer::start(config, Arc::new(SystemClock)).unwrap()))
+        .collect();
+    let mut servers: Vec<Option<RaftServer>> = handles.into_iter().map(|h| Some(h.join().unwrap())).collect();
+    for s in all(&servers) {
+        assert!(s.wait_for_leader(LEADER_TIMEOUT), "server {} sees a leader", s.name);
+    }
+    let leader_pos = servers.iter().position(|s| s.as_ref().unwrap().raft.view().is_leader()).unwrap();
+    let behind_pos = (leader_pos + 1) % 3;
+    let mut ids = IdGen::with_seed(29);
+    register_work(servers[leader_pos].as_ref().unwrap(), &mut ids, 4, "base", 4);
+    assert!(wait_until(LEADER_TIMEOUT, || all(&servers).iter().all(|s| running_allocs(s, "base") == 4)));
+
+    let stopped = servers[behind_pos].take().unwrap();
+    let applied_when_stopped = stopped.raft.view().last_applied;
+    stopped.shutdown();
+    drop(stopped);
+    let leader = servers[leader_pos].as_ref().unwrap();
+    let job = |j: usize| fixtures::job(&format!("later-{j}"), caravan_engine::model::JobType::Service, 1, 10, 16);
+    let mut registered = 0;
+    // Far enough that the leader's log no longer holds what the stopped
+    // server lacks (it keeps SNAPSHOT_THRESHOLD entries after a snapshot).
+    while leader.raft.view().snapshot_index <= applied_when_stopped + 2 * SNAPSHOT_THRESHOLD {
+        leader.register_job(job(registered)).expect("job registered");
+        registered += 1;
+        assert!(registered < 1_000, "the leader takes a snapshot every {SNAPSHOT_THRESHOLD} entries");
+    }
+
+    let restarted = RaftServer::start(configs[behind_pos].clone(), Arc::new(SystemClock)).unwrap();
+    for _ in 0..20 {
+        leader.register_job(job(registered)).expect("job registered");
+        registered += 1;
+    }
+    let placed = |s: &RaftServer| (0..registered).all(|j| running_allocs(s, &format!("later-{j}")) == 1);
+    assert!(wait_until(LEADER_TIMEOUT, || placed(leader) && placed(&restarted)), "every job placed, everywhere");
+    let worked: u64 = restarted
+        .worker_stats
+        .iter()
+        .map(|w| {
+            w.evals_processed.load(std::sync::atomic::Ordering::Relaxed)
+                + w.evals_nacked.load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    let sum =
+        |f: fn(&caravan_engine::worker::WorkerStats) -> u64| restarted.worker_stats.iter().map(|w| f(w)).sum::<u64>();
+    eprintln!(
+        "restarted server: stopped at index {applied_when_stopped}, snapshot index now {}; workers processed {}, \
+         sync timeouts {}, nacked {}",
+        restarted.raft.view().snapshot_index,
+        sum(|w| w.evals_processed.load(std::sync::atomic::Ordering::Relaxed)),
+        sum(|w| w.sync_timeouts.load(std::sync::atomic::Ordering::Relaxed)),
+        sum(|w| w.evals_nacked.load(std::sync::atomic::Ordering::Relaxed)),
+    );
+    assert!(worked > 0, "the restarted server's workers took evaluations while catching up");
+    let snap = leader.store.snapshot();
+    let failed: Vec<_> = snap.evals().filter(|e| e.status == EvalStatus::Failed).collect();
+    assert!(failed.is_empty(), "no evaluation failed: {failed:?}");
+    restarted.shutdown();
+    for s in all(&servers) {
         s.shutdown();
     }
 }
