@@ -84,7 +84,24 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             println!("    HTTP API: http://{bound}  (NOMAD_ADDR=http://{bound})");
             println!("    Data dir: {}", data_dir.display());
         }
+        // The client registers the port actually bound (0 picks one), so
+        // other agents can forward `/v1/client/fs` requests to it.
+        config.ports.http = bound.port();
         server = Some(started);
+    } else if config.client.enabled {
+        // A client-only agent serves its own allocations' files, which the
+        // servers' agents forward `/v1/client/fs` requests to.
+        let http_ip = config.addresses.http.unwrap_or(config.bind_addr);
+        let http_addr = SocketAddr::new(http_ip, config.ports.http);
+        let bound = http::spawn_client(http_addr, api_options(&config)?)
+            .with_context(|| format!("starting the client's HTTP API on {http_addr}"))?;
+        config.ports.http = bound.port();
+        #[allow(clippy::print_stdout)]
+        {
+            println!("==> Caravan client agent started");
+            println!("    HTTP API: http://{bound}  (/v1/client/fs/* of this client's allocations)");
+            println!("    Data dir: {}", data_dir.display());
+        }
     }
     let _client = if config.client.enabled { Some(start_client(&config, server.as_deref(), &data_dir)?) } else { None };
     // The API, raft, the scheduler and the client run on their own threads
@@ -95,7 +112,7 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The HTTP API's client endpoints: task logs from this agent's client.
+/// The HTTP API's client endpoints: the files of this agent's client.
 fn api_options(config: &AgentConfig) -> anyhow::Result<http::ApiOptions> {
     let mut options = http::ApiOptions::default();
     if config.client.enabled {
