@@ -328,7 +328,7 @@ fn exit_status_survives_reattach(kind: &Kind, test: &str) {
     // The second task exits while no agent runs.
     let (gone_spec, _) = &handles[1];
     std::fs::write(gone_spec.dirs.task_dir.join("go"), "4").unwrap();
-    let status_file = gone_spec.dirs.task_dir.join(".executor/status.json");
+    let status_file = caravan::client::driver::executor::executor_dir(&gone_spec.dirs).join("status.json");
     wait_for_file(&status_file);
     assert!(status_file.exists(), "the executor recorded the exit");
 
@@ -365,6 +365,45 @@ fn exec_exit_status_survives_reattach() {
     if let Some(kind) = exec_executor_kind() {
         exit_status_survives_reattach(&kind, "reattach");
     }
+}
+
+/// An `exec` task's user owns its task directory, so the executor's files
+/// live outside it, for the agent's user alone: the task cannot see,
+/// replace or forge its exit status; the status it reports is the real one.
+#[test]
+fn exec_task_cannot_touch_its_executor_status() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(kind) = exec_executor_kind() else { return };
+    let driver = (kind.make)();
+    let mut scratch = Scratch::new(Arc::clone(&driver), "executor-dir");
+    // Every way in the task could try: a `.executor` in its own directory
+    // (where it used to be), and the allocation directory above it.
+    let forged = r#"{"exit_code":0,"signal":null,"finished_at_unix_ms":1}"#;
+    let script = format!(
+        "mkdir -p /.executor && echo '{forged}' > /.executor/status.json; \
+         mkdir -p ../.executor/task1 2>/dev/null && echo '{forged}' > ../.executor/task1/status.json; \
+         exit 3"
+    );
+    let spec = scratch.spec(process_config(&script));
+    let handle = scratch.start(&spec);
+    let exit = driver.wait(&handle).unwrap();
+    assert_eq!(exit.exit_code, 3, "the real status: {exit:?}");
+    let dir = caravan::client::driver::executor::executor_dir(&spec.dirs);
+    assert!(!dir.starts_with(&spec.dirs.task_dir), "{} is outside the task directory", dir.display());
+    let agent_uid = rustix::process::geteuid().as_raw();
+    for path in [dir.parent().unwrap(), dir.as_path()] {
+        let meta = std::fs::metadata(path).unwrap();
+        assert_eq!(meta.uid(), agent_uid, "{} belongs to the agent", path.display());
+        assert_eq!(meta.mode() & 0o077, 0, "{} is the agent's alone", path.display());
+    }
+    let recorded = caravan::client::driver::executor::read_status(&dir).expect("the executor's record");
+    assert_eq!(recorded.exit_code, 3, "{recorded:?}");
+    // The task's user cannot write the allocation directory the executors'
+    // directory sits in, so cannot rename or replace it.
+    let alloc_root = spec.dirs.task_dir.parent().unwrap();
+    let alloc_meta = std::fs::metadata(alloc_root).unwrap();
+    assert_eq!(alloc_meta.uid(), agent_uid);
+    assert_eq!(alloc_meta.mode() & 0o022, 0, "{} is not writable by others", alloc_root.display());
 }
 
 #[test]
