@@ -406,6 +406,37 @@ fn exec_task_cannot_touch_its_executor_status() {
     assert_eq!(alloc_meta.mode() & 0o022, 0, "{} is not writable by others", alloc_root.display());
 }
 
+/// What a container prints while no agent runs reaches its log once a new
+/// driver re-attaches: every line, in order, none twice.
+#[test]
+fn docker_output_while_no_agent_ran_is_copied_after_reattach() {
+    let Some(kind) = docker_kind() else { return };
+    let driver = (kind.make)();
+    let mut scratch = Scratch::new(Arc::clone(&driver), "docker-gap");
+    let script = "i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo line$i; sleep 0.1; done; sleep 60";
+    let spec = scratch.spec(docker_config(script));
+    let handle = scratch.start(&spec);
+    let seen = wait_for_log(&spec, LogStream::Stdout, "line3\n");
+    assert!(seen.contains("line3\n"), "{seen:?}");
+    // The agent goes away (its driver and log copy with it) while the
+    // container goes on printing.
+    scratch.driver = Arc::new(DockerDriver::new());
+    drop(driver);
+    let copied_before =
+        String::from_utf8_lossy(&read_all(&spec.dirs.log_dir, &spec.task_name, LogStream::Stdout).unwrap())
+            .into_owned();
+    std::thread::sleep(Duration::from_millis(1500));
+    let still = String::from_utf8_lossy(&read_all(&spec.dirs.log_dir, &spec.task_name, LogStream::Stdout).unwrap())
+        .into_owned();
+    assert_eq!(still, copied_before, "nothing is copied while no agent runs");
+
+    // A new agent re-attaches: the lines printed meanwhile arrive, once.
+    scratch.driver.recover(&handle).unwrap();
+    let text = wait_for_log(&spec, LogStream::Stdout, "line30\n");
+    let want: String = (1..=30).map(|i| format!("line{i}\n")).collect();
+    assert_eq!(text, want, "every line once, in order");
+}
+
 #[test]
 fn exec_conformance() {
     if let Some(kind) = exec_kind() {
@@ -474,7 +505,7 @@ fn docker_ports_labels_and_mounts() {
     assert!(driver.wait(&handle).unwrap().successful());
     assert!(wait_for_log(&spec, LogStream::Stdout, "mounted").contains("mounted"));
     assert_eq!(std::fs::read_to_string(spec.dirs.alloc_dir.join("from-task")).unwrap().trim(), "shared");
-    let caravan::client::driver::HandleState::Container { id } = &handle.state else { panic!("container handle") };
+    let caravan::client::driver::HandleState::Container { id, .. } = &handle.state else { panic!("container handle") };
     let inspect = std::process::Command::new("docker")
         .args(["inspect", "--format", "{{json .Config.Labels}} {{json .HostConfig.PortBindings}}", id])
         .output()
@@ -555,7 +586,7 @@ fn docker_task_gets_a_device_request_for_its_gpus() {
         task_name: spec.task_name.clone(),
         log_dir: spec.dirs.log_dir.clone(),
         logs: spec.logs,
-        state: caravan::client::driver::HandleState::Container { id: id.clone() },
+        state: caravan::client::driver::HandleState::Container { id: id.clone(), log_cursor: None },
     };
     driver.destroy(&handle).unwrap();
     let _ = std::fs::remove_dir_all(&root);
