@@ -3,8 +3,9 @@
 //! client. A task placed on the second agent's node is read through the
 //! first agent's HTTP API (`NOMAD_ADDR` pointing at the server): its files,
 //! its log with `caravan alloc logs` (also followed, lines arriving while
-//! it runs), and a stream of a file; the server's agent forwards each
-//! request to the node's registered HTTP address.
+//! it runs, ending when the task is stopped), and a stream of a file; the
+//! server's agent forwards each request to the node's registered HTTP
+//! address.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -182,14 +183,18 @@ fn server_agent_serves_files_of_an_allocation_on_another_node() {
         .map_while(Result::ok)
         .find(|l| l.trim_start_matches("tick").parse::<u64>().is_ok_and(|n| n >= first + 5));
     assert!(later.is_some(), "new lines kept arriving after {first_tick}");
-    let _ = follow.kill();
-    let _ = follow.wait();
 
-    // Stop the job: the task is killed on c2.
+    // Stop the job: the task is killed on c2, and the followed log, which
+    // c2's agent serves through the hop, ends by itself once it is dead.
     let _ = http().delete(&format!("{base}/v1/job/far")).call();
     let stopped = wait_until(TIMEOUT, || {
         get(&format!("{base}/v1/allocation/{alloc_id}"))
             .is_some_and(|a| a["ClientStatus"] != "running" && a["ClientStatus"] != "pending")
     });
     assert!(stopped, "the task stopped\nclient log:\n{}", client.log());
+    let ended = wait_until(TIMEOUT, || follow.try_wait().ok().flatten().is_some());
+    let _ = follow.kill();
+    let _ = follow.wait();
+    drop(lines);
+    assert!(ended, "the followed log ended with its task");
 }
