@@ -68,12 +68,14 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
     let data_dir = config.data_dir.clone().context("data_dir is required")?;
     let mut server = None;
+    let mut liveness_slot = None;
     if config.server.enabled {
         let server_config = server_config(&config, data_dir.clone())?;
         let http_ip = config.addresses.http.unwrap_or(config.bind_addr);
         let http_addr = SocketAddr::new(http_ip, config.ports.http);
         let started = Arc::new(RaftServer::start(server_config, Arc::new(SystemClock)).context("starting the server")?);
-        let options = api_options(&config)?;
+        let (options, slot) = api_options(&config)?;
+        liveness_slot = slot;
         let bound = http::spawn_with(http_addr, started.clone(), options)
             .with_context(|| format!("starting the HTTP API on {http_addr}"))?;
         #[allow(clippy::print_stdout)]
@@ -84,9 +86,36 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             println!("    HTTP API: http://{bound}  (NOMAD_ADDR=http://{bound})");
             println!("    Data dir: {}", data_dir.display());
         }
+        // The client registers the port actually bound (0 picks one), so
+        // other agents can forward `/v1/client/fs` requests to it.
+        config.ports.http = bound.port();
         server = Some(started);
+    } else if config.client.enabled {
+        // A client-only agent serves its own allocations' files, which the
+        // servers' agents forward `/v1/client/fs` requests to.
+        let http_ip = config.addresses.http.unwrap_or(config.bind_addr);
+        let http_addr = SocketAddr::new(http_ip, config.ports.http);
+        let (options, slot) = api_options(&config)?;
+        liveness_slot = slot;
+        let bound = http::spawn_client(http_addr, options)
+            .with_context(|| format!("starting the client's HTTP API on {http_addr}"))?;
+        config.ports.http = bound.port();
+        #[allow(clippy::print_stdout)]
+        {
+            println!("==> Caravan client agent started");
+            println!("    HTTP API: http://{bound}  (/v1/client/fs/* of this client's allocations)");
+            println!("    Data dir: {}", data_dir.display());
+        }
     }
-    let _client = if config.client.enabled { Some(start_client(&config, server.as_deref(), &data_dir)?) } else { None };
+    let _client = if config.client.enabled {
+        let client = start_client(&config, server.as_deref(), &data_dir)?;
+        if let Some(slot) = &liveness_slot {
+            let _ = slot.set(client.task_liveness());
+        }
+        Some(client)
+    } else {
+        None
+    };
     // The API, raft, the scheduler and the client run on their own threads
     // until the process is stopped; the raft log and the client's state are
     // durable, so stopping is safe at any instant.
@@ -95,15 +124,21 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The HTTP API's client endpoints: task logs from this agent's client.
-fn api_options(config: &AgentConfig) -> anyhow::Result<http::ApiOptions> {
+/// The HTTP API's client endpoints: the files of this agent's client, and
+/// the slot its task states go in once it runs.
+fn api_options(config: &AgentConfig) -> anyhow::Result<(http::ApiOptions, Option<LivenessSlot>)> {
     let mut options = http::ApiOptions::default();
+    let mut slot = None;
     if config.client.enabled {
         let alloc_dir = caravan::client::agent::alloc_dir(config).map_err(|e| anyhow::anyhow!("client: {e}"))?;
-        options.local_logs = Some(Arc::new(caravan::client::logs_api::AllocDirLogs::new(alloc_dir)));
+        let logs = caravan::client::logs_api::AllocDirLogs::new(alloc_dir);
+        slot = Some(logs.liveness_slot());
+        options.local_logs = Some(Arc::new(logs));
     }
-    Ok(options)
+    Ok((options, slot))
 }
+
+type LivenessSlot = Arc<std::sync::OnceLock<caravan::client::agent::TaskLiveness>>;
 
 /// The client half: drivers, the servers' RPC, and the client loop.
 fn start_client(

@@ -3,7 +3,10 @@
 //! that exits afterwards (the task's `caravan executor` recorded it: the
 //! task is no child of the new agent); a server killed and started again on
 //! its data dir leaves the client's running task alone, the client
-//! registers and heartbeats again, and a new job runs.
+//! registers and heartbeats again, and a new job runs. A task killed from
+//! outside goes through its restart policy until it fails; a client
+//! stopped past its heartbeat TTL, whose allocation the servers declared
+//! lost, kills that task once it runs again.
 
 #[path = "support/cluster.rs"]
 mod cluster;
@@ -118,6 +121,11 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with("")
+    }
+
+    /// `server_extra`: lines inside the server's `server { }` block.
+    fn start_with(server_extra: &str) -> Cluster {
         let root = tempfile::tempdir().unwrap();
         let ca = Ca::create(root.path());
         let server_dir = root.path().join("server");
@@ -134,7 +142,7 @@ impl Cluster {
             rpc_port,
             peers: &peers,
             ca: &ca,
-            server_extra: "",
+            server_extra,
         }
         .write();
         let server = Agent::start(&server_dir, &server_config);
@@ -155,6 +163,10 @@ impl Cluster {
     fn put_job(&self, job: Value) {
         let resp = http().put(&format!("{}/v1/jobs", self.base)).send_json(json!({ "Job": job })).unwrap();
         assert_eq!(resp.status(), 200, "job registered");
+    }
+
+    fn alloc_by_id(&self, id: &str) -> Option<Value> {
+        get(&format!("{}/v1/allocation/{id}", self.base))
     }
 
     fn alloc(&self, job: &str) -> Option<Value> {
@@ -259,4 +271,97 @@ fn client_rides_out_a_server_restart() {
     let alloc = cluster.wait_status("svc", "failed");
     assert_eq!(terminated_exit_code(&alloc), Some(5), "{alloc}");
     cluster.stop_job("svc");
+}
+
+/// The task writes its pid, then becomes a long sleep (the same pid).
+const PID_THEN_SLEEP: &str = "echo $$ > \"$NOMAD_TASK_DIR/pid\"; exec /bin/sleep 3600";
+
+fn read_pid(local: &Path) -> Option<i32> {
+    std::fs::read_to_string(local.join("pid")).ok()?.trim().parse().ok()
+}
+
+fn sigkill(pid: i32) {
+    let status = Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill -9 {pid}");
+}
+
+#[test]
+fn task_killed_from_outside_restarts_under_its_policy_then_fails() {
+    let cluster = Cluster::start();
+    let mut job = shell_job("flaky", "service", PID_THEN_SLEEP);
+    job["TaskGroups"][0]["RestartPolicy"] = json!({
+        "Attempts": 2, "Mode": "fail", "Interval": 600_000_000_000u64, "Delay": 1_000_000_000u64});
+    // No replacement elsewhere: the failed allocation stays the only one.
+    job["TaskGroups"][0]["ReschedulePolicy"] = json!({"Attempts": 0, "Unlimited": false});
+    cluster.put_job(job);
+    let alloc = cluster.wait_status("flaky", "running");
+    let id = alloc["ID"].as_str().unwrap().to_string();
+    let local = cluster.task_local(&alloc);
+    wait_for_file(&local.join("pid"));
+
+    let mut pid = read_pid(&local).unwrap();
+    for restarts in 1..=2 {
+        sigkill(pid);
+        // A new process, and the restart counted in the API.
+        let restarted = wait_until(TIMEOUT, || {
+            read_pid(&local).is_some_and(|p| p != pid && process_alive(p))
+                && cluster
+                    .alloc_by_id(&id)
+                    .is_some_and(|a| a["TaskStates"]["t"]["Restarts"] == restarts && a["ClientStatus"] == "running")
+        });
+        assert!(restarted, "restart {restarts}: {:?}\nclient log:\n{}", cluster.alloc_by_id(&id), cluster.client.log());
+        pid = read_pid(&local).unwrap();
+    }
+    // Attempts exhausted: the next kill fails the allocation.
+    sigkill(pid);
+    let failed = wait_until(TIMEOUT, || cluster.alloc_by_id(&id).is_some_and(|a| a["ClientStatus"] == "failed"));
+    let alloc = cluster.alloc_by_id(&id).unwrap();
+    assert!(failed, "failed: {alloc}\nclient log:\n{}", cluster.client.log());
+    assert_eq!(alloc["TaskStates"]["t"]["Restarts"], 2, "{alloc}");
+    assert_eq!(alloc["TaskStates"]["t"]["State"], "dead", "{alloc}");
+    assert_eq!(alloc["TaskStates"]["t"]["Failed"], true, "{alloc}");
+    let current = read_pid(&local).unwrap();
+    assert!(!process_alive(current), "no process left running");
+    cluster.stop_job("flaky");
+}
+
+#[test]
+fn client_back_after_its_node_was_marked_down_kills_the_lost_task() {
+    // Short TTLs: the paused client's node is marked down within seconds.
+    let cluster = Cluster::start_with("  min_heartbeat_ttl = \"2s\"\n  heartbeat_grace = \"1s\"");
+    cluster.put_job(shell_job("lost", "service", PID_THEN_SLEEP));
+    let alloc = cluster.wait_status("lost", "running");
+    let id = alloc["ID"].as_str().unwrap().to_string();
+    let node = alloc["NodeID"].as_str().unwrap().to_string();
+    let local = cluster.task_local(&alloc);
+    wait_for_file(&local.join("pid"));
+    let pid = read_pid(&local).unwrap();
+
+    // Freeze the client agent (its task runs on, under its executor).
+    let agent_pid = cluster.client.child.as_ref().unwrap().id().to_string();
+    let frozen = Command::new("kill").args(["-STOP", &agent_pid]).status().unwrap();
+    assert!(frozen.success());
+    let down = wait_until(TIMEOUT, || {
+        get(&format!("{}/v1/node/{node}", cluster.base)).is_some_and(|n| n["Status"] == "down")
+            && cluster.alloc_by_id(&id).is_some_and(|a| a["ClientStatus"] == "lost")
+    });
+    let task_ran_on = process_alive(pid);
+    let resumed = Command::new("kill").args(["-CONT", &agent_pid]).status().unwrap();
+    assert!(resumed.success());
+    assert!(down, "node down, allocation lost: {:?}\nserver log:\n{}", cluster.alloc_by_id(&id), cluster.server.log());
+    assert!(task_ran_on, "the task ran on while its agent was frozen");
+
+    // Back: the client learns the allocation is to stop, kills the task,
+    // and the allocation stays terminal with its task dead.
+    let killed = wait_until(TIMEOUT, || !process_alive(pid));
+    assert!(killed, "the lost allocation's task still runs\nclient log:\n{}", cluster.client.log());
+    let settled = wait_until(TIMEOUT, || {
+        cluster.alloc_by_id(&id).is_some_and(|a| {
+            ["lost", "complete", "failed"].contains(&a["ClientStatus"].as_str().unwrap_or(""))
+                && a["DesiredStatus"] != "run"
+                && a["TaskStates"]["t"]["State"] == "dead"
+        })
+    });
+    assert!(settled, "terminal: {:?}\nclient log:\n{}", cluster.alloc_by_id(&id), cluster.client.log());
+    cluster.stop_job("lost");
 }

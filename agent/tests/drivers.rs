@@ -328,7 +328,7 @@ fn exit_status_survives_reattach(kind: &Kind, test: &str) {
     // The second task exits while no agent runs.
     let (gone_spec, _) = &handles[1];
     std::fs::write(gone_spec.dirs.task_dir.join("go"), "4").unwrap();
-    let status_file = gone_spec.dirs.task_dir.join(".executor/status.json");
+    let status_file = caravan::client::driver::executor::executor_dir(&gone_spec.dirs).join("status.json");
     wait_for_file(&status_file);
     assert!(status_file.exists(), "the executor recorded the exit");
 
@@ -365,6 +365,76 @@ fn exec_exit_status_survives_reattach() {
     if let Some(kind) = exec_executor_kind() {
         exit_status_survives_reattach(&kind, "reattach");
     }
+}
+
+/// An `exec` task's user owns its task directory, so the executor's files
+/// live outside it, for the agent's user alone: the task cannot see,
+/// replace or forge its exit status; the status it reports is the real one.
+#[test]
+fn exec_task_cannot_touch_its_executor_status() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(kind) = exec_executor_kind() else { return };
+    let driver = (kind.make)();
+    let mut scratch = Scratch::new(Arc::clone(&driver), "executor-dir");
+    // Every way in the task could try: a `.executor` in its own directory
+    // (where it used to be), and the allocation directory above it.
+    let forged = r#"{"exit_code":0,"signal":null,"finished_at_unix_ms":1}"#;
+    let script = format!(
+        "mkdir -p /.executor && echo '{forged}' > /.executor/status.json; \
+         mkdir -p ../.executor/task1 2>/dev/null && echo '{forged}' > ../.executor/task1/status.json; \
+         exit 3"
+    );
+    let spec = scratch.spec(process_config(&script));
+    let handle = scratch.start(&spec);
+    let exit = driver.wait(&handle).unwrap();
+    assert_eq!(exit.exit_code, 3, "the real status: {exit:?}");
+    let dir = caravan::client::driver::executor::executor_dir(&spec.dirs);
+    assert!(!dir.starts_with(&spec.dirs.task_dir), "{} is outside the task directory", dir.display());
+    let agent_uid = rustix::process::geteuid().as_raw();
+    for path in [dir.parent().unwrap(), dir.as_path()] {
+        let meta = std::fs::metadata(path).unwrap();
+        assert_eq!(meta.uid(), agent_uid, "{} belongs to the agent", path.display());
+        assert_eq!(meta.mode() & 0o077, 0, "{} is the agent's alone", path.display());
+    }
+    let recorded = caravan::client::driver::executor::read_status(&dir).expect("the executor's record");
+    assert_eq!(recorded.exit_code, 3, "{recorded:?}");
+    // The task's user cannot write the allocation directory the executors'
+    // directory sits in, so cannot rename or replace it.
+    let alloc_root = spec.dirs.task_dir.parent().unwrap();
+    let alloc_meta = std::fs::metadata(alloc_root).unwrap();
+    assert_eq!(alloc_meta.uid(), agent_uid);
+    assert_eq!(alloc_meta.mode() & 0o022, 0, "{} is not writable by others", alloc_root.display());
+}
+
+/// What a container prints while no agent runs reaches its log once a new
+/// driver re-attaches: every line, in order, none twice.
+#[test]
+fn docker_output_while_no_agent_ran_is_copied_after_reattach() {
+    let Some(kind) = docker_kind() else { return };
+    let driver = (kind.make)();
+    let mut scratch = Scratch::new(Arc::clone(&driver), "docker-gap");
+    let script = "i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo line$i; sleep 0.1; done; sleep 60";
+    let spec = scratch.spec(docker_config(script));
+    let handle = scratch.start(&spec);
+    let seen = wait_for_log(&spec, LogStream::Stdout, "line3\n");
+    assert!(seen.contains("line3\n"), "{seen:?}");
+    // The agent goes away (its driver and log copy with it) while the
+    // container goes on printing.
+    scratch.driver = Arc::new(DockerDriver::new());
+    drop(driver);
+    let copied_before =
+        String::from_utf8_lossy(&read_all(&spec.dirs.log_dir, &spec.task_name, LogStream::Stdout).unwrap())
+            .into_owned();
+    std::thread::sleep(Duration::from_millis(1500));
+    let still = String::from_utf8_lossy(&read_all(&spec.dirs.log_dir, &spec.task_name, LogStream::Stdout).unwrap())
+        .into_owned();
+    assert_eq!(still, copied_before, "nothing is copied while no agent runs");
+
+    // A new agent re-attaches: the lines printed meanwhile arrive, once.
+    scratch.driver.recover(&handle).unwrap();
+    let text = wait_for_log(&spec, LogStream::Stdout, "line30\n");
+    let want: String = (1..=30).map(|i| format!("line{i}\n")).collect();
+    assert_eq!(text, want, "every line once, in order");
 }
 
 #[test]
@@ -435,7 +505,7 @@ fn docker_ports_labels_and_mounts() {
     assert!(driver.wait(&handle).unwrap().successful());
     assert!(wait_for_log(&spec, LogStream::Stdout, "mounted").contains("mounted"));
     assert_eq!(std::fs::read_to_string(spec.dirs.alloc_dir.join("from-task")).unwrap().trim(), "shared");
-    let caravan::client::driver::HandleState::Container { id } = &handle.state else { panic!("container handle") };
+    let caravan::client::driver::HandleState::Container { id, .. } = &handle.state else { panic!("container handle") };
     let inspect = std::process::Command::new("docker")
         .args(["inspect", "--format", "{{json .Config.Labels}} {{json .HostConfig.PortBindings}}", id])
         .output()
@@ -516,7 +586,7 @@ fn docker_task_gets_a_device_request_for_its_gpus() {
         task_name: spec.task_name.clone(),
         log_dir: spec.dirs.log_dir.clone(),
         logs: spec.logs,
-        state: caravan::client::driver::HandleState::Container { id: id.clone() },
+        state: caravan::client::driver::HandleState::Container { id: id.clone(), log_cursor: None },
     };
     driver.destroy(&handle).unwrap();
     let _ = std::fs::remove_dir_all(&root);

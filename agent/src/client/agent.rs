@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 
 use caravan_engine::clock::{Clock, SystemClock};
 use caravan_engine::ids::{AllocId, IdGen, NodeId};
-use caravan_engine::model::{AllocClientUpdate, Allocation, ConfigValue, DesiredStatus, Node, NodeStatus};
+use caravan_engine::model::{
+    AllocClientUpdate, Allocation, ConfigValue, DesiredStatus, Node, NodeStatus, TaskLifecycleState,
+};
 
 use super::alloc_runner::{AllocContext, AllocRunner};
 use super::driver::{Driver, DriverError, DriverFingerprint, ExitResult, TaskHandle, TaskSpec};
@@ -296,6 +298,35 @@ impl UpdateQueue {
     }
 }
 
+/// Which tasks of this client's allocations are dead for good, as the
+/// allocation loop last recorded them: what the HTTP API of a client-only
+/// agent asks to end a followed log. One entry per allocation the loop
+/// holds (bounded as the runners are).
+#[derive(Debug, Clone, Default)]
+pub struct TaskLiveness {
+    dead: Arc<Mutex<BTreeMap<AllocId, BTreeMap<String, bool>>>>,
+}
+
+impl TaskLiveness {
+    /// `None` for an allocation or task this client does not know.
+    pub fn task_dead(&self, alloc_id: &str, task: &str) -> Option<bool> {
+        let id = alloc_id.parse::<AllocId>().ok()?;
+        self.lock().get(&id)?.get(task).copied()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<AllocId, BTreeMap<String, bool>>> {
+        self.dead.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set(&self, alloc_id: AllocId, task: &str, dead: bool) {
+        self.lock().entry(alloc_id).or_default().insert(task.to_string(), dead);
+    }
+
+    fn forget(&self, alloc_id: AllocId) {
+        self.lock().remove(&alloc_id);
+    }
+}
+
 /// A running client agent; see the module documentation.
 pub struct ClientAgent {
     node_id: NodeId,
@@ -303,6 +334,7 @@ pub struct ClientAgent {
     events: Sender<AgentEvent>,
     updates: Arc<UpdateQueue>,
     detached: Arc<AtomicBool>,
+    liveness: TaskLiveness,
     /// Joined on shutdown: the node thread, the allocation loop (which owns
     /// the state database, closed when it ends) and the update sender. The
     /// watcher and the task-update forwarder are not joined: one may sit in
@@ -451,7 +483,9 @@ impl ClientAgent {
         let shared = Arc::new(Shared::default());
         let updates = Arc::new(UpdateQueue::default());
 
-        let mut allocs = AllocLoop { ctx, db, runners: BTreeMap::new(), updates: Arc::clone(&updates) };
+        let liveness = TaskLiveness::default();
+        let mut allocs =
+            AllocLoop { ctx, db, runners: BTreeMap::new(), updates: Arc::clone(&updates), liveness: liveness.clone() };
         allocs.recover(stored);
 
         let mut threads = Vec::new();
@@ -491,11 +525,16 @@ impl ClientAgent {
                 move || watch_allocs(node_id, &*server, &shared, &events, tuning.watch_wait)
             }),
         )?;
-        Ok(ClientAgent { node_id, shared, events, updates, detached, threads })
+        Ok(ClientAgent { node_id, shared, events, updates, detached, liveness, threads })
     }
 
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// Which of this client's tasks are dead, kept up to date.
+    pub fn task_liveness(&self) -> TaskLiveness {
+        self.liveness.clone()
     }
 
     /// Stops the agent and leaves its tasks running; returns once the state
@@ -705,6 +744,7 @@ struct AllocLoop {
     db: StateDb,
     runners: BTreeMap<AllocId, AllocRunner>,
     updates: Arc<UpdateQueue>,
+    liveness: TaskLiveness,
 }
 
 impl AllocLoop {
@@ -713,6 +753,9 @@ impl AllocLoop {
     fn recover(&mut self, stored: Vec<super::state_db::StoredAlloc>) {
         let now = self.ctx.clock.now_ns();
         for stored in stored {
+            for (task, state) in &stored.tasks {
+                self.liveness.set(stored.alloc.id, task, state.state.state == TaskLifecycleState::Dead);
+            }
             let stop = stored.alloc.server_terminal();
             let mut runner = AllocRunner::restore(stored, &self.ctx);
             tracing::info!(alloc = %runner.id(), finished = runner.is_finished(), "allocation recovered");
@@ -798,6 +841,7 @@ impl AllocLoop {
             if let Some(runner) = self.runners.get_mut(&id) {
                 if runner.is_finished() {
                     self.runners.remove(&id);
+                    self.liveness.forget(id);
                     changes.push(StateChange::RemoveAlloc(id));
                 } else {
                     tracing::info!(alloc = %id, "allocation no longer on this node; killing it");
@@ -819,6 +863,7 @@ impl AllocLoop {
         };
         let Some(runner) = self.runners.get_mut(&alloc_id) else { return };
         let Some(state) = runner.on_task_update(update) else { return };
+        self.liveness.set(alloc_id, &update.task_name, state.state == TaskLifecycleState::Dead);
         changes.push(StateChange::PutTask {
             alloc_id,
             task_name: update.task_name.clone(),

@@ -4,22 +4,32 @@
 //! the allocation directory `/v1/client/fs/{ls,stat,cat,readat}` read under.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use caravan_net::http::{LocalLogs, LocalLogsError, LogFile, LogType};
 
+use super::agent::TaskLiveness;
 use super::driver::logs::{LogStream, log_files};
 
 /// The log files under one client's allocation directory.
 #[derive(Debug, Clone)]
 pub struct AllocDirLogs {
     alloc_root: PathBuf,
+    /// The client's task states, once it runs: the HTTP API starts before
+    /// the client (whose node registers the API's address).
+    liveness: Arc<OnceLock<TaskLiveness>>,
 }
 
 impl AllocDirLogs {
     /// `alloc_root`: the client's allocation directory (`client.alloc_dir`,
     /// by default `<data_dir>/alloc`).
     pub fn new(alloc_root: impl Into<PathBuf>) -> AllocDirLogs {
-        AllocDirLogs { alloc_root: alloc_root.into() }
+        AllocDirLogs { alloc_root: alloc_root.into(), liveness: Arc::new(OnceLock::new()) }
+    }
+
+    /// Where the started client's task states go: set once, by the agent.
+    pub fn liveness_slot(&self) -> Arc<OnceLock<TaskLiveness>> {
+        Arc::clone(&self.liveness)
     }
 }
 
@@ -58,6 +68,10 @@ impl LocalLogs for AllocDirLogs {
             return Err(LocalLogsError::UnknownAlloc(alloc_id.to_string()));
         }
         Ok(alloc)
+    }
+
+    fn task_dead(&self, alloc_id: &str, task: &str) -> Option<bool> {
+        self.liveness.get()?.task_dead(alloc_id, task)
     }
 }
 

@@ -400,6 +400,13 @@ impl AgentConfig {
         if (tls.http || tls.rpc) && (tls.cert_file.is_none() || tls.key_file.is_none()) {
             error("tls", "cert_file and key_file are required when http or rpc is true".to_owned());
         }
+        if tls.http {
+            warnings.push(
+                "tls.http = true: the HTTP API does not serve HTTPS yet and answers plain HTTP, and agents \
+                 forward /v1/client/fs requests to each other over plain HTTP"
+                    .to_owned(),
+            );
+        }
         if errors.is_empty() { Ok(warnings) } else { Err(ConfigErrors(errors)) }
     }
 }

@@ -40,7 +40,12 @@ fn check_hcl(extra: &str, expected: Expect) {
 #[test]
 fn full_server_config() {
     let loaded = load(&[fixture("server.hcl")], false).unwrap();
-    assert_eq!(loaded.warnings, Vec::<String>::new());
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(
+        loaded.warnings[0].starts_with("tls.http = true: the HTTP API does not serve HTTPS"),
+        "{:?}",
+        loaded.warnings
+    );
     let c = loaded.config;
     let rendered = format!(
         "name={:?} region={} dc={} data_dir={:?} bind={} log={:?}\nports={:?}\naddresses={:?}\nadvertise={:?}\n\

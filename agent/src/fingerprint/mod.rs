@@ -195,10 +195,13 @@ pub fn fingerprint_node(
     }
 
     let hostname = &host.host.hostname;
+    let http_ip = config.addresses.http.unwrap_or(config.bind_addr);
     let http_addr = match (&config.advertise.http, &host.network) {
         (Some(addr), _) if addr.contains(':') => addr.clone(),
         (Some(addr), _) => format!("{addr}:{}", config.ports.http),
-        (None, _) if !config.bind_addr.is_unspecified() => format!("{}:{}", config.bind_addr, config.ports.http),
+        // Where the HTTP API listens (`addresses.http`, else `bind_addr`),
+        // when that is one address rather than all of them.
+        (None, _) if !http_ip.is_unspecified() => std::net::SocketAddr::new(http_ip, config.ports.http).to_string(),
         (None, Some(network)) => format!("{}:{}", network.ip, config.ports.http),
         (None, None) => format!("127.0.0.1:{}", config.ports.http),
     };

@@ -8,8 +8,8 @@
 //! and no path means its root. A request never reads outside it: a `..`
 //! component is refused (400), and a path that resolves through a symlink
 //! to somewhere outside the allocation directory is refused (403). The
-//! directory comes from [`LocalLogs::alloc_dir`]; without a local client the
-//! request is refused with 501, as for logs.
+//! directory comes from [`LocalLogs::alloc_dir`]; an allocation of another
+//! node is forwarded to its agent, as for logs (`fs_forward.rs`).
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -19,12 +19,12 @@ use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::client_fs::{CHUNK_BYTES, CHUNKS_BUFFERED_MAX, LocalLogs, LocalLogsError, OPEN_STREAMS, STREAMS_MAX};
-use super::client_fs::{LogsState, not_implemented, send_blocking};
+use super::client_fs::{LogsState, local_or_forward, send_blocking};
 use super::handlers::{refuse, reply};
 
 /// Entries `ls` lists at most: a directory a task filled with more is
@@ -51,7 +51,7 @@ type Refusal = (StatusCode, String);
 
 /// The allocation's directory and `path` resolved inside it, symlinks
 /// followed; refused when either is missing or it leads outside.
-fn resolve(logs: &dyn LocalLogs, alloc_id: &str, path: &str) -> Result<(PathBuf, PathBuf), Refusal> {
+pub(super) fn resolve(logs: &dyn LocalLogs, alloc_id: &str, path: &str) -> Result<(PathBuf, PathBuf), Refusal> {
     if path.contains('\0') {
         return Err((StatusCode::BAD_REQUEST, "path must not contain NUL".into()));
     }
@@ -171,11 +171,16 @@ fn list(root: &FsPath, dir: &FsPath) -> Result<Vec<AllocFileInfo>, Refusal> {
 }
 
 pub(super) async fn ls_handler(
-    State((_, logs)): LogsState,
+    State(ctx): LogsState,
     Path(alloc_id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    uri: Uri,
 ) -> Response {
-    let Some(logs) = logs else { return not_implemented(&alloc_id) };
+    let logs = match local_or_forward(&ctx, &alloc_id, &headers, &uri).await {
+        Ok(logs) => logs,
+        Err(response) => return response,
+    };
     let listed = resolve(logs.as_ref(), &alloc_id, request_path(&params)).and_then(|(root, dir)| list(&root, &dir));
     match listed {
         Ok(entries) => reply(0, &entries),
@@ -184,11 +189,16 @@ pub(super) async fn ls_handler(
 }
 
 pub(super) async fn stat_handler(
-    State((_, logs)): LogsState,
+    State(ctx): LogsState,
     Path(alloc_id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    uri: Uri,
 ) -> Response {
-    let Some(logs) = logs else { return not_implemented(&alloc_id) };
+    let logs = match local_or_forward(&ctx, &alloc_id, &headers, &uri).await {
+        Ok(logs) => logs,
+        Err(response) => return response,
+    };
     let stat = resolve(logs.as_ref(), &alloc_id, request_path(&params)).and_then(|(_, path)| {
         let meta = std::fs::metadata(&path)
             .map_err(|err| (StatusCode::INTERNAL_SERVER_ERROR, format!("{}: {err}", path.display())))?;
@@ -218,20 +228,30 @@ fn parse_u64(params: &HashMap<String, String>, key: &str) -> Result<Option<u64>,
 }
 
 pub(super) async fn cat_handler(
-    State((_, logs)): LogsState,
+    State(ctx): LogsState,
     Path(alloc_id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    uri: Uri,
 ) -> Response {
-    let Some(logs) = logs else { return not_implemented(&alloc_id) };
+    let logs = match local_or_forward(&ctx, &alloc_id, &headers, &uri).await {
+        Ok(logs) => logs,
+        Err(response) => return response,
+    };
     read_response(logs, &alloc_id, &params, Range { offset: 0, limit: None })
 }
 
 pub(super) async fn readat_handler(
-    State((_, logs)): LogsState,
+    State(ctx): LogsState,
     Path(alloc_id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    uri: Uri,
 ) -> Response {
-    let Some(logs) = logs else { return not_implemented(&alloc_id) };
+    let logs = match local_or_forward(&ctx, &alloc_id, &headers, &uri).await {
+        Ok(logs) => logs,
+        Err(response) => return response,
+    };
     let range = parse_u64(&params, "offset").and_then(|offset| {
         let limit = parse_u64(&params, "limit")?;
         Ok(Range { offset: offset.unwrap_or(0), limit })

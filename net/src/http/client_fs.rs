@@ -4,11 +4,10 @@
 //! `readat`) are served by `alloc_files.rs` through the same seam.
 //!
 //! Logs live on the client that runs the allocation. This agent serves them
-//! when a client runs in the same process (`agent -dev`, or server and
-//! client in one agent): the agent hands the router a [`LocalLogs`], which
-//! finds a task's rotated log files. Without one (a server alone) the
-//! request is refused with 501 and the reason: Nomad would forward it to
-//! the allocation's node, which Caravan does not do yet.
+//! when its own client holds the allocation (`agent -dev`, or a client in
+//! the agent): the agent hands the router a [`LocalLogs`], which finds a
+//! task's rotated log files. Any other allocation is forwarded, as in
+//! Nomad, to the agent of the node it runs on (`fs_forward.rs`).
 //!
 //! The rotated files (`<task>.<type>.0`, `.1`, ...) are read as one stream:
 //! `offset` counts bytes from its start (`origin=start`) or back from its
@@ -28,11 +27,12 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use caravan_engine::model::TaskLifecycleState;
 
+use super::fs_forward::{FsContext, Route};
 use super::handlers::refuse;
 use super::server::Server;
 
@@ -42,7 +42,7 @@ pub(super) const CHUNK_BYTES: usize = 64 * 1024;
 /// few wakeups a second per open stream.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// Heartbeat period of framed follows, as Nomad's stream.
-const HEARTBEAT: Duration = Duration::from_secs(10);
+pub(super) const HEARTBEAT: Duration = Duration::from_secs(10);
 /// Open log and file streams at once: each holds a reader thread while it lives.
 pub(super) const STREAMS_MAX: usize = 64;
 /// Chunks buffered per stream before the reader waits for the client.
@@ -92,33 +92,58 @@ pub trait LocalLogs: Send + Sync + std::fmt::Debug + 'static {
     fn log_files(&self, alloc_id: &str, task: &str, log_type: LogType) -> Result<Vec<LogFile>, LocalLogsError>;
 
     /// The allocation's directory on this client, which
-    /// `/v1/client/fs/{ls,stat,cat,readat}` read under (and never outside).
+    /// `/v1/client/fs/{ls,stat,cat,readat,stream}` read under (and never
+    /// outside). `UnknownAlloc` when this client does not hold it.
     fn alloc_dir(&self, alloc_id: &str) -> Result<PathBuf, LocalLogsError>;
+
+    /// Whether the task has ended for good, as this client knows it; `None`
+    /// when it cannot tell. A followed log ends once its task is dead and
+    /// every byte is sent; an agent with a server asks the server's state
+    /// instead.
+    fn task_dead(&self, _alloc_id: &str, _task: &str) -> Option<bool> {
+        None
+    }
 }
 
-/// The routes, served by every agent; `logs` is the local client's, if any.
-pub(super) fn router(server: Arc<dyn Server>, logs: Option<Arc<dyn LocalLogs>>) -> Router {
+/// The routes, served by every agent: `server` is this agent's server (to
+/// find other nodes' allocations), `logs` its local client's files; a
+/// client-only agent has no server, a server-only agent no client.
+pub(super) fn router(server: Option<Arc<dyn Server>>, logs: Option<Arc<dyn LocalLogs>>) -> Router {
     Router::new()
         .route("/v1/client/fs/logs/{alloc_id}", get(logs_handler))
         .route("/v1/client/fs/ls/{alloc_id}", get(super::alloc_files::ls_handler))
         .route("/v1/client/fs/stat/{alloc_id}", get(super::alloc_files::stat_handler))
         .route("/v1/client/fs/cat/{alloc_id}", get(super::alloc_files::cat_handler))
         .route("/v1/client/fs/readat/{alloc_id}", get(super::alloc_files::readat_handler))
-        .with_state((server, logs))
+        .route("/v1/client/fs/stream/{alloc_id}", get(super::fs_stream::stream_handler))
+        .with_state(FsContext { server, logs })
 }
 
-/// The refusal of a server without a local client (501, with the reason).
-pub(super) fn not_implemented(alloc_id: &str) -> Response {
-    refuse(
+/// The refusal of an agent with neither a client nor a server (501).
+pub(super) fn not_implemented(alloc_id: &str) -> (StatusCode, String) {
+    (
         StatusCode::NOT_IMPLEMENTED,
-        format!(
-            "no client runs in this agent, and Caravan does not yet forward /v1/client/fs requests to the \
-             allocation's node as Nomad does: ask the HTTP API of the agent whose client runs allocation {alloc_id}"
-        ),
+        format!("no client runs in this agent and it has no server to find allocation {alloc_id}'s node"),
     )
 }
 
-pub(super) type LogsState = State<(Arc<dyn Server>, Option<Arc<dyn LocalLogs>>)>;
+pub(super) type LogsState = State<FsContext>;
+
+/// This agent's client's files for `alloc_id`; otherwise the answer:
+/// the request forwarded to the agent of the allocation's node, or refused.
+pub(super) async fn local_or_forward(
+    ctx: &FsContext,
+    alloc_id: &str,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Arc<dyn LocalLogs>, Response> {
+    let route =
+        super::fs_forward::route(ctx, alloc_id, headers).map_err(|(status, message)| refuse(status, message))?;
+    match route {
+        Route::Local(logs) => Ok(logs),
+        Route::Remote { node, http_addr } => Err(super::fs_forward::forward(&node, &http_addr, uri).await),
+    }
+}
 
 /// A request, validated.
 #[derive(Debug, Clone)]
@@ -132,9 +157,15 @@ struct LogsRequest {
     plain: bool,
 }
 
-fn parse_bool(params: &HashMap<String, String>, key: &str) -> Result<bool, String> {
+pub(super) fn parse_bool(params: &HashMap<String, String>, key: &str) -> Result<bool, String> {
+    parse_bool_or(params, key, false)
+}
+
+/// A boolean parameter, `default` when absent or empty.
+pub(super) fn parse_bool_or(params: &HashMap<String, String>, key: &str, default: bool) -> Result<bool, String> {
     match params.get(key).map(String::as_str) {
-        None | Some("") | Some("false") => Ok(false),
+        None | Some("") => Ok(default),
+        Some("false") => Ok(false),
         Some("true") => Ok(true),
         Some(other) => Err(format!("invalid {key} {other:?}: want true or false")),
     }
@@ -169,15 +200,21 @@ fn parse_request(alloc_id: String, params: &HashMap<String, String>) -> Result<L
 }
 
 async fn logs_handler(
-    State((server, logs)): LogsState,
+    State(ctx): LogsState,
     Path(alloc_id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    uri: Uri,
 ) -> Response {
     let request = match parse_request(alloc_id, &params) {
         Ok(request) => request,
         Err(message) => return refuse(StatusCode::BAD_REQUEST, message),
     };
-    let Some(logs) = logs else { return not_implemented(&request.alloc_id) };
+    let logs = match local_or_forward(&ctx, &request.alloc_id, &headers, &uri).await {
+        Ok(logs) => logs,
+        Err(response) => return response,
+    };
+    let server = ctx.server.clone();
     // Refuse an unknown allocation or task before streaming anything.
     let files = match logs.log_files(&request.alloc_id, &request.task, request.log_type) {
         Ok(files) => files,
@@ -193,7 +230,10 @@ async fn logs_handler(
     let (mut tx, rx) = futures_channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(CHUNKS_BUFFERED_MAX);
     let plain = request.plain;
     let spawned = std::thread::Builder::new().name("log-stream".into()).spawn(move || {
-        let task_dead = || task_dead(server.as_ref(), &request.alloc_id, &request.task);
+        let task_dead = || match &server {
+            Some(server) => task_dead(server.as_ref(), &request.alloc_id, &request.task),
+            None => logs.task_dead(&request.alloc_id, &request.task).unwrap_or(false),
+        };
         produce(logs.as_ref(), &request, files, &task_dead, &mut tx);
         OPEN_STREAMS.fetch_sub(1, Ordering::SeqCst);
     });

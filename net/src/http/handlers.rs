@@ -326,3 +326,12 @@ pub(super) async fn agent_self(State(server): Shared) -> Response {
 pub(super) async fn not_found() -> Response {
     refuse(StatusCode::NOT_FOUND, "Invalid URL path")
 }
+
+/// Anything but `/v1/client/fs/*` on a client-only agent.
+pub(super) async fn client_only() -> Response {
+    refuse(
+        StatusCode::NOT_FOUND,
+        "this agent runs only a client: it serves /v1/client/fs/* for its own allocations; \
+         ask a server's HTTP API for the rest",
+    )
+}

@@ -12,6 +12,8 @@ mod client_fs;
 mod consistency;
 mod deployments;
 mod events;
+mod fs_forward;
+mod fs_stream;
 mod handlers;
 mod job_actions;
 mod server;
@@ -25,13 +27,14 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
 pub use client_fs::{LocalLogs, LocalLogsError, LogFile, LogType};
+pub use fs_forward::FORWARDED_HEADER;
 pub use server::{LeaderContact, LocalServer, RaftServerInfo, Server, WriteBuilder, engine_gauges};
 
 /// What an agent adds to its API beyond the server's state.
 #[derive(Debug, Clone, Default)]
 pub struct ApiOptions {
-    /// The log files of the client running in this agent, for
-    /// `/v1/client/fs/logs`; `None` on a server alone.
+    /// The files of the client running in this agent, for
+    /// `/v1/client/fs/*`; `None` on a server alone.
     pub local_logs: Option<Arc<dyn LocalLogs>>,
 }
 
@@ -42,7 +45,14 @@ pub fn router(server: Arc<dyn Server>) -> Router {
 
 /// [`router`], with the client endpoints `options` enable.
 pub fn router_with(server: Arc<dyn Server>, options: ApiOptions) -> Router {
-    server_routes(Arc::clone(&server)).merge(client_fs::router(server, options.local_logs))
+    server_routes(Arc::clone(&server)).merge(client_fs::router(Some(server), options.local_logs))
+}
+
+/// The API of a client-only agent: its client's `/v1/client/fs/*` (which
+/// it cannot forward: it has no state to find other nodes in); anything
+/// else is refused with a pointer to the servers.
+pub fn client_router(options: ApiOptions) -> Router {
+    client_fs::router(None, options.local_logs).fallback(handlers::client_only)
 }
 
 fn server_routes(server: Arc<dyn Server>) -> Router {
@@ -94,6 +104,15 @@ pub fn spawn(addr: SocketAddr, server: Arc<dyn Server>) -> std::io::Result<Socke
 
 /// [`spawn`], with the client endpoints `options` enable.
 pub fn spawn_with(addr: SocketAddr, server: Arc<dyn Server>, options: ApiOptions) -> std::io::Result<SocketAddr> {
+    spawn_router(addr, router_with(server, options))
+}
+
+/// A client-only agent's API ([`client_router`]) on its own thread.
+pub fn spawn_client(addr: SocketAddr, options: ApiOptions) -> std::io::Result<SocketAddr> {
+    spawn_router(addr, client_router(options))
+}
+
+fn spawn_router(addr: SocketAddr, router: Router) -> std::io::Result<SocketAddr> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("http".into()).spawn(move || {
         let runtime = match compio::runtime::Runtime::new() {
@@ -107,7 +126,7 @@ pub fn spawn_with(addr: SocketAddr, server: Arc<dyn Server>, options: ApiOptions
             match compio::net::TcpListener::bind(addr).await {
                 Ok(listener) => {
                     let _ = tx.send(listener.local_addr());
-                    if let Err(e) = cyper_axum::serve(listener, router_with(server, options)).await {
+                    if let Err(e) = cyper_axum::serve(listener, router).await {
                         eprintln!("http server stopped: {e}");
                     }
                 }

@@ -12,6 +12,14 @@
 //! can find it by label as well as by id), limited in memory and CPU shares,
 //! given the alloc directories at `/alloc`, `/local` and `/secrets`, and its
 //! output is copied into the task's rotating log files.
+//!
+//! The copy asks Docker for timestamped lines, strips the stamps, and keeps
+//! the last one in a cursor file (`<alloc>/.executor/<task>/`, the agent's
+//! alone), saved at most every [`LOG_CURSOR_SAVE_INTERVAL`]. An agent that
+//! re-attaches to a running container asks for the lines since that stamp,
+//! so what the container wrote while no agent ran reaches the files; lines
+//! at or before the stamp are skipped, so nothing is copied twice unless
+//! the agent died between two saves of the cursor.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -54,6 +62,12 @@ const BYTES_PER_MB: i64 = 1024 * 1024;
 const STATUS_NOT_FOUND: u16 = 404;
 /// HTTP status of "container already stopped".
 const STATUS_NOT_MODIFIED: u16 = 304;
+/// How often the log copy saves its cursor at most: a chatty container
+/// costs one small file write a second, and an agent killed outright
+/// copies at most this much output twice when it comes back.
+const LOG_CURSOR_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// The log cursor's file in the task's agent-only directory.
+const LOG_CURSOR_FILE: &str = "docker-logs.cursor";
 
 /// A validated `docker` config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,7 +176,7 @@ impl DockerDriver {
 
     fn container_id(handle: &TaskHandle) -> Result<String, DriverError> {
         match &handle.state {
-            HandleState::Container { id } => Ok(id.clone()),
+            HandleState::Container { id, .. } => Ok(id.clone()),
             HandleState::Process { .. } => {
                 Err(DriverError::InvalidHandle("a process handle given to the docker driver".into()))
             }
@@ -195,9 +209,16 @@ impl DockerDriver {
         })
     }
 
-    /// Copies the container's output into the task's log files, from `since`
-    /// (Unix seconds; 0 for everything).
-    fn start_log_copy(&self, docker: &Docker, handle: &TaskHandle, id: &str, since: i32) -> Result<(), DriverError> {
+    /// Copies the container's output into the task's log files: every line
+    /// after `after_ns` (a Docker timestamp in ns since the epoch; `None`
+    /// for everything), keeping the cursor in `handle`'s cursor file.
+    fn start_log_copy(
+        &self,
+        docker: &Docker,
+        handle: &TaskHandle,
+        id: &str,
+        after_ns: Option<i128>,
+    ) -> Result<(), DriverError> {
         let open = |stream| {
             RotatingWriter::open(&handle.log_dir, &handle.task_name, stream, handle.logs)
                 .map_err(|e| DriverError::io(format!("open logs of {}", handle.task_name), e))
@@ -205,23 +226,45 @@ impl DockerDriver {
         let (mut stdout, mut stderr) = (open(LogStream::Stdout)?, open(LogStream::Stderr)?);
         let runtime = self.runtime.as_ref().map_err(|err| DriverError::Unavailable(err.clone()))?;
         let (d, container) = (docker.clone(), id.to_string());
+        let cursor_file = match &handle.state {
+            HandleState::Container { log_cursor, .. } => log_cursor.clone(),
+            HandleState::Process { .. } => None,
+        };
+        // Docker's `since` is whole seconds: ask from the cursor's second
+        // and skip what was copied already.
+        let since = after_ns.map_or(0, |ns| i32::try_from(ns.div_euclid(NS_PER_S)).unwrap_or(i32::MAX));
         let task = runtime.handle.spawn(async move {
             use std::io::Write;
-            let options = LogsOptionsBuilder::new().follow(true).stdout(true).stderr(true).since(since).build();
+            let options =
+                LogsOptionsBuilder::new().follow(true).stdout(true).stderr(true).timestamps(true).since(since).build();
             let mut logs = d.logs(&container, Some(options));
-            while let Some(Ok(output)) = logs.next().await {
+            let mut cursor = LogCursor::new(cursor_file, after_ns);
+            loop {
+                // A quiet container still gets its cursor saved.
+                let output = match tokio::time::timeout(LOG_CURSOR_SAVE_INTERVAL, logs.next()).await {
+                    Ok(Some(Ok(output))) => output,
+                    Ok(_) => break,
+                    Err(_) => {
+                        cursor.save_flushed(&mut stdout, &mut stderr);
+                        continue;
+                    }
+                };
+                let (message, to_stderr) = match &output {
+                    bollard::container::LogOutput::StdErr { message } => (message, true),
+                    bollard::container::LogOutput::StdOut { message }
+                    | bollard::container::LogOutput::Console { message } => (message, false),
+                    bollard::container::LogOutput::StdIn { .. } => continue,
+                };
+                let Some((stamp, line)) = cursor.take(message) else { continue };
                 // Small blocking writes to local files: cheaper than a
                 // hand-off to a blocking pool for every line.
-                let written = match output {
-                    bollard::container::LogOutput::StdErr { message } => stderr.write_all(&message),
-                    bollard::container::LogOutput::StdOut { message }
-                    | bollard::container::LogOutput::Console { message } => stdout.write_all(&message),
-                    bollard::container::LogOutput::StdIn { .. } => Ok(()),
-                };
+                let written = if to_stderr { stderr.write_all(line) } else { stdout.write_all(line) };
                 if let Err(err) = written {
                     tracing::warn!(%err, "task log write failed");
                     break;
                 }
+                cursor.advance(stamp);
+                cursor.save_if_due(&mut stdout, &mut stderr);
             }
             let _ = stdout.flush();
             let _ = stderr.flush();
@@ -363,6 +406,161 @@ impl Drop for DockerDriver {
     }
 }
 
+const NS_PER_S: i128 = 1_000_000_000;
+
+/// Where the log copy stands: the Docker timestamp (ns) of the last line
+/// copied, lines at or before `skip_through_ns` skipped, saved now and then.
+#[derive(Debug)]
+struct LogCursor {
+    file: Option<std::path::PathBuf>,
+    skip_through_ns: Option<i128>,
+    last_ns: Option<i128>,
+    saved_ns: Option<i128>,
+    saved_at: std::time::Instant,
+}
+
+impl LogCursor {
+    fn new(file: Option<std::path::PathBuf>, skip_through_ns: Option<i128>) -> LogCursor {
+        LogCursor {
+            file,
+            skip_through_ns,
+            last_ns: skip_through_ns,
+            saved_ns: skip_through_ns,
+            saved_at: std::time::Instant::now(),
+        }
+    }
+
+    /// The saved timestamp; `None` when there is none (nothing copied yet,
+    /// or a file that is not ours).
+    fn load(path: &std::path::Path) -> Option<i128> {
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+
+    /// The message without its timestamp, and the timestamp; `None` when
+    /// it was copied before. A message without one is passed on whole.
+    fn take<'a>(&self, message: &'a [u8]) -> Option<(Option<i128>, &'a [u8])> {
+        let Some((stamp, rest)) = split_timestamp(message) else { return Some((None, message)) };
+        if self.skip_through_ns.is_some_and(|skip| stamp <= skip) {
+            return None;
+        }
+        Some((Some(stamp), rest))
+    }
+
+    /// The line stamped `stamp` is in the files.
+    fn advance(&mut self, stamp: Option<i128>) {
+        if let Some(stamp) = stamp {
+            self.last_ns = Some(self.last_ns.map_or(stamp, |last| last.max(stamp)));
+        }
+    }
+
+    /// Saves the cursor if [`LOG_CURSOR_SAVE_INTERVAL`] has passed.
+    fn save_if_due(&mut self, stdout: &mut RotatingWriter, stderr: &mut RotatingWriter) {
+        if self.saved_at.elapsed() >= LOG_CURSOR_SAVE_INTERVAL {
+            self.save_flushed(stdout, stderr);
+        }
+    }
+
+    /// Saves the cursor after flushing the files: it never runs ahead of
+    /// the bytes on disk.
+    fn save_flushed(&mut self, stdout: &mut RotatingWriter, stderr: &mut RotatingWriter) {
+        if self.last_ns == self.saved_ns {
+            return;
+        }
+        use std::io::Write;
+        let _ = stdout.flush();
+        let _ = stderr.flush();
+        self.save();
+    }
+
+    /// Writes the cursor through a temporary file and a rename.
+    fn save(&mut self) {
+        self.saved_at = std::time::Instant::now();
+        let (Some(file), Some(last)) = (&self.file, self.last_ns) else { return };
+        if self.saved_ns == Some(last) {
+            return;
+        }
+        let tmp = file.with_extension("tmp");
+        let written = std::fs::write(&tmp, last.to_string()).and_then(|()| std::fs::rename(&tmp, file));
+        match written {
+            Ok(()) => self.saved_ns = Some(last),
+            Err(err) => tracing::warn!(%err, file = %file.display(), "cannot save the docker log cursor"),
+        }
+    }
+}
+
+/// A copy that ends (the container is gone, or the driver shut down and
+/// dropped it) leaves its cursor saved. The files are unbuffered: what was
+/// written is on its way to disk already.
+impl Drop for LogCursor {
+    fn drop(&mut self) {
+        self.save();
+    }
+}
+
+/// Splits Docker's `timestamps=true` prefix (RFC 3339 with nanoseconds,
+/// then a space) off a log message: its time in ns since the epoch and
+/// the rest.
+fn split_timestamp(message: &[u8]) -> Option<(i128, &[u8])> {
+    let space = message.iter().take(TIMESTAMP_BYTES_MAX).position(|b| *b == b' ')?;
+    let stamp = std::str::from_utf8(&message[..space]).ok()?;
+    Some((parse_rfc3339_ns(stamp)?, &message[space + 1..]))
+}
+
+/// Longest timestamp Docker writes (`2006-01-02T15:04:05.999999999+07:00`).
+const TIMESTAMP_BYTES_MAX: usize = 40;
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` as ns since the epoch.
+fn parse_rfc3339_ns(text: &str) -> Option<i128> {
+    let bytes = text.as_bytes();
+    if bytes.len() < 20 || bytes[4] != b'-' || bytes[7] != b'-' || bytes[10] != b'T' {
+        return None;
+    }
+    if bytes[13] != b':' || bytes[16] != b':' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = text.get(range)?;
+        if part.bytes().all(|b| b.is_ascii_digit()) { part.parse().ok() } else { None }
+    };
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut rest = &text[19..];
+    let mut nanos: i128 = 0;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        nanos = fraction[..digits].parse::<i128>().ok()? * 10i128.pow(9 - digits as u32);
+        rest = &fraction[digits..];
+    }
+    let offset_s: i64 = match rest {
+        "Z" => 0,
+        _ if rest.len() == 6 && rest.as_bytes()[3] == b':' => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let (h, m) = (rest[1..3].parse::<i64>().ok()?, rest[4..6].parse::<i64>().ok()?);
+            sign * (h * 3600 + m * 60)
+        }
+        _ => return None,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+    Some(i128::from(seconds) * NS_PER_S + nanos)
+}
+
 fn start_runtime() -> Result<Runtime, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -428,6 +626,14 @@ impl Driver for DockerDriver {
     }
 
     fn start(&self, spec: &TaskSpec) -> Result<TaskHandle, DriverError> {
+        let cursor_dir = super::executor::executor_dir(&spec.dirs);
+        super::executor::prepare_dir(&cursor_dir)?;
+        let log_cursor = cursor_dir.join(LOG_CURSOR_FILE);
+        match std::fs::remove_file(&log_cursor) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(DriverError::io(format!("remove {}", log_cursor.display()), err)),
+        }
         let (docker, id) = self.create(spec)?;
         let handle = TaskHandle {
             driver: DOCKER_DRIVER.into(),
@@ -435,7 +641,7 @@ impl Driver for DockerDriver {
             task_name: spec.task_name.clone(),
             log_dir: spec.dirs.log_dir.clone(),
             logs: spec.logs,
-            state: HandleState::Container { id: id.clone() },
+            state: HandleState::Container { id: id.clone(), log_cursor: Some(log_cursor) },
         };
         let (d, i) = (docker.clone(), id.clone());
         let started = self.call(API_TIMEOUT, async move { d.start_container(&i, None).await })?;
@@ -443,7 +649,7 @@ impl Driver for DockerDriver {
             let _ = self.destroy(&handle);
             return Err(DriverError::Start(format!("start container: {err}")));
         }
-        self.start_log_copy(&docker, &handle, &id, 0)?;
+        self.start_log_copy(&docker, &handle, &id, None)?;
         Ok(handle)
     }
 
@@ -516,13 +722,16 @@ impl Driver for DockerDriver {
         if !running {
             return Err(DriverError::TaskGone(format!("container {id} is not running")));
         }
-        // Output from now on; what came before is in the files already, save
-        // what was written while no agent ran.
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX))
-            .unwrap_or(0);
-        self.start_log_copy(&docker, handle, &id, since)
+        // Everything after the last line copied, what the container wrote
+        // while no agent ran included. A handle of an older agent has no
+        // cursor: output from now on.
+        let after_ns = match &handle.state {
+            HandleState::Container { log_cursor: Some(path), .. } => Some(LogCursor::load(path).unwrap_or(0)),
+            _ => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(Some(0), |d| Some(i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))),
+        };
+        self.start_log_copy(&docker, handle, &id, after_ns)
     }
 
     fn destroy(&self, handle: &TaskHandle) -> Result<(), DriverError> {
@@ -545,6 +754,33 @@ impl Driver for DockerDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_timestamps_parse_to_nanoseconds() {
+        assert_eq!(parse_rfc3339_ns("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339_ns("1970-01-01T00:00:01.5Z"), Some(1_500_000_000));
+        assert_eq!(parse_rfc3339_ns("2024-02-29T12:34:56.123456789Z"), Some(1_709_210_096_123_456_789));
+        assert_eq!(parse_rfc3339_ns("2024-02-29T13:34:56.123456789+01:00"), Some(1_709_210_096_123_456_789));
+        for bad in ["", "2024-02-29", "2024-13-01T00:00:00Z", "2024-02-29T12:34:56", "2024-02-29T12:34:56.Z", "x"] {
+            assert_eq!(parse_rfc3339_ns(bad), None, "{bad:?}");
+        }
+        let (stamp, rest) = split_timestamp(b"1970-01-01T00:00:02.000000001Z hello world\n").unwrap();
+        assert_eq!((stamp, rest), (2_000_000_001, &b"hello world\n"[..]));
+        assert_eq!(split_timestamp(b"no stamp here\n"), None);
+    }
+
+    #[test]
+    fn the_cursor_skips_what_was_copied_and_passes_unstamped_output() {
+        let mut cursor = LogCursor::new(None, Some(2_000_000_000));
+        assert_eq!(cursor.take(b"1970-01-01T00:00:01.9Z old\n"), None);
+        assert_eq!(cursor.take(b"1970-01-01T00:00:02Z same\n"), None);
+        assert_eq!(cursor.take(b"1970-01-01T00:00:02.1Z new\n"), Some((Some(2_100_000_000), &b"new\n"[..])));
+        assert_eq!(cursor.take(b"plain\n"), Some((None, &b"plain\n"[..])));
+        assert_eq!(cursor.last_ns, Some(2_000_000_000), "nothing written yet");
+        cursor.advance(Some(2_100_000_000));
+        cursor.advance(None);
+        assert_eq!(cursor.last_ns, Some(2_100_000_000));
+    }
 
     #[test]
     fn image_names_split_into_repo_and_tag() {

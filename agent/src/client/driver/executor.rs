@@ -8,7 +8,9 @@
 //! writes `D/started.json` (the task's pid and start time), waits for the
 //! task and writes `D/status.json` (exit code, signal, finish time), each by
 //! an atomic rename. It is the task's parent, so the status is exact however
-//! often the agent dies and comes back.
+//! often the agent dies and comes back. `D` is [`executor_dir`], beside the
+//! task's directory and writable by the agent's user alone: an `exec`
+//! task's user owns its own directory and could otherwise replace `D`.
 //!
 //! Signals never go to the executor: the agent signals the task's process
 //! group, which the executor is not in, and the executor outlives the task
@@ -29,8 +31,15 @@ use super::DriverError;
 
 /// The hidden subcommand of the `caravan` binary that runs an executor.
 pub const EXECUTOR_SUBCOMMAND: &str = "executor";
-/// The executor's directory inside the task directory.
+/// The executors' directory inside the allocation directory, beside the
+/// tasks' directories: `<alloc>/.executor/<task>/`.
 pub const EXECUTOR_DIR_NAME: &str = ".executor";
+/// Mode of the executors' directories: the agent's user alone. An `exec`
+/// task's user owns its task directory, so anything inside it could be
+/// renamed or replaced by the task (a forged `status.json`); the allocation
+/// directory and these belong to the agent, and tasks cannot write them
+/// (an `exec` task does not even see them: it is chrooted in its own).
+const EXECUTOR_DIR_MODE: u32 = 0o700;
 const STARTED_FILE: &str = "started.json";
 const STATUS_FILE: &str = "status.json";
 /// How long the agent waits for the executor to report the task's pid:
@@ -135,9 +144,24 @@ pub fn read_status(dir: &Path) -> Option<ExitStatus> {
     read_json(&dir.join(STATUS_FILE))
 }
 
-/// Empties `dir` of an earlier run's files (a restarted task reuses it).
+/// Where a task's executor keeps `started.json` and `status.json`:
+/// `<alloc>/.executor/<task>`, outside the task's directory.
+pub fn executor_dir(dirs: &super::TaskDirs) -> PathBuf {
+    let alloc_root = dirs.task_dir.parent().unwrap_or(&dirs.task_dir);
+    let task = dirs.task_dir.file_name().unwrap_or_default();
+    alloc_root.join(EXECUTOR_DIR_NAME).join(task)
+}
+
+/// Creates `dir` and its parent for the agent's user alone
+/// ([`EXECUTOR_DIR_MODE`]) and empties it of an earlier run's files (a
+/// restarted task reuses it).
 pub(crate) fn prepare_dir(dir: &Path) -> Result<(), DriverError> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).map_err(|e| DriverError::io(format!("create {}", dir.display()), e))?;
+    for path in [dir.parent().unwrap_or(dir), dir] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(EXECUTOR_DIR_MODE))
+            .map_err(|e| DriverError::io(format!("chmod {}", path.display()), e))?;
+    }
     for name in [STARTED_FILE, STATUS_FILE] {
         match std::fs::remove_file(dir.join(name)) {
             Ok(()) => {}

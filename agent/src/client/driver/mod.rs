@@ -218,8 +218,15 @@ pub enum HandleState {
         #[serde(default)]
         executor: Option<Box<executor::ExecutorHandle>>,
     },
-    /// A Docker container.
-    Container { id: String },
+    /// A Docker container. `log_cursor`: the file where the driver keeps
+    /// the Docker timestamp of the last log line copied, so a re-attaching
+    /// agent fetches what the container wrote while no agent ran (absent in
+    /// handles of older agents).
+    Container {
+        id: String,
+        #[serde(default)]
+        log_cursor: Option<PathBuf>,
+    },
 }
 
 /// How a task ended.

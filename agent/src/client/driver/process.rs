@@ -108,7 +108,7 @@ pub(crate) fn spawn(
     let stdout_end = task_ends.pop().ok_or_else(|| DriverError::Start("no stdout fifo".into()))?;
     let mut env = spec.full_env();
     env.entry("PATH".into()).or_insert_with(|| PATH_DEFAULT.into());
-    let executor_dir = spec.dirs.task_dir.join(executor::EXECUTOR_DIR_NAME);
+    let executor_dir = executor::executor_dir(&spec.dirs);
     let mut command = match executor {
         Some(executor) => {
             executor::prepare_dir(&executor_dir)?;
