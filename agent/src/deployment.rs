@@ -111,19 +111,27 @@ fn print_status(d: &Value) {
         println!("{label:<11} = {}", s(&d[key]));
     }
     println!("\nDeployed");
-    let rows: Vec<Vec<String>> = d["TaskGroups"]
-        .as_object()
-        .into_iter()
-        .flatten()
+    let groups: Vec<(&String, &Value)> = d["TaskGroups"].as_object().into_iter().flatten().collect();
+    // Nomad adds the canary columns when some group has canaries.
+    let canaries = groups.iter().any(|(_, g)| g["DesiredCanaries"].as_u64().unwrap_or(0) > 0);
+    let rows: Vec<Vec<String>> = groups
+        .iter()
         .map(|(name, g)| {
-            vec![
-                name.clone(),
-                s(&g["DesiredTotal"]),
-                s(&g["PlacedAllocs"]),
-                s(&g["HealthyAllocs"]),
-                s(&g["UnhealthyAllocs"]),
-            ]
+            let mut row = vec![(*name).clone()];
+            if canaries {
+                row.push(s(&g["Promoted"]));
+            }
+            row.push(s(&g["DesiredTotal"]));
+            if canaries {
+                row.push(s(&g["DesiredCanaries"]));
+            }
+            row.extend([s(&g["PlacedAllocs"]), s(&g["HealthyAllocs"]), s(&g["UnhealthyAllocs"])]);
+            row
         })
         .collect();
-    table(&["Task Group", "Desired", "Placed", "Healthy", "Unhealthy"], &rows);
+    if canaries {
+        table(&["Task Group", "Promoted", "Desired", "Canaries", "Placed", "Healthy", "Unhealthy"], &rows);
+    } else {
+        table(&["Task Group", "Desired", "Placed", "Healthy", "Unhealthy"], &rows);
+    }
 }

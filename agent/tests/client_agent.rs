@@ -1,8 +1,9 @@
 //! The client agent end to end against an in-process cluster: real
 //! scheduling (`LocalCluster`) behind a fake [`ServerApi`], real processes
 //! through `raw_exec`. Batch completion, service stop, the task
-//! environment, bad input, an agent restart that re-attaches, and task
-//! lifecycle hooks (prestart, poststart, poststop, sidecars).
+//! environment, bad input, an agent restart that re-attaches, task
+//! lifecycle hooks (prestart, poststart, poststop, sidecars), and the
+//! deployment health the client decides.
 //!
 //! `CARAVAN_SLOW_TESTS=1` adds the 100-task start measurement.
 
@@ -23,8 +24,9 @@ use caravan_engine::endpoints;
 use caravan_engine::ids::{JobKey, NodeId};
 use caravan_engine::local::{LocalCluster, LocalConfig};
 use caravan_engine::model::{
-    AllocClientUpdate, Allocation, ClientStatus, ConfigValue, Job, JobType, LifecycleHook, Node, Parameterized,
-    PayloadMode, RestartMode, SECOND_NS, Task, TaskGroup, TaskLifecycle, TaskLifecycleState,
+    AllocClientUpdate, Allocation, ClientStatus, ConfigValue, DeploymentStatus, Job, JobType, LifecycleHook, Node,
+    Parameterized, PayloadMode, RestartMode, SECOND_NS, Task, TaskGroup, TaskLifecycle, TaskLifecycleState,
+    UpdateStrategy,
 };
 use caravan_engine::state::{Cancel, StateStore, Table};
 
@@ -692,4 +694,53 @@ fn a_dispatched_task_reads_its_payload_from_local() {
     assert_eq!(allocs[0].client_status, ClientStatus::Complete, "{:#?}", allocs[0].task_states);
     let written = std::fs::read_to_string(h.task_dir(&allocs[0]).join("local/in/input.txt")).unwrap();
     assert_eq!(written, "hello payload");
+}
+
+/// A service job rolled out under a deployment: `max_parallel` 1, health
+/// decided by the client after `min_healthy_time`.
+fn deployed_job(id: &str, script: &str, min_healthy_time_ns: i64) -> Job {
+    let mut job = shell_job(id, JobType::Service, 1, script);
+    job.task_groups[0].update = Some(UpdateStrategy {
+        max_parallel: 1,
+        health_check: "task_states".into(),
+        min_healthy_time_ns,
+        healthy_deadline_ns: 60 * SECOND_NS,
+        ..UpdateStrategy::default()
+    });
+    job.task_groups[0].restart_policy.attempts = 0;
+    job.task_groups[0].restart_policy.mode = RestartMode::Fail;
+    job
+}
+
+#[test]
+fn a_deployed_allocation_is_healthy_after_min_healthy_time() {
+    let mut h = Harness::start();
+    let key = h.run(deployed_job("healthy", "exec sleep 600", SECOND_NS));
+    let allocs =
+        h.wait_allocs(&key, "a healthy allocation", |allocs| allocs.iter().any(|a| a.deployment_healthy().is_some()));
+    let alloc = &allocs[0];
+    let status = alloc.deployment_status.expect("health recorded");
+    assert_eq!(status.healthy, Some(true), "{:?}", event_kinds(alloc));
+    let started = alloc.task_states["t"].started_at_ns;
+    assert!(started > 0);
+    assert!(status.timestamp_ns >= started + SECOND_NS, "healthy only after running min_healthy_time");
+    let snap = h.server.store.snapshot();
+    let d = snap.latest_deployment(&key).expect("a deployment");
+    assert_eq!(d.status, DeploymentStatus::Successful);
+    assert!(snap.job(&key).unwrap().stable);
+}
+
+#[test]
+fn a_deployed_allocation_whose_task_fails_is_unhealthy() {
+    let mut h = Harness::start();
+    // It would be healthy after 30 s; it fails first.
+    let key = h.run(deployed_job("unhealthy", "sleep 0.5; exit 3", 30 * SECOND_NS));
+    let allocs = h
+        .wait_allocs(&key, "an unhealthy allocation", |allocs| allocs.iter().any(|a| a.deployment_healthy().is_some()));
+    let alloc = &allocs[0];
+    assert_eq!(alloc.deployment_healthy(), Some(false), "{:?}", event_kinds(alloc));
+    assert_eq!(alloc.client_status, ClientStatus::Failed);
+    let d = h.server.store.snapshot().latest_deployment(&key).expect("a deployment").clone();
+    assert_eq!(d.status, DeploymentStatus::Failed);
+    assert_eq!(&*d.status_description, "Failed due to unhealthy allocations");
 }

@@ -23,6 +23,7 @@ use crate::broker::{
     BrokerConfig, BrokerError, BrokerOutput, SharedBroker, cancel_update, failed_followup, failed_followup_delay_ns,
 };
 use crate::clock::Clock;
+use crate::deployment_watcher::{self, DEPLOYMENT_WATCH_INTERVAL_NS};
 use crate::endpoints;
 use crate::fsm::{self, ApplyOutcome, Command};
 use crate::ids::IdGen;
@@ -226,7 +227,8 @@ pub fn spawn_leader_threads(
 /// Leader duties: write what the broker decided (cancelled duplicates of
 /// pending evals) and what routing deferred, drain the failed queue (mark
 /// the eval failed, create its delayed follow-up, then ack it), retry evals
-/// blocked by plan conflicts, launch periodic jobs, and collect garbage.
+/// blocked by plan conflicts, launch periodic jobs, watch deployments
+/// (progress deadlines, auto-promotion, auto-revert), and collect garbage.
 fn leader_loop(
     duties: &LeaderDuties,
     store: &StateStore,
@@ -242,8 +244,13 @@ fn leader_loop(
     let mut last_gc_ns = clock.now_ns();
     let mut periodic = PeriodicDispatcher::new();
     let mut last_periodic_ns = clock.now_ns().saturating_sub(PERIODIC_INTERVAL_NS);
+    let mut last_deployment_watch_ns = clock.now_ns();
     while cancel.sleep(LEADER_TICK) {
         let now = clock.now_ns();
+        if now.saturating_sub(last_deployment_watch_ns) >= DEPLOYMENT_WATCH_INTERVAL_NS {
+            last_deployment_watch_ns = now;
+            watch_deployments(store, committer, now, &mut ids);
+        }
         if now.saturating_sub(last_periodic_ns) >= PERIODIC_INTERVAL_NS {
             last_periodic_ns = now;
             launch_periodic(&mut periodic, store, committer, now, &mut ids);
@@ -280,6 +287,25 @@ fn leader_loop(
             }
         }
     }
+}
+
+/// Commit what the deployment watcher decides for each watched deployment
+/// at `now`, each decision built from the latest state; one that fails is
+/// decided again on the next look. Returns the commands committed.
+pub fn watch_deployments(
+    store: &StateStore,
+    committer: &dyn Committer,
+    now: crate::model::TimeNs,
+    ids: &mut IdGen,
+) -> usize {
+    let mut committed = 0;
+    for id in deployment_watcher::watched(&store.snapshot()) {
+        let result = committer.commit_built(store, &mut |state| deployment_watcher::watch(state, id, now, ids));
+        if let Ok(Some(_)) = result {
+            committed += 1;
+        }
+    }
+    committed
 }
 
 /// Commit the launches `dispatcher` finds due at `now`, each built from the

@@ -4,13 +4,13 @@
 //! Called by the leader under its write path (in-process: the log lock), so
 //! the state read is the state the command applies to.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::fsm::Command;
 use crate::ids::{AllocId, DeploymentId, IdGen, JobKey, NodeId};
 use crate::model::{
-    AllocClientUpdate, ClientStatus, DeploymentStatus, DesiredTransition, DrainStrategy, Evaluation, Job, JobType,
-    Node, NodeStatus, SchedulingEligibility, TimeNs, TriggeredBy,
+    AllocClientUpdate, ClientStatus, DESCRIPTION_RUNNING, Deployment, DeploymentStatus, DesiredTransition,
+    DrainStrategy, Evaluation, Job, JobType, Node, NodeStatus, SchedulingEligibility, TimeNs, TriggeredBy,
 };
 use crate::state::State;
 use crate::validate::{ValidationError, validate_job, validate_node};
@@ -273,7 +273,10 @@ pub fn stop_alloc(state: &State, alloc_id: AllocId, now_ns: TimeNs, ids: &mut Id
 }
 
 /// Client status reports; a job with a newly failed allocation gets one
-/// eval to reschedule it (Nomad's `Node.UpdateAlloc`).
+/// eval to reschedule it (Nomad's `Node.UpdateAlloc`), and a job whose
+/// deployment hears a new health decision gets one from the deployment
+/// watcher, so the next batch of its rollout goes out (or, unhealthy, the
+/// failure is acted on).
 pub fn update_allocs_from_client(
     state: &State,
     updates: Vec<AllocClientUpdate>,
@@ -281,20 +284,39 @@ pub fn update_allocs_from_client(
     ids: &mut IdGen,
 ) -> Command {
     let mut jobs: BTreeSet<JobKey> = BTreeSet::new();
+    let mut deployments: BTreeMap<JobKey, DeploymentId> = BTreeMap::new();
     for u in &updates {
+        let Some(alloc) = state.alloc(u.alloc_id) else { continue };
         if u.client_status == ClientStatus::Failed
-            && let Some(alloc) = state.alloc(u.alloc_id)
             && !alloc.client_status.is_terminal()
             && alloc.job.job_type != JobType::System
         {
             jobs.insert(alloc.job_key());
         }
+        if let Some(report) = u.deployment_health
+            && alloc.deployment_id == Some(report.deployment_id)
+            && alloc.deployment_healthy().is_none()
+            && state.deployment(report.deployment_id).is_some_and(|d| d.status.is_active())
+        {
+            deployments.insert(alloc.job_key(), report.deployment_id);
+        }
     }
-    let evals = jobs
+    let mut evals: Vec<Evaluation> = jobs
         .iter()
         .filter_map(|k| state.job(k))
         .map(|job| eval_for(job, TriggeredBy::RetryFailedAlloc, None, now_ns, ids))
         .collect();
+    for (key, deployment_id) in deployments {
+        // One eval per job is enough: it sees every report of the batch.
+        if jobs.contains(&key) {
+            continue;
+        }
+        if let Some(job) = state.job(&key) {
+            let mut eval = eval_for(job, TriggeredBy::DeploymentWatcher, None, now_ns, ids);
+            eval.deployment_id = Some(deployment_id);
+            evals.push(eval);
+        }
+    }
     Command::AllocClientUpdate { updates, evals }
 }
 
@@ -397,7 +419,15 @@ pub fn update_deployment(
     let (status, description) = match action {
         DeploymentAction::Fail => (DeploymentStatus::Failed, "Deployment marked as failed"),
         DeploymentAction::Pause => (DeploymentStatus::Paused, "Deployment is paused"),
-        DeploymentAction::Resume => (DeploymentStatus::Running, "Deployment is running"),
+        DeploymentAction::Resume => {
+            let running =
+                if d.awaits_promotion() { crate::model::DESCRIPTION_NEEDS_PROMOTION } else { DESCRIPTION_RUNNING };
+            (DeploymentStatus::Running, running)
+        }
+    };
+    let (description, job) = match action {
+        DeploymentAction::Fail => rollback(state, d, description, now_ns, ids),
+        _ => (description.into(), None),
     };
     let mut evals = Vec::new();
     if action != DeploymentAction::Pause
@@ -407,13 +437,58 @@ pub fn update_deployment(
         eval.deployment_id = Some(id);
         evals.push(eval);
     }
-    Ok(Command::DeploymentStatusUpdate { id, status, description: description.into(), evals })
+    Ok(Command::DeploymentStatusUpdate { id, status, description, evals, job, now_ns })
 }
 
-/// `deployment promote`: Caravan places no canaries yet, so there is never
-/// anything to promote; Nomad refuses the same way for a deployment
-/// without canaries.
-pub fn promote_deployment(state: &State, id: DeploymentId) -> Result<std::convert::Infallible, EndpointError> {
+/// A failing deployment's rollback (Nomad's deployment watcher): when a
+/// group auto-reverts and the job still runs the failed version, the latest
+/// stable older version is registered again, as a new version, through
+/// the `job revert` path. Returns the failure's description, saying what
+/// happened, and the job to register.
+pub fn rollback(
+    state: &State,
+    d: &Deployment,
+    why: &str,
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+) -> (std::sync::Arc<str>, Option<Job>) {
+    let plain = (why.into(), None);
+    if !d.auto_reverts() {
+        return plain;
+    }
+    let Some(current) = state.job(&d.job) else { return plain };
+    if current.version != d.job_version {
+        return plain;
+    }
+    let Some(stable) = state.job_versions(&d.job).into_iter().find(|j| j.stable && j.version < current.version) else {
+        return plain;
+    };
+    if !stable.spec_changed(current) {
+        let text = format!(
+            "{why} - not rolling back to stable job version {} as current job has same specification",
+            stable.version
+        );
+        return (text.into(), None);
+    }
+    match revert_job(state, &d.job, stable.version, None, now_ns, ids) {
+        Ok(Command::JobRegister { job, .. }) => {
+            (format!("{why} - rolling back to job version {}", stable.version).into(), Some(job))
+        }
+        _ => plain,
+    }
+}
+
+/// `deployment promote` (Nomad's `Deployment.Promote`): the canaries of
+/// `groups` (every group with canaries when empty) are promoted and the
+/// rest of each group rolls out. Refused for a terminal deployment, one
+/// without canaries, an unknown group, or canaries not all healthy yet.
+pub fn promote_deployment(
+    state: &State,
+    id: DeploymentId,
+    groups: Vec<std::sync::Arc<str>>,
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+) -> Result<Command, EndpointError> {
     let d = state.deployment(id).ok_or(EndpointError::DeploymentNotFound(id))?;
     if !d.status.is_active() {
         return Err(EndpointError::Refused(format!(
@@ -421,7 +496,37 @@ pub fn promote_deployment(state: &State, id: DeploymentId) -> Result<std::conver
             d.status.as_str()
         )));
     }
-    Err(EndpointError::Refused("deployment has no canaries to promote".into()))
+    if d.status == DeploymentStatus::Paused {
+        return Err(EndpointError::Refused("can't promote a paused deployment: resume it first".into()));
+    }
+    for name in &groups {
+        if d.group(name).is_none() {
+            return Err(EndpointError::Refused(format!("deployment has no task group {name:?}")));
+        }
+    }
+    let named = |name: &str| groups.is_empty() || groups.iter().any(|g| &**g == name);
+    let targets: Vec<&crate::model::DeploymentGroup> =
+        d.task_groups.iter().filter(|g| named(&g.name) && g.desired_canaries > 0).collect();
+    if targets.is_empty() {
+        return Err(EndpointError::Refused("deployment has no canaries to promote".into()));
+    }
+    for g in &targets {
+        let healthy = state
+            .allocs_by_job(&d.job)
+            .filter(|a| a.deployment_id == Some(id) && a.is_canary() && a.group().name == g.name)
+            .filter(|a| a.deployment_healthy() == Some(true))
+            .count();
+        if !g.promoted && healthy < g.desired_canaries as usize {
+            return Err(EndpointError::Refused(format!(
+                "task group {:?} has {healthy}/{} healthy canaries",
+                g.name, g.desired_canaries
+            )));
+        }
+    }
+    let job = state.job(&d.job).ok_or_else(|| EndpointError::JobNotFound(d.job.clone()))?;
+    let mut eval = eval_for(job, TriggeredBy::DeploymentWatcher, None, now_ns, ids);
+    eval.deployment_id = Some(id);
+    Ok(Command::DeploymentPromote { id, groups, evals: vec![eval], now_ns })
 }
 
 /// `node purge`: remove the node with an eval for every job that had a

@@ -102,8 +102,15 @@ impl EventBuffer {
                 self.push(index, "JobRegistered", Subject::Job(job.key()));
                 std::slice::from_ref(eval)
             }
-            Command::DeploymentStatusUpdate { id, evals, .. } => {
+            Command::DeploymentStatusUpdate { id, evals, job, .. } => {
                 self.push(index, "DeploymentStatusUpdate", Subject::Deployment(*id));
+                if let Some(job) = job {
+                    self.push(index, "JobRegistered", Subject::Job(job.key()));
+                }
+                evals
+            }
+            Command::DeploymentPromote { id, evals, .. } => {
+                self.push(index, "DeploymentPromotion", Subject::Deployment(*id));
                 evals
             }
             Command::AllocClientUpdate { updates, evals } => {

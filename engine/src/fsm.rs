@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use crate::ids::{AllocId, DeploymentId, EvalId, JobKey, NodeId};
 use crate::model::{
-    AllocClientUpdate, AllocPreemption, AllocStop, Allocation, Deployment, DeploymentStatus, DesiredStatus,
-    DesiredTransition, DrainStrategy, EvalStatus, Evaluation, Job, JobStatus, Node, NodeStatus, SchedulingEligibility,
-    TimeNs,
+    AllocClientUpdate, AllocHealthReport, AllocPreemption, AllocStop, Allocation, Deployment, DeploymentStatus,
+    DesiredStatus, DesiredTransition, DrainStrategy, EvalStatus, Evaluation, Job, JobStatus, Node, NodeStatus,
+    SchedulingEligibility, TimeNs,
 };
 use crate::state::{SchedulerConfig, State, StateStore};
 
@@ -103,14 +103,29 @@ pub enum Command {
         version: u64,
         stable: bool,
     },
-    /// A user's deployment action (fail, pause, resume), with the eval it
-    /// triggers, as Nomad's `Deployment.Fail` / `Deployment.Pause`.
+    /// A deployment's status set by a user (fail, pause, resume) or by the
+    /// leader's deployment watcher (progress deadline, auto-revert), with
+    /// the eval it triggers, as Nomad's `Deployment.Fail` /
+    /// `Deployment.Pause`. `job` is a rollback: the stable version
+    /// registered again as a new version, atomically with the status.
     DeploymentStatusUpdate {
         id: DeploymentId,
         status: DeploymentStatus,
         #[rkyv(with = crate::model::rkyv_with::ArcStr)]
         description: Arc<str>,
         evals: Vec<Evaluation>,
+        job: Option<Job>,
+        now_ns: TimeNs,
+    },
+    /// Promote the canaries of `groups` (every group waiting for a
+    /// promotion when empty), with the eval that rolls the rest out, as
+    /// Nomad's `Deployment.Promote`.
+    DeploymentPromote {
+        id: DeploymentId,
+        #[rkyv(with = rkyv::with::Map<crate::model::rkyv_with::ArcStr>)]
+        groups: Vec<Arc<str>>,
+        evals: Vec<Evaluation>,
+        now_ns: TimeNs,
     },
     /// A periodic job's child, launched: the child job and its eval, and
     /// the parent's launch record moved to `launch_ns`, atomically (Nomad
@@ -287,6 +302,12 @@ fn apply_command(state: &mut State, index: u64, command: &Command, out: &mut App
                 alloc.task_states = Arc::new(update.task_states.clone());
                 alloc.modify_index = index;
                 alloc.modify_time_ns = update.at_ns;
+                if let Some(report) = update.deployment_health
+                    && record_health(&mut alloc, &report, index)
+                    && report.healthy
+                {
+                    note_progress(state, index, report.deployment_id, alloc.group_name(), report.at_ns);
+                }
                 let freed = !existing.is_terminal() && alloc.is_terminal();
                 jobs.insert(alloc.job_key());
                 state.put_alloc(index, Arc::new(alloc));
@@ -337,7 +358,7 @@ fn apply_command(state: &mut State, index: u64, command: &Command, out: &mut App
                 return Err(ApplyError::JobVersionNotFound(key.clone(), *version));
             }
         }
-        Command::DeploymentStatusUpdate { id, status, description, evals } => {
+        Command::DeploymentStatusUpdate { id, status, description, evals, job, now_ns } => {
             let existing = state.deployment(*id).cloned().ok_or(ApplyError::DeploymentNotFound(*id))?;
             let mut d = (*existing).clone();
             d.status = *status;
@@ -345,7 +366,32 @@ fn apply_command(state: &mut State, index: u64, command: &Command, out: &mut App
             d.modify_index = index;
             let key = d.job.clone();
             state.put_deployment(index, Arc::new(d));
-            // A resumed deployment whose allocations all run is done.
+            if let Some(job) = job {
+                register_job(state, index, job, *now_ns);
+            }
+            // A resumed deployment whose allocations are all healthy is done.
+            refresh_deployment_status(state, index, &key);
+            upsert_evals(state, index, evals.iter(), out);
+        }
+        Command::DeploymentPromote { id, groups, evals, now_ns } => {
+            let existing = state.deployment(*id).cloned().ok_or(ApplyError::DeploymentNotFound(*id))?;
+            let mut d = (*existing).clone();
+            for g in d.task_groups.iter_mut() {
+                let named = groups.is_empty() || groups.contains(&g.name);
+                if named && g.awaits_promotion() {
+                    g.promoted = true;
+                    // The rest of the group rolls from now on.
+                    if g.progress_deadline_ns > 0 {
+                        g.require_progress_by_ns = now_ns.saturating_add(g.progress_deadline_ns);
+                    }
+                }
+            }
+            if d.status == DeploymentStatus::Running && !d.awaits_promotion() {
+                d.status_description = crate::model::DESCRIPTION_RUNNING.into();
+            }
+            d.modify_index = index;
+            let key = d.job.clone();
+            state.put_deployment(index, Arc::new(d));
             refresh_deployment_status(state, index, &key);
             upsert_evals(state, index, evals.iter(), out);
         }
@@ -441,11 +487,46 @@ fn cancel_older_deployments(state: &mut State, index: u64, newer: &Deployment) {
     }
 }
 
-/// Settle the job's running deployment from its allocations' client
-/// status. Caravan has no health checks yet, so an allocation counts as
-/// healthy once it runs: the deployment succeeds (and its job version
-/// becomes stable) when every desired allocation of the version runs, and
-/// fails when one of its allocations fails. A paused deployment waits.
+/// Take a client's health decision for the allocation: once per
+/// deployment (the first decision stands, as Nomad's client sets it once),
+/// and only for the deployment the allocation is in. True if recorded.
+fn record_health(alloc: &mut Allocation, report: &AllocHealthReport, index: u64) -> bool {
+    if alloc.deployment_id != Some(report.deployment_id) || alloc.deployment_healthy().is_some() {
+        return false;
+    }
+    let status = alloc.deployment_status.get_or_insert_with(Default::default);
+    status.healthy = Some(report.healthy);
+    status.timestamp_ns = report.at_ns;
+    status.modify_index = index;
+    true
+}
+
+/// An allocation of the group became healthy at `at_ns`: the group's
+/// progress deadline moves to `at_ns` + its progress deadline (Nomad's
+/// `RequireProgressBy`).
+fn note_progress(state: &mut State, index: u64, id: DeploymentId, group: &str, at_ns: TimeNs) {
+    let Some(existing) = state.deployment(id) else { return };
+    let Some(g) = existing.group(group) else { return };
+    if !existing.status.is_active() || g.progress_deadline_ns <= 0 {
+        return;
+    }
+    let by = at_ns.saturating_add(g.progress_deadline_ns);
+    if by <= g.require_progress_by_ns {
+        return;
+    }
+    let mut d = (**existing).clone();
+    if let Some(g) = d.task_groups.iter_mut().find(|g| &*g.name == group) {
+        g.require_progress_by_ns = by;
+    }
+    d.modify_index = index;
+    state.put_deployment(index, Arc::new(d));
+}
+
+/// Settle the job's running deployment from its allocations' health, as
+/// their clients decided it: it fails as soon as one is unhealthy, and
+/// succeeds (its job version becoming stable) once every group has as many
+/// healthy allocations as it wants, its canaries promoted. A paused
+/// deployment waits.
 fn refresh_deployment_status(state: &mut State, index: u64, key: &JobKey) {
     let Some(d) = state.latest_deployment(key).cloned() else { return };
     if d.status != DeploymentStatus::Running {
@@ -455,13 +536,14 @@ fn refresh_deployment_status(state: &mut State, index: u64, key: &JobKey) {
     if job.version != d.job_version {
         return;
     }
-    let desired_total: u64 = job.task_groups.iter().map(|g| u64::from(g.count)).sum();
     let health = state.deployment_health(d.id);
-    let (healthy, failed) = (health.healthy, health.failed > 0);
-    let (status, description) = if failed {
-        (DeploymentStatus::Failed, "Failed due to unhealthy allocations")
-    } else if healthy >= desired_total {
-        (DeploymentStatus::Successful, "Deployment completed successfully")
+    let done = d.task_groups.iter().all(|g| {
+        !g.awaits_promotion() && state.deployment_group_health(d.id, &g.name).healthy >= u64::from(g.desired_total)
+    });
+    let (status, description) = if health.unhealthy > 0 {
+        (DeploymentStatus::Failed, crate::model::DESCRIPTION_UNHEALTHY)
+    } else if done {
+        (DeploymentStatus::Successful, crate::model::DESCRIPTION_SUCCESSFUL)
     } else {
         return;
     };
@@ -579,6 +661,12 @@ fn apply_plan(state: &mut State, index: u64, applied: &PlanApplied, out: &mut Ap
                 alloc.client_status = existing.client_status;
                 alloc.client_description = existing.client_description.clone();
                 alloc.task_states = existing.task_states.clone();
+                // Health is the client's too, within one deployment: the
+                // plan's copy may predate the latest report. An allocation
+                // moved to a new deployment starts over.
+                if alloc.deployment_id == existing.deployment_id {
+                    alloc.deployment_status = existing.deployment_status;
+                }
                 state.put_alloc(index, Arc::new(alloc));
             }
             None => {
@@ -610,8 +698,7 @@ fn apply_plan(state: &mut State, index: u64, applied: &PlanApplied, out: &mut Ap
     }
     for key in jobs {
         refresh_job_status(state, index, &key);
-        // In-place updates keep running allocations running: the
-        // deployment may be complete as soon as the plan lands.
+        // A plan that only stops allocations may leave a deployment done.
         refresh_deployment_status(state, index, &key);
     }
     upsert_evals(state, index, applied.preemption_evals.iter(), out);

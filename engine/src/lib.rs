@@ -28,6 +28,7 @@
 pub mod blocked;
 pub mod broker;
 pub mod clock;
+pub mod deployment_watcher;
 pub mod duties;
 pub mod endpoints;
 pub mod events;

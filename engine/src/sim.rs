@@ -148,8 +148,50 @@ impl SimCluster {
             client_description: "".into(),
             at_ns: self.now_ns,
             task_states: Default::default(),
+            deployment_health: None,
         };
         self.commit(Command::AllocClientUpdate { updates: vec![update], evals: vec![] });
+    }
+
+    /// A client's report that the allocation runs and is (un)healthy in
+    /// its deployment (unhealthy: it missed its healthy deadline), through
+    /// the client status endpoint: returns the evals it created.
+    pub fn report_health(&mut self, alloc_id: AllocId, healthy: bool) -> Vec<Evaluation> {
+        let snapshot = self.snapshot();
+        let alloc = snapshot.alloc(alloc_id).expect("allocation exists");
+        let deployment_id = alloc.deployment_id.expect("allocation is in a deployment");
+        let update = AllocClientUpdate {
+            alloc_id,
+            client_status: ClientStatus::Running,
+            client_description: "".into(),
+            at_ns: self.now_ns,
+            task_states: Default::default(),
+            deployment_health: Some(crate::model::AllocHealthReport { deployment_id, healthy, at_ns: self.now_ns }),
+        };
+        let command = crate::endpoints::update_allocs_from_client(&snapshot, vec![update], self.now_ns, &mut self.ids);
+        let Command::AllocClientUpdate { evals, .. } = &command else { unreachable!("a client update") };
+        let evals = evals.clone();
+        self.commit(command);
+        evals
+    }
+
+    /// One look of the leader's deployment watcher at `now_ns`: commits
+    /// its decisions and returns the evals they carry.
+    pub fn watch_deployments(&mut self) -> Vec<Evaluation> {
+        let mut evals = Vec::new();
+        for id in crate::deployment_watcher::watched(&self.snapshot()) {
+            let decided = crate::deployment_watcher::watch(&self.snapshot(), id, self.now_ns, &mut self.ids);
+            if let Some(command) = decided {
+                match &command {
+                    Command::DeploymentStatusUpdate { evals: e, .. } | Command::DeploymentPromote { evals: e, .. } => {
+                        evals.extend(e.iter().cloned())
+                    }
+                    _ => {}
+                }
+                self.commit(command);
+            }
+        }
+        evals
     }
 
     /// Live allocations of a job.

@@ -1,8 +1,11 @@
 //! Deployments and the job actions built on job versions, on the
 //! deterministic single-threaded cluster: a service version rolls out under
-//! a deployment that settles from client status; revert, stability, scale,
-//! deployment actions and node purge are commands built from the state,
-//! and a refused one changes nothing.
+//! a deployment in `max_parallel` batches (canaries first when asked), paced
+//! and settled by the health clients report; the leader's deployment
+//! watcher fails a deployment that misses its progress deadline and rolls
+//! back to the stable version; revert, stability, scale, deployment actions
+//! and node purge are commands built from the state, and a refused one
+//! changes nothing.
 
 use caravan_engine::endpoints::{self, DeploymentAction, EndpointError};
 use caravan_engine::fixtures::{job, node};
@@ -10,6 +13,7 @@ use caravan_engine::fsm::Command;
 use caravan_engine::ids::{IdGen, JobKey};
 use caravan_engine::model::*;
 use caravan_engine::sim::SimCluster;
+use expect_test::{Expect, expect};
 
 fn service(count: u32, memory_mb: u32) -> Job {
     let mut j = job("web", JobType::Service, count, 100, memory_mb);
@@ -26,11 +30,88 @@ fn cluster() -> (SimCluster, JobKey) {
     (c, JobKey::new("default", "web"))
 }
 
-fn run_all(c: &mut SimCluster, key: &JobKey, status: ClientStatus) {
-    let ids: Vec<_> = c.snapshot().allocs_by_job(key).filter(|a| !a.is_terminal()).map(|a| a.id).collect();
-    for id in ids {
-        c.client_update(id, status);
+/// The clients report every live allocation still undecided in a
+/// deployment healthy, and the evals that creates run, until nothing is
+/// left to report: a rollout carried to its end.
+fn run_all(c: &mut SimCluster, key: &JobKey) {
+    for _round in 0..32 {
+        let undecided: Vec<_> = c
+            .snapshot()
+            .allocs_by_job(key)
+            .filter(|a| !a.is_terminal() && a.deployment_id.is_some() && a.deployment_healthy().is_none())
+            .map(|a| a.id)
+            .collect();
+        if undecided.is_empty() {
+            return;
+        }
+        for id in undecided {
+            for eval in c.report_health(id, true) {
+                c.process(&eval);
+            }
+        }
     }
+    panic!("rollout did not settle");
+}
+
+/// Report these allocations (un)healthy and run the evals that creates.
+fn report(c: &mut SimCluster, ids: &[caravan_engine::ids::AllocId], healthy: bool) {
+    for id in ids {
+        for eval in c.report_health(*id, healthy) {
+            c.process(&eval);
+        }
+    }
+}
+
+/// One line on where a job's rollout stands: live allocations per version
+/// (healthy, canaries), the latest deployment and the stable versions.
+fn rollout(c: &SimCluster, key: &JobKey) -> String {
+    let snap = c.snapshot();
+    let mut versions: std::collections::BTreeMap<u64, (usize, usize, usize)> = Default::default();
+    for a in snap.allocs_by_job(key).filter(|a| !a.is_terminal()) {
+        let v = versions.entry(a.job.version).or_default();
+        v.0 += 1;
+        v.1 += usize::from(a.deployment_healthy() == Some(true));
+        v.2 += usize::from(a.is_canary());
+    }
+    let live: Vec<String> =
+        versions.iter().map(|(v, (n, h, c))| format!("v{v}: {n} ({h} healthy, {c} canary)")).collect();
+    let d = snap.latest_deployment(key).map_or("none".to_string(), |d| {
+        format!("v{} {} {:?}", d.job_version, d.status.as_str(), &*d.status_description)
+    });
+    let stable: Vec<String> =
+        snap.job_versions(key).iter().filter(|j| j.stable).map(|j| format!("v{}", j.version)).collect();
+    format!("{} | {d} | stable {}", live.join(", "), stable.join(","))
+}
+
+/// The job's live allocations of `version` not yet decided healthy.
+fn undecided(c: &SimCluster, key: &JobKey, version: u64) -> Vec<caravan_engine::ids::AllocId> {
+    let mut ids: Vec<_> = c
+        .snapshot()
+        .allocs_by_job(key)
+        .filter(|a| !a.is_terminal() && a.job.version == version && a.deployment_healthy().is_none())
+        .map(|a| a.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn rolling(count: u32, memory_mb: u32, update: UpdateStrategy) -> Job {
+    let mut j = job("web", JobType::Service, count, 100, memory_mb);
+    j.task_groups[0].update = Some(update);
+    j
+}
+
+/// A version 0 of `count` rolled out, healthy and stable.
+fn deployed(update: &UpdateStrategy, count: u32) -> (SimCluster, JobKey) {
+    let (mut c, key) = cluster();
+    let eval = c.register(rolling(count, 64, update.clone()));
+    c.process(&eval);
+    run_all(&mut c, &key);
+    (c, key)
+}
+
+fn check(trace: &str, want: Expect) {
+    want.assert_eq(trace);
 }
 
 #[test]
@@ -43,7 +124,7 @@ fn a_service_version_rolls_out_under_a_deployment() {
     assert_eq!((d.job_version, d.status), (0, DeploymentStatus::Running));
     assert!(snap.allocs_by_job(&key).all(|a| a.deployment_id == Some(d.id)));
 
-    run_all(&mut c, &key, ClientStatus::Running);
+    run_all(&mut c, &key);
     let snap = c.snapshot();
     let d = snap.deployment(d.id).unwrap();
     assert_eq!(d.status, DeploymentStatus::Successful);
@@ -56,7 +137,7 @@ fn a_service_version_rolls_out_under_a_deployment() {
     assert_ne!(d1.id, d.id);
     assert_eq!(d1.job_version, 1);
     let first = c.snapshot().allocs_by_job(&key).find(|a| a.deployment_id == Some(d1.id)).unwrap().id;
-    c.client_update(first, ClientStatus::Failed);
+    c.report_health(first, false);
     assert_eq!(c.snapshot().deployment(d1.id).unwrap().status, DeploymentStatus::Failed);
 
     // Jobs without an update strategy (and batch jobs) have no deployments.
@@ -76,14 +157,16 @@ fn deployment_actions_follow_its_status() {
     assert!(matches!(&pause, Command::DeploymentStatusUpdate { evals, .. } if evals.is_empty()));
     c.commit(pause);
     assert_eq!(c.snapshot().deployment(id).unwrap().status, DeploymentStatus::Paused);
-    run_all(&mut c, &key, ClientStatus::Running);
+    for alloc in undecided(&c, &key, 0) {
+        c.report_health(alloc, true);
+    }
     assert_eq!(c.snapshot().deployment(id).unwrap().status, DeploymentStatus::Paused, "a paused deployment waits");
     let resume = endpoints::update_deployment(&c.snapshot(), id, DeploymentAction::Resume, 0, &mut ids).unwrap();
     c.commit(resume);
     assert_eq!(
         c.snapshot().deployment(id).unwrap().status,
         DeploymentStatus::Successful,
-        "resumed with every allocation running: done"
+        "resumed with every allocation healthy: done"
     );
     let eval = c.register(service(2, 128));
     c.process(&eval);
@@ -94,7 +177,10 @@ fn deployment_actions_follow_its_status() {
     assert_eq!(c.snapshot().deployment(id).unwrap().status, DeploymentStatus::Failed);
     let again = endpoints::update_deployment(&c.snapshot(), id, DeploymentAction::Resume, 0, &mut ids);
     assert!(matches!(again, Err(EndpointError::Refused(_))));
-    assert!(matches!(endpoints::promote_deployment(&c.snapshot(), id), Err(EndpointError::Refused(_))));
+    assert!(matches!(
+        endpoints::promote_deployment(&c.snapshot(), id, vec![], 0, &mut ids),
+        Err(EndpointError::Refused(_))
+    ));
 }
 
 #[test]
@@ -163,9 +249,8 @@ fn assert_health_matches_allocs(snap: &caravan_engine::state::State) {
     for d in snap.deployments() {
         let mut recount = caravan_engine::state::DeploymentHealth::default();
         for a in snap.allocs().filter(|a| a.deployment_id == Some(d.id)) {
-            recount.healthy +=
-                u64::from(a.client_status == ClientStatus::Running && a.desired_status == DesiredStatus::Run);
-            recount.failed += u64::from(a.client_status == ClientStatus::Failed);
+            recount.healthy += u64::from(a.deployment_healthy() == Some(true));
+            recount.unhealthy += u64::from(a.deployment_healthy() == Some(false));
         }
         assert_eq!(snap.deployment_health(d.id), recount, "deployment {} health drifted", d.id);
     }
@@ -180,33 +265,248 @@ fn deployment_health_follows_every_allocation_write() {
     let ids: Vec<_> = c.snapshot().allocs_by_job(&key).map(|a| a.id).collect();
     assert_eq!(c.snapshot().deployment_health(d), Default::default());
 
+    // Running is not healthy: only the client's health decision counts.
     c.client_update(ids[0], ClientStatus::Running);
-    c.client_update(ids[1], ClientStatus::Running);
+    assert_eq!(c.snapshot().deployment_health(d).healthy, 0);
+    c.report_health(ids[0], true);
+    c.report_health(ids[1], true);
     assert_eq!(c.snapshot().deployment_health(d).healthy, 2);
     assert_eq!(c.snapshot().deployment(d).unwrap().status, DeploymentStatus::Running, "2 of 3 healthy");
     assert_health_matches_allocs(&c.snapshot());
 
-    // A running allocation that fails stops counting as healthy and fails
-    // the deployment; the third then running changes nothing.
+    // A decision stands: a second report changes nothing. A failed
+    // allocation stays healthy in its deployment's count.
+    c.report_health(ids[1], false);
     c.client_update(ids[1], ClientStatus::Failed);
+    assert_eq!(c.snapshot().deployment_health(d).healthy, 2);
+    assert_health_matches_allocs(&c.snapshot());
+
+    // The third unhealthy fails the deployment.
+    c.report_health(ids[2], false);
     let health = c.snapshot().deployment_health(d);
-    assert_eq!((health.healthy, health.failed), (1, 1));
-    assert_eq!(c.snapshot().deployment(d).unwrap().status, DeploymentStatus::Failed);
-    c.client_update(ids[2], ClientStatus::Running);
+    assert_eq!((health.healthy, health.unhealthy), (2, 1));
     assert_eq!(c.snapshot().deployment(d).unwrap().status, DeploymentStatus::Failed);
     assert_health_matches_allocs(&c.snapshot());
 
-    // A new version replaces the allocations: the old deployment's healthy
-    // allocations are stopped and leave its tally; the new one's start at 0.
+    // A new version's deployment starts at 0 and counts its own.
     let eval = c.register(service(3, 128));
     c.process(&eval);
     let d1 = c.snapshot().latest_deployment(&key).unwrap().id;
     assert_ne!(d1, d);
-    assert_eq!(c.snapshot().deployment_health(d1).healthy, 0);
-    assert_health_matches_allocs(&c.snapshot());
-    run_all(&mut c, &key, ClientStatus::Running);
+    assert_eq!(c.snapshot().deployment_health(d1), Default::default());
+    run_all(&mut c, &key);
+    // The failed allocation (no reschedule policy) stays failed; the two
+    // running are replaced.
     let placed = c.snapshot().allocs_by_job(&key).filter(|a| a.deployment_id == Some(d1)).count();
-    assert!(placed > 0);
-    assert_eq!(c.snapshot().deployment_health(d1).healthy, placed as u64);
+    assert_eq!(placed, 2);
+    assert_eq!(c.snapshot().deployment_health(d1).healthy, 2);
     assert_health_matches_allocs(&c.snapshot());
+}
+
+#[test]
+fn a_rolling_update_replaces_max_parallel_at_a_time() {
+    let update = UpdateStrategy { max_parallel: 2, ..UpdateStrategy::default() };
+    let (mut c, key) = deployed(&update, 5);
+    let mut trace = vec![rollout(&c, &key)];
+    let eval = c.register(rolling(5, 128, update));
+    let (outcome, _) = c.process(&eval);
+    assert_eq!(outcome.desired_updates["g"].destructive_update, 2);
+    trace.push(rollout(&c, &key));
+    // Nothing healthy yet: another eval places nothing more.
+    let eval = c.eval_for(&key, TriggeredBy::JobRegister);
+    c.process(&eval);
+    trace.push(rollout(&c, &key));
+    // One healthy: one more; then the rest of the batch.
+    while !undecided(&c, &key, 1).is_empty() {
+        let next = undecided(&c, &key, 1)[0];
+        report(&mut c, &[next], true);
+        trace.push(rollout(&c, &key));
+    }
+    check(
+        &trace.join("\n"),
+        expect![[r#"
+            v0: 5 (5 healthy, 0 canary) | v0 successful "Deployment completed successfully" | stable v0
+            v0: 3 (3 healthy, 0 canary), v1: 2 (0 healthy, 0 canary) | v1 running "Deployment is running" | stable v0
+            v0: 3 (3 healthy, 0 canary), v1: 2 (0 healthy, 0 canary) | v1 running "Deployment is running" | stable v0
+            v0: 2 (2 healthy, 0 canary), v1: 3 (1 healthy, 0 canary) | v1 running "Deployment is running" | stable v0
+            v0: 1 (1 healthy, 0 canary), v1: 4 (2 healthy, 0 canary) | v1 running "Deployment is running" | stable v0
+            v1: 5 (3 healthy, 0 canary) | v1 running "Deployment is running" | stable v0
+            v1: 5 (4 healthy, 0 canary) | v1 running "Deployment is running" | stable v0
+            v1: 5 (5 healthy, 0 canary) | v1 successful "Deployment completed successfully" | stable v1,v0"#]],
+    );
+    let d = c.snapshot().latest_deployment(&key).unwrap().clone();
+    let snap = c.snapshot();
+    let watcher_evals = snap
+        .evals_by_job(&key)
+        .filter(|e| e.triggered_by == TriggeredBy::DeploymentWatcher && e.deployment_id == Some(d.id));
+    assert_eq!(watcher_evals.count(), 5, "each health report created a deployment-watcher eval");
+}
+
+#[test]
+fn scaling_up_is_not_paced() {
+    let update = UpdateStrategy { max_parallel: 1, ..UpdateStrategy::default() };
+    let (mut c, key) = deployed(&update, 2);
+    let eval = c.register(rolling(6, 64, update));
+    c.process(&eval);
+    check(
+        &rollout(&c, &key),
+        expect![[r#"v1: 6 (0 healthy, 0 canary) | v1 running "Deployment is running" | stable v0"#]],
+    );
+}
+
+#[test]
+fn an_unhealthy_allocation_fails_the_deployment_and_auto_revert_rolls_back() {
+    let update = UpdateStrategy { max_parallel: 2, auto_revert: true, ..UpdateStrategy::default() };
+    let (mut c, key) = deployed(&update, 3);
+    let eval = c.register(rolling(3, 128, update));
+    c.process(&eval);
+    let mut trace = vec![rollout(&c, &key)];
+    let bad = undecided(&c, &key, 1)[0];
+    report(&mut c, &[bad], false);
+    trace.push(rollout(&c, &key));
+    // The leader's watcher rolls back: version 0's spec as version 2.
+    let evals = c.watch_deployments();
+    assert_eq!(evals.len(), 1);
+    trace.push(rollout(&c, &key));
+    assert!(c.watch_deployments().is_empty(), "a rollback happens once");
+    for eval in evals {
+        c.process(&eval);
+    }
+    trace.push(rollout(&c, &key));
+    run_all(&mut c, &key);
+    trace.push(rollout(&c, &key));
+    check(
+        &trace.join("\n"),
+        expect![[r#"
+        v0: 1 (1 healthy, 0 canary), v1: 2 (0 healthy, 0 canary) | v1 running "Deployment is running" | stable v0
+        v0: 1 (1 healthy, 0 canary), v1: 2 (0 healthy, 0 canary) | v1 failed "Failed due to unhealthy allocations" | stable v0
+        v0: 1 (1 healthy, 0 canary), v1: 2 (0 healthy, 0 canary) | v1 failed "Failed due to unhealthy allocations - rolling back to job version 0" | stable v0
+        v2: 3 (0 healthy, 0 canary) | v2 running "Deployment is running" | stable v0
+        v2: 3 (3 healthy, 0 canary) | v2 successful "Deployment completed successfully" | stable v2,v0"#]],
+    );
+    let job = c.snapshot().job(&key).unwrap().clone();
+    assert_eq!((job.version, job.task_groups[0].tasks[0].resources.memory_mb), (2, 64));
+}
+
+#[test]
+fn a_missed_progress_deadline_fails_the_deployment() {
+    let update = UpdateStrategy { max_parallel: 1, progress_deadline_ns: 600 * SECOND_NS, ..UpdateStrategy::default() };
+    let (mut c, key) = deployed(&update, 2);
+    let eval = c.register(rolling(2, 128, update));
+    c.process(&eval);
+    let d = c.snapshot().latest_deployment(&key).unwrap().clone();
+    assert_eq!(d.task_groups[0].require_progress_by_ns, c.now_ns + 600 * SECOND_NS);
+    // A healthy allocation moves the deadline on.
+    c.advance(300 * SECOND_NS);
+    let pending = undecided(&c, &key, 1);
+    report(&mut c, &pending, true);
+    let d = c.snapshot().latest_deployment(&key).unwrap().clone();
+    assert_eq!(d.task_groups[0].require_progress_by_ns, c.now_ns + 600 * SECOND_NS);
+    c.advance(599 * SECOND_NS);
+    assert!(c.watch_deployments().is_empty(), "not late yet");
+    c.advance(2 * SECOND_NS);
+    let evals = c.watch_deployments();
+    assert_eq!(evals.len(), 1, "the scheduler hears of the failure");
+    check(
+        &rollout(&c, &key),
+        expect![[r#"v1: 2 (1 healthy, 0 canary) | v1 failed "Failed due to progress deadline" | stable v0"#]],
+    );
+    // Failed: the rollout holds; nothing more is replaced.
+    for eval in evals {
+        c.process(&eval);
+    }
+    check(
+        &rollout(&c, &key),
+        expect![[r#"v1: 2 (1 healthy, 0 canary) | v1 failed "Failed due to progress deadline" | stable v0"#]],
+    );
+}
+
+#[test]
+fn canaries_wait_for_promotion_then_the_rest_rolls() {
+    let update = UpdateStrategy { max_parallel: 2, canary: 1, ..UpdateStrategy::default() };
+    let (mut c, key) = deployed(&update, 5);
+    let eval = c.register(rolling(5, 128, update));
+    let (outcome, _) = c.process(&eval);
+    assert_eq!(outcome.desired_updates["g"].canary, 1);
+    let mut trace = vec![rollout(&c, &key)];
+    let d = c.snapshot().latest_deployment(&key).unwrap().clone();
+    assert_eq!((d.task_groups[0].desired_canaries, d.task_groups[0].promoted), (1, false));
+    let mut ids = IdGen::with_seed(9);
+    // Not before the canary is healthy; never for an unknown group.
+    let early = endpoints::promote_deployment(&c.snapshot(), d.id, vec![], c.now_ns, &mut ids);
+    assert!(matches!(early, Err(EndpointError::Refused(ref why)) if why.contains("0/1 healthy")), "{early:?}");
+    let unknown = endpoints::promote_deployment(&c.snapshot(), d.id, vec!["nope".into()], c.now_ns, &mut ids);
+    assert!(matches!(unknown, Err(EndpointError::Refused(_))));
+    let pending = undecided(&c, &key, 1);
+    report(&mut c, &pending, true);
+    trace.push(rollout(&c, &key));
+    // Healthy, still waiting: no watcher eval changes that.
+    let eval = c.eval_for(&key, TriggeredBy::DeploymentWatcher);
+    c.process(&eval);
+    assert!(c.watch_deployments().is_empty());
+    trace.push(rollout(&c, &key));
+    let promote = endpoints::promote_deployment(&c.snapshot(), d.id, vec![], c.now_ns, &mut ids).unwrap();
+    let Command::DeploymentPromote { evals, .. } = &promote else { panic!("{promote:?}") };
+    let evals = evals.clone();
+    c.commit(promote);
+    for eval in evals {
+        c.process(&eval);
+    }
+    trace.push(rollout(&c, &key));
+    run_all(&mut c, &key);
+    trace.push(rollout(&c, &key));
+    check(
+        &trace.join("\n"),
+        expect![[r#"
+        v0: 5 (5 healthy, 0 canary), v1: 1 (0 healthy, 1 canary) | v1 running "Deployment is running but requires manual promotion" | stable v0
+        v0: 5 (5 healthy, 0 canary), v1: 1 (1 healthy, 1 canary) | v1 running "Deployment is running but requires manual promotion" | stable v0
+        v0: 5 (5 healthy, 0 canary), v1: 1 (1 healthy, 1 canary) | v1 running "Deployment is running but requires manual promotion" | stable v0
+        v0: 2 (2 healthy, 0 canary), v1: 3 (1 healthy, 1 canary) | v1 running "Deployment is running" | stable v0
+        v1: 5 (5 healthy, 1 canary) | v1 successful "Deployment completed successfully" | stable v1,v0"#]],
+    );
+    assert!(c.snapshot().deployment(d.id).unwrap().task_groups[0].promoted);
+}
+
+#[test]
+fn auto_promote_and_a_failed_canary_deployment() {
+    // Auto-promotion once every canary is healthy.
+    let update = UpdateStrategy { max_parallel: 1, canary: 2, auto_promote: true, ..UpdateStrategy::default() };
+    let (mut c, key) = deployed(&update, 3);
+    let eval = c.register(rolling(3, 128, update.clone()));
+    c.process(&eval);
+    let mut trace = vec![rollout(&c, &key)];
+    let canaries = undecided(&c, &key, 1);
+    report(&mut c, &canaries[..1], true);
+    assert!(c.watch_deployments().is_empty(), "one of two canaries healthy");
+    report(&mut c, &canaries[1..], true);
+    for eval in c.watch_deployments() {
+        c.process(&eval);
+    }
+    trace.push(rollout(&c, &key));
+    run_all(&mut c, &key);
+    trace.push(rollout(&c, &key));
+
+    // Failing a deployment with canaries stops them; the old ones stay.
+    let eval = c.register(rolling(3, 256, update));
+    c.process(&eval);
+    trace.push(rollout(&c, &key));
+    let d = c.snapshot().latest_deployment(&key).unwrap().id;
+    let mut ids = IdGen::with_seed(3);
+    let fail = endpoints::update_deployment(&c.snapshot(), d, DeploymentAction::Fail, c.now_ns, &mut ids).unwrap();
+    let Command::DeploymentStatusUpdate { evals, .. } = &fail else { panic!("{fail:?}") };
+    let evals = evals.clone();
+    c.commit(fail);
+    for eval in evals {
+        c.process(&eval);
+    }
+    trace.push(rollout(&c, &key));
+    check(
+        &trace.join("\n"),
+        expect![[r#"
+        v0: 3 (3 healthy, 0 canary), v1: 2 (0 healthy, 2 canary) | v1 running "Deployment is running pending automatic promotion" | stable v0
+        v1: 3 (2 healthy, 2 canary) | v1 running "Deployment is running" | stable v0
+        v1: 3 (3 healthy, 2 canary) | v1 successful "Deployment completed successfully" | stable v1,v0
+        v1: 3 (3 healthy, 2 canary), v2: 2 (0 healthy, 2 canary) | v2 running "Deployment is running pending automatic promotion" | stable v1,v0
+        v1: 3 (3 healthy, 2 canary) | v2 failed "Deployment marked as failed" | stable v1,v0"#]],
+    );
 }

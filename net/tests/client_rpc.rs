@@ -159,6 +159,7 @@ fn a_client_registers_pulls_its_allocations_and_reports_status() {
             client_description: "Tasks are running".into(),
             at_ns: now,
             task_states: BTreeMap::from([(a.group().tasks[0].name.clone(), running_task(now))]),
+            deployment_health: None,
         })
         .collect();
     let index = client.update_allocs(updates).unwrap();
@@ -185,6 +186,7 @@ fn a_client_registers_pulls_its_allocations_and_reports_status() {
                     client_description: "All tasks have completed".into(),
                     at_ns: now + 1,
                     task_states: BTreeMap::from([(a.group().tasks[0].name.clone(), done)]),
+                    deployment_health: None,
                 };
                 client.update_allocs(vec![update]).unwrap();
             });
@@ -238,6 +240,7 @@ fn allocation_queries_send_only_what_changed_since_the_callers_copy() {
         client_description: "Tasks are running".into(),
         at_ns: now,
         task_states: BTreeMap::new(),
+        deployment_health: None,
     };
     client.update_allocs(vec![update]).unwrap();
     let echo = ask(full.index, full.index);
@@ -416,6 +419,7 @@ fn clients_talking_to_a_follower_reach_the_leader() {
             client_description: "".into(),
             at_ns: 1,
             task_states: BTreeMap::new(),
+            deployment_health: None,
         }])
         .unwrap();
     assert_eq!(reader.current_server(), follower.rpc_addr, "reads and reports stay on the follower");

@@ -48,7 +48,8 @@ fn refused(r: &Reply, status: u16, reason: &str) {
     assert!(r.body.contains(reason), "{:?} should say {reason:?}", r.body);
 }
 
-/// The clients report every live allocation of the job running.
+/// The clients report every live allocation of the job running, and
+/// healthy in its deployment.
 fn report_running(server: &LocalServer, addr: SocketAddr, job_id: &str) {
     let allocs = call(addr, "GET", &format!("/v1/job/{job_id}/allocations"), b"").json();
     let updates: Vec<AllocClientUpdate> = allocs
@@ -62,6 +63,12 @@ fn report_running(server: &LocalServer, addr: SocketAddr, job_id: &str) {
             client_description: "Tasks are running".into(),
             at_ns: 1,
             task_states: Default::default(),
+            deployment_health: {
+                let full = call(addr, "GET", &format!("/v1/allocation/{}", a["ID"].as_str().unwrap()), b"").json();
+                full["DeploymentID"].as_str().and_then(|d| d.parse().ok()).map(|deployment_id| {
+                    caravan_engine::model::AllocHealthReport { deployment_id, healthy: true, at_ns: 1 }
+                })
+            },
         })
         .collect();
     server.cluster.commit(&Command::AllocClientUpdate { updates, evals: vec![] }).unwrap();

@@ -69,6 +69,11 @@ pub const HEARTBEAT_INTERVAL_MIN: Duration = Duration::from_millis(100);
 /// database transaction per round, bounded so a flood of events never
 /// holds back the reports of the first ones for long.
 pub const EVENTS_PER_ROUND_MAX: usize = 1024;
+
+/// The longest the allocation loop sleeps while a health decision is
+/// pending: the decision is due at a clock time, and a second's slack
+/// covers a clock that is not the wall clock (tests) without spinning.
+const HEALTH_CHECK_WAIT_MAX_NS: i64 = 1_000_000_000;
 /// How often the node is fingerprinted again by default (Nomad's drivers
 /// fingerprint every 30 s).
 pub const FINGERPRINT_PERIOD_DEFAULT: Duration = Duration::from_secs(30);
@@ -768,9 +773,25 @@ impl AllocLoop {
     }
 
     fn run(mut self, events: Receiver<AgentEvent>) {
+        let mut next_health_check_ns: Option<i64> = None;
         loop {
-            let Ok(first) = events.recv() else { return };
-            let mut round = vec![first];
+            // Wait for an event, or for the next health decision that time
+            // alone may bring (a task that has now run long enough).
+            let first = match next_health_check_ns {
+                None => match events.recv() {
+                    Ok(event) => Some(event),
+                    Err(_) => return,
+                },
+                Some(at_ns) => {
+                    let wait_ns = at_ns.saturating_sub(self.ctx.clock.now_ns()).clamp(0, HEALTH_CHECK_WAIT_MAX_NS);
+                    match events.recv_timeout(Duration::from_nanos(wait_ns.unsigned_abs())) {
+                        Ok(event) => Some(event),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            };
+            let mut round: Vec<AgentEvent> = first.into_iter().collect();
             while round.len() < EVENTS_PER_ROUND_MAX {
                 match events.try_recv() {
                     Ok(event) => round.push(event),
@@ -796,6 +817,16 @@ impl AllocLoop {
                 tracing::error!(%err, "persisting client state failed; an agent restart may lose track of tasks");
             }
             let now = self.ctx.clock.now_ns();
+            next_health_check_ns = None;
+            for (id, runner) in self.runners.iter_mut() {
+                let (decided, check_at_ns) = runner.check_health(now);
+                if decided {
+                    dirty.insert(*id);
+                }
+                if let Some(at) = check_at_ns {
+                    next_health_check_ns = Some(next_health_check_ns.map_or(at, |n: i64| n.min(at)));
+                }
+            }
             for id in dirty {
                 if let Some(runner) = self.runners.get(&id) {
                     self.updates.push(runner.client_update(now));

@@ -24,13 +24,15 @@ use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use caravan_engine::clock::Clock;
-use caravan_engine::ids::AllocId;
+use caravan_engine::ids::{AllocId, DeploymentId};
 use caravan_engine::model::{
-    AllocClientUpdate, Allocation, ClientStatus, MAX_TASK_EVENTS, TaskEvent, TaskLifecycleState, TaskState,
+    AllocClientUpdate, AllocHealthReport, Allocation, ClientStatus, MAX_TASK_EVENTS, TaskEvent, TaskLifecycleState,
+    TaskState,
 };
 
 use super::driver::{Driver, LogConfig, PortMapping, TaskDirs, TaskHandle, TaskResources, TaskSpec};
 use super::env::{NodeEnv, device_env, task_devices, task_env};
+use super::health::{HealthPolicy, TaskHealthView, Verdict, assess};
 use super::lifecycle::{Action, EndReason, Stage, TaskView, decide};
 use super::state_db::StoredAlloc;
 use super::task_runner::{KillHandle, TaskRunner, TaskRunnerConfig, TaskStateUpdate};
@@ -66,6 +68,8 @@ struct TaskSlot {
     kill: Option<KillHandle>,
     /// Its kill was requested.
     killing: bool,
+    /// When it last went to running, as this agent saw it (0: not running).
+    running_since_ns: i64,
 }
 
 impl TaskSlot {
@@ -92,6 +96,18 @@ pub struct AllocRunner {
     stopped: bool,
     clock: Arc<dyn Clock>,
     updates: Sender<TaskStateUpdate>,
+    /// Deployment health, decided by this agent ([`super::health`]).
+    health: HealthTracking,
+}
+
+/// The health decision for the allocation's current deployment.
+#[derive(Debug, Clone, Copy, Default)]
+struct HealthTracking {
+    /// The deployment tracked, and since when.
+    deployment_id: Option<DeploymentId>,
+    since_ns: i64,
+    /// The decision, once made: healthy or not, and when.
+    decided: Option<(bool, i64)>,
 }
 
 /// Nomad's allocation client status from its tasks (`getClientStatus`): any
@@ -265,16 +281,23 @@ impl AllocRunner {
             stopped: alloc.server_terminal(),
             clock: Arc::clone(&ctx.clock),
             updates: ctx.updates.clone(),
+            health: HealthTracking::default(),
         };
-        let slot = |task: &caravan_engine::model::Task, state: TaskState| TaskSlot {
-            stage: Stage::of(task.lifecycle),
-            leader: task.leader,
-            state,
-            base: None,
-            prepared: None,
-            launched: false,
-            kill: None,
-            killing: false,
+        let slot = |task: &caravan_engine::model::Task, state: TaskState| {
+            let running = state.state == TaskLifecycleState::Running;
+            TaskSlot {
+                stage: Stage::of(task.lifecycle),
+                leader: task.leader,
+                state,
+                base: None,
+                prepared: None,
+                launched: false,
+                kill: None,
+                killing: false,
+                // A recovered task that runs counts from now: this agent did not
+                // see it start.
+                running_since_ns: if running { now } else { 0 },
+            }
         };
 
         // Every task of the group is prepared before any starts, so a group
@@ -322,6 +345,7 @@ impl AllocRunner {
                 }
             }
         }
+        runner.track_health(now);
         runner.advance();
         runner
     }
@@ -507,11 +531,18 @@ impl AllocRunner {
     /// starts, kills or buries what the change calls for: the next
     /// lifecycle stage, the siblings of a task that failed for good.
     pub fn on_task_update(&mut self, update: &TaskStateUpdate) -> Option<TaskState> {
+        let now = self.clock.now_ns();
         let slot = self.tasks.get_mut(&update.task_name)?;
+        let was_running = slot.state.state == TaskLifecycleState::Running;
         slot.state = match &slot.base {
             Some(base) => merge_states(base, &update.state),
             None => update.state.clone(),
         };
+        if slot.state.state != TaskLifecycleState::Running {
+            slot.running_since_ns = 0;
+        } else if !was_running {
+            slot.running_since_ns = now;
+        }
         if slot.state.state == TaskLifecycleState::Dead {
             slot.kill = None;
         }
@@ -529,8 +560,46 @@ impl AllocRunner {
     pub fn update_alloc(&mut self, alloc: Arc<Allocation>) {
         let stop = alloc.server_terminal();
         self.alloc = alloc;
+        self.track_health(self.clock.now_ns());
         if stop {
             self.kill_all();
+        }
+    }
+
+    /// Start tracking health when the allocation joins a deployment (or
+    /// moves to another one); stop when it leaves or is stopped.
+    fn track_health(&mut self, now_ns: i64) {
+        let wanted = HealthPolicy::of(&self.alloc).and(self.alloc.deployment_id);
+        if wanted != self.health.deployment_id {
+            self.health = HealthTracking { deployment_id: wanted, since_ns: now_ns, decided: None };
+        }
+    }
+
+    /// Decides deployment health at `now_ns` if it can be decided now.
+    /// Returns whether a decision was just made (a report is due) and,
+    /// while undecided, when to look again.
+    pub fn check_health(&mut self, now_ns: i64) -> (bool, Option<i64>) {
+        if self.health.deployment_id.is_none() || self.health.decided.is_some() {
+            return (false, None);
+        }
+        let Some(policy) = HealthPolicy::of(&self.alloc) else { return (false, None) };
+        let views: Vec<TaskHealthView<'_>> = self
+            .tasks
+            .values()
+            .map(|slot| TaskHealthView {
+                stage: slot.stage,
+                state: &slot.state,
+                running_since_ns: slot.running_since_ns,
+            })
+            .collect();
+        match assess(policy, &views, self.health.since_ns, now_ns) {
+            Verdict::Pending { check_at_ns } => (false, check_at_ns),
+            verdict => {
+                let healthy = verdict == Verdict::Healthy;
+                tracing::info!(alloc = %self.alloc.id, healthy, "allocation deployment health decided");
+                self.health.decided = Some((healthy, now_ns));
+                (true, None)
+            }
         }
     }
 
@@ -564,6 +633,12 @@ impl AllocRunner {
             client_description: description.into(),
             at_ns: now_ns,
             task_states: self.tasks.iter().map(|(name, slot)| (Arc::from(name.as_str()), slot.state.clone())).collect(),
+            deployment_health: match (self.health.deployment_id, self.health.decided) {
+                (Some(deployment_id), Some((healthy, at_ns))) => {
+                    Some(AllocHealthReport { deployment_id, healthy, at_ns })
+                }
+                _ => None,
+            },
         }
     }
 

@@ -11,6 +11,7 @@ pub mod agent;
 pub mod alloc_runner;
 pub mod driver;
 pub mod env;
+pub mod health;
 pub mod lifecycle;
 pub mod logs_api;
 pub mod rpc_server;

@@ -31,8 +31,9 @@ const TASK_HANDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("task_ha
 const RECORD_MAGIC: [u8; 4] = *b"CVDB";
 
 /// Bumped whenever the archived layout of a stored model type changes
-/// (2: tasks gained `lifecycle`; 3: tasks gained `dispatch_payload_file`).
-pub const RECORD_FORMAT_VERSION: u8 = 3;
+/// (2: tasks gained `lifecycle`; 3: tasks gained `dispatch_payload_file`;
+/// 4: allocations gained `deployment_status`, deployments `task_groups`).
+pub const RECORD_FORMAT_VERSION: u8 = 4;
 
 const RECORD_HEADER_LEN: usize = RECORD_MAGIC.len() + 1;
 

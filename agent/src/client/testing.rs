@@ -27,6 +27,7 @@ pub(crate) fn alloc(ids: &mut IdGen, job: &Arc<Job>, name_index: u32) -> Allocat
         reschedule_tracker: None,
         followup_eval_id: None,
         deployment_id: None,
+        deployment_status: None,
         preempted_by: None,
         create_index: 1,
         modify_index: 1,

@@ -113,6 +113,9 @@ pub struct Allocation {
     /// Eval that will reschedule this failed allocation later.
     pub followup_eval_id: Option<EvalId>,
     pub deployment_id: Option<DeploymentId>,
+    /// Health within its deployment (Nomad's `DeploymentStatus`): the
+    /// client decides it, the scheduler marks canaries.
+    pub deployment_status: Option<AllocDeploymentStatus>,
     pub preempted_by: Option<AllocId>,
     pub create_index: u64,
     pub modify_index: u64,
@@ -158,6 +161,49 @@ impl Allocation {
     pub fn ran_successfully(&self) -> bool {
         self.client_status == ClientStatus::Complete
     }
+
+    /// Placed as a canary of its deployment.
+    pub fn is_canary(&self) -> bool {
+        self.deployment_status.is_some_and(|s| s.canary)
+    }
+
+    /// The client's health decision: `None` until it made one.
+    pub fn deployment_healthy(&self) -> Option<bool> {
+        self.deployment_status.and_then(|s| s.healthy)
+    }
+}
+
+/// An allocation's standing in its deployment (Nomad's
+/// `AllocDeploymentStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct AllocDeploymentStatus {
+    /// Set once by the client: `Some(true)` healthy, `Some(false)` not.
+    pub healthy: Option<bool>,
+    /// When the client decided `healthy`.
+    pub timestamp_ns: TimeNs,
+    /// Placed as a canary of a new version, beside the old allocations.
+    pub canary: bool,
+    pub modify_index: u64,
+}
+
+impl AllocDeploymentStatus {
+    pub fn is_healthy(&self) -> bool {
+        self.healthy == Some(true)
+    }
+
+    pub fn is_unhealthy(&self) -> bool {
+        self.healthy == Some(false)
+    }
+}
+
+/// A client's health decision for an allocation in a deployment. It names
+/// the deployment, so a decision made for one the allocation has since left
+/// (an in-place update moved it to a newer one) is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct AllocHealthReport {
+    pub deployment_id: DeploymentId,
+    pub healthy: bool,
+    pub at_ns: TimeNs,
 }
 
 /// A client's report about one allocation.
@@ -171,6 +217,9 @@ pub struct AllocClientUpdate {
     /// Every task's state, whole (Nomad sends the full map each time).
     #[rkyv(with = MapKV<ArcStr, Identity>)]
     pub task_states: BTreeMap<Arc<str>, TaskState>,
+    /// The client's health decision, once made (Nomad sends the
+    /// allocation's `DeploymentStatus` with its status).
+    pub deployment_health: Option<AllocHealthReport>,
 }
 
 /// The task states of an allocation no client has reported on: one shared

@@ -600,6 +600,16 @@ impl Job {
         self.task_groups.iter().position(|g| &*g.name == name)
     }
 
+    /// The group's update strategy (its own, else the job's) when it rolls
+    /// out under a deployment: service jobs only, and `max_parallel = 0`
+    /// turns deployments off, as in Nomad.
+    pub fn rollout_strategy<'a>(&'a self, group: &'a TaskGroup) -> Option<&'a UpdateStrategy> {
+        if self.job_type != JobType::Service {
+            return None;
+        }
+        group.update.as_ref().or(self.update.as_ref()).filter(|u| u.max_parallel > 0)
+    }
+
     /// Whether the job's specification differs in a way that matters to the
     /// scheduler (everything but the bookkeeping fields).
     pub fn spec_changed(&self, other: &Job) -> bool {

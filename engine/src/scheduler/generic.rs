@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use crate::ids::{IdGen, NodeId};
 use crate::model::{
-    AllocMetric, AllocPreemption, AllocStop, AllocatedResources, Allocation, Deployment, DeploymentStatus, EvalStatus,
-    Evaluation, Job, JobType, TimeNs, TriggeredBy,
+    AllocDeploymentStatus, AllocMetric, AllocPreemption, AllocStop, AllocatedResources, Allocation,
+    DESCRIPTION_NEEDS_PROMOTION, DESCRIPTION_PENDING_AUTO_PROMOTION, DESCRIPTION_RUNNING, Deployment, DeploymentGroup,
+    DeploymentStatus, EvalStatus, Evaluation, Job, JobType, TimeNs, TriggeredBy,
 };
 use crate::state::State;
 
@@ -22,22 +23,27 @@ pub(super) fn schedule(
     seed: u64,
     ids: &mut IdGen,
 ) -> ScheduleOutcome {
-    let mut out = reconcile_and_place(state, eval, job.clone(), now_ns, seed, ids);
+    let (mut out, desired_canaries) = reconcile_and_place(state, eval, job.clone(), now_ns, seed, ids);
     if let Some(job) = job.filter(|j| !j.stop) {
-        attach_deployment(state, &job, &mut out, ids);
+        attach_deployment(state, &job, &desired_canaries, now_ns, &mut out, ids);
     }
     out
 }
 
 /// Service jobs with an update strategy roll out each version under a
 /// deployment (Nomad's reconciler): the plan's new allocations join the
-/// version's active deployment, or a new one the plan creates. Caravan
-/// places a version all at once (no rolling batches or canaries yet), so
-/// the deployment records the rollout and its outcome (see the FSM).
-fn attach_deployment(state: &State, job: &Arc<Job>, out: &mut ScheduleOutcome, ids: &mut IdGen) {
-    let has_strategy =
-        |g: &crate::model::TaskGroup| g.update.as_ref().or(job.update.as_ref()).is_some_and(|u| u.max_parallel > 0);
-    if job.job_type != JobType::Service || !job.task_groups.iter().any(has_strategy) {
+/// version's active deployment, or a new one the plan creates, which
+/// records each group's strategy (canaries wanted, progress deadline). The
+/// reconciler paced the rollout; the FSM settles it from client health.
+fn attach_deployment(
+    state: &State,
+    job: &Arc<Job>,
+    desired_canaries: &BTreeMap<Arc<str>, u32>,
+    now_ns: TimeNs,
+    out: &mut ScheduleOutcome,
+    ids: &mut IdGen,
+) {
+    if !job.task_groups.iter().any(|g| job.rollout_strategy(g).is_some()) {
         return;
     }
     // New allocations, and in-place updates to this version (Nomad's
@@ -59,16 +65,7 @@ fn attach_deployment(state: &State, job: &Arc<Job>, out: &mut ScheduleOutcome, i
         // The version's deployment has ended: its replacements are not part of it.
         Some(_) => return,
         None => {
-            let d = Deployment {
-                id: ids.deployment(),
-                job: key,
-                job_version: job.version,
-                job_modify_index: job.job_modify_index,
-                status: DeploymentStatus::Running,
-                status_description: "Deployment is running".into(),
-                create_index: 0,
-                modify_index: 0,
-            };
+            let d = new_deployment(job, desired_canaries, now_ns, ids);
             let id = d.id;
             out.plan.deployment = Some(d);
             id
@@ -77,9 +74,64 @@ fn attach_deployment(state: &State, job: &Arc<Job>, out: &mut ScheduleOutcome, i
     for alloc in out.plan.node_allocation.values_mut().flatten() {
         if rolls_out(alloc) && alloc.deployment_id != Some(deployment_id) {
             // The plan's allocations are its own (fresh or just copied):
-            // no further copy is made.
-            Arc::make_mut(alloc).deployment_id = Some(deployment_id);
+            // no further copy is made. One moved in place into this
+            // deployment has its health decided again.
+            let alloc = Arc::make_mut(alloc);
+            alloc.deployment_id = Some(deployment_id);
+            if alloc.create_index != 0 {
+                alloc.deployment_status = None;
+            }
         }
+    }
+}
+
+/// A deployment of `job`'s version: one group state per group with an
+/// update strategy.
+fn new_deployment(
+    job: &Job,
+    desired_canaries: &BTreeMap<Arc<str>, u32>,
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+) -> Deployment {
+    let task_groups: Vec<DeploymentGroup> = job
+        .task_groups
+        .iter()
+        .filter_map(|g| {
+            let strategy = job.rollout_strategy(g)?;
+            Some(DeploymentGroup {
+                name: g.name.clone(),
+                auto_revert: strategy.auto_revert,
+                auto_promote: strategy.auto_promote,
+                promoted: false,
+                desired_canaries: desired_canaries.get(&g.name).copied().unwrap_or(0),
+                desired_total: g.count,
+                progress_deadline_ns: strategy.progress_deadline_ns,
+                require_progress_by_ns: if strategy.progress_deadline_ns > 0 {
+                    now_ns.saturating_add(strategy.progress_deadline_ns)
+                } else {
+                    0
+                },
+            })
+        })
+        .collect();
+    let waiting: Vec<&DeploymentGroup> = task_groups.iter().filter(|g| g.awaits_promotion()).collect();
+    let description = if waiting.is_empty() {
+        DESCRIPTION_RUNNING
+    } else if waiting.iter().all(|g| g.auto_promote) {
+        DESCRIPTION_PENDING_AUTO_PROMOTION
+    } else {
+        DESCRIPTION_NEEDS_PROMOTION
+    };
+    Deployment {
+        id: ids.deployment(),
+        job: job.key(),
+        job_version: job.version,
+        job_modify_index: job.job_modify_index,
+        status: DeploymentStatus::Running,
+        status_description: description.into(),
+        task_groups,
+        create_index: 0,
+        modify_index: 0,
     }
 }
 
@@ -90,9 +142,25 @@ fn reconcile_and_place(
     now_ns: TimeNs,
     seed: u64,
     ids: &mut IdGen,
-) -> ScheduleOutcome {
+) -> (ScheduleOutcome, BTreeMap<Arc<str>, u32>) {
     let allocs = super::job_allocs(state, eval);
     let rec = reconcile::reconcile(state, eval, job.as_ref(), &allocs, now_ns, ids);
+    let desired_canaries = rec.desired_canaries.clone();
+    let out = place_reconciled(state, eval, job, rec, &allocs, now_ns, seed, ids);
+    (out, desired_canaries)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn place_reconciled(
+    state: &State,
+    eval: &Evaluation,
+    job: Option<Arc<Job>>,
+    rec: reconcile::Reconciled,
+    allocs: &[Arc<Allocation>],
+    now_ns: TimeNs,
+    seed: u64,
+    ids: &mut IdGen,
+) -> ScheduleOutcome {
     let mut out =
         ScheduleOutcome { desired_updates: rec.desired, followup_evals: rec.followup_evals, ..Default::default() };
     out.plan.job = job.clone();
@@ -127,7 +195,7 @@ fn reconcile_and_place(
 
     let config = state.scheduler_config();
     let stack_config = StackConfig { algorithm: config.algorithm, preemption: config.preemption_enabled(job.job_type) };
-    let mut stack = Stack::new(state, &job, &allocs, seed, stack_config);
+    let mut stack = Stack::new(state, &job, allocs, seed, stack_config);
     for stop in &rec.stop {
         stack.release(&stop.alloc);
     }
@@ -185,7 +253,7 @@ fn place_all<'a>(
             };
             match stack.select(gi, &penalty) {
                 Ok(selection) => {
-                    let alloc = build_alloc(
+                    let mut alloc = build_alloc(
                         job,
                         job_tag,
                         eval,
@@ -195,6 +263,10 @@ fn place_all<'a>(
                         ids,
                         shared.entry(gi).or_insert_with(|| Arc::new(AllocatedResources::default())),
                     );
+                    if p.reason == PlacementReason::Canary {
+                        Arc::make_mut(&mut alloc).deployment_status =
+                            Some(AllocDeploymentStatus { canary: true, ..AllocDeploymentStatus::default() });
+                    }
                     stack.commit(gi, &selection);
                     placed.push((alloc, selection.preempted, Some(p)));
                 }

@@ -142,6 +142,7 @@ pub(crate) fn new_allocation(spec: NewAlloc<'_>, ids: &mut IdGen, now_ns: TimeNs
         reschedule_tracker: spec.reschedule_tracker,
         followup_eval_id: None,
         deployment_id: None,
+        deployment_status: None,
         preempted_by: None,
         create_index: 0,
         modify_index: 0,

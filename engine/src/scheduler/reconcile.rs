@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use crate::ids::IdGen;
 use crate::model::{
-    Allocation, ClientStatus, DelayFunction, EvalStatus, Evaluation, Job, NodeStatus, RescheduleEvent,
-    ReschedulePolicy, RescheduleTracker, SECOND_NS, TaskGroup, TimeNs, TriggeredBy,
+    Allocation, ClientStatus, DelayFunction, Deployment, DeploymentGroup, DeploymentStatus, EvalStatus, Evaluation,
+    Job, NodeStatus, RescheduleEvent, ReschedulePolicy, RescheduleTracker, SECOND_NS, TaskGroup, TimeNs, TriggeredBy,
+    UpdateStrategy,
 };
 use crate::state::State;
 
@@ -38,6 +39,7 @@ pub struct DesiredUpdates {
     pub reschedule_now: u32,
     pub reschedule_later: u32,
     pub lost: u32,
+    pub canary: u32,
 }
 
 /// Why a placement is needed.
@@ -53,6 +55,8 @@ pub enum PlacementReason {
     Migrate,
     /// New version needs a new allocation; the old one stops if this places.
     Destructive,
+    /// A canary of a new version, placed beside the old allocations.
+    Canary,
 }
 
 /// One allocation to place.
@@ -84,6 +88,52 @@ pub struct Reconciled {
     pub annotate_followup: Vec<(Arc<Allocation>, crate::ids::EvalId)>,
     pub followup_evals: Vec<Evaluation>,
     pub desired: BTreeMap<Arc<str>, DesiredUpdates>,
+    /// Per group with an update strategy: the canaries a new deployment
+    /// of this version wants (0 when the group has nothing to replace).
+    pub desired_canaries: BTreeMap<Arc<str>, u32>,
+}
+
+/// Where a group's rollout stands, from the deployment of the job's
+/// current version (if one exists yet).
+#[derive(Debug, Clone, Copy)]
+struct Rollout<'a> {
+    strategy: &'a UpdateStrategy,
+    deployment: Option<&'a Deployment>,
+}
+
+impl Rollout<'_> {
+    fn group<'g>(&'g self, name: &str) -> Option<&'g DeploymentGroup> {
+        self.deployment.and_then(|d| d.group(name))
+    }
+
+    fn failed(&self) -> bool {
+        self.deployment.is_some_and(|d| d.status == DeploymentStatus::Failed)
+    }
+
+    fn promoted(&self, name: &str) -> bool {
+        self.group(name).is_some_and(|g| g.promoted)
+    }
+
+    /// How many more old allocations may be replaced now (Nomad's
+    /// `computeLimit`): `max_parallel` less the version's allocations of
+    /// the deployment that are not healthy yet; none while the deployment
+    /// is paused, failed, or has an unhealthy allocation. Canaries that
+    /// wait for a promotion hold the rollout too (they are counted apart).
+    fn limit(&self, current: &[&Arc<Allocation>]) -> u32 {
+        let Some(d) = self.deployment else { return self.strategy.max_parallel };
+        if d.status != DeploymentStatus::Running {
+            return 0;
+        }
+        let mut in_flight = 0u32;
+        for a in current.iter().filter(|a| a.deployment_id == Some(d.id)) {
+            match a.deployment_healthy() {
+                Some(false) => return 0,
+                Some(true) => {}
+                None => in_flight += 1,
+            }
+        }
+        self.strategy.max_parallel.saturating_sub(in_flight)
+    }
 }
 
 /// When a failed allocation should be replaced.
@@ -134,10 +184,17 @@ pub fn reconcile(
         }
     }
     let mut later: Vec<(TimeNs, Arc<Allocation>)> = Vec::new();
+    // The deployment of this very version (a newer registration of the same
+    // version number has another job modify index).
+    let deployment = state
+        .latest_deployment(&job.key())
+        .filter(|d| d.job_version == job.version && d.job_modify_index == job.job_modify_index);
     for (gi, group) in job.task_groups.iter().enumerate() {
         let group_allocs = by_group.get(&*group.name).map(Vec::as_slice).unwrap_or(&[]);
         let gi = u16::try_from(gi).expect("validated: fewer than 65536 groups");
-        reconcile_group(state, job, gi, group, group_allocs, now_ns, &mut out, &mut later);
+        let rollout =
+            job.rollout_strategy(group).map(|strategy| Rollout { strategy, deployment: deployment.map(|d| &**d) });
+        reconcile_group(state, job, gi, group, group_allocs, rollout, now_ns, &mut out, &mut later);
     }
     batch_followups(eval, job, later, ids, &mut out);
     out
@@ -150,6 +207,7 @@ fn reconcile_group(
     gi: u16,
     group: &TaskGroup,
     allocs: &[&Arc<Allocation>],
+    rollout: Option<Rollout<'_>>,
     now_ns: TimeNs,
     out: &mut Reconciled,
     later: &mut Vec<(TimeNs, Arc<Allocation>)>,
@@ -252,7 +310,13 @@ fn reconcile_group(
         untainted.push(alloc);
     }
 
-    untainted.sort_by_key(|a| (a.name_index, a.create_index));
+    let is_current = |a: &Allocation| a.job.job_modify_index == job.job_modify_index && a.job.version == job.version;
+    if let Some(rollout) = &rollout {
+        untainted = roll(job, gi, group, untainted, rollout, &mut taken, &mut desired, out);
+    }
+    // For each name the current version's allocation (a promoted canary)
+    // wins over an old one, then the oldest.
+    untainted.sort_by_key(|a| (a.name_index, !is_current(a), a.create_index));
     for alloc in untainted {
         if alloc.name_index >= count || !taken.insert(alloc.name_index) {
             desired.stop += 1;
@@ -263,7 +327,7 @@ fn reconcile_group(
             });
             continue;
         }
-        if alloc.job.job_modify_index == job.job_modify_index && alloc.job.version == job.version {
+        if is_current(alloc) {
             desired.ignore += 1;
         } else if tasks_updated(alloc.group(), group) {
             desired.destructive_update += 1;
@@ -285,6 +349,96 @@ fn reconcile_group(
         }
     }
     out.desired.insert(group.name.clone(), desired);
+}
+
+/// A group rolling out under a deployment: canaries first when the
+/// strategy asks for them, then old allocations replaced at most
+/// `max_parallel` at a time as the new ones become healthy. Takes the
+/// group's untainted allocations and returns those the plain pass still
+/// decides (in-place updates, replacements within the limit, excess);
+/// what it holds back keeps its name in `taken`.
+#[allow(clippy::too_many_arguments)]
+fn roll<'a>(
+    job: &Arc<Job>,
+    gi: u16,
+    group: &TaskGroup,
+    untainted: Vec<&'a Arc<Allocation>>,
+    rollout: &Rollout<'_>,
+    taken: &mut BTreeSet<u32>,
+    desired: &mut DesiredUpdates,
+    out: &mut Reconciled,
+) -> Vec<&'a Arc<Allocation>> {
+    let is_current = |a: &Allocation| a.job.job_modify_index == job.job_modify_index && a.job.version == job.version;
+    let deployment_id = rollout.deployment.map(|d| d.id);
+    let promoted = rollout.promoted(&group.name);
+    let (current, old): (Vec<&Arc<Allocation>>, Vec<&Arc<Allocation>>) =
+        untainted.into_iter().partition(|a| is_current(a));
+    let (canaries, current): (Vec<&Arc<Allocation>>, Vec<&Arc<Allocation>>) = current
+        .into_iter()
+        .partition(|a| a.is_canary() && a.deployment_id.is_some() && a.deployment_id == deployment_id);
+    // Old allocations the new version replaces rather than updates in place.
+    let (replace, keep): (Vec<&Arc<Allocation>>, Vec<&Arc<Allocation>>) =
+        old.into_iter().partition(|a| a.name_index < group.count && tasks_updated(a.group(), group));
+    let wants_canaries = rollout.strategy.canary > 0 && !replace.is_empty();
+    if wants_canaries && !promoted {
+        out.desired_canaries.insert(group.name.clone(), rollout.strategy.canary);
+    }
+    let mut rest: Vec<&Arc<Allocation>> = current;
+    rest.extend(keep);
+    if !promoted && (wants_canaries || !canaries.is_empty()) {
+        // Canary phase: the old allocations all stay until a promotion.
+        if rollout.failed() {
+            for canary in canaries {
+                desired.stop += 1;
+                out.stop.push(StopRequest {
+                    alloc: canary.clone(),
+                    description: "alloc not needed as deployment failed",
+                    client_status: None,
+                });
+            }
+        } else if rollout.deployment.is_none_or(|d| d.status == DeploymentStatus::Running) {
+            let used: BTreeSet<u32> = canaries.iter().map(|a| a.name_index).collect();
+            desired.ignore += u32::try_from(canaries.len()).unwrap_or(u32::MAX);
+            let missing = usize::try_from(rollout.strategy.canary).unwrap_or(usize::MAX).saturating_sub(canaries.len());
+            let names = replace.iter().map(|a| a.name_index).filter(|n| !used.contains(n)).take(missing);
+            for name_index in names {
+                desired.canary += 1;
+                out.place.push(Placement {
+                    group_index: gi,
+                    name_index,
+                    reason: PlacementReason::Canary,
+                    previous: None,
+                });
+            }
+        } else {
+            desired.ignore += u32::try_from(canaries.len()).unwrap_or(u32::MAX);
+        }
+        for alloc in &replace {
+            taken.insert(alloc.name_index);
+            desired.ignore += 1;
+        }
+        return rest;
+    }
+    // Rolling: promoted canaries are the new version like the rest.
+    let in_deployment: Vec<&Arc<Allocation>> = rest.iter().chain(canaries.iter()).copied().collect();
+    let limit = usize::try_from(rollout.limit(&in_deployment)).unwrap_or(usize::MAX);
+    let replaced_by_canary: BTreeSet<u32> = canaries.iter().map(|a| a.name_index).collect();
+    rest.extend(canaries);
+    let mut budget = limit;
+    for alloc in replace {
+        // A promoted canary holds this name: the old one is excess and the
+        // plain pass stops it.
+        if replaced_by_canary.contains(&alloc.name_index) || budget > 0 {
+            if !replaced_by_canary.contains(&alloc.name_index) {
+                budget -= 1;
+            }
+            rest.push(alloc);
+        } else {
+            taken.insert(alloc.name_index);
+            desired.ignore += 1;
+        }
+    }
+    rest
 }
 
 /// Whether moving from `old` to `new` needs new allocations (Nomad's

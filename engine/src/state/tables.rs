@@ -110,6 +110,8 @@ pub struct State {
     /// allocation write so the FSM decides a deployment's end in O(1)
     /// per status batch instead of scanning the job's allocations.
     deployment_health: IdMap<DeploymentId, DeploymentHealth>,
+    /// The same per (deployment, task group name).
+    group_health: HashMap<(DeploymentId, Arc<str>), DeploymentHealth>,
     scheduler_config: Arc<SchedulerConfig>,
     /// Each periodic job's last launch (see [`PeriodicLaunch`]).
     periodic_launches: OrdMap<JobKey, PeriodicLaunch>,
@@ -128,26 +130,38 @@ pub struct State {
     alloc_nodes_touched: Vec<NodeId>,
 }
 
-/// How a deployment's allocations are doing: derived from the
-/// allocations (never stored in a snapshot; a restore rebuilds it).
+/// How a deployment's allocations are doing, from their clients' health
+/// decisions: derived from the allocations (never stored in a snapshot; a
+/// restore rebuilds it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeploymentHealth {
-    /// Allocations the servers want running that their client reports
-    /// running.
+    /// Allocations their client found healthy.
     pub healthy: u64,
-    /// Allocations whose client reports them failed.
-    pub failed: u64,
+    /// Allocations their client found unhealthy.
+    pub unhealthy: u64,
 }
 
 impl DeploymentHealth {
     fn of(alloc: &Allocation) -> DeploymentHealth {
-        use crate::model::{ClientStatus, DesiredStatus};
-        DeploymentHealth {
-            healthy: u64::from(
-                alloc.client_status == ClientStatus::Running && alloc.desired_status == DesiredStatus::Run,
-            ),
-            failed: u64::from(alloc.client_status == ClientStatus::Failed),
-        }
+        let healthy = alloc.deployment_healthy();
+        DeploymentHealth { healthy: u64::from(healthy == Some(true)), unhealthy: u64::from(healthy == Some(false)) }
+    }
+
+    fn is_zero(self) -> bool {
+        self.healthy == 0 && self.unhealthy == 0
+    }
+
+    fn add(&mut self, other: DeploymentHealth) {
+        self.healthy += other.healthy;
+        self.unhealthy += other.unhealthy;
+    }
+
+    fn sub(&mut self, other: DeploymentHealth) {
+        // The tally counted `other` when it was written; saturating so a
+        // broken invariant cannot take the FSM down on every server.
+        debug_assert!(self.healthy >= other.healthy && self.unhealthy >= other.unhealthy);
+        self.healthy = self.healthy.saturating_sub(other.healthy);
+        self.unhealthy = self.unhealthy.saturating_sub(other.unhealthy);
     }
 }
 
@@ -395,6 +409,11 @@ impl State {
         self.deployment_health.get(&id).copied().unwrap_or_default()
     }
 
+    /// The health of the deployment's allocations of one task group.
+    pub fn deployment_group_health(&self, id: DeploymentId, group: &str) -> DeploymentHealth {
+        self.group_health.get(&(id, Arc::from(group))).copied().unwrap_or_default()
+    }
+
     pub fn scheduler_config(&self) -> &SchedulerConfig {
         &self.scheduler_config
     }
@@ -589,14 +608,8 @@ impl State {
                 assert!(old.is_none(), "put_new_allocs given an existing allocation {}", alloc.id);
             }
         }
-        for run in allocs.chunk_by(|a, b| a.deployment_id == b.deployment_id) {
-            let Some(id) = run[0].deployment_id else { continue };
-            let health = self.deployment_health.entry(id).or_default();
-            for alloc in run {
-                let add = DeploymentHealth::of(alloc);
-                health.healthy += add.healthy;
-                health.failed += add.failed;
-            }
+        for alloc in allocs {
+            self.adjust_deployment_health(None, Some(alloc));
         }
         self.alloc_count += allocs.len();
         self.touch(Table::Allocs, index);
@@ -667,22 +680,25 @@ impl State {
     fn adjust_deployment_health(&mut self, old: Option<&Allocation>, new: Option<&Allocation>) {
         if let Some(old) = old
             && let Some(id) = old.deployment_id
-            && let Some(health) = self.deployment_health.get_mut(&id)
         {
             let gone = DeploymentHealth::of(old);
-            // The tally counted `old` when it was written; saturating so a
-            // broken invariant cannot take the FSM down on every server.
-            debug_assert!(health.healthy >= gone.healthy && health.failed >= gone.failed);
-            health.healthy = health.healthy.saturating_sub(gone.healthy);
-            health.failed = health.failed.saturating_sub(gone.failed);
+            if !gone.is_zero() {
+                if let Some(health) = self.deployment_health.get_mut(&id) {
+                    health.sub(gone);
+                }
+                if let Some(health) = self.group_health.get_mut(&(id, old.group().name.clone())) {
+                    health.sub(gone);
+                }
+            }
         }
         if let Some(new) = new
             && let Some(id) = new.deployment_id
         {
-            let health = self.deployment_health.entry(id).or_default();
             let add = DeploymentHealth::of(new);
-            health.healthy += add.healthy;
-            health.failed += add.failed;
+            if !add.is_zero() {
+                self.deployment_health.entry(id).or_default().add(add);
+                self.group_health.entry((id, new.group().name.clone())).or_default().add(add);
+            }
         }
     }
 

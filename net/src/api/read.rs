@@ -282,6 +282,7 @@ pub struct Allocation {
     pub client_description: String,
     #[serde(rename = "DeploymentID")]
     pub deployment_id: String,
+    pub deployment_status: Option<AllocDeploymentStatus>,
     #[serde(rename = "FollowupEvalID")]
     pub followup_eval_id: String,
     pub previous_allocation: String,
@@ -352,6 +353,7 @@ pub struct AllocationListStub {
     pub client_status: String,
     pub client_description: String,
     #[serde(rename = "FollowupEvalID")]
+    pub deployment_status: Option<AllocDeploymentStatus>,
     pub followup_eval_id: String,
     pub next_allocation: String,
     pub reschedule_tracker: Option<RescheduleTracker>,
@@ -517,6 +519,17 @@ pub struct AllocMetric {
     pub coalesced_failures: u32,
 }
 
+/// An allocation's health in its deployment (`api.AllocDeploymentStatus`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AllocDeploymentStatus {
+    pub healthy: Option<bool>,
+    /// A Go `time.Time` (RFC 3339).
+    pub timestamp: String,
+    pub canary: bool,
+    pub modify_index: u64,
+}
+
 /// `api.Deployment` (the fields the engine models).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -538,8 +551,8 @@ pub struct Deployment {
     pub modify_index: u64,
 }
 
-/// One task group's progress in a deployment (`api.DeploymentState`).
-/// Caravan counts an allocation healthy once its client reports it running.
+/// One task group's progress in a deployment (`api.DeploymentState`):
+/// counts of its allocations by the health their clients decided.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DeploymentState {

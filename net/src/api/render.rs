@@ -601,6 +601,7 @@ pub fn alloc_to_api(a: &model::Allocation, node: Option<&model::Node>) -> read::
         client_status: a.client_status.as_str().to_string(),
         client_description: a.client_description.to_string(),
         deployment_id: id_or_empty(a.deployment_id),
+        deployment_status: alloc_deployment_status(a),
         followup_eval_id: id_or_empty(a.followup_eval_id),
         previous_allocation: id_or_empty(a.previous_alloc),
         next_allocation: id_or_empty(a.next_alloc),
@@ -614,6 +615,15 @@ pub fn alloc_to_api(a: &model::Allocation, node: Option<&model::Node>) -> read::
         job_version: a.job.version,
         task_states: task_states_to_api(a),
     }
+}
+
+fn alloc_deployment_status(a: &model::Allocation) -> Option<read::AllocDeploymentStatus> {
+    a.deployment_status.map(|s| read::AllocDeploymentStatus {
+        healthy: s.healthy,
+        timestamp: rfc3339(s.timestamp_ns),
+        canary: s.canary,
+        modify_index: s.modify_index,
+    })
 }
 
 /// `GET /v1/allocations` entry; `node` supplies `NodeName` when known.
@@ -634,6 +644,7 @@ pub fn alloc_stub(a: &model::Allocation, node: Option<&model::Node>) -> read::Al
         desired_description: a.desired_description.to_string(),
         client_status: a.client_status.as_str().to_string(),
         client_description: a.client_description.to_string(),
+        deployment_status: alloc_deployment_status(a),
         followup_eval_id: id_or_empty(a.followup_eval_id),
         next_allocation: id_or_empty(a.next_alloc),
         reschedule_tracker: tracker(a),
@@ -700,37 +711,41 @@ pub fn eval_to_api(e: &model::Evaluation) -> read::Evaluation {
     }
 }
 
-/// `GET /v1/deployment/:id`: the record, with per-group progress counted
-/// from the job version it deploys and the allocations it placed.
+/// `GET /v1/deployment/:id`: the record, each group's settings from the
+/// deployment and its counts from the allocations it placed.
 pub fn deployment_to_api<'a>(
     d: &model::Deployment,
     job: Option<&model::Job>,
     allocs: impl Iterator<Item = &'a model::Allocation>,
 ) -> read::Deployment {
     let mut task_groups: BTreeMap<String, read::DeploymentState> = BTreeMap::new();
-    if let Some(job) = job {
-        for g in &job.task_groups {
-            let update = g.update.as_ref().or(job.update.as_ref());
-            task_groups.insert(
-                g.name.to_string(),
-                read::DeploymentState {
-                    auto_revert: update.is_some_and(|u| u.auto_revert),
-                    auto_promote: update.is_some_and(|u| u.auto_promote),
-                    progress_deadline: update.map_or(0, |u| u.progress_deadline_ns),
-                    require_progress_by: rfc3339(0),
-                    desired_total: g.count,
-                    ..Default::default()
-                },
-            );
-        }
+    for g in &d.task_groups {
+        task_groups.insert(
+            g.name.to_string(),
+            read::DeploymentState {
+                auto_revert: g.auto_revert,
+                auto_promote: g.auto_promote,
+                promoted: g.promoted,
+                progress_deadline: g.progress_deadline_ns,
+                require_progress_by: rfc3339(g.require_progress_by_ns),
+                desired_canaries: g.desired_canaries,
+                desired_total: g.desired_total,
+                ..Default::default()
+            },
+        );
     }
-    for a in allocs.filter(|a| a.deployment_id == Some(d.id)) {
+    let mut placed: Vec<&model::Allocation> = allocs.filter(|a| a.deployment_id == Some(d.id)).collect();
+    placed.sort_by_key(|a| (a.create_index, a.id));
+    for a in placed {
         let Some(state) = task_groups.get_mut(a.group_name()) else { continue };
         state.placed_allocs += 1;
-        match a.client_status {
-            model::ClientStatus::Running => state.healthy_allocs += 1,
-            model::ClientStatus::Failed | model::ClientStatus::Lost => state.unhealthy_allocs += 1,
-            _ => {}
+        if a.is_canary() {
+            state.placed_canaries.push(a.id.to_string());
+        }
+        match a.deployment_healthy() {
+            Some(true) => state.healthy_allocs += 1,
+            Some(false) => state.unhealthy_allocs += 1,
+            None => {}
         }
     }
     read::Deployment {

@@ -90,29 +90,49 @@ pub(super) async fn action(State(server): Shared, Path(rest): Path<String>, body
             Err(e) => return e,
         },
         _ => {
-            // Checked for their shape; Caravan has no canaries to promote.
-            if let Err(e) = opt_bool(&body, "All") {
-                return e;
-            }
-            match body.get("Groups") {
-                None | Some(Value::Null) => {}
-                Some(Value::Array(groups)) if groups.iter().all(Value::is_string) => {}
+            // `All` promotes every group with canaries; else `Groups` names them.
+            let all = match opt_bool(&body, "All") {
+                Ok(all) => all.unwrap_or(false),
+                Err(e) => return e,
+            };
+            let groups: Vec<std::sync::Arc<str>> = match body.get("Groups") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(groups)) if groups.iter().all(Value::is_string) => {
+                    groups.iter().filter_map(Value::as_str).map(std::sync::Arc::from).collect()
+                }
                 Some(v) => {
                     return refuse(StatusCode::BAD_REQUEST, format!("Groups must be a list of strings, got {v}"));
                 }
-            }
-            let snap = server.store().snapshot();
-            return match endpoints::promote_deployment(&snap, id) {
-                Ok(never) => match never {},
-                Err(e) => endpoint_error(e),
             };
+            if !all && groups.is_empty() {
+                return refuse(StatusCode::BAD_REQUEST, "promote needs All = true or a list of Groups");
+            }
+            let groups = if all { Vec::new() } else { groups };
+            return commit_action(&server, &mut |state, ids, now| {
+                endpoints::promote_deployment(state, id, groups.clone(), now, ids)
+            });
         }
     };
+    commit_action(&server, &mut |state, ids, now| endpoints::update_deployment(state, id, action, now, ids))
+}
+
+/// Commit a deployment action; answers with its eval as Nomad's
+/// `DeploymentUpdateResponse`, `RevertedJobVersion` set by a rollback.
+fn commit_action(server: &std::sync::Arc<dyn super::Server>, build: &mut super::server::WriteBuilder<'_>) -> Response {
     let mut eval_id = None;
+    let mut reverted: Option<u64> = None;
     let result = server.write(&mut |state, ids, now| {
-        let command = endpoints::update_deployment(state, id, action, now, ids)?;
-        if let Command::DeploymentStatusUpdate { evals, .. } = &command {
-            eval_id = evals.first().map(|e| e.id);
+        let command = build(state, ids, now)?;
+        match &command {
+            Command::DeploymentStatusUpdate { evals, job, .. } => {
+                eval_id = evals.first().map(|e| e.id);
+                // The rollback registers the stable version's spec again.
+                reverted = job.as_ref().and_then(|j| {
+                    state.job_versions(&j.key()).into_iter().find(|v| v.stable && !v.spec_changed(j)).map(|v| v.version)
+                });
+            }
+            Command::DeploymentPromote { evals, .. } => eval_id = evals.first().map(|e| e.id),
+            _ => {}
         }
         Ok(command)
     });
@@ -120,7 +140,7 @@ pub(super) async fn action(State(server): Shared, Path(rest): Path<String>, body
         Ok(index) => reply(
             index,
             &json!({"EvalID": eval_id.map(|e| e.to_string()).unwrap_or_default(), "EvalCreateIndex": index,
-                    "DeploymentModifyIndex": index, "RevertedJobVersion": null, "Index": index}),
+                    "DeploymentModifyIndex": index, "RevertedJobVersion": reverted, "Index": index}),
         ),
         Err(e) => endpoint_error(e),
     }

@@ -173,7 +173,7 @@ fn plan(server: &Arc<dyn Server>, key: &JobKey, body: &[u8]) -> Response {
             (
                 group.to_string(),
                 json!({"Place": d.place, "Stop": d.stop, "Ignore": d.ignore, "InPlaceUpdate": d.in_place_update,
-                       "DestructiveUpdate": d.destructive_update, "Migrate": d.migrate, "Canary": 0, "Preemptions": 0}),
+                       "DestructiveUpdate": d.destructive_update, "Migrate": d.migrate, "Canary": d.canary, "Preemptions": 0}),
             )
         })
         .collect();

@@ -145,7 +145,9 @@ const MESSAGE_MAGIC: [u8; 4] = *b"CVCL";
 /// Bumped whenever an archived message layout changes (rkyv archives
 /// carry no schema), so a server and client of different versions refuse
 /// each other's bytes instead of misreading them.
-const MESSAGE_FORMAT_VERSION: u8 = 4; // 4: `Task::dispatch_payload_file`.
+// 4: `Task::dispatch_payload_file`; 5: allocations' deployment health
+// (`Allocation::deployment_status`, `AllocClientUpdate::deployment_health`).
+const MESSAGE_FORMAT_VERSION: u8 = 5;
 
 const MESSAGE_HEADER_LEN: usize = MESSAGE_MAGIC.len() + 1;
 
@@ -880,6 +882,11 @@ mod tests {
             client_description: "started".into(),
             at_ns: 5,
             task_states: Default::default(),
+            deployment_health: Some(caravan_engine::model::AllocHealthReport {
+                deployment_id: ids.deployment(),
+                healthy: true,
+                at_ns: 5,
+            }),
         };
         let bytes = encode(&AllocUpdateRequest { updates: vec![update.clone()] }).unwrap();
         let back: AllocUpdateRequest = decode(&bytes).unwrap();

@@ -28,7 +28,10 @@ pub const COMMAND_MAGIC: [u8; 4] = *b"CVNC";
 /// refuse entries it would misread (rkyv archives carry no schema).
 /// 2: `Job::periodic` and `Command::PeriodicLaunch` (periodic jobs), `Task::lifecycle`.
 /// 3: `Task::dispatch_payload_file`.
-pub const COMMAND_FORMAT_VERSION: u8 = 3;
+/// 4: `Allocation::deployment_status`, `AllocClientUpdate::deployment_health`,
+///    `Deployment::task_groups`, `Command::DeploymentPromote`, rollbacks in
+///    `Command::DeploymentStatusUpdate`.
+pub const COMMAND_FORMAT_VERSION: u8 = 4;
 
 /// Magic, version, archive length, archive crc32.
 const HEADER_LEN: usize = COMMAND_MAGIC.len() + 1 + 4 + 4;

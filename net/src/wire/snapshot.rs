@@ -45,7 +45,8 @@ pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CVNSNAP\0";
 /// Bumped whenever the layout or any archived model type changes.
 /// 2: `Job::periodic` and the periodic launch records, `Task::lifecycle`.
 /// 3: `Task::dispatch_payload_file`.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 3;
+/// 4: `Allocation::deployment_status`, `Deployment::task_groups`.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 4;
 
 /// The largest chunk payload written or accepted. The reader allocates a
 /// chunk's length before it can check the chunk's checksum, so a corrupted

@@ -120,6 +120,12 @@ fn allocs(ids: &mut IdGen, job: &Arc<Job>, nodes: &[NodeId], count: usize) -> Ve
                 })),
                 followup_eval_id: Some(ids.eval()),
                 deployment_id: Some(ids.deployment()),
+                deployment_status: (i % 3 == 0).then_some(caravan_engine::model::AllocDeploymentStatus {
+                    healthy: Some(i % 2 == 0),
+                    timestamp_ns: 12,
+                    canary: true,
+                    modify_index: 5,
+                }),
                 preempted_by: None,
                 create_index: 3,
                 modify_index: 4,
@@ -155,6 +161,16 @@ fn deployment(ids: &mut IdGen, key: &JobKey) -> Deployment {
         job_modify_index: 2,
         status: DeploymentStatus::Running,
         status_description: "rolling".into(),
+        task_groups: vec![caravan_engine::model::DeploymentGroup {
+            name: "g".into(),
+            auto_revert: true,
+            auto_promote: false,
+            promoted: true,
+            desired_canaries: 1,
+            desired_total: 5,
+            progress_deadline_ns: 600,
+            require_progress_by_ns: 1_700,
+        }],
         create_index: 3,
         modify_index: 4,
     }
@@ -198,6 +214,11 @@ fn every_command() -> Vec<Command> {
                 client_description: "oom".into(),
                 at_ns: 6,
                 task_states: task_states(),
+                deployment_health: Some(caravan_engine::model::AllocHealthReport {
+                    deployment_id: ids.deployment(),
+                    healthy: false,
+                    at_ns: 6,
+                }),
             }],
             evals: vec![],
         },
@@ -234,6 +255,14 @@ fn every_command() -> Vec<Command> {
             status: DeploymentStatus::Paused,
             description: "Deployment is paused".into(),
             evals: vec![failed_eval(&mut ids, &job)],
+            job: Some((*job).clone()),
+            now_ns: 12,
+        },
+        Command::DeploymentPromote {
+            id: ids.deployment(),
+            groups: vec!["g".into(), "h".into()],
+            evals: vec![failed_eval(&mut ids, &job)],
+            now_ns: 13,
         },
         Command::PeriodicLaunch {
             job: {
@@ -247,7 +276,7 @@ fn every_command() -> Vec<Command> {
             now_ns: 11,
         },
     ];
-    let mut seen = [false; 16];
+    let mut seen = [false; 17];
     for command in &commands {
         let slot = match command {
             Command::JobRegister { .. } => 0,
@@ -266,6 +295,7 @@ fn every_command() -> Vec<Command> {
             Command::JobStability { .. } => 13,
             Command::DeploymentStatusUpdate { .. } => 14,
             Command::PeriodicLaunch { .. } => 15,
+            Command::DeploymentPromote { .. } => 16,
         };
         seen[slot] = true;
     }
@@ -440,6 +470,7 @@ fn busy_state(nodes: usize, jobs: usize) -> SimCluster {
             client_description: "done".into(),
             at_ns: sim.now_ns,
             task_states: task_states(),
+            deployment_health: None,
         };
         sim.commit(Command::AllocClientUpdate { updates: vec![update], evals: vec![] });
     }

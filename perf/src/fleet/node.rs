@@ -248,6 +248,7 @@ async fn send_reports(thread: Rc<Thread>, batch: Vec<Report>) {
             client_description: "Tasks are running".into(),
             at_ns,
             task_states: Default::default(),
+            deployment_health: None,
         })
         .collect();
     let sent = match encode_client_message(&AllocUpdateRequest { updates }) {
