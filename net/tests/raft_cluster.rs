@@ -235,7 +235,13 @@ fn a_follower_installing_a_snapshot_fails_no_evaluation() {
     for s in all(&servers) {
         assert!(s.wait_for_leader(LEADER_TIMEOUT), "server {} sees a leader", s.name);
     }
-    let leader_pos = servers.iter().position(|s| s.as_ref().unwrap().raft.view().is_leader()).unwrap();
+    // Seeing a leader is not yet holding a lease: wait for the leader's.
+    let mut leader_pos = None;
+    assert!(wait_until(LEADER_TIMEOUT, || {
+        leader_pos = servers.iter().position(|s| s.as_ref().unwrap().raft.view().is_leader());
+        leader_pos.is_some()
+    }));
+    let leader_pos = leader_pos.unwrap();
     let behind_pos = (leader_pos + 1) % 3;
     let mut ids = IdGen::with_seed(29);
     register_work(servers[leader_pos].as_ref().unwrap(), &mut ids, 4, "base", 4);

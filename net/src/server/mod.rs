@@ -21,6 +21,7 @@
 
 mod client_api;
 mod client_rpc;
+mod client_thread;
 mod committer;
 mod engine_fsm;
 mod handle;

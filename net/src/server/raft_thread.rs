@@ -17,6 +17,7 @@ use openraft::{Config, ServerState, SnapshotPolicy};
 
 use super::ServerConfig;
 use super::client_rpc::ClientRpc;
+use super::client_thread::ClientRpcThread;
 use super::committer::LeaderForwarder;
 use super::engine_fsm::EngineFsm;
 use super::handle::{LeaderContact, RaftHandle, RaftRequest, RaftView, Role, ViewCell, WriteError};
@@ -121,6 +122,7 @@ pub(crate) fn start(
 ) -> std::io::Result<Started> {
     let id = server_id(&config.data_dir)?;
     let tls = load_tls(config)?;
+    let client = ClientRpcThread::start(client)?;
     let raft_dir = config.data_dir.join("raft");
     std::fs::create_dir_all(&raft_dir)?;
     let log = LogStore::open(&raft_dir.join("log.redb")).map_err(std::io::Error::other)?;
@@ -192,7 +194,7 @@ struct RaftThread {
     started: std::sync::mpsc::SyncSender<std::io::Result<SocketAddr>>,
     incoming_dir: PathBuf,
     services: Arc<std::sync::OnceLock<Arc<caravan_engine::duties::DutiesLeader>>>,
-    client: Arc<ClientRpc>,
+    client: ClientRpcThread,
 }
 
 async fn run(t: RaftThread) {
@@ -209,7 +211,7 @@ async fn run(t: RaftThread) {
         (t.id, placeholder),
         t.incoming_dir.clone(),
         t.services.clone(),
-        t.client.clone(),
+        t.client,
         method::RaftStatus { view: t.view.clone(), contact: t.contact.clone() },
     ));
     let server = match RpcServer::bind(t.config.rpc_bind, &t.tls, handler.clone()).await {

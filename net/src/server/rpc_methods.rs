@@ -18,7 +18,8 @@ use openraft::type_config::async_runtime::WatchReceiver;
 
 use caravan_engine::duties::DutiesLeader;
 
-use super::client_rpc::{self, ClientRpc};
+use super::client_rpc;
+use super::client_thread::ClientRpcThread;
 use super::engine_fsm::EngineFsm;
 use super::handle::{LeaderContact, ViewCell};
 use super::raft_messages::{self as msg, Reader, Writer};
@@ -68,8 +69,9 @@ pub(crate) struct Handler {
     /// This server's duties, for followers' workers (set once the server
     /// has started).
     pub(crate) services: Arc<OnceLock<Arc<DutiesLeader>>>,
-    /// The client agents' methods ([`client_rpc::CLIENT_METHODS`]).
-    client: Arc<ClientRpc>,
+    /// The client agents' methods ([`client_rpc::CLIENT_METHODS`]),
+    /// answered on their own thread.
+    client: ClientRpcThread,
     status: RaftStatus,
 }
 
@@ -86,7 +88,7 @@ impl Handler {
         me: (u64, ServerNode),
         incoming_dir: PathBuf,
         services: Arc<OnceLock<Arc<DutiesLeader>>>,
-        client: Arc<ClientRpc>,
+        client: ClientRpcThread,
         status: RaftStatus,
     ) -> Handler {
         Handler {
@@ -185,7 +187,7 @@ impl Handler {
             worker_rpc::EVAL_DEQUEUE | worker_rpc::EVAL_ACK | worker_rpc::PLAN_SUBMIT => {
                 worker_rpc::serve(&self.services, method, body).await
             }
-            m if client_rpc::CLIENT_METHODS.contains(&m) => self.client.dispatch(m, body).await,
+            m if client_rpc::CLIENT_METHODS.contains(&m) => self.client.call(m, body).await,
             other => Err(RemoteError::unknown_method(other)),
         }
     }
