@@ -337,17 +337,20 @@ impl TaskLiveness {
 /// reports the usage of. One entry per allocation the loop holds.
 #[derive(Debug, Clone, Default)]
 pub struct AllocDevices {
-    by_alloc: Arc<Mutex<BTreeMap<AllocId, BTreeMap<String, Vec<String>>>>>,
+    by_alloc: Arc<Mutex<BTreeMap<AllocId, TaskInstanceIds>>>,
 }
+
+/// Device instance ids by task name.
+pub type TaskInstanceIds = BTreeMap<String, Vec<String>>;
 
 impl AllocDevices {
     /// Instance ids by task name (every task of the allocation, with or
     /// without devices); `None` for an allocation this client does not hold.
-    pub fn get(&self, alloc_id: AllocId) -> Option<BTreeMap<String, Vec<String>>> {
+    pub fn get(&self, alloc_id: AllocId) -> Option<TaskInstanceIds> {
         self.lock().get(&alloc_id).cloned()
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<AllocId, BTreeMap<String, Vec<String>>>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<AllocId, TaskInstanceIds>> {
         self.by_alloc.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
