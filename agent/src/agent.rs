@@ -68,14 +68,14 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
     let data_dir = config.data_dir.clone().context("data_dir is required")?;
     let mut server = None;
-    let mut liveness_slot = None;
+    let mut client_slots = None;
     if config.server.enabled {
         let server_config = server_config(&config, data_dir.clone())?;
         let http_ip = config.addresses.http.unwrap_or(config.bind_addr);
         let http_addr = SocketAddr::new(http_ip, config.ports.http);
         let started = Arc::new(RaftServer::start(server_config, Arc::new(SystemClock)).context("starting the server")?);
-        let (options, slot) = api_options(&config)?;
-        liveness_slot = slot;
+        let (options, slots) = api_options(&config)?;
+        client_slots = slots;
         let bound = http::spawn_with(http_addr, started.clone(), options)
             .with_context(|| format!("starting the HTTP API on {http_addr}"))?;
         #[allow(clippy::print_stdout)]
@@ -95,8 +95,8 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         // servers' agents forward `/v1/client/fs` requests to.
         let http_ip = config.addresses.http.unwrap_or(config.bind_addr);
         let http_addr = SocketAddr::new(http_ip, config.ports.http);
-        let (options, slot) = api_options(&config)?;
-        liveness_slot = slot;
+        let (options, slots) = api_options(&config)?;
+        client_slots = slots;
         let bound = http::spawn_client(http_addr, options)
             .with_context(|| format!("starting the client's HTTP API on {http_addr}"))?;
         config.ports.http = bound.port();
@@ -109,8 +109,9 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
     let _client = if config.client.enabled {
         let client = start_client(&config, server.as_deref(), &data_dir)?;
-        if let Some(slot) = &liveness_slot {
-            let _ = slot.set(client.task_liveness());
+        if let Some(slots) = &client_slots {
+            let _ = slots.liveness.set(client.task_liveness());
+            let _ = slots.stats.set(client.stats_source());
         }
         Some(client)
     } else {
@@ -124,21 +125,28 @@ pub(crate) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The HTTP API's client endpoints: the files of this agent's client, and
-/// the slot its task states go in once it runs.
-fn api_options(config: &AgentConfig) -> anyhow::Result<(http::ApiOptions, Option<LivenessSlot>)> {
+/// The HTTP API's client endpoints: the files and the usage of this
+/// agent's client, and the slots its task states and stats source go in
+/// once it runs.
+fn api_options(config: &AgentConfig) -> anyhow::Result<(http::ApiOptions, Option<ClientSlots>)> {
     let mut options = http::ApiOptions::default();
-    let mut slot = None;
+    let mut slots = None;
     if config.client.enabled {
         let alloc_dir = caravan::client::agent::alloc_dir(config).map_err(|e| anyhow::anyhow!("client: {e}"))?;
         let logs = caravan::client::logs_api::AllocDirLogs::new(alloc_dir);
-        slot = Some(logs.liveness_slot());
+        let stats = caravan::client::stats_api::ClientStats::new();
+        slots = Some(ClientSlots { liveness: logs.liveness_slot(), stats: stats.source_slot() });
         options.local_logs = Some(Arc::new(logs));
+        options.local_stats = Some(Arc::new(stats));
     }
-    Ok((options, slot))
+    Ok((options, slots))
 }
 
-type LivenessSlot = Arc<std::sync::OnceLock<caravan::client::agent::TaskLiveness>>;
+/// Where the started client's parts go for the HTTP API.
+struct ClientSlots {
+    liveness: Arc<std::sync::OnceLock<caravan::client::agent::TaskLiveness>>,
+    stats: Arc<std::sync::OnceLock<caravan::client::stats_api::StatsSource>>,
+}
 
 /// The client half: drivers, the servers' RPC, and the client loop.
 fn start_client(

@@ -616,3 +616,37 @@ fn raw_exec_task_sees_its_gpus_in_the_environment() {
     let stdout = wait_for_log(&spec, LogStream::Stdout, &expected);
     assert!(stdout.contains(&expected), "{stdout:?}");
 }
+
+/// The exec driver's device cgroup: a character device node the task may
+/// open by its permissions (1:11, `/dev/kmsg`'s numbers, mode 0666, made in
+/// a directory the task can reach) is refused with EPERM, while `/dev/null`
+/// works.
+#[test]
+fn exec_task_is_denied_devices_it_was_not_given() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(kind) = exec_kind() else { return };
+    let driver = (kind.make)();
+    let mut scratch = Scratch::new(Arc::clone(&driver), "devices");
+    let dir = scratch.root.join("devnodes");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&scratch.root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let node = dir.join("kmsg-copy");
+    let made = std::process::Command::new("mknod").args(["-m", "0666"]).arg(&node).args(["c", "1", "11"]).status();
+    if !made.is_ok_and(|s| s.success()) {
+        skip("cannot mknod a character device here");
+        return;
+    }
+    let script = format!(
+        "if head -c 1 {node} >/dev/null 2>/tmp/err.$$; then echo kmsg=opened; else echo kmsg=$(cat /tmp/err.$$); fi; \
+         echo null=$(echo x > /dev/null && echo ok)",
+        node = node.display()
+    );
+    let spec = scratch.spec(process_config(&script));
+    let handle = scratch.start(&spec);
+    assert!(driver.wait(&handle).unwrap().successful());
+    let stdout = wait_for_log(&spec, LogStream::Stdout, "null=");
+    assert!(stdout.contains("null=ok"), "{stdout:?}");
+    assert!(stdout.contains("kmsg=") && stdout.contains("Operation not permitted"), "{stdout:?}");
+    driver.destroy(&handle).unwrap();
+}

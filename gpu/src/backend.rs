@@ -145,14 +145,38 @@ pub struct HealthEvent {
     pub reason: String,
 }
 
-/// Live usage of one GPU; a value the device does not report is `None`.
+/// Live usage of one device instance (a whole GPU or a MIG instance); a value
+/// the device does not report, or whose query failed, is `None`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpuStats {
+    /// The instance id: a GPU's `GPU-…` or a MIG instance's `MIG-…` UUID.
     pub uuid: String,
+    /// Percent of the last sample period in which a kernel ran.
     pub utilization_percent: Option<u32>,
+    /// Percent of the last sample period in which device memory was read or written.
+    pub memory_utilization_percent: Option<u32>,
     pub memory_used_mib: Option<u64>,
+    pub memory_total_mib: Option<u64>,
     pub temperature_c: Option<u32>,
     pub power_w: Option<u32>,
+    /// The power management limit, the denominator of `power_w`.
+    pub power_limit_w: Option<u32>,
+}
+
+impl GpuStats {
+    /// Stats with every value unknown.
+    pub fn unknown(uuid: impl Into<String>) -> GpuStats {
+        GpuStats {
+            uuid: uuid.into(),
+            utilization_percent: None,
+            memory_utilization_percent: None,
+            memory_used_mib: None,
+            memory_total_mib: None,
+            temperature_c: None,
+            power_w: None,
+            power_limit_w: None,
+        }
+    }
 }
 
 /// A source of GPU facts: NVML on a real machine, or a simulation.
@@ -163,7 +187,10 @@ pub trait GpuBackend: Send + Sync + std::fmt::Debug {
     /// Every GPU with its static facts and current health.
     fn fingerprint(&self) -> Result<Fingerprint, GpuError>;
 
-    /// Live usage of every whole GPU (MIG instances report none, as in NVML).
+    /// Live usage of every device instance: each whole GPU, then (for a GPU in
+    /// MIG mode) each of its MIG instances, which NVML reports only memory for.
+    /// A value a device does not report is `None`; the call fails only when the
+    /// device list itself cannot be read.
     fn stats(&self) -> Result<Vec<GpuStats>, GpuError>;
 
     /// Waits up to `timeout` for health events (NVML: critical XID errors) and

@@ -1,6 +1,7 @@
 //! The client agent's entry point: picks a backend from the configuration and
 //! turns its fingerprint into the node's device groups.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use caravan_engine::model::NodeDeviceResource;
@@ -10,6 +11,7 @@ use crate::backend::{Fingerprint, GpuBackend, GpuStats};
 use crate::convert::to_node_devices;
 use crate::nvml::NvmlBackend;
 use crate::simulated::{SimulatedBackend, SimulatedGpus};
+use crate::stats::{DeviceStatsGroup, group_stats};
 
 /// How often the agent re-fingerprints GPUs: Nomad's NVIDIA plugin default.
 pub const FINGERPRINT_PERIOD_DEFAULT: Duration = Duration::from_secs(60);
@@ -42,6 +44,9 @@ impl Default for GpuConfig {
 pub struct Fingerprinter {
     backend: Option<Box<dyn GpuBackend>>,
     config: GpuConfig,
+    /// The last successful fingerprint, which [`Fingerprinter::device_stats`]
+    /// groups by (taking a fingerprint per stats request would be slow on NVML).
+    last: Mutex<Option<Fingerprint>>,
 }
 
 impl Fingerprinter {
@@ -50,7 +55,7 @@ impl Fingerprinter {
     /// devices. Fails only for an invalid simulated configuration.
     pub fn detect(config: GpuConfig) -> Result<Fingerprinter, GpuError> {
         if !config.enabled {
-            return Ok(Fingerprinter { backend: None, config });
+            return Ok(Fingerprinter { backend: None, config, last: Mutex::new(None) });
         }
         let backend: Option<Box<dyn GpuBackend>> = match &config.simulated {
             Some(simulated) => Some(Box::new(SimulatedBackend::new(simulated.clone())?)),
@@ -66,12 +71,12 @@ impl Fingerprinter {
                 }
             },
         };
-        Ok(Fingerprinter { backend, config })
+        Ok(Fingerprinter { backend, config, last: Mutex::new(None) })
     }
 
     /// A fingerprinter over a given backend (tests, the perf simulator).
     pub fn with_backend(backend: Box<dyn GpuBackend>, config: GpuConfig) -> Fingerprinter {
-        Fingerprinter { backend: Some(backend), config }
+        Fingerprinter { backend: Some(backend), config, last: Mutex::new(None) }
     }
 
     pub fn backend(&self) -> Option<&dyn GpuBackend> {
@@ -84,7 +89,11 @@ impl Fingerprinter {
 
     /// The raw fingerprint, `None` with no backend.
     pub fn fingerprint(&self) -> Option<Result<Fingerprint, GpuError>> {
-        self.backend.as_ref().map(|b| b.fingerprint())
+        let result = self.backend.as_ref().map(|b| b.fingerprint())?;
+        if let Ok(fingerprint) = &result {
+            *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(fingerprint.clone());
+        }
+        Some(result)
     }
 
     /// The node's device groups; none when there is no backend or it fails (logged).
@@ -112,5 +121,27 @@ impl Fingerprinter {
                 Vec::new()
             }
         }
+    }
+
+    /// Live usage grouped as the node's device groups are ([`group_stats`]),
+    /// ignored GPUs left out; grouped by the last fingerprint (one is taken
+    /// if none was yet). Empty with no backend or on failure (logged).
+    pub fn device_stats(&self) -> Vec<DeviceStatsGroup> {
+        if self.backend.is_none() {
+            return Vec::new();
+        }
+        let cached = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let fingerprint = match cached {
+            Some(fingerprint) => fingerprint,
+            None => match self.fingerprint() {
+                Some(Ok(fingerprint)) => fingerprint,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "GPU fingerprint failed; no device stats");
+                    return Vec::new();
+                }
+                None => return Vec::new(),
+            },
+        };
+        group_stats(&fingerprint, &self.stats(), &self.config.ignored_gpu_ids)
     }
 }

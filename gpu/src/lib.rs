@@ -7,6 +7,8 @@
 //!   [`SimulatedGpus`] configuration (tests, the perf fleet simulator).
 //! - [`to_node_devices`] converts a fingerprint into the engine's
 //!   `NodeDeviceResource` groups, in the shape of Nomad's NVIDIA device plugin.
+//! - [`group_stats`] groups live [`GpuStats`] as the node's device groups are
+//!   ([`Fingerprinter::device_stats`]), for the API's `DeviceStats`.
 //! - [`Fingerprinter`] picks the backend from a [`GpuConfig`] for the agent.
 //! - [`reserve`] gives a task its assigned GPUs: visible-device environment
 //!   variables, a Docker device request, device cgroup nodes.
@@ -29,6 +31,7 @@ mod fingerprinter;
 mod nvml;
 pub mod reserve;
 mod simulated;
+mod stats;
 
 pub use backend::{
     Fingerprint, GPUS_PER_NODE_MAX, GpuBackend, GpuInfo, GpuStats, Health, HealthEvent, MIG_INSTANCES_PER_GPU_MAX,
@@ -40,3 +43,4 @@ pub use fingerprinter::{FINGERPRINT_PERIOD_DEFAULT, Fingerprinter, GpuConfig};
 pub use nvml::NvmlBackend;
 pub use reserve::{DeviceNode, DockerDeviceRequest, device_cgroup_rules, docker_device_request, visible_devices_env};
 pub use simulated::{MigLayout, SIMULATED_NUMA_NODES_MAX, SIMULATED_UNHEALTHY_REASON, SimulatedBackend, SimulatedGpus};
+pub use stats::{DeviceStatsGroup, group_stats};

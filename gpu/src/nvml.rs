@@ -269,6 +269,41 @@ fn link_peers(gpus: &mut [GpuInfo], remotes: &[Vec<String>]) {
     }
 }
 
+/// One GPU's live usage. Each value is queried on its own: a failed query
+/// leaves that value out (health comes from the fingerprint, not from here).
+fn gpu_stats(uuid: String, device: &Device<'_>) -> GpuStats {
+    let utilization = device.utilization_rates().ok();
+    let memory = device.memory_info().ok();
+    GpuStats {
+        uuid,
+        utilization_percent: utilization.as_ref().map(|u| u.gpu),
+        memory_utilization_percent: utilization.as_ref().map(|u| u.memory),
+        memory_used_mib: memory.as_ref().map(|m| m.used / BYTES_PER_MIB),
+        memory_total_mib: memory.as_ref().map(|m| m.total / BYTES_PER_MIB),
+        temperature_c: device.temperature(TemperatureSensor::Gpu).ok(),
+        power_w: device.power_usage().ok().map(|mw| mw / MILLIWATTS_PER_WATT),
+        power_limit_w: device.power_management_limit().ok().map(|mw| mw / MILLIWATTS_PER_WATT),
+    }
+}
+
+/// The MIG instances' usage: NVML answers memory for a MIG device handle and
+/// `NotSupported` for utilization, temperature and power, which stay `None`.
+fn mig_stats(device: &Device<'_>) -> Vec<GpuStats> {
+    let slots = device.mig_device_count().unwrap_or(0);
+    let mut stats = Vec::new();
+    for slot in 0..slots.min(MIG_INSTANCES_PER_GPU_MAX) {
+        let Ok(mig) = device.mig_device_by_index(slot) else { continue };
+        let Ok(uuid) = mig.uuid() else { continue };
+        let mut one = GpuStats::unknown(uuid);
+        if let Ok(memory) = mig.memory_info() {
+            one.memory_used_mib = Some(memory.used / BYTES_PER_MIB);
+            one.memory_total_mib = Some(memory.total / BYTES_PER_MIB);
+        }
+        stats.push(one);
+    }
+    stats
+}
+
 /// `12040` → `12.4`, as NVML encodes CUDA versions (`1000 × major + 10 × minor`).
 fn cuda_version_text(version: i32) -> String {
     format!("{}.{}", version / 1000, (version % 1000) / 10)
@@ -320,14 +355,10 @@ impl GpuBackend for NvmlBackend {
         for index in 0..self.device_count()? {
             let Ok(device) = self.nvml.device_by_index(index) else { continue };
             let Ok(uuid) = device.uuid() else { continue };
-            // Failures here show up as missing values; health comes from the fingerprint.
-            stats.push(GpuStats {
-                uuid,
-                utilization_percent: device.utilization_rates().ok().map(|u| u.gpu),
-                memory_used_mib: device.memory_info().ok().map(|m| m.used / BYTES_PER_MIB),
-                temperature_c: device.temperature(TemperatureSensor::Gpu).ok(),
-                power_w: device.power_usage().ok().map(|mw| mw / MILLIWATTS_PER_WATT),
-            });
+            stats.push(gpu_stats(uuid, &device));
+            if device.mig_mode().is_ok_and(|m| m.current == MIG_MODE_ENABLED) {
+                stats.extend(mig_stats(&device));
+            }
         }
         Ok(stats)
     }

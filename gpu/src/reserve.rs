@@ -120,7 +120,7 @@ fn nvidia_node(path: String, minor: u32) -> DeviceNode {
 
 /// The major of character device `name` in `/proc/devices` text
 /// (`Character devices:` then `major name` lines, then `Block devices:`).
-fn character_major(proc_devices: &str, name: &str) -> Option<u32> {
+pub fn character_major(proc_devices: &str, name: &str) -> Option<u32> {
     proc_devices
         .lines()
         .skip_while(|line| !line.starts_with("Character devices"))

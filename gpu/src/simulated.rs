@@ -47,6 +47,9 @@ pub struct SimulatedGpus {
     pub mig: Option<MigLayout>,
     /// Indexes of the GPUs reported unhealthy.
     pub unhealthy: Vec<u32>,
+    /// How busy every simulated GPU is, 0 to 100: the source of [`GpuBackend::stats`]
+    /// (see [`SimulatedGpus::stats`]). 0, idle, by default.
+    pub load_percent: u32,
     pub driver_version: String,
     pub cuda_driver_version: String,
     /// With `host`, the source of the UUIDs.
@@ -73,6 +76,7 @@ impl SimulatedGpus {
             numa_nodes: 2,
             mig: None,
             unhealthy: Vec::new(),
+            load_percent: 0,
             driver_version: "550.90.07".to_owned(),
             cuda_driver_version: "12.4".to_owned(),
             seed: 0,
@@ -127,6 +131,9 @@ impl SimulatedGpus {
                 problems.push(format!("mig slices take {sliced_mib} MiB, more than the GPU's {} MiB", self.memory_mib));
             }
         }
+        if self.load_percent > 100 {
+            problems.push(format!("load_percent {} is above 100", self.load_percent));
+        }
         for &index in &self.unhealthy {
             if index >= self.count {
                 problems.push(format!("unhealthy GPU index {index} is not below count {}", self.count));
@@ -143,7 +150,7 @@ impl SimulatedGpus {
     /// `pcie_generation`, `pcie_link_width`, `nvlink_island_size`, `numa_nodes`,
     /// `mig_profile`, `mig_slices_per_gpu`, `mig_memory_mib_per_slice` (all three
     /// or none), `unhealthy` (comma-separated indexes), `driver_version`,
-    /// `cuda_driver_version`, `seed`, `host`.
+    /// `cuda_driver_version`, `seed`, `host`, `load_percent`.
     pub fn from_key_values<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<SimulatedGpus, GpuError> {
         let mut config = SimulatedGpus::h200_8x();
         let mut problems = Vec::new();
@@ -205,6 +212,7 @@ impl SimulatedGpus {
             "pcie_link_width" => NumberSlot::U32(&mut self.pcie_link_width),
             "nvlink_island_size" => NumberSlot::U32(&mut self.nvlink_island_size),
             "numa_nodes" => NumberSlot::U32(&mut self.numa_nodes),
+            "load_percent" => NumberSlot::U32(&mut self.load_percent),
             "memory_mib" => NumberSlot::U64(&mut self.memory_mib),
             "bar1_mib" => NumberSlot::U64(&mut self.bar1_mib),
             "seed" => NumberSlot::U64(&mut self.seed),
@@ -263,6 +271,43 @@ impl SimulatedGpus {
             cuda_driver_version: Some(self.cuda_driver_version.clone()),
             gpus,
         }
+    }
+
+    /// The live usage this configuration describes, derived from `load_percent`
+    /// (`L`) alone so that it is the same on every call:
+    ///
+    /// - a whole GPU: utilization `L`%, memory utilization `L/2`%, memory used
+    ///   `memory_mib × L / 100` of `memory_mib`, temperature `30 + L × 55 / 100` °C
+    ///   (30 idle, 85 flat out), power `power_w / 10 + (power_w − power_w / 10) × L / 100`
+    ///   W of `power_w` (a tenth of the limit idle, the limit flat out);
+    /// - a MIG instance: memory used `memory_mib_per_slice × L / 100` of
+    ///   `memory_mib_per_slice`, nothing else (NVML reports only memory for MIG).
+    ///
+    /// Every GPU of the machine reports the same values; assumes `validate()` is empty.
+    pub fn stats(&self) -> Vec<GpuStats> {
+        let load = u64::from(self.load_percent.min(100));
+        let idle_power_w = self.power_w / 10;
+        let mut stats = Vec::new();
+        for gpu in self.fingerprint().gpus {
+            let mig_instances = gpu.mig_instances.clone();
+            stats.push(GpuStats {
+                uuid: gpu.uuid,
+                utilization_percent: Some(self.load_percent.min(100)),
+                memory_utilization_percent: Some(self.load_percent.min(100) / 2),
+                memory_used_mib: Some(self.memory_mib.saturating_mul(load) / 100),
+                memory_total_mib: Some(self.memory_mib),
+                temperature_c: Some(30 + self.load_percent.min(100) * 55 / 100),
+                power_w: Some(idle_power_w + (self.power_w - idle_power_w) * self.load_percent.min(100) / 100),
+                power_limit_w: Some(self.power_w),
+            });
+            for mig in mig_instances {
+                let mut one = GpuStats::unknown(mig.uuid);
+                one.memory_total_mib = mig.memory_mib;
+                one.memory_used_mib = mig.memory_mib.map(|m| m.saturating_mul(load) / 100);
+                stats.push(one);
+            }
+        }
+        stats
     }
 
     /// `PREFIX-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` from (seed, host, GPU index, slice).
@@ -347,20 +392,9 @@ impl GpuBackend for SimulatedBackend {
         Ok(self.config.fingerprint())
     }
 
-    /// Idle GPUs: no load, no memory used, a cool die drawing a tenth of its limit.
+    /// [`SimulatedGpus::stats`]: values derived from `load_percent`.
     fn stats(&self) -> Result<Vec<GpuStats>, GpuError> {
-        let fingerprint = self.config.fingerprint();
-        Ok(fingerprint
-            .gpus
-            .into_iter()
-            .map(|gpu| GpuStats {
-                uuid: gpu.uuid,
-                utilization_percent: Some(0),
-                memory_used_mib: Some(0),
-                temperature_c: Some(35),
-                power_w: Some(self.config.power_w / 10),
-            })
-            .collect())
+        Ok(self.config.stats())
     }
 
     /// Simulated health never changes: the configured unhealthy GPUs are

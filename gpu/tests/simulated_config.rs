@@ -80,3 +80,31 @@ fn key_values_report_every_bad_pair() {
     assert_eq!(problems[3], "mig_profile, mig_slices_per_gpu and mig_memory_mib_per_slice must be given together");
     assert_eq!(problems[4], "nvlink_island_size 3 does not divide count 8");
 }
+
+#[test]
+fn stats_derive_from_load_percent() {
+    use caravan_gpu::{GpuBackend, SimulatedBackend};
+    let config = SimulatedGpus::from_key_values([
+        ("count", "2"),
+        ("numa_nodes", "1"),
+        ("nvlink_island_size", "2"),
+        ("load_percent", "60"),
+    ])
+    .unwrap();
+    let backend = SimulatedBackend::new(config.clone()).unwrap();
+    let stats = backend.stats().unwrap();
+    assert_eq!(stats, backend.stats().unwrap(), "deterministic");
+    assert_eq!(stats.len(), 2);
+    let first = &stats[0];
+    assert_eq!(first.uuid, backend.fingerprint().unwrap().gpus[0].uuid);
+    assert_eq!(first.utilization_percent, Some(60));
+    assert_eq!(first.memory_utilization_percent, Some(30));
+    assert_eq!((first.memory_used_mib, first.memory_total_mib), (Some(143_771 * 60 / 100), Some(143_771)));
+    assert_eq!(first.temperature_c, Some(63));
+    assert_eq!((first.power_w, first.power_limit_w), (Some(70 + 630 * 60 / 100), Some(700)));
+    let idle = SimulatedGpus::h200_8x().stats();
+    assert_eq!((idle[0].utilization_percent, idle[0].temperature_c, idle[0].power_w), (Some(0), Some(30), Some(70)));
+
+    let error = SimulatedGpus::from_key_values([("load_percent", "101")]).unwrap_err().to_string();
+    assert!(error.contains("load_percent 101 is above 100"), "{error}");
+}

@@ -67,7 +67,8 @@ fn call(addr: SocketAddr, path: &str) -> (u16, String) {
 fn start(logs: Option<Arc<dyn LocalLogs>>) -> SocketAddr {
     let cluster = LocalCluster::start(LocalConfig { workers: 1, ..LocalConfig::default() }, Arc::new(SystemClock));
     let server = Arc::new(LocalServer { cluster, rpc_addr: "127.0.0.1:4647".into() });
-    http::spawn_with("127.0.0.1:0".parse().unwrap(), server, ApiOptions { local_logs: logs }).unwrap()
+    http::spawn_with("127.0.0.1:0".parse().unwrap(), server, ApiOptions { local_logs: logs, ..ApiOptions::default() })
+        .unwrap()
 }
 
 fn logs_dir(test: &str) -> PathBuf {
@@ -229,7 +230,7 @@ fn forwards_requests_to_the_agent_of_the_allocations_node() {
     let logs = DirLogs { root: root.clone(), alloc: alloc_id.clone() };
     let client_addr = http::spawn_client(
         format!("127.0.0.1:{client_port}").parse().unwrap(),
-        ApiOptions { local_logs: Some(Arc::new(logs)) },
+        ApiOptions { local_logs: Some(Arc::new(logs)), ..ApiOptions::default() },
     )
     .unwrap();
 

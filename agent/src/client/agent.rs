@@ -332,6 +332,50 @@ impl TaskLiveness {
     }
 }
 
+/// The device instances assigned to each task of this client's allocations,
+/// as the allocation loop holds them: what `/v1/client/allocation/<id>/stats`
+/// reports the usage of. One entry per allocation the loop holds.
+#[derive(Debug, Clone, Default)]
+pub struct AllocDevices {
+    by_alloc: Arc<Mutex<BTreeMap<AllocId, TaskInstanceIds>>>,
+}
+
+/// Device instance ids by task name.
+pub type TaskInstanceIds = BTreeMap<String, Vec<String>>;
+
+impl AllocDevices {
+    /// Instance ids by task name (every task of the allocation, with or
+    /// without devices); `None` for an allocation this client does not hold.
+    pub fn get(&self, alloc_id: AllocId) -> Option<TaskInstanceIds> {
+        self.lock().get(&alloc_id).cloned()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<AllocId, TaskInstanceIds>> {
+        self.by_alloc.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set(&self, alloc: &Allocation) {
+        let tasks = alloc
+            .group()
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(index, task)| {
+                let ids = super::env::task_devices(alloc, index)
+                    .iter()
+                    .flat_map(|device| device.instance_ids.iter().map(|id| id.to_string()))
+                    .collect();
+                (task.name.to_string(), ids)
+            })
+            .collect();
+        self.lock().insert(alloc.id, tasks);
+    }
+
+    fn forget(&self, alloc_id: AllocId) {
+        self.lock().remove(&alloc_id);
+    }
+}
+
 /// A running client agent; see the module documentation.
 pub struct ClientAgent {
     node_id: NodeId,
@@ -340,6 +384,9 @@ pub struct ClientAgent {
     updates: Arc<UpdateQueue>,
     detached: Arc<AtomicBool>,
     liveness: TaskLiveness,
+    alloc_devices: AllocDevices,
+    /// This machine's GPUs; `None` when GPU fingerprinting is misconfigured.
+    gpus: Option<Arc<caravan_gpu::Fingerprinter>>,
     /// Joined on shutdown: the node thread, the allocation loop (which owns
     /// the state database, closed when it ends) and the update sender. The
     /// watcher and the task-update forwarder are not joined: one may sit in
@@ -489,8 +536,15 @@ impl ClientAgent {
         let updates = Arc::new(UpdateQueue::default());
 
         let liveness = TaskLiveness::default();
-        let mut allocs =
-            AllocLoop { ctx, db, runners: BTreeMap::new(), updates: Arc::clone(&updates), liveness: liveness.clone() };
+        let alloc_devices = AllocDevices::default();
+        let mut allocs = AllocLoop {
+            ctx,
+            db,
+            runners: BTreeMap::new(),
+            updates: Arc::clone(&updates),
+            liveness: liveness.clone(),
+            alloc_devices: alloc_devices.clone(),
+        };
         allocs.recover(stored);
 
         let mut threads = Vec::new();
@@ -515,12 +569,17 @@ impl ClientAgent {
                 move || send_updates(&*server, &updates, &shared)
             }),
         )?);
+        let gpus = caravan_gpu::Fingerprinter::detect(config.plugins.gpu.clone())
+            .map_err(|err| tracing::warn!(%err, "GPU fingerprinting is misconfigured; reporting no GPUs"))
+            .ok()
+            .map(Arc::new);
         threads.push(spawn(
             "client-node",
             Box::new({
                 let (server, shared, config) = (Arc::clone(&server), Arc::clone(&shared), config.clone());
                 let fingerprint_period = tuning.fingerprint_period;
-                move || node_loop(node_id, &config, &drivers, &*server, &shared, fingerprint_period)
+                let gpus = gpus.clone();
+                move || node_loop(node_id, &config, &drivers, gpus.as_deref(), &*server, &shared, fingerprint_period)
             }),
         )?);
         spawn(
@@ -530,7 +589,7 @@ impl ClientAgent {
                 move || watch_allocs(node_id, &*server, &shared, &events, tuning.watch_wait)
             }),
         )?;
-        Ok(ClientAgent { node_id, shared, events, updates, detached, liveness, threads })
+        Ok(ClientAgent { node_id, shared, events, updates, detached, liveness, alloc_devices, gpus, threads })
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -540,6 +599,15 @@ impl ClientAgent {
     /// Which of this client's tasks are dead, kept up to date.
     pub fn task_liveness(&self) -> TaskLiveness {
         self.liveness.clone()
+    }
+
+    /// What the HTTP API reports this client's usage from.
+    pub fn stats_source(&self) -> super::stats_api::StatsSource {
+        super::stats_api::StatsSource {
+            node_id: self.node_id,
+            gpus: self.gpus.clone(),
+            alloc_devices: self.alloc_devices.clone(),
+        }
     }
 
     /// Stops the agent and leaves its tasks running; returns once the state
@@ -584,14 +652,12 @@ fn node_loop(
     node_id: NodeId,
     config: &AgentConfig,
     drivers: &[Arc<dyn Driver>],
+    gpus: Option<&caravan_gpu::Fingerprinter>,
     server: &dyn ServerApi,
     shared: &Shared,
     fingerprint_period: Duration,
 ) {
-    let gpus = caravan_gpu::Fingerprinter::detect(config.plugins.gpu.clone())
-        .map_err(|err| tracing::warn!(%err, "GPU fingerprinting is misconfigured; reporting no GPUs"))
-        .ok();
-    let mut node = fingerprint_now(node_id, config, drivers, gpus.as_ref());
+    let mut node = fingerprint_now(node_id, config, drivers, gpus);
     let mut registered = false;
     let mut backoff = Backoff::new();
     let mut next_heartbeat = Instant::now();
@@ -609,7 +675,7 @@ fn node_loop(
         }
         let now = Instant::now();
         if now >= next_fingerprint {
-            let fresh = fingerprint_now(node_id, config, drivers, gpus.as_ref());
+            let fresh = fingerprint_now(node_id, config, drivers, gpus);
             let changes = node_changes(&node, &fresh);
             if !changes.is_empty() {
                 tracing::info!(?changes, "node fingerprint changed; registering again");
@@ -750,6 +816,7 @@ struct AllocLoop {
     runners: BTreeMap<AllocId, AllocRunner>,
     updates: Arc<UpdateQueue>,
     liveness: TaskLiveness,
+    alloc_devices: AllocDevices,
 }
 
 impl AllocLoop {
@@ -761,6 +828,7 @@ impl AllocLoop {
             for (task, state) in &stored.tasks {
                 self.liveness.set(stored.alloc.id, task, state.state.state == TaskLifecycleState::Dead);
             }
+            self.alloc_devices.set(&stored.alloc);
             let stop = stored.alloc.server_terminal();
             let mut runner = AllocRunner::restore(stored, &self.ctx);
             tracing::info!(alloc = %runner.id(), finished = runner.is_finished(), "allocation recovered");
@@ -859,6 +927,7 @@ impl AllocLoop {
                     }
                     tracing::debug!(alloc = %alloc.id, name = %alloc.name(), "starting allocation");
                     changes.push(StateChange::PutAlloc(Box::new(alloc.clone())));
+                    self.alloc_devices.set(&alloc);
                     let runner = AllocRunner::start(Arc::new(alloc), &self.ctx);
                     dirty.insert(runner.id());
                     self.runners.insert(runner.id(), runner);
@@ -873,6 +942,7 @@ impl AllocLoop {
                 if runner.is_finished() {
                     self.runners.remove(&id);
                     self.liveness.forget(id);
+                    self.alloc_devices.forget(id);
                     changes.push(StateChange::RemoveAlloc(id));
                 } else {
                     tracing::info!(alloc = %id, "allocation no longer on this node; killing it");

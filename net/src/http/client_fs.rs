@@ -108,7 +108,7 @@ pub trait LocalLogs: Send + Sync + std::fmt::Debug + 'static {
 /// The routes, served by every agent: `server` is this agent's server (to
 /// find other nodes' allocations), `logs` its local client's files; a
 /// client-only agent has no server, a server-only agent no client.
-pub(super) fn router(server: Option<Arc<dyn Server>>, logs: Option<Arc<dyn LocalLogs>>) -> Router {
+pub(super) fn router(server: Option<Arc<dyn Server>>, options: super::ApiOptions) -> Router {
     Router::new()
         .route("/v1/client/fs/logs/{alloc_id}", get(logs_handler))
         .route("/v1/client/fs/ls/{alloc_id}", get(super::alloc_files::ls_handler))
@@ -116,7 +116,9 @@ pub(super) fn router(server: Option<Arc<dyn Server>>, logs: Option<Arc<dyn Local
         .route("/v1/client/fs/cat/{alloc_id}", get(super::alloc_files::cat_handler))
         .route("/v1/client/fs/readat/{alloc_id}", get(super::alloc_files::readat_handler))
         .route("/v1/client/fs/stream/{alloc_id}", get(super::fs_stream::stream_handler))
-        .with_state(FsContext { server, logs })
+        .route("/v1/client/stats", get(super::client_stats::host_stats_handler))
+        .route("/v1/client/allocation/{alloc_id}/stats", get(super::client_stats::alloc_stats_handler))
+        .with_state(FsContext { server, logs: options.local_logs, stats: options.local_stats })
 }
 
 /// The refusal of an agent with neither a client nor a server (501).

@@ -28,6 +28,7 @@ use caravan_engine::model::NodeStatus;
 use futures_util::StreamExt;
 
 use super::client_fs::{LocalLogs, LocalLogsError};
+use super::client_stats::LocalStats;
 use super::handlers::refuse;
 use super::server::Server;
 
@@ -56,6 +57,8 @@ pub(super) struct FsContext {
     pub(super) server: Option<Arc<dyn Server>>,
     /// The files of the client running in this agent, if any.
     pub(super) logs: Option<Arc<dyn LocalLogs>>,
+    /// The usage of the client running in this agent, if any.
+    pub(super) stats: Option<Arc<dyn LocalStats>>,
 }
 
 /// Where a request for an allocation is served.
@@ -81,6 +84,19 @@ pub(super) fn route(ctx: &FsContext, alloc_id: &str, headers: &HeaderMap) -> Res
             Err(err @ LocalLogsError::Io(_)) => return Err((StatusCode::INTERNAL_SERVER_ERROR, err.to_string())),
         }
     }
+    let (node, http_addr) = remote_route(ctx, ctx.logs.is_some(), alloc_id, headers)?;
+    Ok(Route::Remote { node, http_addr })
+}
+
+/// The agent of the node the servers placed `alloc_id` on, for an
+/// allocation this agent's client does not hold (`has_client`: whether this
+/// agent runs one): `(node name, its HTTP address)`, or the refusal.
+pub(super) fn remote_route(
+    ctx: &FsContext,
+    has_client: bool,
+    alloc_id: &str,
+    headers: &HeaderMap,
+) -> Result<(String, String), Refusal> {
     if headers.contains_key(FORWARDED_HEADER) {
         return Err((
             StatusCode::NOT_FOUND,
@@ -91,15 +107,15 @@ pub(super) fn route(ctx: &FsContext, alloc_id: &str, headers: &HeaderMap) -> Res
         ));
     }
     let Some(server) = &ctx.server else {
-        return Err(match &ctx.logs {
-            Some(_) => (
+        return Err(match has_client {
+            true => (
                 StatusCode::NOT_FOUND,
                 format!(
                     "allocation {alloc_id} is not on this client, and this client-only agent cannot look up \
                      other nodes' allocations: ask a server's HTTP API"
                 ),
             ),
-            None => super::client_fs::not_implemented(alloc_id),
+            false => super::client_fs::not_implemented(alloc_id),
         });
     };
     let unknown = || (StatusCode::NOT_FOUND, format!("unknown allocation {alloc_id:?}"));
@@ -125,7 +141,7 @@ pub(super) fn route(ctx: &FsContext, alloc_id: &str, headers: &HeaderMap) -> Res
             format!("allocation {alloc_id} is on node {name}, which registered no HTTP address"),
         ));
     }
-    Ok(Route::Remote { node: name, http_addr: node.http_addr.to_string() })
+    Ok((name, node.http_addr.to_string()))
 }
 
 /// Sends the request (`uri`'s path and query, unchanged) to the node's

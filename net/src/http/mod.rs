@@ -9,6 +9,7 @@
 mod alloc_files;
 mod blocking;
 mod client_fs;
+mod client_stats;
 mod consistency;
 mod deployments;
 mod events;
@@ -27,6 +28,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 
 pub use client_fs::{LocalLogs, LocalLogsError, LogFile, LogType};
+pub use client_stats::{AllocStats, DeviceGroupStats, DeviceStats, HostMemoryStats, HostStats, LocalStats, StatValue};
 pub use fs_forward::FORWARDED_HEADER;
 pub use server::{LeaderContact, LocalServer, RaftServerInfo, Server, WriteBuilder, engine_gauges};
 
@@ -36,6 +38,10 @@ pub struct ApiOptions {
     /// The files of the client running in this agent, for
     /// `/v1/client/fs/*`; `None` on a server alone.
     pub local_logs: Option<Arc<dyn LocalLogs>>,
+    /// The usage of the client running in this agent, for
+    /// `/v1/client/stats` and `/v1/client/allocation/<id>/stats`; `None` on
+    /// a server alone.
+    pub local_stats: Option<Arc<dyn LocalStats>>,
 }
 
 /// The router for every implemented `/v1` endpoint.
@@ -45,14 +51,15 @@ pub fn router(server: Arc<dyn Server>) -> Router {
 
 /// [`router`], with the client endpoints `options` enable.
 pub fn router_with(server: Arc<dyn Server>, options: ApiOptions) -> Router {
-    server_routes(Arc::clone(&server)).merge(client_fs::router(Some(server), options.local_logs))
+    server_routes(Arc::clone(&server)).merge(client_fs::router(Some(server), options))
 }
 
-/// The API of a client-only agent: its client's `/v1/client/fs/*` (which
+/// The API of a client-only agent: its client's `/v1/client/fs/*` and
+/// `/v1/client/stats`, `/v1/client/allocation/<id>/stats` (which
 /// it cannot forward: it has no state to find other nodes in); anything
 /// else is refused with a pointer to the servers.
 pub fn client_router(options: ApiOptions) -> Router {
-    client_fs::router(None, options.local_logs).fallback(handlers::client_only)
+    client_fs::router(None, options).fallback(handlers::client_only)
 }
 
 fn server_routes(server: Arc<dyn Server>) -> Router {

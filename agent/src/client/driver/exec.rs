@@ -11,6 +11,14 @@
 //! Cgroups: v2 when `/sys/fs/cgroup` is a cgroup2 mount (`memory.max`,
 //! `cpu.weight`), v1 otherwise (`memory.limit_in_bytes`, `cpu.shares`), each
 //! task in `caravan/<alloc id>-<task>`.
+//!
+//! Devices: the task's cgroup v2 directory (on a v1 machine with the hybrid
+//! layout, one in `/sys/fs/cgroup/unified`, which the task joins too) gets
+//! a device program (`device_cgroup.rs`, loaded by `bpf.rs`) allowing only
+//! the standard devices and the nodes of the task's assigned GPUs. If the
+//! program cannot be loaded or attached, the task does not start: the error
+//! names the cause. A pure v1 machine (no cgroup2 mount) gets no device
+//! program; other GPUs' nodes are still hidden by bind mounts.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -19,6 +27,7 @@ use std::time::Duration;
 
 use caravan_engine::model::ConfigValue;
 
+use super::device_cgroup::{self, DeviceRule};
 use super::executor::{Executor, Launch};
 use super::raw_exec::parse_command_config;
 use super::{Driver, DriverError, DriverFingerprint, ExitResult, TaskHandle, TaskResources, TaskSpec, process};
@@ -28,6 +37,8 @@ pub const EXEC_DRIVER: &str = "exec";
 /// Nomad's default user for `exec` tasks.
 pub const EXEC_USER_DEFAULT: &str = "nobody";
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The cgroup2 mount of the hybrid layout (v1 controllers beside it).
+const CGROUP_UNIFIED_ROOT: &str = "/sys/fs/cgroup/unified";
 /// The cgroup under which every task's cgroup lives.
 const CGROUP_PARENT: &str = "caravan";
 const UNSHARE: &str = "unshare";
@@ -46,6 +57,8 @@ const MASK_DEVICES_SCRIPT: &str = r#"while [ "$#" -gt 0 ] && [ "$1" != -- ]; do 
 const NVIDIA_PROC_GPUS: &str = "/proc/driver/nvidia/gpus";
 /// The NVIDIA driver's vendor name in assigned devices.
 const VENDOR_NVIDIA: &str = "nvidia";
+/// The minor of `/dev/nvidia-modeset`, fixed by the NVIDIA driver.
+const NVIDIA_MODESET_MINOR: u32 = 254;
 /// The kernel refuses `cpu.shares` below 2.
 const CPU_SHARES_MIN: u64 = 2;
 /// `cpu.weight` bounds in cgroup v2.
@@ -137,8 +150,15 @@ fn cpu_weight(shares: u64) -> u64 {
         .clamp(CPU_WEIGHT_MIN, CPU_WEIGHT_MAX)
 }
 
-/// Creates the task's cgroups with its limits; returns their directories.
-fn create_cgroups(name: &str, resources: TaskResources) -> Result<Vec<PathBuf>, DriverError> {
+/// The task's cgroups: every directory it joins, and among them the cgroup
+/// v2 one its device program goes on (`None` on a pure v1 machine).
+struct TaskCgroups {
+    dirs: Vec<PathBuf>,
+    devices: Option<PathBuf>,
+}
+
+/// Creates the task's cgroups with its limits.
+fn create_cgroups(name: &str, resources: TaskResources) -> Result<TaskCgroups, DriverError> {
     let memory_bytes = u64::from(resources.memory_mb.max(1)) * BYTES_PER_MB;
     let shares = u64::from(resources.cpu_mhz).max(CPU_SHARES_MIN);
     let root = Path::new(CGROUP_ROOT);
@@ -155,7 +175,7 @@ fn create_cgroups(name: &str, resources: TaskResources) -> Result<Vec<PathBuf>, 
             create_dir(&dir)?;
             write(&dir.join("memory.max"), &memory_bytes.to_string())?;
             write(&dir.join("cpu.weight"), &cpu_weight(shares).to_string())?;
-            Ok(vec![dir])
+            Ok(TaskCgroups { dirs: vec![dir.clone()], devices: Some(dir) })
         }
         Some(CgroupVersion::V1) => {
             let memory = root.join("memory").join(CGROUP_PARENT).join(name);
@@ -164,7 +184,20 @@ fn create_cgroups(name: &str, resources: TaskResources) -> Result<Vec<PathBuf>, 
             let cpu = root.join("cpu").join(CGROUP_PARENT).join(name);
             create_dir(&cpu)?;
             write(&cpu.join("cpu.shares"), &shares.min(CPU_SHARES_MAX).to_string())?;
-            Ok(vec![memory, cpu])
+            let mut dirs = vec![memory, cpu];
+            let unified = Path::new(CGROUP_UNIFIED_ROOT);
+            let devices = if unified.join("cgroup.procs").exists() {
+                let dir = unified.join(CGROUP_PARENT).join(name);
+                if let Err(err) = create_dir(&dir) {
+                    remove_cgroups(&dirs);
+                    return Err(err);
+                }
+                dirs.push(dir.clone());
+                Some(dir)
+            } else {
+                None
+            };
+            Ok(TaskCgroups { dirs, devices })
         }
         None => Err(DriverError::Unavailable(format!("no usable cgroup hierarchy under {CGROUP_ROOT}"))),
     }
@@ -203,6 +236,75 @@ fn nvidia_uuid_minors() -> BTreeMap<String, u32> {
     out
 }
 
+/// The device cgroup rules of a task given the NVIDIA instances `assigned`:
+/// the standard devices, and for a task with GPUs each assigned GPU's
+/// `/dev/nvidiaN` (its minor from `uuid_minors`), `/dev/nvidiactl`,
+/// `/dev/nvidia-modeset`, and `/dev/nvidia-uvm` + `nvidia-uvm-tools` when
+/// their major (`uvm_major`, dynamic) is known. An assigned id that is not a
+/// GPU known here gets no node: the task is denied it rather than given
+/// another. Returns the rules and those unknown ids.
+fn device_rules(
+    assigned: &[String],
+    uuid_minors: &BTreeMap<String, u32>,
+    uvm_major: Option<u32>,
+) -> (Vec<DeviceRule>, Vec<String>) {
+    use caravan_gpu::reserve::{NVIDIA_DEVICE_MAJOR, NVIDIACTL_MINOR};
+    let mut rules = device_cgroup::standard_rules();
+    let mut unknown = Vec::new();
+    if assigned.is_empty() {
+        return (rules, unknown);
+    }
+    for id in assigned {
+        match uuid_minors.get(id) {
+            Some(&minor) => {
+                rules.push(DeviceRule::char_rw(format!("/dev/nvidia{minor}"), NVIDIA_DEVICE_MAJOR, Some(minor)))
+            }
+            None => unknown.push(id.clone()),
+        }
+    }
+    rules.push(DeviceRule::char_rw("/dev/nvidiactl", NVIDIA_DEVICE_MAJOR, Some(NVIDIACTL_MINOR)));
+    rules.push(DeviceRule::char_rw("/dev/nvidia-modeset", NVIDIA_DEVICE_MAJOR, Some(NVIDIA_MODESET_MINOR)));
+    if let Some(major) = uvm_major {
+        rules.push(DeviceRule::char_rw("/dev/nvidia-uvm", major, Some(0)));
+        rules.push(DeviceRule::char_rw("/dev/nvidia-uvm-tools", major, Some(1)));
+    }
+    (rules, unknown)
+}
+
+/// The UUIDs of the task's assigned NVIDIA instances.
+fn assigned_nvidia_ids(spec: &TaskSpec) -> Vec<String> {
+    spec.devices
+        .iter()
+        .filter(|device| &*device.vendor == VENDOR_NVIDIA)
+        .flat_map(|device| device.instance_ids.iter().map(|id| id.to_string()))
+        .collect()
+}
+
+/// Puts the task's device program on its cgroup v2 directory.
+fn confine_devices(spec: &TaskSpec, cgroup: &Path) -> Result<(), DriverError> {
+    let assigned = assigned_nvidia_ids(spec);
+    let uvm_major = if assigned.is_empty() {
+        None
+    } else {
+        std::fs::read_to_string(caravan_gpu::reserve::PROC_DEVICES_PATH)
+            .ok()
+            .and_then(|text| caravan_gpu::reserve::character_major(&text, "nvidia-uvm"))
+    };
+    let uuid_minors = if assigned.is_empty() { BTreeMap::new() } else { nvidia_uuid_minors() };
+    let (rules, unknown) = device_rules(&assigned, &uuid_minors, uvm_major);
+    if !unknown.is_empty() {
+        tracing::warn!(task = %spec.task_name, ?unknown, "assigned GPU instances not in {NVIDIA_PROC_GPUS}; the task is denied their device nodes");
+    }
+    let program = device_cgroup::program(&rules).map_err(|err| DriverError::Start(err.to_string()))?;
+    super::bpf::attach_device_program(cgroup, &program).map_err(|err| {
+        DriverError::Start(format!(
+            "cannot confine the task to its devices (the cgroup device eBPF program on {} failed: {err}); \
+             the exec driver does not run a task with access to every device",
+            cgroup.display()
+        ))
+    })
+}
+
 /// The GPU device nodes on this machine (`/dev/nvidiaN`) by minor.
 fn gpu_node_minors() -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/dev") else { return Vec::new() };
@@ -220,12 +322,7 @@ fn gpu_nodes_to_hide(spec: &TaskSpec) -> Vec<PathBuf> {
     if node_minors.is_empty() {
         return Vec::new();
     }
-    let assigned: Vec<String> = spec
-        .devices
-        .iter()
-        .filter(|device| &*device.vendor == VENDOR_NVIDIA)
-        .flat_map(|device| device.instance_ids.iter().map(|id| id.to_string()))
-        .collect();
+    let assigned = assigned_nvidia_ids(spec);
     match gpu_minors_to_hide(&node_minors, &nvidia_uuid_minors(), &assigned) {
         Some(minors) => minors.into_iter().map(|minor| PathBuf::from(format!("/dev/nvidia{minor}"))).collect(),
         None => {
@@ -309,7 +406,13 @@ impl Driver for ExecDriver {
         let program = process::resolve_command(&config.command, &spec.env)?;
         let user = super::lookup_user(spec.user.as_deref().unwrap_or(EXEC_USER_DEFAULT))?;
         prepare_dirs(spec, user.uid, user.gid)?;
-        let cgroups = create_cgroups(&cgroup_name(spec), spec.resources)?;
+        let TaskCgroups { dirs: cgroups, devices } = create_cgroups(&cgroup_name(spec), spec.resources)?;
+        if let Some(dir) = &devices
+            && let Err(err) = confine_devices(spec, dir)
+        {
+            remove_cgroups(&cgroups);
+            return Err(err);
+        }
         let mut args: Vec<OsString> = vec!["-c".into(), JOIN_CGROUPS_SCRIPT.into(), "caravan-exec".into()];
         args.extend(cgroups.iter().map(|dir| dir.join("cgroup.procs").into_os_string()));
         args.push("--".into());
@@ -392,6 +495,35 @@ mod tests {
         assert_eq!(gpu_minors_to_hide(&nodes, &uuid_minors, &["GPU-a".into(), "GPU-c".into()]), Some(vec![1]));
         assert_eq!(gpu_minors_to_hide(&nodes, &uuid_minors, &[]), Some(vec![0, 1, 2]), "no GPU: none visible");
         assert_eq!(gpu_minors_to_hide(&nodes, &uuid_minors, &["MIG-x".into()]), None);
+    }
+
+    #[test]
+    fn device_rules_allow_the_assigned_gpus_nodes_only() {
+        let uuid_minors: BTreeMap<String, u32> = [("GPU-a".to_string(), 0), ("GPU-b".to_string(), 1)].into();
+        let (rules, unknown) = device_rules(&[], &uuid_minors, Some(510));
+        assert_eq!(rules, device_cgroup::standard_rules(), "no GPU: no NVIDIA node at all");
+        assert!(unknown.is_empty());
+        let (rules, unknown) = device_rules(&["GPU-b".into(), "MIG-x".into()], &uuid_minors, Some(510));
+        assert_eq!(unknown, ["MIG-x"]);
+        let extra: Vec<(String, Option<u32>, Option<u32>)> = rules[device_cgroup::standard_rules().len()..]
+            .iter()
+            .map(|r| (r.path.display().to_string(), r.major, r.minor))
+            .collect();
+        let expected = [
+            ("/dev/nvidia1", 195, 1),
+            ("/dev/nvidiactl", 195, 255),
+            ("/dev/nvidia-modeset", 195, 254),
+            ("/dev/nvidia-uvm", 510, 0),
+            ("/dev/nvidia-uvm-tools", 510, 1),
+        ]
+        .map(|(path, major, minor)| (path.to_string(), Some(major), Some(minor)));
+        assert_eq!(extra, expected);
+        let program = device_cgroup::program(&rules).unwrap();
+        let rw = device_cgroup::ACCESS_READ | device_cgroup::ACCESS_WRITE;
+        let allows =
+            |major, minor| device_cgroup::evaluate(&program, device_cgroup::DeviceKind::Char, major, minor, rw);
+        assert_eq!(allows(195, 1), Some(true));
+        assert_eq!(allows(195, 0), Some(false), "GPU-a is not the task's");
     }
 
     #[test]

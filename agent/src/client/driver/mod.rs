@@ -28,6 +28,8 @@
 //! driver.destroy(&handle).unwrap();
 //! ```
 
+mod bpf;
+pub mod device_cgroup;
 pub mod docker;
 pub mod exec;
 pub mod executor;
