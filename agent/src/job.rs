@@ -69,6 +69,17 @@ pub(crate) enum JobCommand {
         #[arg(long)]
         detach: bool,
     },
+    /// List a job's recent scaling events, newest first.
+    #[command(name = "scaling-events")]
+    ScalingEvents {
+        id: String,
+        /// Also show each event's error flag, message and eval.
+        #[arg(long)]
+        verbose: bool,
+        /// Print the job's scale status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dispatch an instance of a parameterized job, with an optional
     /// payload file (`-` reads standard input).
     Dispatch {
@@ -108,6 +119,7 @@ pub(crate) fn run(cmd: JobCommand) -> anyhow::Result<ExitCode> {
         JobCommand::History { id } => crate::monitor::history(&id),
         JobCommand::Revert { id, version, detach } => crate::job_actions::revert(&id, version, detach),
         JobCommand::Scale { id, group_and_count, detach } => crate::job_actions::scale(&id, &group_and_count, detach),
+        JobCommand::ScalingEvents { id, verbose, json } => crate::job_actions::scaling_events(&id, verbose, json),
         JobCommand::Dispatch { id, input, meta, detach } => {
             crate::job_actions::dispatch(&id, input.as_deref(), &meta, detach)
         }
