@@ -102,7 +102,11 @@ fn nomad_style_args() -> Vec<std::ffi::OsString> {
 #[derive(Subcommand, Debug)]
 enum ServerCommand {
     /// List the servers.
-    Members,
+    Members {
+        /// Print the members as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -132,7 +136,7 @@ fn main() -> ExitCode {
         Command::Node(cmd) => reads::node(cmd),
         Command::Eval(cmd) => reads::eval(cmd),
         Command::Alloc(cmd) => reads::alloc(cmd),
-        Command::Server(ServerCommand::Members) => reads::server_members(),
+        Command::Server(ServerCommand::Members { json }) => reads::server_members(json),
         Command::Operator(OperatorCommand::Raft(RaftCommand::ListPeers)) => reads::raft_peers(),
         Command::Status => reads::status(),
         Command::Tls(cmd) => tls::run(cmd),
