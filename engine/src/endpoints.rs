@@ -102,7 +102,7 @@ pub fn dispatch_job(
 ) -> Result<(Command, std::sync::Arc<str>), EndpointError> {
     use crate::model::PayloadMode;
     let parent = state.job(key).ok_or_else(|| EndpointError::JobNotFound(key.clone()))?;
-    let Some(config) = parent.parameterized.as_ref().filter(|_| parent.parent_id.is_none()) else {
+    let Some(config) = parent.parameterized.as_ref().filter(|_| parent.is_parameterized_parent()) else {
         return Err(EndpointError::Refused(format!("specified job {:?} is not a parameterized job", key.id)));
     };
     if parent.stop {

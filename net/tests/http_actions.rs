@@ -641,14 +641,47 @@ fn manual_allocation_health_settles_a_deployment() {
     assert_ne!(id2, id);
     let allocs2 = alloc_ids_of(addr, &id2);
     assert!(!allocs2.is_empty());
+    // Field names match case-insensitively, as Go decodes them (python-nomad relies on it).
     let r = post(
         addr,
         &format!("/v1/deployment/allocation-health/{id2}"),
-        json!({"UnhealthyAllocationIDs": [&allocs2[0]]}),
+        json!({"UnHealthyAllocationIDs": [&allocs2[0]]}),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let d2 = call(addr, "GET", &format!("/v1/deployment/{id2}"), b"").json();
     assert_eq!(d2["Status"], "failed", "{d2}");
     assert_eq!(d2["TaskGroups"]["g"]["UnhealthyAllocs"], 1);
     idle(&server);
+}
+
+/// As in Nomad: a job both periodic and parameterized is a template that
+/// launches nothing itself; each child dispatched from it is a periodic
+/// job, which launches its own children.
+#[test]
+fn a_periodic_parameterized_job_dispatches_periodic_children() {
+    let (addr, server) = start();
+    let mut spec = periodic_job("nightly", json!({"Spec": "0 0 1 1 * 2099"}));
+    spec["Job"]["ParameterizedJob"] = json!({"Payload": "optional", "MetaOptional": ["region"]});
+    let r = post(addr, "/v1/jobs", spec);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["EvalID"], "", "a template is not evaluated");
+    refused(&post(addr, "/v1/job/nightly/periodic/force", json!({})), 400, "nightly");
+
+    let r = post(addr, "/v1/job/nightly/dispatch", json!({"Meta": {"region": "eu"}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let reply = r.json();
+    let child = reply["DispatchedJobID"].as_str().unwrap().to_string();
+    assert_eq!(reply["EvalID"], "", "a periodic child is not evaluated itself: {reply}");
+    let c = job(addr, &child);
+    assert_eq!((c["ParentID"].as_str(), c["Meta"]["region"].as_str()), (Some("nightly"), Some("eu")));
+    assert_eq!(c["Periodic"]["Spec"], "0 0 1 1 * 2099");
+    assert_eq!(call(addr, "GET", &format!("/v1/job/{child}/allocations"), b"").json(), json!([]));
+
+    // The child launches its own children.
+    let r = post(addr, &format!("/v1/job/{child}/periodic/force"), json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    idle(&server);
+    let jobs = call(addr, "GET", &format!("/v1/jobs?prefix={child}/periodic-"), b"").json();
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs}");
+    assert_eq!(jobs[0]["ParentID"], child.as_str());
 }

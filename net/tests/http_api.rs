@@ -270,3 +270,20 @@ fn event_stream_delivers_job_registered() {
     let bad = call(addr, "GET", "/v1/event/stream?topic=Bogus", b"");
     assert_eq!(bad.status, 400);
 }
+
+#[test]
+fn agent_members_lists_the_servers() {
+    let (addr, _server) = start();
+    let r = call(addr, "GET", "/v1/agent/members", b"");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = r.json();
+    assert_eq!((m["ServerRegion"].as_str(), m["ServerDC"].as_str()), (Some("global"), Some("dc1")));
+    let members = m["Members"].as_array().unwrap();
+    assert_eq!(members.len(), 1, "{m}");
+    let me = &members[0];
+    assert_eq!((me["Status"].as_str(), me["Tags"]["role"].as_str()), (Some("alive"), Some("nomad")), "{me}");
+    assert_eq!(me["Name"], m["ServerName"]);
+    assert!(me["Port"].as_u64().is_some() && me["Addr"].as_str().is_some(), "{me}");
+    let servers = call(addr, "GET", "/v1/agent/servers", b"").json();
+    assert_eq!(servers.as_array().map(Vec::len), Some(1), "{servers}");
+}

@@ -575,15 +575,28 @@ impl Job {
         self.parameterized.is_some() && self.parent_id.is_none()
     }
 
-    /// A periodic job itself (its launched children carry no `periodic`).
-    pub fn is_periodic_parent(&self) -> bool {
-        self.periodic.is_some() && self.parent_id.is_none()
+    /// A child dispatched from a parameterized job (Nomad's `Dispatched`):
+    /// it keeps its parent's `parameterized` block.
+    pub fn is_dispatched(&self) -> bool {
+        self.parameterized.is_some() && self.parent_id.is_some()
     }
 
-    /// A periodic job the leader launches children of now: enabled and
-    /// not stopped (Nomad's `IsPeriodicActive`).
+    /// A periodic job itself: registered, or dispatched from a job both
+    /// periodic and parameterized (its launched children carry no
+    /// `periodic`).
+    pub fn is_periodic_parent(&self) -> bool {
+        self.periodic.is_some() && (self.parent_id.is_none() || self.is_dispatched())
+    }
+
+    /// A periodic job the leader launches children of now: enabled, not
+    /// stopped, and not a parameterized template (Nomad's
+    /// `IsPeriodicActive`: a job both periodic and parameterized launches
+    /// nothing itself; each child dispatched from it is periodic).
     pub fn is_periodic_active(&self) -> bool {
-        self.is_periodic_parent() && !self.stop && self.periodic.as_ref().is_some_and(|p| p.enabled)
+        self.is_periodic_parent()
+            && !self.is_parameterized_parent()
+            && !self.stop
+            && self.periodic.as_ref().is_some_and(|p| p.enabled)
     }
 
     /// A parameterized or periodic job: a template that only runs as its

@@ -133,7 +133,10 @@ pub(super) async fn action(State(server): Shared, Path(rest): Path<String>, body
 /// A list of full allocation ids (absent or null: none).
 fn alloc_ids(body: &serde_json::Map<String, Value>, field: &str) -> Result<Vec<AllocId>, Response> {
     let bad = |m: String| refuse(StatusCode::BAD_REQUEST, m);
-    let items = match body.get(field) {
+    // Go decodes field names case-insensitively, and clients rely on it
+    // (python-nomad sends `UnHealthyAllocationIDs`).
+    let value = body.get(field).or_else(|| body.iter().find(|(k, _)| k.eq_ignore_ascii_case(field)).map(|(_, v)| v));
+    let items = match value {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(items)) => items,
         Some(v) => return Err(bad(format!("{field} must be a list of allocation IDs, got {v}"))),

@@ -353,6 +353,11 @@ pub(super) async fn agent_members(State(server): Shared) -> Response {
     )
 }
 
+/// Nomad's `GET /v1/agent/servers`: the servers' RPC addresses.
+pub(super) async fn agent_servers(State(server): Shared) -> Response {
+    reply(server.store().latest_index(), &server.peers())
+}
+
 /// A known path asked with a method it does not take: 405 with the reason
 /// (axum's own answer has no body).
 pub(super) async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {

@@ -84,6 +84,7 @@ fn server_routes(server: Arc<dyn Server>) -> Router {
         .route("/v1/agent/health", get(handlers::agent_health))
         .route("/v1/agent/self", get(handlers::agent_self))
         .route("/v1/agent/members", get(handlers::agent_members))
+        .route("/v1/agent/servers", get(handlers::agent_servers))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(server.clone(), consistency::consistent_reads))
