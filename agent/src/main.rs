@@ -78,7 +78,11 @@ enum Command {
     #[command(subcommand)]
     Operator(OperatorCommand),
     /// List jobs.
-    Status,
+    Status {
+        /// Print the jobs as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create the cluster's CA and server certificates.
     #[command(subcommand)]
     Tls(tls::TlsCommand),
@@ -128,7 +132,15 @@ fn main() -> ExitCode {
     if let Some(code) = caravan::client::driver::executor::main_if_executor() {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
-    let cli = Cli::parse_from(nomad_style_args());
+    // A usage error exits 1, as Nomad's CLI does: 2 means placement
+    // failures. Help and version print and exit 0.
+    let cli = match Cli::try_parse_from(nomad_style_args()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
+    };
     let result = match cli.command {
         Command::Agent(args) => agent::run(args),
         Command::Job(cmd) => job::run(cmd),
@@ -138,7 +150,8 @@ fn main() -> ExitCode {
         Command::Alloc(cmd) => reads::alloc(cmd),
         Command::Server(ServerCommand::Members { json }) => reads::server_members(json),
         Command::Operator(OperatorCommand::Raft(RaftCommand::ListPeers)) => reads::raft_peers(),
-        Command::Status => reads::status(),
+        Command::Status { json: true } => job::print_get("/v1/jobs", None),
+        Command::Status { json: false } => reads::status(),
         Command::Tls(cmd) => tls::run(cmd),
         Command::Version => {
             #[allow(clippy::print_stdout)]

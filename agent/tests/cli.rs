@@ -138,11 +138,31 @@ fn dev_agent_runs_jobs_through_the_cli() {
     let (code, stdout, _) = agent.caravan(&["job", "history", "hello"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("Version     = 0"), "{stdout}");
+    // -json on the read verbs, as Nomad's.
+    for (args, check) in [
+        (&["job", "status", "-json", "hello"][..], "/ID"),
+        (&["job", "history", "-json", "hello"][..], "/0/Version"),
+        (&["job", "inspect", "-json", "hello"][..], "/Job/ID"),
+        (&["status", "-json"][..], "/0/ID"),
+        (&["server", "members", "-json"][..], "/0/Status"),
+    ] {
+        let (code, stdout, stderr) = agent.caravan(args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        let value: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(value.pointer(check).is_some(), "{args:?}: {value}");
+    }
+    let (code, stdout, _) = agent.caravan(&["server", "members"]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("Name") && stdout.contains("alive") && stdout.contains("true"), "{stdout}");
     let (code, _, stderr) = agent.caravan(&["job", "stop", "-purge", "hello"]);
     assert_eq!(code, 0, "{stderr}");
     let (code, _, stderr) = agent.caravan(&["job", "status", "nope"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("not found"), "{stderr}");
+    // A usage error exits 1, as Nomad's CLI does (2 means placement failures).
+    let (code, _, stderr) = agent.caravan(&["job", "status", "-bogus", "hello"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(agent.caravan(&["job", "--help"]).0, 0);
 }
 
 /// A service pinned to one static port: on the dev agent's one node only
