@@ -69,6 +69,15 @@ def service_deployments_scale_and_versions(n, check):
     status = n.job.request("web", "scale", method="get").json()
     events = status["TaskGroups"]["g"]["Events"]
     check("scaling event recorded", len(events) == 1 and events[0]["Count"] == 2 and events[0]["Message"] == "python")
+    # Stop the job and let the client kill its tasks before purging, so no
+    # task outlives the agent.
+    n.job.deregister_job("web")
+
+    def all_stopped():
+        allocs = n.job.get_allocations("web")
+        return all(a["ClientStatus"] in ("complete", "failed", "lost") for a in allocs)
+
+    check("stopped job's tasks end", wait_until("stopped", all_stopped) is not None)
     n.job.deregister_job("web", purge=True)
 
 
