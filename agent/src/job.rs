@@ -38,6 +38,9 @@ pub(crate) enum JobCommand {
     Status {
         /// The job id.
         id: String,
+        /// Print the job as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show what submitting a jobspec would change, without changing anything.
     Plan(JobspecArgs),
@@ -47,10 +50,19 @@ pub(crate) enum JobCommand {
         #[arg(long)]
         purge: bool,
     },
-    /// Print a job as the API stores it.
-    Inspect { id: String },
+    /// Print a job as the API stores it (JSON, with or without -json).
+    Inspect {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// List a job's kept versions.
-    History { id: String },
+    History {
+        id: String,
+        /// Print the versions as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Submit a kept version of a job again, as its newest version.
     Revert {
         id: String,
@@ -68,6 +80,17 @@ pub(crate) enum JobCommand {
         group_and_count: Vec<String>,
         #[arg(long)]
         detach: bool,
+    },
+    /// List a job's recent scaling events, newest first.
+    #[command(name = "scaling-events")]
+    ScalingEvents {
+        id: String,
+        /// Also show each event's error flag, message and eval.
+        #[arg(long)]
+        verbose: bool,
+        /// Print the job's scale status as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Dispatch an instance of a parameterized job, with an optional
     /// payload file (`-` reads standard input).
@@ -101,13 +124,16 @@ pub(crate) fn run(cmd: JobCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         JobCommand::Validate(spec) => validate(&spec),
         JobCommand::Run { spec, output, detach } => crate::monitor::run_job(&spec, output, detach),
-        JobCommand::Status { id } => crate::monitor::status(&id),
+        JobCommand::Status { id, json: true } => print_get(&format!("/v1/job/{id}"), None),
+        JobCommand::Status { id, json: false } => crate::monitor::status(&id),
         JobCommand::Plan(spec) => crate::monitor::plan(&spec),
         JobCommand::Stop { id, purge } => crate::monitor::stop(&id, purge),
-        JobCommand::Inspect { id } => crate::monitor::inspect(&id),
-        JobCommand::History { id } => crate::monitor::history(&id),
+        JobCommand::Inspect { id, json: _ } => crate::monitor::inspect(&id),
+        JobCommand::History { id, json: true } => print_get(&format!("/v1/job/{id}/versions"), Some("Versions")),
+        JobCommand::History { id, json: false } => crate::monitor::history(&id),
         JobCommand::Revert { id, version, detach } => crate::job_actions::revert(&id, version, detach),
         JobCommand::Scale { id, group_and_count, detach } => crate::job_actions::scale(&id, &group_and_count, detach),
+        JobCommand::ScalingEvents { id, verbose, json } => crate::job_actions::scaling_events(&id, verbose, json),
         JobCommand::Dispatch { id, input, meta, detach } => {
             crate::job_actions::dispatch(&id, input.as_deref(), &meta, detach)
         }
@@ -168,4 +194,10 @@ fn validate(spec: &JobspecArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// `-json` on a read: the API's JSON (or one field of it), pretty-printed.
+pub(crate) fn print_get(path: &str, field: Option<&str>) -> anyhow::Result<ExitCode> {
+    let value = crate::api_client::ApiClient::from_env().get(path)?;
+    crate::reads::print_json(field.map_or(&value, |f| &value[f]))
 }

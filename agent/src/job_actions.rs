@@ -55,6 +55,51 @@ pub(crate) fn scale(id: &str, group_and_count: &[String], detach: bool) -> anyho
     follow(&client, &reply, detach)
 }
 
+/// `job scaling-events <job>` (Nomad's): every group's events, newest
+/// first, from the job's scale status.
+#[allow(clippy::print_stdout)]
+pub(crate) fn scaling_events(id: &str, verbose: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::from_env();
+    let status = client.get(&format!("/v1/job/{id}/scale"))?;
+    if json {
+        return crate::reads::print_json(&status);
+    }
+    let mut events: Vec<(&str, &Value)> = Vec::new();
+    for (group, g) in status["TaskGroups"].as_object().into_iter().flatten() {
+        events.extend(g["Events"].as_array().into_iter().flatten().map(|e| (group.as_str(), e)));
+    }
+    if events.is_empty() {
+        println!("No events found");
+        return Ok(ExitCode::SUCCESS);
+    }
+    events.sort_by_key(|(_, e)| std::cmp::Reverse(e["Time"].as_i64().unwrap_or(0)));
+    let text = |v: &Value| match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    let mut header = vec!["Task Group", "Count", "PrevCount"];
+    if verbose {
+        header.extend(["Error", "Message", "Eval ID"]);
+    }
+    header.push("Date");
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|(group, e)| {
+            let mut row = vec![group.to_string(), text(&e["Count"]), text(&e["PreviousCount"])];
+            if verbose {
+                row.extend([text(&e["Error"]), text(&e["Message"]), text(&e["EvalID"])]);
+            }
+            // Whole seconds, as Nomad's `formatTime` prints them.
+            let seconds = e["Time"].as_i64().unwrap_or(0) / 1_000_000_000;
+            row.push(caravan_net::api::rfc3339(seconds * 1_000_000_000));
+            row
+        })
+        .collect();
+    crate::reads::table(&header, &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
 #[allow(clippy::print_stdout)]
 pub(crate) fn dispatch(id: &str, input: Option<&Path>, meta: &[String], detach: bool) -> anyhow::Result<ExitCode> {
     let mut meta_map = serde_json::Map::new();

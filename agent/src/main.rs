@@ -78,7 +78,11 @@ enum Command {
     #[command(subcommand)]
     Operator(OperatorCommand),
     /// List jobs.
-    Status,
+    Status {
+        /// Print the jobs as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create the cluster's CA and server certificates.
     #[command(subcommand)]
     Tls(tls::TlsCommand),
@@ -102,7 +106,11 @@ fn nomad_style_args() -> Vec<std::ffi::OsString> {
 #[derive(Subcommand, Debug)]
 enum ServerCommand {
     /// List the servers.
-    Members,
+    Members {
+        /// Print the members as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -124,7 +132,15 @@ fn main() -> ExitCode {
     if let Some(code) = caravan::client::driver::executor::main_if_executor() {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
-    let cli = Cli::parse_from(nomad_style_args());
+    // A usage error exits 1, as Nomad's CLI does: 2 means placement
+    // failures. Help and version print and exit 0.
+    let cli = match Cli::try_parse_from(nomad_style_args()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
+    };
     let result = match cli.command {
         Command::Agent(args) => agent::run(args),
         Command::Job(cmd) => job::run(cmd),
@@ -132,9 +148,10 @@ fn main() -> ExitCode {
         Command::Node(cmd) => reads::node(cmd),
         Command::Eval(cmd) => reads::eval(cmd),
         Command::Alloc(cmd) => reads::alloc(cmd),
-        Command::Server(ServerCommand::Members) => reads::server_members(),
+        Command::Server(ServerCommand::Members { json }) => reads::server_members(json),
         Command::Operator(OperatorCommand::Raft(RaftCommand::ListPeers)) => reads::raft_peers(),
-        Command::Status => reads::status(),
+        Command::Status { json: true } => job::print_get("/v1/jobs", None),
+        Command::Status { json: false } => reads::status(),
         Command::Tls(cmd) => tls::run(cmd),
         Command::Version => {
             #[allow(clippy::print_stdout)]

@@ -281,22 +281,34 @@ pub(crate) fn alloc(cmd: AllocCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `server members`: the servers of the cluster (one in dev mode).
-pub(crate) fn server_members() -> anyhow::Result<ExitCode> {
+/// `server members`: the servers of the cluster (one in dev mode), from
+/// `/v1/agent/members`, as Nomad prints them.
+pub(crate) fn server_members(json: bool) -> anyhow::Result<ExitCode> {
     let client = ApiClient::from_env();
-    let agent = client.get("/v1/agent/self")?;
-    let leader = client.get("/v1/status/leader")?;
-    let member = &agent["member"];
-    table(
-        &["Name", "Address", "Status", "Leader", "Region"],
-        &[vec![
-            s(&member["Name"]),
-            s(&member["Addr"]),
-            s(&member["Status"]),
-            (s(&member["Addr"]) == s(&leader)).to_string(),
-            s(&member["Tags"]["region"]),
-        ]],
-    );
+    let members = client.get("/v1/agent/members")?;
+    if json {
+        return print_json(&members["Members"]);
+    }
+    let rows: Vec<Vec<String>> = members["Members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let tags = &m["Tags"];
+            vec![
+                s(&m["Name"]),
+                s(&m["Addr"]),
+                s(&m["Port"]),
+                s(&m["Status"]),
+                s(&tags["leader"]),
+                s(&tags["raft_vsn"]),
+                s(&tags["build"]),
+                s(&tags["dc"]),
+                s(&tags["region"]),
+            ]
+        })
+        .collect();
+    table(&["Name", "Address", "Port", "Status", "Leader", "Raft Version", "Build", "Datacenter", "Region"], &rows);
     Ok(ExitCode::SUCCESS)
 }
 

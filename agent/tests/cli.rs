@@ -138,11 +138,31 @@ fn dev_agent_runs_jobs_through_the_cli() {
     let (code, stdout, _) = agent.caravan(&["job", "history", "hello"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("Version     = 0"), "{stdout}");
+    // -json on the read verbs, as Nomad's.
+    for (args, check) in [
+        (&["job", "status", "-json", "hello"][..], "/ID"),
+        (&["job", "history", "-json", "hello"][..], "/0/Version"),
+        (&["job", "inspect", "-json", "hello"][..], "/Job/ID"),
+        (&["status", "-json"][..], "/0/ID"),
+        (&["server", "members", "-json"][..], "/0/Status"),
+    ] {
+        let (code, stdout, stderr) = agent.caravan(args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        let value: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(value.pointer(check).is_some(), "{args:?}: {value}");
+    }
+    let (code, stdout, _) = agent.caravan(&["server", "members"]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("Name") && stdout.contains("alive") && stdout.contains("true"), "{stdout}");
     let (code, _, stderr) = agent.caravan(&["job", "stop", "-purge", "hello"]);
     assert_eq!(code, 0, "{stderr}");
     let (code, _, stderr) = agent.caravan(&["job", "status", "nope"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("not found"), "{stderr}");
+    // A usage error exits 1, as Nomad's CLI does (2 means placement failures).
+    let (code, _, stderr) = agent.caravan(&["job", "status", "-bogus", "hello"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(agent.caravan(&["job", "--help"]).0, 0);
 }
 
 /// A service pinned to one static port: on the dev agent's one node only
@@ -229,9 +249,33 @@ fn job_actions_deployments_and_id_prefixes_through_the_cli() {
     let (code, stdout, stderr) = agent.caravan(&["job", "scale", "-detach", "pinned", "1"]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("Evaluation ID"), "{stdout}");
-    let (code, stdout, stderr) = agent.caravan(&["job", "scale", "pinned", "g", "3"]);
+    // Version 1 rolls out under a new deployment, once its eval ran; Nomad
+    // refuses to scale while a deployment is active, so fail it first.
+    let mut attempts = 0;
+    let (code, stdout, stderr) = loop {
+        let (code, stdout, stderr) = agent.caravan(&["job", "scale", "pinned", "g", "3"]);
+        attempts += 1;
+        assert!(attempts < 20, "a deployment stays active: {stderr}");
+        if code != 1 || !stderr.contains("active deployment") {
+            break (code, stdout, stderr);
+        }
+        let (_, json, _) = agent.caravan(&["deployment", "list", "-json"]);
+        let deployments: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let newest = deployments[0]["ID"].as_str().unwrap().to_string();
+        agent.caravan(&["deployment", "fail", &newest]);
+    };
     assert!(code == 0 || code == 2, "followed, with placement failures allowed: {stdout}{stderr}");
     assert!(stdout.contains("Monitoring evaluation"), "{stdout}");
+    let (code, events, stderr) = agent.caravan(&["job", "scaling-events", "-verbose", "pinned"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(events.starts_with("Task Group  Count  PrevCount  Error  Message"), "{events}");
+    let rows: Vec<&str> = events.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "two scaling requests went through: {events}");
+    assert!(rows[0].starts_with("g           3      1          false  submitted using the Caravan CLI"), "{events}");
+    assert!(!rows[0].contains('.'), "dates in whole seconds, as Nomad prints them: {events}");
+    let (_, json, _) = agent.caravan(&["job", "scaling-events", "-json", "pinned"]);
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(status["TaskGroups"]["g"]["Events"][1]["Count"], 1, "{status}");
     let (code, _, stderr) = agent.caravan(&["job", "scale", "pinned", "nope", "3"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("does not exist"), "{stderr}");

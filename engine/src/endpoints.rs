@@ -102,7 +102,7 @@ pub fn dispatch_job(
 ) -> Result<(Command, std::sync::Arc<str>), EndpointError> {
     use crate::model::PayloadMode;
     let parent = state.job(key).ok_or_else(|| EndpointError::JobNotFound(key.clone()))?;
-    let Some(config) = parent.parameterized.as_ref().filter(|_| parent.parent_id.is_none()) else {
+    let Some(config) = parent.parameterized.as_ref().filter(|_| parent.is_parameterized_parent()) else {
         return Err(EndpointError::Refused(format!("specified job {:?} is not a parameterized job", key.id)));
     };
     if parent.stop {
@@ -359,35 +359,132 @@ pub fn set_job_stability(state: &State, key: &JobKey, version: u64, stable: bool
     Ok(Command::JobStability { key: key.clone(), version, stable })
 }
 
-/// `job scale`: a new job version with the group's count changed, and its
-/// eval (Nomad's `Job.Scale`). `count` None only validates the target:
-/// Caravan keeps no scaling events, so there is nothing else to record.
+/// A scaling request (Nomad's `JobScaleRequest`), checked for shape by
+/// the caller (the HTTP edge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleRequest {
+    pub group: std::sync::Arc<str>,
+    /// The group's new count; none records an event only.
+    pub count: Option<u32>,
+    pub message: std::sync::Arc<str>,
+    /// The event reports an error (an autoscaler's); it may carry no count.
+    pub error: bool,
+    /// `Meta` as the JSON text of an object, or empty.
+    pub meta_json: std::sync::Arc<str>,
+}
+
+/// `job scale` (Nomad's `Job.Scale`): with a count, a new job version with
+/// the group's count changed and its eval (none for a periodic or
+/// parameterized job); with or without one, a scaling event for the group
+/// (the previous count, the message, the error flag, the meta and the
+/// eval), all in one command. Refused while the job's deployment is
+/// active, as Nomad refuses it.
 pub fn scale_job(
     state: &State,
     key: &JobKey,
-    group: &str,
-    count: Option<u32>,
+    request: &ScaleRequest,
     now_ns: TimeNs,
     ids: &mut IdGen,
-) -> Result<Option<Command>, EndpointError> {
+) -> Result<Command, EndpointError> {
+    use crate::model::{SCALING_EVENT_TEXT_BYTES_MAX, ScalingEvent};
+    if request.count.is_some() && request.error {
+        return Err(EndpointError::Refused("scaling action should not contain count if error is true".into()));
+    }
+    for (field, text) in [("Message", &request.message), ("Meta", &request.meta_json)] {
+        if text.len() > SCALING_EVENT_TEXT_BYTES_MAX {
+            return Err(EndpointError::Refused(format!(
+                "scaling event {field} is {} bytes, more than {SCALING_EVENT_TEXT_BYTES_MAX}",
+                text.len()
+            )));
+        }
+    }
     let current = state.job(key).ok_or_else(|| EndpointError::JobNotFound(key.clone()))?;
+    let group = &request.group;
     let Some(group_index) = current.group_index(group) else {
         return Err(EndpointError::Refused(format!(
             "task group {group:?} specified for scaling does not exist in job"
         )));
     };
-    let Some(count) = count else { return Ok(None) };
+    let previous_count = current.task_groups[group_index].count;
+    let mut event = ScalingEvent {
+        time_ns: now_ns,
+        count: request.count,
+        previous_count,
+        message: request.message.clone(),
+        error: request.error,
+        meta_json: request.meta_json.clone(),
+        eval_id: None,
+        create_index: 0,
+    };
+    let Some(count) = request.count else {
+        return Ok(Command::JobScale { key: key.clone(), group: group.clone(), job: None, eval: None, event, now_ns });
+    };
     if current.stop {
         return Err(EndpointError::Refused("job is stopped: run it again before scaling".into()));
     }
     if current.job_type.is_system_like() {
         return Err(EndpointError::Refused(format!("can't scale a {} job", current.job_type)));
     }
+    if state.latest_deployment(key).is_some_and(|d| d.status.is_active() && d.create_index >= current.create_index) {
+        return Err(EndpointError::Refused("job scaling blocked due to active deployment".into()));
+    }
     let mut job = (**current).clone();
     job.task_groups[group_index].count = count;
     validate_job(&job)?;
-    let eval = eval_for(&job, TriggeredBy::JobScaling, None, now_ns, ids);
-    Ok(Some(Command::JobRegister { job, eval: Some(eval), now_ns }))
+    let eval = (!job.is_template()).then(|| eval_for(&job, TriggeredBy::JobScaling, None, now_ns, ids));
+    event.eval_id = eval.as_ref().map(|e| e.id);
+    Ok(Command::JobScale { key: key.clone(), group: group.clone(), job: Some(job), eval, event, now_ns })
+}
+
+/// Most allocations one health request may name: the command carries
+/// every id through raft in one entry.
+pub const ALLOC_HEALTH_IDS_MAX: usize = 10_000;
+
+/// `deployment allocation-health` (Nomad's `Deployment.SetAllocHealth`,
+/// for groups with `health_check = "manual"`): the operator's decision for
+/// allocations of an active deployment, with a deployment-watcher eval so
+/// the rollout moves on (or, unhealthy, the failure is acted on). Refused
+/// for a terminal deployment, no ids, too many, an id named twice, and an
+/// allocation unknown or not part of the deployment.
+pub fn set_alloc_health(
+    state: &State,
+    id: DeploymentId,
+    healthy: Vec<AllocId>,
+    unhealthy: Vec<AllocId>,
+    now_ns: TimeNs,
+    ids: &mut IdGen,
+) -> Result<Command, EndpointError> {
+    let d = state.deployment(id).ok_or(EndpointError::DeploymentNotFound(id))?;
+    let total = healthy.len() + unhealthy.len();
+    if total == 0 {
+        return Err(EndpointError::Refused("must specify at least one healthy/unhealthy allocation ID".into()));
+    }
+    if total > ALLOC_HEALTH_IDS_MAX {
+        return Err(EndpointError::Refused(format!(
+            "{total} allocation IDs given, at most {ALLOC_HEALTH_IDS_MAX} per request"
+        )));
+    }
+    if !d.status.is_active() {
+        return Err(EndpointError::Refused(format!(
+            "can't set health of allocations for a terminal deployment (status {})",
+            d.status.as_str()
+        )));
+    }
+    let mut seen = BTreeSet::new();
+    for alloc_id in healthy.iter().chain(&unhealthy) {
+        if !seen.insert(*alloc_id) {
+            return Err(EndpointError::Refused(format!("allocation {alloc_id} is named more than once")));
+        }
+        let alloc =
+            state.alloc(*alloc_id).ok_or_else(|| EndpointError::Refused(format!("unknown alloc {alloc_id}")))?;
+        if alloc.deployment_id != Some(id) {
+            return Err(EndpointError::Refused(format!("alloc {alloc_id} is not part of deployment {id}")));
+        }
+    }
+    let job = state.job(&d.job).ok_or_else(|| EndpointError::JobNotFound(d.job.clone()))?;
+    let mut eval = eval_for(job, TriggeredBy::DeploymentWatcher, None, now_ns, ids);
+    eval.deployment_id = Some(id);
+    Ok(Command::DeploymentAllocHealth { id, healthy, unhealthy, evals: vec![eval], now_ns })
 }
 
 /// What a user may do to a deployment.

@@ -113,6 +113,19 @@ impl EventBuffer {
                 self.push(index, "DeploymentPromotion", Subject::Deployment(*id));
                 evals
             }
+            Command::JobScale { job, eval, .. } => {
+                if let Some(job) = job {
+                    self.push(index, "JobRegistered", Subject::Job(job.key()));
+                }
+                eval.as_slice()
+            }
+            Command::DeploymentAllocHealth { id, healthy, unhealthy, evals, .. } => {
+                for a in healthy.iter().chain(unhealthy) {
+                    self.push(index, "AllocationUpdated", Subject::Allocation(*a));
+                }
+                self.push(index, "DeploymentAllocHealth", Subject::Deployment(*id));
+                evals
+            }
             Command::AllocClientUpdate { updates, evals } => {
                 for u in updates {
                     self.push(index, "AllocationUpdated", Subject::Allocation(u.alloc_id));

@@ -13,7 +13,7 @@ use crate::ids::{AllocId, DeploymentId, EvalId, JobKey, NodeId};
 use crate::model::{
     AllocClientUpdate, AllocHealthReport, AllocPreemption, AllocStop, Allocation, Deployment, DeploymentStatus,
     DesiredStatus, DesiredTransition, DrainStrategy, EvalStatus, Evaluation, Job, JobStatus, Node, NodeStatus,
-    SchedulingEligibility, TimeNs,
+    ScalingEvent, SchedulingEligibility, TimeNs,
 };
 use crate::state::{SchedulerConfig, State, StateStore};
 
@@ -139,6 +139,30 @@ pub enum Command {
         forced: bool,
         now_ns: TimeNs,
     },
+    /// A scaling request (Nomad's `Job.Scale`): with a count, the job with
+    /// the group's new count and its eval; with or without, the scaling
+    /// event recorded for the group; all atomically.
+    JobScale {
+        key: JobKey,
+        #[rkyv(with = crate::model::rkyv_with::ArcStr)]
+        group: Arc<str>,
+        job: Option<Job>,
+        eval: Option<Evaluation>,
+        event: ScalingEvent,
+        now_ns: TimeNs,
+    },
+    /// An operator's health decision for allocations of a deployment
+    /// (Nomad's `Deployment.SetAllocHealth`, for `health_check =
+    /// "manual"`): it replaces any earlier decision, and the deployment
+    /// settles from it as from a client's report, with the eval that lets
+    /// the rollout go on.
+    DeploymentAllocHealth {
+        id: DeploymentId,
+        healthy: Vec<AllocId>,
+        unhealthy: Vec<AllocId>,
+        evals: Vec<Evaluation>,
+        now_ns: TimeNs,
+    },
 }
 
 /// A command referred to something that does not exist; nothing was changed.
@@ -154,6 +178,10 @@ pub enum ApplyError {
     DeploymentNotFound(DeploymentId),
     #[error("job {0} is not an active periodic job")]
     NotPeriodic(JobKey),
+    #[error("allocation {0} not found")]
+    AllocNotFound(AllocId),
+    #[error("allocation {alloc} is not part of deployment {deployment}")]
+    AllocNotInDeployment { alloc: AllocId, deployment: DeploymentId },
     #[error("periodic job {key} already launched at {recorded_ns} ns, not after {launch_ns} ns")]
     PeriodicLaunchedAlready { key: JobKey, recorded_ns: TimeNs, launch_ns: TimeNs },
 }
@@ -371,6 +399,40 @@ fn apply_command(state: &mut State, index: u64, command: &Command, out: &mut App
             }
             // A resumed deployment whose allocations are all healthy is done.
             refresh_deployment_status(state, index, &key);
+            upsert_evals(state, index, evals.iter(), out);
+        }
+        Command::JobScale { key, group, job, eval, event, now_ns } => {
+            if state.job(key).is_none() {
+                return Err(ApplyError::JobNotFound(key.clone()));
+            }
+            if let Some(job) = job {
+                register_job(state, index, job, *now_ns);
+            }
+            state.put_scaling_event(index, key, group, event.clone());
+            upsert_evals(state, index, eval.iter(), out);
+        }
+        Command::DeploymentAllocHealth { id, healthy, unhealthy, evals, now_ns } => {
+            let d = state.deployment(*id).cloned().ok_or(ApplyError::DeploymentNotFound(*id))?;
+            let decisions = healthy.iter().map(|a| (*a, true)).chain(unhealthy.iter().map(|a| (*a, false)));
+            for (alloc_id, is_healthy) in decisions {
+                let existing = state.alloc(alloc_id).cloned().ok_or(ApplyError::AllocNotFound(alloc_id))?;
+                if existing.deployment_id != Some(*id) {
+                    return Err(ApplyError::AllocNotInDeployment { alloc: alloc_id, deployment: *id });
+                }
+                let mut alloc = (*existing).clone();
+                let status = alloc.deployment_status.get_or_insert_with(Default::default);
+                status.healthy = Some(is_healthy);
+                status.timestamp_ns = *now_ns;
+                status.modify_index = index;
+                alloc.modify_index = index;
+                let group = alloc.group().name.clone();
+                state.put_alloc(index, Arc::new(alloc));
+                out.allocs_written += 1;
+                if is_healthy {
+                    note_progress(state, index, *id, &group, *now_ns);
+                }
+            }
+            refresh_deployment_status(state, index, &d.job);
             upsert_evals(state, index, evals.iter(), out);
         }
         Command::DeploymentPromote { id, groups, evals, now_ns } => {

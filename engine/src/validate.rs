@@ -149,10 +149,9 @@ pub fn validate_job(job: &Job) -> Result<(), ValidationError> {
                 format!("periodic can only be used with batch or sysbatch jobs, not {}", job.job_type),
             );
         }
-        if job.parameterized.is_some() {
-            p.push("periodic: ", "a job cannot be both periodic and parameterized in Caravan");
-        }
-        if job.parent_id.is_some() {
+        // Both periodic and parameterized is allowed, as in Nomad: each
+        // dispatched child is a periodic job.
+        if job.parent_id.is_some() && !job.is_dispatched() {
             p.push("periodic: ", "a child job cannot be periodic");
         }
         for problem in crate::periodic::periodic_problems(periodic) {

@@ -214,20 +214,54 @@ fn revert_stability_scale_and_purge() {
     assert!(c.fsm.apply(before.index() + 1, &missing).is_err());
     assert_eq!(c.snapshot().job_versions(&key), before.job_versions(&key));
 
-    // Scale: a new version with the count, and a job-scaling eval.
-    let scale = endpoints::scale_job(&c.snapshot(), &key, "g", Some(3), 0, &mut ids).unwrap().unwrap();
-    let Command::JobRegister { eval: Some(eval), .. } = &scale else { panic!("scale registers: {scale:?}") };
+    // Scale: refused while the job's deployment is active, as in Nomad.
+    let request = |count: Option<u32>, group: &str| endpoints::ScaleRequest {
+        group: group.into(),
+        count,
+        message: "more".into(),
+        error: false,
+        meta_json: "".into(),
+    };
+    let active = c.snapshot().latest_deployment(&key).unwrap().clone();
+    assert!(active.status.is_active());
+    assert!(matches!(
+        endpoints::scale_job(&c.snapshot(), &key, &request(Some(3), "g"), 0, &mut ids),
+        Err(EndpointError::Refused(reason)) if reason.contains("active deployment")
+    ));
+    let fail = endpoints::update_deployment(&c.snapshot(), active.id, DeploymentAction::Fail, 0, &mut ids).unwrap();
+    c.commit(fail);
+
+    // Then a new version with the count, a job-scaling eval, and the event.
+    let scale = endpoints::scale_job(&c.snapshot(), &key, &request(Some(3), "g"), 5, &mut ids).unwrap();
+    let Command::JobScale { eval: Some(eval), event, .. } = &scale else { panic!("scale registers: {scale:?}") };
     assert_eq!(eval.triggered_by, TriggeredBy::JobScaling);
+    assert_eq!((event.count, event.previous_count, event.eval_id), (Some(3), 1, Some(eval.id)));
     let eval = eval.clone();
     c.commit(scale);
     c.process(&eval);
     assert_eq!(c.snapshot().job(&key).unwrap().task_groups[0].count, 3);
     assert_eq!(c.live_allocs(&key), 3);
     assert!(matches!(
-        endpoints::scale_job(&c.snapshot(), &key, "nope", Some(1), 0, &mut ids),
+        endpoints::scale_job(&c.snapshot(), &key, &request(Some(1), "nope"), 0, &mut ids),
         Err(EndpointError::Refused(_))
     ));
-    assert!(endpoints::scale_job(&c.snapshot(), &key, "g", None, 0, &mut ids).unwrap().is_none());
+    // An error event carries no count and changes no count.
+    let mut report = request(None, "g");
+    report.error = true;
+    let mut bad = report.clone();
+    bad.count = Some(2);
+    assert!(matches!(endpoints::scale_job(&c.snapshot(), &key, &bad, 0, &mut ids), Err(EndpointError::Refused(_))));
+    let version = c.snapshot().job(&key).unwrap().version;
+    let only_event = endpoints::scale_job(&c.snapshot(), &key, &report, 6, &mut ids).unwrap();
+    assert!(matches!(&only_event, Command::JobScale { job: None, eval: None, .. }));
+    c.commit(only_event);
+    let snap = c.snapshot();
+    assert_eq!(snap.job(&key).unwrap().version, version);
+    let events = snap.scaling_events(&key).unwrap().group("g").to_vec();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events[0].error && events[0].count.is_none() && events[0].previous_count == 3, "newest first");
+    assert_eq!(events[1].count, Some(3));
+    assert!(events[0].create_index > events[1].create_index);
 
     // Purge a node: its allocations are lost and replaced elsewhere.
     let snap = c.snapshot();
@@ -242,6 +276,14 @@ fn revert_stability_scale_and_purge() {
     assert!(snap.node(victim.node_id).is_none());
     assert_eq!(snap.alloc(victim.id).unwrap().client_status, ClientStatus::Lost);
     assert_eq!(c.live_allocs(&key), 3);
+
+    // Scaling events are bounded per group, and go with a purged job.
+    for _ in 0..SCALING_EVENTS_KEPT + 5 {
+        c.commit(endpoints::scale_job(&c.snapshot(), &key, &report, 7, &mut ids).unwrap());
+    }
+    assert_eq!(c.snapshot().scaling_events(&key).unwrap().group("g").len(), SCALING_EVENTS_KEPT);
+    c.commit(Command::JobDeregister { key: key.clone(), purge: true, eval: None, now_ns: 8 });
+    assert!(c.snapshot().scaling_events(&key).is_none());
 }
 
 /// The state's per-deployment health tally, recounted from the allocations.

@@ -151,19 +151,47 @@ fn scale_and_scale_status() {
         (json!({"Count": 3, "Target": {"Group": 7}}), 400, "Target.Group"),
         (json!({"Count": 5000000000u64, "Target": {"Group": "g"}}), 400, "too large"),
         (json!({"Count": 3, "Target": {"Group": "g"}, "Message": 1}), 400, "Message"),
+        (json!({"Count": 3, "Target": {"Group": "g"}, "Error": true}), 400, "should not contain count"),
+        (json!({"Target": {"Group": "g"}, "Error": "yes"}), 400, "Error"),
+        (json!({"Target": {"Group": "g"}, "Meta": ["a"]}), 400, "Meta"),
+        (json!({"Target": {"Group": "g", "Job": "other"}}), 400, "did not match"),
+        (json!({"Target": "g"}), 400, "Target"),
+        (json!({"Target": {"Group": "g"}, "Message": "x".repeat(20_000)}), 400, "Message"),
     ] {
         refused(&post(addr, "/v1/job/team/web/scale", body), status, reason);
     }
     refused(&post(addr, "/v1/job/nope/scale", json!({"Count": 3, "Target": {"Group": "g"}})), 404, "not found");
     assert_eq!(job(addr, "team/web")["Version"], 0, "refusals change nothing");
+    let status = call(addr, "GET", "/v1/job/team/web/scale", b"").json();
+    assert_eq!(status["TaskGroups"]["g"]["Events"], json!([]), "refusals record no event");
 
-    // No count: only the target is checked; nothing is written.
+    // No count: an event is recorded; the job is not written.
     let r = post(addr, "/v1/job/team/web/scale", json!({"Target": {"Group": "g"}, "Message": "just checking"}));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["EvalID"], "");
     assert_eq!(job(addr, "team/web")["Version"], 0);
 
-    let r = post(addr, "/v1/job/team/web/scale", json!({"Count": 3, "Target": {"Group": "g"}, "Message": "more"}));
+    // A count while the job's first deployment runs is refused, as Nomad
+    // refuses it; once its allocations are healthy the deployment is done.
+    refused(
+        &post(addr, "/v1/job/team/web/scale", json!({"Count": 3, "Target": {"Group": "g"}})),
+        400,
+        "active deployment",
+    );
+    report_running(&server, addr, "team/web");
+    assert_eq!(call(addr, "GET", "/v1/job/team/web/deployment", b"").json()["Status"], "successful");
+    refused(
+        &post(addr, "/v1/job/team/web/scale", json!({"Count": 3, "Target": {"Group": "g"}, "JobModifyIndex": 999})),
+        400,
+        "conflicting job modify index",
+    );
+
+    let meta = json!({"reason": "cpu", "policy": {"target": 70}});
+    let r = post(
+        addr,
+        "/v1/job/team/web/scale",
+        json!({"Count": 3, "Target": {"Group": "g", "Job": "team/web"}, "Message": "more", "Meta": meta}),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let eval_id = r.json()["EvalID"].as_str().unwrap().to_string();
     idle(&server);
@@ -174,6 +202,11 @@ fn scale_and_scale_status() {
     assert_eq!(eval["TriggeredBy"], "job-scaling");
     assert_eq!(eval["Status"], "complete");
 
+    // An error event (an autoscaler's) carries no count and changes none.
+    let r = post(addr, "/v1/job/team/web/scale", json!({"Target": {"Group": "g"}, "Error": true, "Message": "boom"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["EvalID"], "");
+
     report_running(&server, addr, "team/web");
     let status = call(addr, "GET", "/v1/job/team/web/scale", b"");
     assert_eq!(status.status, 200, "{}", status.body);
@@ -182,6 +215,21 @@ fn scale_and_scale_status() {
     assert_eq!(status["JobStopped"], false);
     let g = &status["TaskGroups"]["g"];
     assert_eq!((g["Desired"].as_u64(), g["Placed"].as_u64(), g["Running"].as_u64()), (Some(3), Some(3), Some(3)));
+    assert_eq!((g["Healthy"].as_u64(), g["Unhealthy"].as_u64()), (Some(3), Some(0)));
+    let events = g["Events"].as_array().unwrap();
+    assert_eq!(events.len(), 3, "{events:?}");
+    let (error, scaled_up, checked) = (&events[0], &events[1], &events[2]);
+    assert_eq!((error["Error"].as_bool(), error["Count"].is_null()), (Some(true), true), "newest first: {error}");
+    assert_eq!((error["PreviousCount"].as_u64(), error["Message"].as_str()), (Some(3), Some("boom")));
+    assert!(error["EvalID"].is_null() && error["Meta"].is_null(), "{error}");
+    assert_eq!((scaled_up["Count"].as_u64(), scaled_up["PreviousCount"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(scaled_up["EvalID"], eval_id.as_str());
+    assert_eq!(scaled_up["Meta"], meta);
+    assert_eq!((scaled_up["Message"].as_str(), scaled_up["Error"].as_bool()), (Some("more"), Some(false)));
+    assert!(scaled_up["Time"].as_u64().unwrap() > 1_600_000_000_000_000_000, "unix nanoseconds: {scaled_up}");
+    assert!(checked["Count"].is_null() && checked["Message"] == "just checking", "{checked}");
+    let created: Vec<u64> = events.iter().map(|e| e["CreateIndex"].as_u64().unwrap()).collect();
+    assert!(created.windows(2).all(|w| w[0] > w[1]), "{created:?}");
     assert_eq!(call(addr, "GET", "/v1/job/nope/scale", b"").status, 404);
 
     // Allocation short ids (the first 8 characters) differ within a job.
@@ -506,4 +554,134 @@ fn bad_periodic_blocks_are_refused_with_the_reason_and_store_nothing() {
     refused(&post(addr, "/v1/jobs", service), 400, "periodic can only be used with batch or sysbatch jobs");
     assert_eq!(server.cluster.store.latest_index(), before, "nothing written");
     assert_eq!(call(addr, "GET", "/v1/job/bad", b"").status, 404);
+}
+
+/// A service job whose group leaves health to the operator.
+fn manual_health_job(id: &str, meta: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"Job": {"ID": id, "Type": "service", "Meta": {"m": meta}, "TaskGroups": [
+        {"Name": "g", "Count": 2, "Update": {"HealthCheck": "manual", "MaxParallel": 2}, "Tasks": [{"Name": "t",
+            "Driver": "raw_exec", "Config": {"command": "/bin/sleep", "args": ["60"]},
+            "Resources": {"CPU": 100, "MemoryMB": 64}}]}
+    ]}}))
+    .unwrap()
+}
+
+fn alloc_ids_of(addr: SocketAddr, deployment: &str) -> Vec<String> {
+    let allocs = call(addr, "GET", &format!("/v1/deployment/allocations/{deployment}"), b"").json();
+    allocs.as_array().unwrap().iter().map(|a| a["ID"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn manual_allocation_health_settles_a_deployment() {
+    let (addr, server) = start();
+    assert_eq!(call(addr, "PUT", "/v1/jobs", &manual_health_job("web", "a")).status, 200);
+    assert_eq!(call(addr, "PUT", "/v1/jobs", &service_job("other", 1, "a")).status, 200);
+    idle(&server);
+    let d = call(addr, "GET", "/v1/job/web/deployment", b"").json();
+    let id = d["ID"].as_str().unwrap().to_string();
+    let allocs = alloc_ids_of(addr, &id);
+    assert_eq!(allocs.len(), 2);
+    let other_id = call(addr, "GET", "/v1/job/other/deployment", b"").json()["ID"].as_str().unwrap().to_string();
+    let foreign = alloc_ids_of(addr, &other_id)[0].clone();
+    let path = format!("/v1/deployment/allocation-health/{id}");
+
+    // Refusals: each a 400 with the reason, and nothing recorded.
+    let unknown_alloc = "0a1b2c3d-0000-4000-8000-000000000000";
+    for (body, reason) in [
+        (json!({}), "at least one"),
+        (json!({"HealthyAllocationIDs": []}), "at least one"),
+        (json!({"HealthyAllocationIDs": [unknown_alloc]}), "unknown alloc"),
+        (json!({"HealthyAllocationIDs": [&allocs[0], &foreign]}), "not part of deployment"),
+        (json!({"HealthyAllocationIDs": [&allocs[0]], "UnhealthyAllocationIDs": [&allocs[0]]}), "more than once"),
+        (json!({"HealthyAllocationIDs": [&allocs[0][..8]]}), "full allocation IDs"),
+        (json!({"HealthyAllocationIDs": "all"}), "HealthyAllocationIDs"),
+        (json!({"UnhealthyAllocationIDs": [7]}), "UnhealthyAllocationIDs"),
+    ] {
+        refused(&post(addr, &path, body), 400, reason);
+    }
+    refused(&call(addr, "POST", &path, b"[1,"), 400, "invalid JSON");
+    refused(
+        &post(addr, &format!("/v1/deployment/allocation-health/{unknown_alloc}"), json!({"HealthyAllocationIDs": []})),
+        404,
+        "not found",
+    );
+    for a in &allocs {
+        let full = call(addr, "GET", &format!("/v1/allocation/{a}"), b"").json();
+        assert!(full["DeploymentStatus"]["Healthy"].is_null(), "{}", full["DeploymentStatus"]);
+    }
+
+    // One healthy: the deployment waits for the other.
+    let r = post(addr, &path, json!({"HealthyAllocationIDs": [&allocs[0]]}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let reply = r.json();
+    let eval_id = reply["EvalID"].as_str().unwrap().to_string();
+    assert!(!eval_id.is_empty(), "{reply}");
+    assert_eq!(reply["DeploymentModifyIndex"].as_u64(), Some(r.index()));
+    let eval = call(addr, "GET", &format!("/v1/evaluation/{eval_id}"), b"").json();
+    assert_eq!((eval["TriggeredBy"].as_str(), eval["DeploymentID"].as_str()), (Some("deployment-watcher"), Some(&*id)));
+    let full = call(addr, "GET", &format!("/v1/allocation/{}", allocs[0]), b"").json();
+    assert_eq!(full["DeploymentStatus"]["Healthy"], true, "{}", full["DeploymentStatus"]);
+    let d = call(addr, "GET", &format!("/v1/deployment/{id}"), b"").json();
+    assert_eq!((d["Status"].as_str(), d["TaskGroups"]["g"]["HealthyAllocs"].as_u64()), (Some("running"), Some(1)));
+
+    // Both: the deployment succeeds and its version is stable.
+    let r = post(addr, &path, json!({"HealthyAllocationIDs": allocs}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let d = call(addr, "GET", &format!("/v1/deployment/{id}"), b"").json();
+    assert_eq!((d["Status"].as_str(), d["TaskGroups"]["g"]["HealthyAllocs"].as_u64()), (Some("successful"), Some(2)));
+    assert_eq!(job(addr, "web")["Stable"], true);
+    refused(&post(addr, &path, json!({"HealthyAllocationIDs": [&allocs[0]]})), 400, "terminal deployment");
+    idle(&server);
+
+    // A new version; one allocation marked unhealthy fails its deployment.
+    assert_eq!(call(addr, "PUT", "/v1/jobs", &manual_health_job("web", "b")).status, 200);
+    idle(&server);
+    let d2 = call(addr, "GET", "/v1/job/web/deployment", b"").json();
+    let id2 = d2["ID"].as_str().unwrap().to_string();
+    assert_ne!(id2, id);
+    let allocs2 = alloc_ids_of(addr, &id2);
+    assert!(!allocs2.is_empty());
+    // Field names match case-insensitively, as Go decodes them (python-nomad relies on it).
+    let r = post(
+        addr,
+        &format!("/v1/deployment/allocation-health/{id2}"),
+        json!({"UnHealthyAllocationIDs": [&allocs2[0]]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let d2 = call(addr, "GET", &format!("/v1/deployment/{id2}"), b"").json();
+    assert_eq!(d2["Status"], "failed", "{d2}");
+    assert_eq!(d2["TaskGroups"]["g"]["UnhealthyAllocs"], 1);
+    idle(&server);
+}
+
+/// As in Nomad: a job both periodic and parameterized is a template that
+/// launches nothing itself; each child dispatched from it is a periodic
+/// job, which launches its own children.
+#[test]
+fn a_periodic_parameterized_job_dispatches_periodic_children() {
+    let (addr, server) = start();
+    let mut spec = periodic_job("nightly", json!({"Spec": "0 0 1 1 * 2099"}));
+    spec["Job"]["ParameterizedJob"] = json!({"Payload": "optional", "MetaOptional": ["region"]});
+    let r = post(addr, "/v1/jobs", spec);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["EvalID"], "", "a template is not evaluated");
+    refused(&post(addr, "/v1/job/nightly/periodic/force", json!({})), 400, "nightly");
+
+    let r = post(addr, "/v1/job/nightly/dispatch", json!({"Meta": {"region": "eu"}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let reply = r.json();
+    let child = reply["DispatchedJobID"].as_str().unwrap().to_string();
+    assert_eq!(reply["EvalID"], "", "a periodic child is not evaluated itself: {reply}");
+    let c = job(addr, &child);
+    assert_eq!((c["ParentID"].as_str(), c["Meta"]["region"].as_str()), (Some("nightly"), Some("eu")));
+    assert_eq!(c["Periodic"]["Spec"], "0 0 1 1 * 2099");
+    assert_eq!(call(addr, "GET", &format!("/v1/job/{child}/allocations"), b"").json(), json!([]));
+
+    // The child launches its own children.
+    let r = post(addr, &format!("/v1/job/{child}/periodic/force"), json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    idle(&server);
+    let jobs = call(addr, "GET", &format!("/v1/jobs?prefix={child}/periodic-"), b"").json();
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs}");
+    assert_eq!(jobs[0]["ParentID"], child.as_str());
 }

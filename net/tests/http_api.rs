@@ -115,8 +115,15 @@ fn bad_input_is_refused_with_a_reason_and_stores_nothing() {
         assert!(r.body.contains(needle), "{method} {path}: {}", r.body);
     }
     let huge = vec![b' '; caravan_net::api::BODY_BYTES_MAX + 1];
-    assert_eq!(call(addr, "PUT", "/v1/jobs", &huge).status, 413);
+    let r = call(addr, "PUT", "/v1/jobs", &huge);
+    assert_eq!(r.status, 413);
+    assert!(r.body.contains("limit"), "413 says why: {:?}", r.body);
     assert_eq!(call(addr, "GET", "/v1/no/such/path", b"").status, 404);
+    for (method, path) in [("DELETE", "/v1/jobs"), ("PATCH", "/v1/job/x"), ("POST", "/v1/agent/members")] {
+        let r = call(addr, method, path, b"");
+        assert_eq!(r.status, 405, "{method} {path}: {}", r.body);
+        assert!(r.body.contains("not allowed"), "{method} {path}: {:?}", r.body);
+    }
     assert_eq!(call(addr, "GET", "/v1/jobs", b"").json().as_array().unwrap().len(), 0, "nothing stored");
 }
 
@@ -197,10 +204,44 @@ fn parse_plan_evaluate_drain_and_scheduler_config() {
     let config = call(addr, "GET", "/v1/operator/scheduler/configuration", b"").json();
     assert_eq!(config["SchedulerConfig"]["SchedulerAlgorithm"], "spread");
     assert_eq!(config["SchedulerConfig"]["PreemptionConfig"]["ServiceSchedulerEnabled"], true);
+    // Nomad replaces the whole configuration: a flag left out is false.
+    assert_eq!(config["SchedulerConfig"]["PreemptionConfig"]["SystemSchedulerEnabled"], false);
+    let modify_index = config["SchedulerConfig"]["ModifyIndex"].as_u64().unwrap();
+    for (body, reason) in [
+        (serde_json::json!({"SchedulerAlgorithm": "fastest"}), "invalid scheduler algorithm"),
+        (serde_json::json!({"SchedulerAlgorithm": 1}), "invalid scheduler algorithm"),
+        (
+            serde_json::json!({"PreemptionConfig": {"BatchSchedulerEnabled": "yes"}}),
+            "PreemptionConfig.BatchSchedulerEnabled",
+        ),
+        (serde_json::json!({"PreemptionConfig": []}), "PreemptionConfig"),
+        (serde_json::json!({"MemoryOversubscriptionEnabled": 1}), "MemoryOversubscriptionEnabled"),
+        (serde_json::json!(["spread"]), "object"),
+    ] {
+        let r = call(addr, "PUT", "/v1/operator/scheduler/configuration", body.to_string().as_bytes());
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert!(r.body.contains(reason), "{body}: {}", r.body);
+    }
+    // Check-and-set: a stale index writes nothing; the current one writes.
+    let batch =
+        serde_json::json!({"SchedulerAlgorithm": "spread", "PreemptionConfig": {"BatchSchedulerEnabled": true}});
+    let stale = call(addr, "PUT", "/v1/operator/scheduler/configuration?cas=1", batch.to_string().as_bytes());
+    assert_eq!((stale.status, stale.json()["Updated"].as_bool()), (200, Some(false)), "{}", stale.body);
+    let path = format!("/v1/operator/scheduler/configuration?cas={modify_index}");
+    let fresh = call(addr, "PUT", &path, batch.to_string().as_bytes());
+    assert_eq!((fresh.status, fresh.json()["Updated"].as_bool()), (200, Some(true)), "{}", fresh.body);
+    let config = call(addr, "GET", "/v1/operator/scheduler/configuration", b"").json();
+    let preemption = &config["SchedulerConfig"]["PreemptionConfig"];
     assert_eq!(
-        config["SchedulerConfig"]["PreemptionConfig"]["SystemSchedulerEnabled"], true,
-        "unchanged fields keep their values"
+        (preemption["BatchSchedulerEnabled"].as_bool(), preemption["ServiceSchedulerEnabled"].as_bool()),
+        (Some(true), Some(false))
     );
+    // A blocking read returns once the configuration changes past the index.
+    let index = config["Index"].as_u64().unwrap();
+    let started = std::time::Instant::now();
+    let r = call(addr, "GET", &format!("/v1/operator/scheduler/configuration?index={index}&wait=300ms"), b"");
+    assert_eq!(r.status, 200);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250), "it waited for a change");
 }
 
 #[test]
@@ -228,4 +269,21 @@ fn event_stream_delivers_job_registered() {
     assert_eq!(writer.join().unwrap().status, 200);
     let bad = call(addr, "GET", "/v1/event/stream?topic=Bogus", b"");
     assert_eq!(bad.status, 400);
+}
+
+#[test]
+fn agent_members_lists_the_servers() {
+    let (addr, _server) = start();
+    let r = call(addr, "GET", "/v1/agent/members", b"");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = r.json();
+    assert_eq!((m["ServerRegion"].as_str(), m["ServerDC"].as_str()), (Some("global"), Some("dc1")));
+    let members = m["Members"].as_array().unwrap();
+    assert_eq!(members.len(), 1, "{m}");
+    let me = &members[0];
+    assert_eq!((me["Status"].as_str(), me["Tags"]["role"].as_str()), (Some("alive"), Some("nomad")), "{me}");
+    assert_eq!(me["Name"], m["ServerName"]);
+    assert!(me["Port"].as_u64().is_some() && me["Addr"].as_str().is_some(), "{me}");
+    let servers = call(addr, "GET", "/v1/agent/servers", b"").json();
+    assert_eq!(servers.as_array().map(Vec::len), Some(1), "{servers}");
 }

@@ -575,15 +575,28 @@ impl Job {
         self.parameterized.is_some() && self.parent_id.is_none()
     }
 
-    /// A periodic job itself (its launched children carry no `periodic`).
-    pub fn is_periodic_parent(&self) -> bool {
-        self.periodic.is_some() && self.parent_id.is_none()
+    /// A child dispatched from a parameterized job (Nomad's `Dispatched`):
+    /// it keeps its parent's `parameterized` block.
+    pub fn is_dispatched(&self) -> bool {
+        self.parameterized.is_some() && self.parent_id.is_some()
     }
 
-    /// A periodic job the leader launches children of now: enabled and
-    /// not stopped (Nomad's `IsPeriodicActive`).
+    /// A periodic job itself: registered, or dispatched from a job both
+    /// periodic and parameterized (its launched children carry no
+    /// `periodic`).
+    pub fn is_periodic_parent(&self) -> bool {
+        self.periodic.is_some() && (self.parent_id.is_none() || self.is_dispatched())
+    }
+
+    /// A periodic job the leader launches children of now: enabled, not
+    /// stopped, and not a parameterized template (Nomad's
+    /// `IsPeriodicActive`: a job both periodic and parameterized launches
+    /// nothing itself; each child dispatched from it is periodic).
     pub fn is_periodic_active(&self) -> bool {
-        self.is_periodic_parent() && !self.stop && self.periodic.as_ref().is_some_and(|p| p.enabled)
+        self.is_periodic_parent()
+            && !self.is_parameterized_parent()
+            && !self.stop
+            && self.periodic.as_ref().is_some_and(|p| p.enabled)
     }
 
     /// A parameterized or periodic job: a template that only runs as its
@@ -622,5 +635,73 @@ impl Job {
         a.modify_index = other.modify_index;
         a.job_modify_index = other.job_modify_index;
         a != *other
+    }
+}
+
+/// Scaling events kept per task group (Nomad's `JobTrackedScalingEvents`):
+/// enough to see an autoscaler's recent decisions; older ones are dropped.
+pub const SCALING_EVENTS_KEPT: usize = 20;
+
+/// The longest `Message` or `Meta` (as JSON text) a scaling event records:
+/// each of the 20 kept events of every group travels in every snapshot,
+/// so one request may not make that history large.
+pub const SCALING_EVENT_TEXT_BYTES_MAX: usize = 16 * 1024;
+
+/// One scaling request as recorded (Nomad's `ScalingEvent`): the count it
+/// set (none for an event that only reports, such as an autoscaler's
+/// error), the count before, and the eval it created.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ScalingEvent {
+    pub time_ns: TimeNs,
+    pub count: Option<u32>,
+    pub previous_count: u32,
+    #[rkyv(with = ArcStr)]
+    pub message: Arc<str>,
+    pub error: bool,
+    /// `Meta` (Nomad's `map[string]any`) as the JSON text of an object, or
+    /// empty for none: the engine carries it, `net` reads and writes it.
+    #[rkyv(with = ArcStr)]
+    pub meta_json: Arc<str>,
+    pub eval_id: Option<crate::ids::EvalId>,
+    /// The index that recorded it (set by the FSM).
+    pub create_index: u64,
+}
+
+/// One task group's scaling events, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct GroupScalingEvents {
+    #[rkyv(with = ArcStr)]
+    pub group: Arc<str>,
+    pub events: Vec<ScalingEvent>,
+}
+
+/// A job's scaling events (Nomad's `JobScalingEvents`): per task group, in
+/// group name order, each at most [`SCALING_EVENTS_KEPT`], newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct JobScalingEvents {
+    pub groups: Vec<GroupScalingEvents>,
+    pub modify_index: u64,
+}
+
+impl JobScalingEvents {
+    /// The group's events, newest first (empty when it has none).
+    pub fn group(&self, name: &str) -> &[ScalingEvent] {
+        self.groups.iter().find(|g| &*g.group == name).map_or(&[], |g| &g.events)
+    }
+
+    /// Record `event` as the group's newest, dropping the oldest beyond
+    /// [`SCALING_EVENTS_KEPT`].
+    pub fn push(&mut self, group: &str, event: ScalingEvent) {
+        let at = match self.groups.binary_search_by(|g| (*g.group).cmp(group)) {
+            Ok(at) => at,
+            Err(at) => {
+                self.groups.insert(at, GroupScalingEvents { group: group.into(), events: Vec::new() });
+                at
+            }
+        };
+        let events = &mut self.groups[at].events;
+        events.insert(0, event);
+        events.truncate(SCALING_EVENTS_KEPT);
+        assert!(events.len() <= SCALING_EVENTS_KEPT);
     }
 }

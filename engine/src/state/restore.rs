@@ -14,7 +14,8 @@
 //! 5. evaluations in [`State::evals`] order, then each job's list order
 //!    ([`StateBuilder::order_job_evals`]);
 //! 6. deployments in [`State::deployments`] order, the scheduler config;
-//! 7. periodic launch records ([`State::periodic_launches`]).
+//! 7. periodic launch records ([`State::periodic_launches`]);
+//! 8. scaling events ([`State::all_scaling_events`]).
 //!
 //! Hash tables iterate in an order that depends on insertion history, and
 //! the scheduler reads some of them in iteration order; inserting in the
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use super::tables::TABLE_COUNT;
 use super::{SchedulerConfig, State};
 use crate::ids::{AllocId, DeploymentId, EvalId, JobKey, NodeId};
-use crate::model::{Allocation, Deployment, Evaluation, Job, Node, PeriodicLaunch};
+use crate::model::{Allocation, Deployment, Evaluation, Job, JobScalingEvents, Node, PeriodicLaunch};
 
 /// One job's records: its current version and the versions kept, oldest
 /// first as stored.
@@ -84,6 +85,8 @@ pub enum RestoreError {
     DuplicateDeployment(DeploymentId),
     #[error("periodic launch of job {0} restored twice")]
     DuplicatePeriodicLaunch(JobKey),
+    #[error("scaling events of job {0} restored twice")]
+    DuplicateScalingEvents(JobKey),
 }
 
 /// Rebuilds a [`State`] from a full snapshot through the FSM's own write
@@ -191,6 +194,15 @@ impl StateBuilder {
             Ok(())
         } else {
             Err(RestoreError::DuplicatePeriodicLaunch(key))
+        }
+    }
+
+    /// A job's scaling events as stored, indexes included.
+    pub fn put_scaling_events(&mut self, key: JobKey, events: Arc<JobScalingEvents>) -> Result<(), RestoreError> {
+        if self.state.restore_scaling_events(key.clone(), events) {
+            Ok(())
+        } else {
+            Err(RestoreError::DuplicateScalingEvents(key))
         }
     }
 

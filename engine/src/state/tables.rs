@@ -6,7 +6,9 @@ use imbl::{GenericHashMap, OrdMap, Vector};
 use super::usage::NodeUsage;
 use crate::ids::{AllocId, DeploymentId, EvalId, IdBuildHasher, JobKey, NodeId};
 use crate::intern::Sym;
-use crate::model::{Allocation, Deployment, Evaluation, Job, JobType, Node, PeriodicLaunch};
+use crate::model::{
+    Allocation, Deployment, Evaluation, Job, JobScalingEvents, JobType, Node, PeriodicLaunch, ScalingEvent,
+};
 
 // Every hashed table uses the deterministic id hasher, so iteration order is
 // the same on every server and every run.
@@ -115,6 +117,9 @@ pub struct State {
     scheduler_config: Arc<SchedulerConfig>,
     /// Each periodic job's last launch (see [`PeriodicLaunch`]).
     periodic_launches: OrdMap<JobKey, PeriodicLaunch>,
+    /// Each job's recent scaling events (see [`JobScalingEvents`]); gone
+    /// with the job.
+    scaling_events: OrdMap<JobKey, Arc<JobScalingEvents>>,
     /// Nodes ready for placement, in id order, computed on first use after
     /// any node write and shared by every snapshot until the next one.
     ready_nodes: Arc<OnceLock<Arc<Vec<Arc<Node>>>>>,
@@ -266,6 +271,21 @@ impl State {
 
     pub fn periodic_launch_count(&self) -> usize {
         self.periodic_launches.len()
+    }
+
+    /// A job's recent scaling events, per task group.
+    pub fn scaling_events(&self, key: &JobKey) -> Option<&Arc<JobScalingEvents>> {
+        self.scaling_events.get(key)
+    }
+
+    /// Every job's scaling events, in job key order.
+    pub fn all_scaling_events(&self) -> impl Iterator<Item = (&JobKey, &Arc<JobScalingEvents>)> + '_ {
+        self.scaling_events.iter()
+    }
+
+    /// Jobs with scaling events.
+    pub fn scaling_events_count(&self) -> usize {
+        self.scaling_events.len()
     }
 
     pub fn job_count(&self) -> usize {
@@ -489,6 +509,7 @@ impl State {
 
     pub(crate) fn remove_job(&mut self, index: u64, key: &JobKey) -> Option<Arc<Job>> {
         self.job_versions.remove(key);
+        self.scaling_events.remove(key);
         let removed = self.jobs.remove(key);
         self.touch(Table::Jobs, index);
         removed
@@ -506,6 +527,16 @@ impl State {
             None => PeriodicLaunch { launch_ns, create_index: index, modify_index: index },
         };
         self.periodic_launches.insert(key.clone(), record);
+        self.touch(Table::Jobs, index);
+    }
+
+    /// Record a scaling event of the job's group at `index`, as its newest.
+    pub(crate) fn put_scaling_event(&mut self, index: u64, key: &JobKey, group: &str, mut event: ScalingEvent) {
+        event.create_index = index;
+        let mut events = self.scaling_events.get(key).map(|e| (**e).clone()).unwrap_or_default();
+        events.modify_index = index;
+        events.push(group, event);
+        self.scaling_events.insert(key.clone(), Arc::new(events));
         self.touch(Table::Jobs, index);
     }
 
@@ -813,6 +844,11 @@ impl State {
     /// A periodic launch record as stored, its indexes included.
     pub(super) fn restore_periodic_launch(&mut self, key: JobKey, launch: PeriodicLaunch) -> bool {
         self.periodic_launches.insert(key, launch).is_none()
+    }
+
+    /// A job's scaling events as stored, indexes included.
+    pub(super) fn restore_scaling_events(&mut self, key: JobKey, events: Arc<JobScalingEvents>) -> bool {
+        self.scaling_events.insert(key, events).is_none()
     }
 
     /// The configuration as stored, its `modify_index` included.

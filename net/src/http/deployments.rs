@@ -1,6 +1,9 @@
 //! `/v1/deployments`, `/v1/deployment/<id>` (+ `allocations/<id>`) and the
 //! deployment actions `fail`, `pause` (`Pause`: pause or resume) and
-//! `promote` (`All`, `Groups`), as Nomad's `deployment_endpoint.go`.
+//! `promote` (`All`, `Groups`), and `allocation-health`
+//! (`HealthyAllocationIDs`, `UnhealthyAllocationIDs`: an operator's
+//! decision, for `health_check = "manual"`), as Nomad's
+//! `deployment_endpoint.go`.
 
 // See handlers.rs: a refusal is returned as the response itself.
 #![allow(clippy::result_large_err)]
@@ -11,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use caravan_engine::endpoints::{self, DeploymentAction};
 use caravan_engine::fsm::Command;
-use caravan_engine::ids::DeploymentId;
+use caravan_engine::ids::{AllocId, DeploymentId};
 use caravan_engine::state::Table;
 use serde_json::{Value, json};
 
@@ -65,12 +68,13 @@ pub(super) async fn read(State(server): Shared, Path(rest): Path<String>, Query(
     reply(index, &deployment_json(&snap, d))
 }
 
-/// `POST/PUT /v1/deployment/fail/<id>`, `pause/<id>`, `promote/<id>`.
+/// `POST/PUT /v1/deployment/fail/<id>`, `pause/<id>`, `promote/<id>`,
+/// `allocation-health/<id>`.
 pub(super) async fn action(State(server): Shared, Path(rest): Path<String>, body: Bytes) -> Response {
     let Some((verb, id)) = rest.split_once('/') else {
         return refuse(StatusCode::NOT_FOUND, format!("unknown deployment action {rest:?}"));
     };
-    if !matches!(verb, "fail" | "pause" | "promote") {
+    if !matches!(verb, "fail" | "pause" | "promote" | "allocation-health") {
         return refuse(StatusCode::NOT_FOUND, format!("unknown deployment action {verb:?}"));
     }
     let id = match parse_deployment_id(id) {
@@ -81,6 +85,16 @@ pub(super) async fn action(State(server): Shared, Path(rest): Path<String>, body
         Ok(b) => b,
         Err(e) => return e,
     };
+    if verb == "allocation-health" {
+        let (healthy, unhealthy) =
+            match (alloc_ids(&body, "HealthyAllocationIDs"), alloc_ids(&body, "UnhealthyAllocationIDs")) {
+                (Ok(h), Ok(u)) => (h, u),
+                (Err(e), _) | (_, Err(e)) => return e,
+            };
+        return commit_action(&server, &mut |state, ids, now| {
+            endpoints::set_alloc_health(state, id, healthy.clone(), unhealthy.clone(), now, ids)
+        });
+    }
     let action = match verb {
         "fail" => DeploymentAction::Fail,
         "pause" => match opt_bool(&body, "Pause") {
@@ -116,6 +130,33 @@ pub(super) async fn action(State(server): Shared, Path(rest): Path<String>, body
     commit_action(&server, &mut |state, ids, now| endpoints::update_deployment(state, id, action, now, ids))
 }
 
+/// A list of full allocation ids (absent or null: none).
+fn alloc_ids(body: &serde_json::Map<String, Value>, field: &str) -> Result<Vec<AllocId>, Response> {
+    let bad = |m: String| refuse(StatusCode::BAD_REQUEST, m);
+    // Go decodes field names case-insensitively, and clients rely on it
+    // (python-nomad sends `UnHealthyAllocationIDs`).
+    let value = body.get(field).or_else(|| body.iter().find(|(k, _)| k.eq_ignore_ascii_case(field)).map(|(_, v)| v));
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(v) => return Err(bad(format!("{field} must be a list of allocation IDs, got {v}"))),
+    };
+    if items.len() > endpoints::ALLOC_HEALTH_IDS_MAX {
+        return Err(bad(format!(
+            "{field} lists {} allocations, at most {}",
+            items.len(),
+            endpoints::ALLOC_HEALTH_IDS_MAX
+        )));
+    }
+    items
+        .iter()
+        .map(|v| match v.as_str().map(str::parse::<AllocId>) {
+            Some(Ok(id)) => Ok(id),
+            _ => Err(bad(format!("{field} must list full allocation IDs, got {v}"))),
+        })
+        .collect()
+}
+
 /// Commit a deployment action; answers with its eval as Nomad's
 /// `DeploymentUpdateResponse`, `RevertedJobVersion` set by a rollback.
 fn commit_action(server: &std::sync::Arc<dyn super::Server>, build: &mut super::server::WriteBuilder<'_>) -> Response {
@@ -131,7 +172,9 @@ fn commit_action(server: &std::sync::Arc<dyn super::Server>, build: &mut super::
                     state.job_versions(&j.key()).into_iter().find(|v| v.stable && !v.spec_changed(j)).map(|v| v.version)
                 });
             }
-            Command::DeploymentPromote { evals, .. } => eval_id = evals.first().map(|e| e.id),
+            Command::DeploymentPromote { evals, .. } | Command::DeploymentAllocHealth { evals, .. } => {
+                eval_id = evals.first().map(|e| e.id)
+            }
             _ => {}
         }
         Ok(command)

@@ -18,7 +18,7 @@ use caravan_engine::endpoints::EndpointError;
 use caravan_engine::ids::{AllocId, EvalId, JobKey, NodeId};
 use caravan_engine::state::{Snapshot, Table};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::blocking::Blocking;
 use super::server::Server;
@@ -321,6 +321,47 @@ pub(super) async fn agent_self(State(server): Shared) -> Response {
         "stats": {"raft": {"last_log_index": server.store().latest_index().to_string()}},
     });
     reply(server.store().latest_index(), &body)
+}
+
+/// Nomad's `/v1/agent/members` (`ServerMembers`): the servers, from the
+/// raft configuration (Caravan has no gossip pool; every voter or
+/// non-voter of the configuration is a member, and `alive` while it is
+/// in it).
+pub(super) async fn agent_members(State(server): Shared) -> Response {
+    let members: Vec<Value> = server
+        .raft_servers()
+        .into_iter()
+        .map(|s| {
+            let (addr, port) = match s.address.rsplit_once(':') {
+                Some((host, port)) => {
+                    (host.trim_start_matches('[').trim_end_matches(']').to_string(), port.parse::<u16>().unwrap_or(0))
+                }
+                None => (s.address.clone(), 0),
+            };
+            json!({"Name": format!("{}.global", s.node), "Addr": addr, "Port": port, "Status": "alive",
+                   "Tags": {"role": "nomad", "region": "global", "dc": "dc1", "id": s.id, "port": port.to_string(),
+                            "build": env!("CARGO_PKG_VERSION"), "vsn": "1", "raft_vsn": "3",
+                            "leader": s.leader.to_string(), "voter": s.voter.to_string()},
+                   "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
+                   "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4})
+        })
+        .collect();
+    let name = members.first().and_then(|m| m["Name"].as_str()).unwrap_or("").to_string();
+    reply(
+        server.store().latest_index(),
+        &json!({"ServerName": name, "ServerRegion": "global", "ServerDC": "dc1", "Members": members}),
+    )
+}
+
+/// Nomad's `GET /v1/agent/servers`: the servers' RPC addresses.
+pub(super) async fn agent_servers(State(server): Shared) -> Response {
+    reply(server.store().latest_index(), &server.peers())
+}
+
+/// A known path asked with a method it does not take: 405 with the reason
+/// (axum's own answer has no body).
+pub(super) async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    refuse(StatusCode::METHOD_NOT_ALLOWED, format!("method {method} not allowed on {}", uri.path()))
 }
 
 pub(super) async fn not_found() -> Response {

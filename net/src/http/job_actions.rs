@@ -14,8 +14,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use caravan_engine::endpoints::{self, EndpointError};
 use caravan_engine::fsm::Command;
-use caravan_engine::ids::{EvalId, IdGen, JobKey};
-use caravan_engine::model::{ClientStatus, DesiredStatus};
+use caravan_engine::ids::{EvalId, JobKey};
+use caravan_engine::model::{ClientStatus, DesiredStatus, ScalingEvent};
 use caravan_engine::state::Snapshot;
 use serde_json::{Value, json};
 
@@ -107,95 +107,156 @@ pub(super) fn stable(server: &Arc<dyn Server>, key: &JobKey, body: &[u8]) -> Res
     }
 }
 
-/// `POST /v1/job/<id>/scale`: `Count`, `Target{Group}`, `Message`.
+/// `POST /v1/job/<id>/scale` (Nomad's `JobScaleRequest`): `Count`,
+/// `Target{Group}`, `Message`, `Error`, `Meta`, `JobModifyIndex`. Every
+/// request records a scaling event for the group; one with a count also
+/// registers the job with the group's new count and evaluates it. An
+/// `Error` event may carry no count.
 pub(super) fn scale(server: &Arc<dyn Server>, key: &JobKey, body: &[u8]) -> Response {
     let body = match body_object(body) {
         Ok(b) => b,
         Err(e) => return e,
     };
-    let group = match body.get("Target").and_then(|t| t.get("Group")) {
-        Some(Value::String(g)) if !g.is_empty() => g.clone(),
-        Some(v) if !v.is_null() => {
-            return refuse(StatusCode::BAD_REQUEST, format!("Target.Group must be a string, got {v}"));
-        }
-        _ => return refuse(StatusCode::BAD_REQUEST, "missing task group name for scaling action"),
+    let request = match scale_request(&body, key) {
+        Ok(r) => r,
+        Err(e) => return e,
     };
-    if let Some(Value::String(job)) = body.get("Target").and_then(|t| t.get("Job"))
-        && **job != *key.id
-    {
-        return refuse(StatusCode::BAD_REQUEST, format!("Target.Job {job:?} does not match the URL {:?}", key.id));
-    }
-    let count = match body.get("Count") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_i64() {
-            Some(c) if c < 0 => return refuse(StatusCode::BAD_REQUEST, "scaling action count can't be negative"),
-            Some(c) => match u32::try_from(c) {
-                Ok(c) => Some(c),
-                Err(_) => return refuse(StatusCode::BAD_REQUEST, format!("scaling action count {c} is too large")),
-            },
-            None => return refuse(StatusCode::BAD_REQUEST, format!("Count must be an integer, got {v}")),
-        },
+    let enforce_index = match opt_u64(&body, "JobModifyIndex") {
+        Ok(i) => i.filter(|i| *i > 0),
+        Err(e) => return e,
     };
-    if let Some(m) = body.get("Message")
-        && !m.is_null()
-        && !m.is_string()
-    {
-        return refuse(StatusCode::BAD_REQUEST, format!("Message must be a string, got {m}"));
-    }
-    // A scaling request without a count only validates the target: it
-    // answers the current index and writes nothing.
-    if count.is_none() {
-        let snap = server.store().snapshot();
-        return match endpoints::scale_job(&snap, key, &group, None, 0, &mut IdGen::with_seed(0)) {
-            Ok(_) => register_reply(snap.index(), None),
-            Err(e) => endpoint_error(e),
-        };
-    }
     let mut eval_id = None;
+    let mut job_modify_index = None;
     let result = server.write(&mut |state, ids, now| {
-        let command = endpoints::scale_job(state, key, &group, count, now, ids)?
-            .ok_or_else(|| EndpointError::Refused("scaling action has no count".into()))?;
-        eval_id = eval_of(&command);
+        if let (Some(want), Some(_), Some(job)) = (enforce_index, request.count, state.job(key))
+            && job.job_modify_index != want
+        {
+            return Err(EndpointError::Refused(format!(
+                "Enforcing job modify index {want}: job exists with conflicting job modify index: {}",
+                job.job_modify_index
+            )));
+        }
+        let command = endpoints::scale_job(state, key, &request, now, ids)?;
+        if let Command::JobScale { job, eval, .. } = &command {
+            eval_id = eval.as_ref().map(|e| e.id);
+            // Without a count the job is not written: Nomad answers its
+            // current modify index.
+            job_modify_index = job.is_none().then(|| state.job(key).map(|j| j.modify_index)).flatten();
+        }
         Ok(command)
     });
     match result {
-        Ok(index) => register_reply(index, eval_id),
+        Ok(index) => reply(
+            index,
+            &json!({"EvalID": eval_id.map(|e| e.to_string()).unwrap_or_default(),
+                    "EvalCreateIndex": if eval_id.is_some() { index } else { 0 },
+                    "JobModifyIndex": job_modify_index.unwrap_or(index), "Warnings": "", "Index": index,
+                    "LastContact": 0, "KnownLeader": true}),
+        ),
         Err(e) => endpoint_error(e),
     }
 }
 
-/// `GET /v1/job/<id>/scale`: Nomad's `JobScaleStatus`. Caravan keeps no
-/// scaling events, so `Events` is always empty.
+/// A scale body's fields, each checked for its type (Nomad's
+/// `JobScaleRequest.Validate` plus what Go's decoder refuses).
+fn scale_request(body: &serde_json::Map<String, Value>, key: &JobKey) -> Result<endpoints::ScaleRequest, Response> {
+    let bad = |m: String| refuse(StatusCode::BAD_REQUEST, m);
+    let target = match body.get("Target") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(t)) => Some(t),
+        Some(v) => return Err(bad(format!("Target must be an object of strings, got {v}"))),
+    };
+    let target_field = |name: &str| -> Result<Option<&str>, Response> {
+        match target.and_then(|t| t.get(name)) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str()).filter(|s| !s.is_empty())),
+            Some(v) => Err(bad(format!("Target.{name} must be a string, got {v}"))),
+        }
+    };
+    if let Some(job) = target_field("Job")?
+        && *job != *key.id
+    {
+        return Err(bad(format!("job ID in payload ({job:?}) did not match URL ({:?})", key.id)));
+    }
+    if let Some(namespace) = target_field("Namespace")?
+        && *namespace != *key.namespace
+    {
+        return Err(bad(format!("namespace in payload ({namespace:?}) did not match the request's")));
+    }
+    let Some(group) = target_field("Group")? else {
+        return Err(bad("missing task group name for scaling action".into()));
+    };
+    let count = match body.get("Count") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_i64() {
+            Some(c) if c < 0 => return Err(bad("scaling action count can't be negative".into())),
+            Some(c) => match u32::try_from(c) {
+                Ok(c) => Some(c),
+                Err(_) => return Err(bad(format!("scaling action count {c} is too large"))),
+            },
+            None => return Err(bad(format!("Count must be an integer, got {v}"))),
+        },
+    };
+    let message: Arc<str> = match body.get("Message") {
+        None | Some(Value::Null) => "".into(),
+        Some(Value::String(m)) => m.as_str().into(),
+        Some(m) => return Err(bad(format!("Message must be a string, got {m}"))),
+    };
+    let error = opt_bool(body, "Error")?.unwrap_or(false);
+    let meta_json: Arc<str> = match body.get("Meta") {
+        None | Some(Value::Null) => "".into(),
+        Some(meta @ Value::Object(_)) => meta.to_string().into(),
+        Some(v) => return Err(bad(format!("Meta must be an object, got {v}"))),
+    };
+    Ok(endpoints::ScaleRequest { group: group.into(), count, message, error, meta_json })
+}
+
+/// `GET /v1/job/<id>/scale`: Nomad's `JobScaleStatus`: per group the
+/// desired count, the live allocations (canaries left out, as Nomad does)
+/// placed, running, healthy and unhealthy in their deployment, and the
+/// group's scaling events, newest first.
 pub(super) fn scale_status(snap: &Snapshot, key: &JobKey, index: u64) -> Response {
     let Some(job) = snap.job(key) else { return refuse(StatusCode::NOT_FOUND, "job not found") };
+    let events = snap.scaling_events(key);
     let mut groups: BTreeMap<String, Value> = BTreeMap::new();
     for g in &job.task_groups {
         let (mut placed, mut running, mut healthy, mut unhealthy) = (0u32, 0u32, 0u32, 0u32);
         for a in snap.allocs_by_job(key).filter(|a| a.group_name() == &*g.name) {
-            if a.desired_status != DesiredStatus::Run || a.client_status.is_terminal() {
-                if matches!(a.client_status, ClientStatus::Failed | ClientStatus::Lost) {
-                    unhealthy += 1;
-                }
+            if a.is_canary() || a.desired_status != DesiredStatus::Run || a.client_status.is_terminal() {
                 continue;
             }
             placed += 1;
-            if a.client_status == ClientStatus::Running {
-                running += 1;
-                healthy += 1;
+            running += u32::from(a.client_status == ClientStatus::Running);
+            match a.deployment_healthy() {
+                Some(true) => healthy += 1,
+                Some(false) => unhealthy += 1,
+                None => {}
             }
         }
+        let group_events: Vec<Value> =
+            events.map(|e| e.group(&g.name)).unwrap_or_default().iter().map(scaling_event_json).collect();
         groups.insert(
             g.name.to_string(),
             json!({"Desired": g.count, "Placed": placed, "Running": running, "Healthy": healthy,
-                   "Unhealthy": unhealthy, "Events": Value::Array(vec![])}),
+                   "Unhealthy": unhealthy, "Events": group_events}),
         );
     }
     reply(
         index,
         &json!({"JobID": job.id.to_string(), "Namespace": job.namespace.to_string(),
-                "JobCreateIndex": job.create_index, "JobModifyIndex": job.job_modify_index,
+                "JobCreateIndex": job.create_index, "JobModifyIndex": job.modify_index,
                 "JobStopped": job.stop, "TaskGroups": groups}),
     )
+}
+
+/// Nomad's `ScalingEvent` JSON.
+fn scaling_event_json(e: &ScalingEvent) -> Value {
+    // The meta was a JSON object when recorded; anything else is dropped
+    // rather than failing the whole read.
+    let meta =
+        if e.meta_json.is_empty() { Value::Null } else { serde_json::from_str(&e.meta_json).unwrap_or(Value::Null) };
+    json!({"Time": e.time_ns, "Count": e.count, "PreviousCount": e.previous_count, "Message": &*e.message,
+           "Error": e.error, "Meta": meta, "EvalID": e.eval_id.map(|id| id.to_string()), "CreateIndex": e.create_index})
 }
 
 /// `POST /v1/job/<id>/periodic/force`: launch a periodic job's child now

@@ -17,10 +17,10 @@ use caravan_engine::fsm::{self, Command};
 use caravan_engine::ids::{IdGen, JobKey, NodeId};
 use caravan_engine::model::{DrainStrategy, Evaluation, SchedulingEligibility, TriggeredBy};
 use caravan_engine::scheduler;
-use caravan_engine::state::{SchedulerAlgorithm, SchedulerConfig};
+use caravan_engine::state::{SchedulerAlgorithm, SchedulerConfig, Table};
 use serde_json::{Value, json};
 
-use super::handlers::{Params, Shared, endpoint_error, namespace, refuse, reply};
+use super::handlers::{Params, Shared, endpoint_error, namespace, read_snapshot, refuse, reply};
 use super::server::Server;
 use crate::api;
 
@@ -330,40 +330,88 @@ fn config_json(c: &SchedulerConfig) -> Value {
     })
 }
 
-pub(super) async fn scheduler_config(State(server): Shared, Query(_params): Params) -> Response {
-    let snap = server.store().snapshot();
+/// `GET /v1/operator/scheduler/configuration`, with blocking queries.
+pub(super) async fn scheduler_config(State(server): Shared, Query(params): Params) -> Response {
+    let (snap, _) = match read_snapshot(&server, &params, &[Table::SchedulerConfig]).await {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
     let config = snap.scheduler_config();
     reply(config.modify_index, &json!({"SchedulerConfig": config_json(config), "Index": config.modify_index}))
 }
 
-pub(super) async fn set_scheduler_config(State(server): Shared, body: Bytes) -> Response {
+/// `PUT/POST /v1/operator/scheduler/configuration`: the whole
+/// configuration, as Nomad replaces it (a field left out is false, an
+/// empty algorithm is binpack); every field's type is checked. `?cas=N`
+/// writes only if the configuration's modify index is still N, answering
+/// `Updated: false` otherwise.
+pub(super) async fn set_scheduler_config(State(server): Shared, Query(params): Params, body: Bytes) -> Response {
     let request = match body_json(&body) {
-        Ok(v) => v,
+        Ok(Value::Object(map)) => map,
+        Ok(v) => return refuse(StatusCode::BAD_REQUEST, format!("request body must be a JSON object, got {v}")),
         Err(e) => return e,
     };
-    let mut config = server.store().snapshot().scheduler_config().clone();
-    match request["SchedulerAlgorithm"].as_str() {
-        None | Some("") => {}
-        Some("binpack") => config.algorithm = SchedulerAlgorithm::Binpack,
-        Some("spread") => config.algorithm = SchedulerAlgorithm::Spread,
-        Some(other) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("SchedulerAlgorithm must be binpack or spread, got {other:?}"),
-            );
+    let cas = match params.get("cas").map(|c| c.parse::<u64>()) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(_)) => return refuse(StatusCode::BAD_REQUEST, "cas must be an unsigned integer (a modify index)"),
+    };
+    let config = match scheduler_config_from(&request) {
+        Ok(c) => c,
+        Err(m) => return refuse(StatusCode::BAD_REQUEST, m),
+    };
+    let mut stale = false;
+    let result = server.write(&mut |state, _, _| {
+        if let Some(cas) = cas
+            && state.scheduler_config().modify_index != cas
+        {
+            stale = true;
+            return Err(EndpointError::Refused("cas index is stale".into()));
         }
-    }
-    let p = &request["PreemptionConfig"];
-    let flag = |v: &Value, current: bool| v.as_bool().unwrap_or(current);
-    config.preemption_system = flag(&p["SystemSchedulerEnabled"], config.preemption_system);
-    config.preemption_sysbatch = flag(&p["SysBatchSchedulerEnabled"], config.preemption_sysbatch);
-    config.preemption_batch = flag(&p["BatchSchedulerEnabled"], config.preemption_batch);
-    config.preemption_service = flag(&p["ServiceSchedulerEnabled"], config.preemption_service);
-    config.memory_oversubscription = flag(&request["MemoryOversubscriptionEnabled"], config.memory_oversubscription);
-    match server.write(&mut |_, _, _| Ok(Command::SchedulerConfigUpdate { config: config.clone() })) {
+        Ok(Command::SchedulerConfigUpdate { config: config.clone() })
+    });
+    match result {
         Ok(index) => reply(index, &json!({"Updated": true, "Index": index})),
+        Err(_) if stale => {
+            let index = server.store().snapshot().scheduler_config().modify_index;
+            reply(index, &json!({"Updated": false, "Index": index}))
+        }
         Err(e) => endpoint_error(e),
     }
+}
+
+/// A scheduler configuration from Nomad's JSON, every field checked.
+fn scheduler_config_from(request: &serde_json::Map<String, Value>) -> Result<SchedulerConfig, String> {
+    let flag = |object: &serde_json::Map<String, Value>, field: &str, path: &str| match object.get(field) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(format!("{path}{field} must be a boolean, got {v}")),
+    };
+    let algorithm = match request.get("SchedulerAlgorithm") {
+        None | Some(Value::Null) => SchedulerAlgorithm::Binpack,
+        Some(Value::String(a)) if a.is_empty() || a == "binpack" => SchedulerAlgorithm::Binpack,
+        Some(Value::String(a)) if a == "spread" => SchedulerAlgorithm::Spread,
+        Some(v) => return Err(format!("invalid scheduler algorithm: {v} (binpack or spread)")),
+    };
+    let empty = serde_json::Map::new();
+    let preemption = match request.get("PreemptionConfig") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(p)) => p,
+        Some(v) => return Err(format!("PreemptionConfig must be an object, got {v}")),
+    };
+    // Known to Nomad, not acted on by Caravan: checked, then ignored.
+    flag(request, "RejectJobRegistration", "")?;
+    flag(request, "PauseEvalBroker", "")?;
+    let p = "PreemptionConfig.";
+    Ok(SchedulerConfig {
+        algorithm,
+        preemption_system: flag(preemption, "SystemSchedulerEnabled", p)?,
+        preemption_sysbatch: flag(preemption, "SysBatchSchedulerEnabled", p)?,
+        preemption_batch: flag(preemption, "BatchSchedulerEnabled", p)?,
+        preemption_service: flag(preemption, "ServiceSchedulerEnabled", p)?,
+        memory_oversubscription: flag(request, "MemoryOversubscriptionEnabled", "")?,
+        modify_index: 0,
+    })
 }
 
 /// `POST/PUT /v1/allocation/<id>/stop`: the allocation is stopped and

@@ -31,7 +31,8 @@ pub const COMMAND_MAGIC: [u8; 4] = *b"CVNC";
 /// 4: `Allocation::deployment_status`, `AllocClientUpdate::deployment_health`,
 ///    `Deployment::task_groups`, `Command::DeploymentPromote`, rollbacks in
 ///    `Command::DeploymentStatusUpdate`.
-pub const COMMAND_FORMAT_VERSION: u8 = 4;
+/// 5: `Command::JobScale` (scaling events), `Command::DeploymentAllocHealth`.
+pub const COMMAND_FORMAT_VERSION: u8 = 5;
 
 /// Magic, version, archive length, archive crc32.
 const HEADER_LEN: usize = COMMAND_MAGIC.len() + 1 + 4 + 4;

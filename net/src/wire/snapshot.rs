@@ -13,7 +13,8 @@
 //! nodes in registration order), allocations (in table order, grouped by
 //! job, so a chunk's allocations share their `Arc<Job>` archived once),
 //! evaluations (table order), each job's eval list, deployments, the
-//! scheduler configuration (exactly one), periodic launch records, then the trailer: item counts,
+//! scheduler configuration (exactly one), periodic launch records, each job's
+//! scaling events, then the trailer: item counts,
 //! the table indexes, the number of chunks and a crc32 of every byte before
 //! the trailer chunk. A payload is the rkyv archive of a `Vec` of that
 //! kind's records.
@@ -29,7 +30,7 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use caravan_engine::ids::{AllocId, EvalId, JobKey, NodeId};
-use caravan_engine::model::{Allocation, Deployment, Evaluation, Job, Node, PeriodicLaunch};
+use caravan_engine::model::{Allocation, Deployment, Evaluation, Job, JobScalingEvents, Node, PeriodicLaunch};
 use caravan_engine::state::{SchedulerConfig, State, StateBuilder, TABLE_COUNT};
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
@@ -46,7 +47,8 @@ pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CVNSNAP\0";
 /// 2: `Job::periodic` and the periodic launch records, `Task::lifecycle`.
 /// 3: `Task::dispatch_payload_file`.
 /// 4: `Allocation::deployment_status`, `Deployment::task_groups`.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 4;
+/// 5: scaling events (a chunk kind before the trailer, its count in the trailer).
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 5;
 
 /// The largest chunk payload written or accepted. The reader allocates a
 /// chunk's length before it can check the chunk's checksum, so a corrupted
@@ -76,6 +78,9 @@ const EVAL_IDS_PER_CHUNK: usize = 16 * 1024;
 const DEPLOYMENTS_PER_CHUNK: usize = 1024;
 /// Periodic launch records per chunk (a job key and three integers).
 const PERIODIC_LAUNCHES_PER_CHUNK: usize = 4096;
+/// Jobs' scaling events per chunk: a job keeps at most 20 events per
+/// group, each up to 32 KiB of text, but most are a few hundred bytes.
+const SCALING_EVENTS_PER_CHUNK: usize = 256;
 
 const HEADER_LEN: usize = 24;
 const CHUNK_HEADER_LEN: usize = 16;
@@ -92,15 +97,28 @@ enum Kind {
     Deployments = 7,
     SchedulerConfig = 8,
     PeriodicLaunches = 9,
-    Trailer = 10,
+    ScalingEvents = 10,
+    Trailer = 11,
 }
 
 impl Kind {
     fn from_byte(byte: u8) -> Option<Kind> {
         use Kind::*;
-        [Jobs, NodeSlots, Nodes, Allocs, Evals, EvalLists, Deployments, SchedulerConfig, PeriodicLaunches, Trailer]
-            .into_iter()
-            .find(|k| *k as u8 == byte)
+        [
+            Jobs,
+            NodeSlots,
+            Nodes,
+            Allocs,
+            Evals,
+            EvalLists,
+            Deployments,
+            SchedulerConfig,
+            PeriodicLaunches,
+            ScalingEvents,
+            Trailer,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == byte)
     }
 }
 
@@ -135,6 +153,13 @@ struct PeriodicLaunchRecord {
     launch: PeriodicLaunch,
 }
 
+/// A job's scaling events.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct ScalingEventsRecord {
+    key: JobKey,
+    events: JobScalingEvents,
+}
+
 /// Items of each kind in a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ItemCounts {
@@ -147,6 +172,8 @@ pub struct ItemCounts {
     pub eval_lists: u64,
     pub deployments: u64,
     pub periodic_launches: u64,
+    /// Jobs with scaling events.
+    pub scaling_events: u64,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -236,6 +263,11 @@ pub fn write_snapshot(state: &State, out: &mut impl Write) -> Result<SnapshotSta
         state.periodic_launches().map(|(key, launch)| PeriodicLaunchRecord { key: key.clone(), launch: *launch });
     counts.periodic_launches = w.all(Kind::PeriodicLaunches, launches, PERIODIC_LAUNCHES_PER_CHUNK)?;
     expect_count("periodic launches", counts.periodic_launches, state.periodic_launch_count())?;
+    let scaling = state
+        .all_scaling_events()
+        .map(|(key, events)| ScalingEventsRecord { key: key.clone(), events: (**events).clone() });
+    counts.scaling_events = w.all(Kind::ScalingEvents, scaling, SCALING_EVENTS_PER_CHUNK)?;
+    expect_count("jobs' scaling events", counts.scaling_events, state.scaling_events_count())?;
 
     let trailer = Trailer {
         index: state.index(),
@@ -400,6 +432,13 @@ pub fn read_snapshot(input: &mut impl Read) -> Result<State, WireError> {
                 for record in records {
                     restore.counts.periodic_launches += 1;
                     restore.builder.put_periodic_launch(record.key, record.launch)?;
+                }
+            }
+            Kind::ScalingEvents => {
+                let records: Vec<ScalingEventsRecord> = unarchive(payload)?;
+                for record in records {
+                    restore.counts.scaling_events += 1;
+                    restore.builder.put_scaling_events(record.key, Arc::new(record.events))?;
                 }
             }
             Kind::Trailer => {

@@ -176,6 +176,19 @@ fn deployment(ids: &mut IdGen, key: &JobKey) -> Deployment {
     }
 }
 
+fn scaling_event(ids: &mut IdGen) -> caravan_engine::model::ScalingEvent {
+    caravan_engine::model::ScalingEvent {
+        time_ns: 1_700_000_000 * SECOND_NS,
+        count: Some(5),
+        previous_count: 2,
+        message: "autoscaler: cpu above target".into(),
+        error: false,
+        meta_json: r#"{"policy":"cpu","nested":{"n":1}}"#.into(),
+        eval_id: Some(ids.eval()),
+        create_index: 21,
+    }
+}
+
 /// One of each command; the match keeps the list complete as variants are added.
 fn every_command() -> Vec<Command> {
     let mut ids = IdGen::with_seed(11);
@@ -275,8 +288,23 @@ fn every_command() -> Vec<Command> {
             forced: true,
             now_ns: 11,
         },
+        Command::JobScale {
+            key: job.key(),
+            group: "g".into(),
+            job: Some((*job).clone()),
+            eval: Some(failed_eval(&mut ids, &job)),
+            event: scaling_event(&mut ids),
+            now_ns: 14,
+        },
+        Command::DeploymentAllocHealth {
+            id: ids.deployment(),
+            healthy: vec![placed[0].id],
+            unhealthy: vec![placed[1].id, placed[2].id],
+            evals: vec![failed_eval(&mut ids, &job)],
+            now_ns: 15,
+        },
     ];
-    let mut seen = [false; 17];
+    let mut seen = [false; 19];
     for command in &commands {
         let slot = match command {
             Command::JobRegister { .. } => 0,
@@ -296,6 +324,8 @@ fn every_command() -> Vec<Command> {
             Command::DeploymentStatusUpdate { .. } => 14,
             Command::PeriodicLaunch { .. } => 15,
             Command::DeploymentPromote { .. } => 16,
+            Command::JobScale { .. } => 17,
+            Command::DeploymentAllocHealth { .. } => 18,
         };
         seen[slot] = true;
     }
@@ -511,6 +541,14 @@ fn busy_state(nodes: usize, jobs: usize) -> SimCluster {
     )
     .unwrap();
     sim.commit(launch);
+    // Scaling events: one job with two groups' worth, one with an error event.
+    for (id, group, error) in [("report", "g", false), ("report", "h", false), ("cleanup", "g", true)] {
+        let key = JobKey::new("default", id);
+        let mut event = scaling_event(&mut ids);
+        event.error = error;
+        let (job, eval) = (None, None);
+        sim.commit(Command::JobScale { key, group: group.into(), job, eval, event, now_ns: sim.now_ns });
+    }
     sim
 }
 
@@ -579,6 +617,8 @@ fn assert_same_state(a: &State, b: &State) {
     assert_eq!(a.scheduler_config(), b.scheduler_config());
     let launches = |s: &State| s.periodic_launches().map(|(k, l)| (k.clone(), *l)).collect::<Vec<_>>();
     assert_eq!(launches(a), launches(b));
+    let scaling = |s: &State| s.all_scaling_events().map(|(k, e)| (k.clone(), (**e).clone())).collect::<Vec<_>>();
+    assert_eq!(scaling(a), scaling(b));
 }
 
 fn snapshot_bytes(state: &State) -> (Vec<u8>, SnapshotStats) {
@@ -600,6 +640,7 @@ fn busy_state_round_trips() {
     let (bytes, stats) = snapshot_bytes(&state);
     assert_eq!(stats.counts.allocs, state.alloc_count() as u64);
     assert_eq!(stats.counts.nodes, 300 - 1);
+    assert_eq!(stats.counts.scaling_events, 2, "two jobs with scaling events");
     let restored = read_snapshot(&mut bytes.as_slice()).unwrap();
     assert_same_state(&state, &restored);
 
@@ -611,7 +652,7 @@ fn busy_state_round_trips() {
     assert_eq!(spans, spans_again);
     const EVALS: u8 = 5;
     const EVAL_LISTS: u8 = 6;
-    const TRAILER: u8 = 10;
+    const TRAILER: u8 = 11;
     for (i, (start, end)) in spans.into_iter().enumerate() {
         if ![EVALS, EVAL_LISTS, TRAILER].contains(&bytes[start]) {
             assert!(bytes[start..end] == again[start..end], "chunk {i} (kind {}) differs", bytes[start]);
