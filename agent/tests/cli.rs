@@ -93,8 +93,45 @@ impl DevAgent {
     }
 }
 
+impl DevAgent {
+    /// Stop every job and wait (bounded) until no task runs: tasks live in
+    /// their executors' own sessions and outlive a killed agent by design
+    /// (a restarted agent re-attaches), so a test must not leave them.
+    fn stop_all_jobs(&self) {
+        let http = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(5)))
+            .build()
+            .new_agent();
+        let get = |path: &str| -> Option<serde_json::Value> {
+            http.get(&format!("{}{path}", self.addr)).call().ok()?.body_mut().read_json().ok()
+        };
+        let Some(jobs) = get("/v1/jobs") else { return };
+        for job in jobs.as_array().into_iter().flatten() {
+            if let Some(id) = job["ID"].as_str() {
+                let _ = http.delete(&format!("{}/v1/job/{id}", self.addr)).call();
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            let running = get("/v1/allocations").is_some_and(|allocs| {
+                allocs
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|a| a["ClientStatus"] == "running" || a["ClientStatus"] == "pending")
+            });
+            if !running {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
 impl Drop for DevAgent {
     fn drop(&mut self) {
+        self.stop_all_jobs();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
