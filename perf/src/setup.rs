@@ -198,6 +198,63 @@ pub(crate) fn verify(api: &Api, jobs: &[String], nodes: &[Node]) -> anyhow::Resu
     Ok(verified)
 }
 
+/// How often the deployments are read while waiting for them to end.
+const DEPLOYMENTS_POLL: Duration = Duration::from_millis(500);
+
+/// The latest deployment of each of the scenario's jobs, as the API shows
+/// it once they ended (or at the deadline).
+#[derive(Debug, Default)]
+pub(crate) struct Deployments {
+    pub(crate) successful: u64,
+    pub(crate) failed: u64,
+    /// Still running or paused at the deadline, cancelled, or missing (a
+    /// service job without a deployment).
+    pub(crate) unfinished: u64,
+    /// Seconds from `start` until the last ended (to within a poll).
+    pub(crate) settled_s: Option<f64>,
+}
+
+/// Wait until every job's latest deployment has ended (successful or
+/// failed) or `deadline`, reading `/v1/deployments` every
+/// [`DEPLOYMENTS_POLL`].
+pub(crate) fn wait_deployments(
+    api: &Api,
+    jobs: &[String],
+    start: Instant,
+    deadline: Instant,
+    quiet: bool,
+) -> anyhow::Result<Deployments> {
+    use std::collections::{HashMap, HashSet};
+    let ours: HashSet<&str> = jobs.iter().map(String::as_str).collect();
+    let bar = progress(jobs.len() as u64, "deployed", quiet);
+    loop {
+        let list = api.get("/v1/deployments")?;
+        // Newest first: the first seen of a job is its latest.
+        let mut latest: HashMap<&str, &str> = HashMap::new();
+        for d in list.as_array().context("deployments are not a list")? {
+            let (Some(job), Some(status)) = (d["JobID"].as_str(), d["Status"].as_str()) else { continue };
+            if ours.contains(job) {
+                latest.entry(job).or_insert(status);
+            }
+        }
+        let count = |s: &str| latest.values().filter(|v| **v == s).count() as u64;
+        let (successful, failed) = (count("successful"), count("failed"));
+        let ended = successful + failed;
+        bar.set_position(ended);
+        let now = Instant::now();
+        if ended == jobs.len() as u64 || now > deadline {
+            bar.finish_and_clear();
+            return Ok(Deployments {
+                successful,
+                failed,
+                unfinished: jobs.len() as u64 - ended,
+                settled_s: (ended == jobs.len() as u64).then(|| now.duration_since(start).as_secs_f64()),
+            });
+        }
+        std::thread::sleep(DEPLOYMENTS_POLL);
+    }
+}
+
 /// Every evaluation of the given jobs: (create → modify) in ms, for those
 /// complete.
 pub(crate) fn eval_latencies_ms(api: &Api, jobs: &[String]) -> anyhow::Result<EvalTimes> {
