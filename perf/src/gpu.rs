@@ -166,7 +166,7 @@ pub(crate) fn run(args: &GpuArgs) -> anyhow::Result<()> {
     let deadline = start + Duration::from_secs(args.timeout_s);
     let mut submitted: Vec<(JobKey, Request)> = Vec::new();
     let mut first_failure: Option<Request> = None;
-    let mut samples: Vec<Sample> = Vec::new();
+    let mut samples = vec![Sample { allocs_live: 0, gpu_fill: 0.0, fragmented_island_fraction: 0.0 }];
     // Sampling reads every node after each wave: not part of the pipeline's
     // time, so it is taken off `elapsed_s`.
     let mut sampling = Duration::ZERO;

@@ -90,6 +90,12 @@ struct Thread {
     servers: Servers,
     config: FleetConfig,
     reports: RefCell<Vec<Report>>,
+    /// Whether each local node has a status report call in flight: as an
+    /// agent, a node sends its next batch only once the last is answered.
+    /// Without this a slow server would see a node's calls pile up, one per
+    /// tick, until they fill the connection's streams and hold up every
+    /// other call on it, heartbeats included.
+    sending: RefCell<Vec<bool>>,
     /// Each local node's connection, by local index.
     clients: RefCell<Vec<Rc<RpcClient>>>,
 }
@@ -109,6 +115,7 @@ pub(super) fn run_thread(nodes: Vec<(usize, Node)>, config: &FleetConfig, shared
             servers: Servers::new(config.servers.clone()),
             config: config.clone(),
             reports: RefCell::new(Vec::new()),
+            sending: RefCell::new(Vec::new()),
             clients: RefCell::new(Vec::new()),
         });
         let mut client = None;
@@ -124,6 +131,7 @@ pub(super) fn run_thread(nodes: Vec<(usize, Node)>, config: &FleetConfig, shared
             }
             let client = client.clone().expect("bound above");
             thread.clients.borrow_mut().push(client.clone());
+            thread.sending.borrow_mut().push(false);
             compio::runtime::spawn(node_main(thread.clone(), client, local, global, node)).detach();
         }
         compio::runtime::spawn(report_ticker(thread.clone())).detach();
@@ -291,7 +299,9 @@ async fn report_ticker(thread: Rc<Thread>) {
             let mut reports = thread.reports.borrow_mut();
             // A failed node's reports die with it.
             reports.retain(|r| thread.shared.alive(r.global));
-            let (ready, later): (Vec<Report>, Vec<Report>) = reports.drain(..).partition(|r| r.due <= now);
+            let sending = thread.sending.borrow();
+            let (ready, later): (Vec<Report>, Vec<Report>) =
+                reports.drain(..).partition(|r| r.due <= now && !sending[r.node]);
             *reports = later;
             ready
         };
@@ -304,6 +314,7 @@ async fn report_ticker(thread: Rc<Thread>) {
             }
         }
         for batch in batches {
+            thread.sending.borrow_mut()[batch[0].node] = true;
             compio::runtime::spawn(send_reports(thread.clone(), batch)).detach();
         }
     }
@@ -346,6 +357,7 @@ async fn send_reports(thread: Rc<Thread>, mut batch: Vec<Report>) {
         Ok(body) => call(&client, &thread.servers, ALLOC_UPDATE, body, CALL_TIMEOUT).await.is_ok(),
         Err(_) => false,
     };
+    thread.sending.borrow_mut()[batch[0].node] = false;
     if !sent {
         thread.shared.rpc_errors.fetch_add(1, Ordering::Relaxed);
         // Try again with the node's next batch after a pause.
