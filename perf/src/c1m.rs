@@ -248,6 +248,8 @@ fn measure(args: &C1mArgs, running: &setup::Running, wanted: u64, quiet: bool) -
     result["deployments_failed"] = json!(deployments.failed);
     result["deployments_unfinished"] = json!(deployments.unfinished);
     result["deployments_s"] = json!(deployments.settled_s.map(round3));
+    result["allocs_lost"] = json!(verified.allocs_lost);
+    result["node_update_evals"] = json!(eval_times.node_update_evals);
     result["allocs_reported_healthy"] = json!(shared.allocs_healthy.load(Ordering::Relaxed));
     result["allocs_reported_unhealthy"] = json!(shared.allocs_unhealthy.load(Ordering::Relaxed));
     Ok(result)

@@ -126,6 +126,9 @@ pub(crate) struct Verified {
     /// Non-terminal allocations of the scenario's jobs.
     pub(crate) allocs_placed: u64,
     pub(crate) allocs_running: u64,
+    /// Allocations the servers marked lost (their node went down): each
+    /// one is replaced, so nodes receive more than were asked for.
+    pub(crate) allocs_lost: u64,
     /// Nodes whose live allocations exceed their CPU or memory.
     pub(crate) overcommitted_nodes: u64,
 }
@@ -160,6 +163,9 @@ pub(crate) fn verify(api: &Api, jobs: &[String], nodes: &[Node]) -> anyhow::Resu
     let mut verified = Verified::default();
     for list in &allocs {
         for alloc in list.as_array().context("job allocations are not a list")? {
+            if alloc["ClientStatus"] == "lost" {
+                verified.allocs_lost += 1;
+            }
             if !is_live(alloc) {
                 continue;
             }
@@ -261,8 +267,12 @@ pub(crate) fn eval_latencies_ms(api: &Api, jobs: &[String]) -> anyhow::Result<Ev
     let lists: Vec<Value> = parallel(jobs, |id| api.get(&format!("/v1/job/{id}/evaluations")))?;
     let mut out = Vec::new();
     let mut last_done_unix_ns = 0_i64;
+    let mut node_update_evals = 0;
     for list in &lists {
         for eval in list.as_array().context("evaluations are not a list")? {
+            if eval["TriggeredBy"] == "node-update" {
+                node_update_evals += 1;
+            }
             if eval["Status"] != "complete" {
                 continue;
             }
@@ -274,7 +284,7 @@ pub(crate) fn eval_latencies_ms(api: &Api, jobs: &[String]) -> anyhow::Result<Ev
         }
     }
     out.sort_by(f64::total_cmp);
-    Ok(EvalTimes { latencies_ms: out, last_done_unix_ns })
+    Ok(EvalTimes { latencies_ms: out, last_done_unix_ns, node_update_evals })
 }
 
 /// Completed evaluations: each one's create → complete, sorted, and when
@@ -282,6 +292,9 @@ pub(crate) fn eval_latencies_ms(api: &Api, jobs: &[String]) -> anyhow::Result<Ev
 pub(crate) struct EvalTimes {
     pub(crate) latencies_ms: Vec<f64>,
     pub(crate) last_done_unix_ns: i64,
+    /// Evaluations a node's status change created (a node marked down, or
+    /// back): 0 in a run where every node stayed ready.
+    pub(crate) node_update_evals: u64,
 }
 
 /// Now on the Unix clock, in ns (the servers' eval times use it).
