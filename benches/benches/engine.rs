@@ -124,5 +124,68 @@ fn broker(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, scoring, snapshots, plan_apply, broker);
+/// A client's allocation pull (the body of `NODE_ALLOCS`'s reply before
+/// encoding): a node holding 100 allocations of 100 jobs, one placed since
+/// the client's last reply, in a state of 1,000 jobs on 10 nodes.
+/// `lookup_each` builds it as the server did before (every allocation looked
+/// up by id to read its change index), `node_list` as it does now
+/// (`State::node_allocs_since`: the node's list carries the index, only the
+/// changed allocation is looked up).
+fn node_allocs_reply(c: &mut Criterion) {
+    use caravan_engine::ids::{AllocId, JobKey};
+    use caravan_engine::state::NodeAllocChange;
+    const NODES: usize = 10;
+    const JOBS: usize = 1000;
+    let mut cluster = SimCluster::new(11);
+    for i in 0..NODES {
+        // Room for exactly 100 allocations of 100 MHz each.
+        let n = node(&mut cluster.ids, &format!("n{i}"), "dc1", 10_000, 256 * 1024);
+        cluster.add_node(n);
+    }
+    let place = |cluster: &mut SimCluster, j: usize| {
+        let eval = cluster.register(job(&format!("j{j}"), JobType::Service, 1, 100, 128));
+        cluster.process(&eval);
+    };
+    for j in 0..JOBS - 1 {
+        place(&mut cluster, j);
+    }
+    let known_index = cluster.snapshot().index();
+    place(&mut cluster, JOBS - 1);
+    let snapshot = cluster.snapshot();
+    let last = JobKey::new("default", &format!("j{}", JOBS - 1));
+    let node_id = snapshot.allocs_by_job(&last).next().expect("the last job is placed").node_id;
+    assert_eq!(snapshot.allocs_by_node(node_id).count(), 100);
+    let changed = snapshot.node_allocs_since(node_id, known_index).filter(|c| matches!(c, NodeAllocChange::Changed(_)));
+    assert_eq!(changed.count(), 1);
+
+    let mut group = c.benchmark_group("node_allocs_reply_100_allocs_1_changed");
+    group.bench_function("lookup_each", |b| {
+        b.iter(|| {
+            let (mut changed, mut unchanged): (Vec<Arc<Allocation>>, Vec<AllocId>) = (Vec::new(), Vec::new());
+            for alloc in snapshot.allocs_by_node(black_box(node_id)) {
+                if alloc.alloc_modify_index > known_index {
+                    changed.push(alloc.clone());
+                } else {
+                    unchanged.push(alloc.id);
+                }
+            }
+            black_box((changed, unchanged))
+        })
+    });
+    group.bench_function("node_list", |b| {
+        b.iter(|| {
+            let (mut changed, mut unchanged): (Vec<Arc<Allocation>>, Vec<AllocId>) = (Vec::new(), Vec::new());
+            for alloc in snapshot.node_allocs_since(black_box(node_id), known_index) {
+                match alloc {
+                    NodeAllocChange::Changed(alloc) => changed.push(alloc.clone()),
+                    NodeAllocChange::Unchanged(id) => unchanged.push(id),
+                }
+            }
+            black_box((changed, unchanged))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, scoring, snapshots, plan_apply, broker, node_allocs_reply);
 criterion_main!(benches);

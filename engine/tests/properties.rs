@@ -13,7 +13,7 @@ use caravan_engine::ids::{AllocId, JobKey};
 use caravan_engine::model::*;
 use caravan_engine::scheduler::describe_plan;
 use caravan_engine::sim::SimCluster;
-use caravan_engine::state::{State, usage_from_allocs};
+use caravan_engine::state::{NodeAllocChange, State, usage_from_allocs};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -74,6 +74,20 @@ fn check_invariants(state: &State) {
         let incremental = state.node_usage(node.id).cloned().unwrap_or_default();
         assert_eq!(recount.used, incremental.used, "incremental usage drifted on {}", node.name);
         assert_eq!(recount.ports, incremental.ports, "port usage drifted on {}", node.name);
+        // The node's list keeps each allocation's change index in step: a
+        // client's pull sends the same allocations as looking each one up.
+        for known in [0, state.index() / 2, state.index().saturating_sub(1)] {
+            let pulled: Vec<(AllocId, bool)> = state
+                .node_allocs_since(node.id, known)
+                .map(|c| match c {
+                    NodeAllocChange::Changed(a) => (a.id, true),
+                    NodeAllocChange::Unchanged(id) => (id, false),
+                })
+                .collect();
+            let looked_up: Vec<(AllocId, bool)> =
+                state.allocs_by_node(node.id).map(|a| (a.id, a.alloc_modify_index > known)).collect();
+            assert_eq!(pulled, looked_up, "pull of {} since {known}", node.name);
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use caravan_engine::fixtures::{job, node};
 use caravan_engine::fsm::{ApplyError, Command};
-use caravan_engine::ids::{JobKey, NodeId};
+use caravan_engine::ids::{AllocId, JobKey, NodeId};
 use caravan_engine::intern::Sym;
 use caravan_engine::model::*;
 use caravan_engine::sim::SimCluster;
@@ -85,4 +85,65 @@ fn a_plan_committed_twice_places_its_allocations_once() {
     assert_eq!(state.allocs_by_node(node_id).count(), 3, "no allocation is added twice");
     assert_eq!(state.alloc_count(), 3);
     assert_eq!(state.node_usage(node_id).cloned(), usage_first, "usage is not counted twice");
+}
+
+/// A client's pull: each of the node's allocations with whether the
+/// servers changed it after `known`, the fast path and the definition
+/// (every allocation looked up) side by side.
+fn pull(state: &caravan_engine::state::State, node: NodeId, known: u64) -> Vec<(AllocId, bool)> {
+    use caravan_engine::state::NodeAllocChange;
+    let fast: Vec<(AllocId, bool)> = state
+        .node_allocs_since(node, known)
+        .map(|c| match c {
+            NodeAllocChange::Changed(a) => (a.id, true),
+            NodeAllocChange::Unchanged(id) => (id, false),
+        })
+        .collect();
+    let slow: Vec<(AllocId, bool)> = state.allocs_by_node(node).map(|a| (a.id, a.alloc_modify_index > known)).collect();
+    assert_eq!(fast, slow, "known index {known}");
+    fast
+}
+
+#[test]
+fn node_allocs_since_sends_only_what_the_servers_changed() {
+    let mut c = SimCluster::new(5);
+    let n = node(&mut c.ids, "n", "dc1", 64_000, 64 * 1024);
+    let node_id = c.add_node(n);
+    let web = c.register(job("web", JobType::Service, 40, 100, 128));
+    c.process(&web);
+    let db = c.register(job("db", JobType::Service, 1, 100, 128));
+    c.process(&db);
+    let placed = c.snapshot();
+    let all = pull(&placed, node_id, 0);
+    assert_eq!(all.len(), 41);
+    assert!(all.iter().all(|(_, changed)| *changed), "a first pull gets everything");
+    let known = placed.index();
+    assert!(pull(&placed, node_id, known).iter().all(|(_, changed)| !changed));
+
+    // The client's own reports change nothing it needs to be sent.
+    let db_alloc = placed.allocs_by_job(&JobKey::new("default", "db")).next().unwrap().id;
+    for (id, _) in &all {
+        c.client_update(*id, ClientStatus::Running);
+    }
+    assert!(pull(&c.snapshot(), node_id, known).iter().all(|(_, changed)| !changed));
+
+    // A stop is a server change: only that allocation is sent in full,
+    // also after the change shared the node's list with older snapshots.
+    let db_stop = c.register(job("db", JobType::Service, 0, 100, 128));
+    c.process(&db_stop);
+    let stopped = c.snapshot();
+    let changed: Vec<AllocId> =
+        pull(&stopped, node_id, known).into_iter().filter(|(_, c)| *c).map(|(id, _)| id).collect();
+    assert_eq!(changed, [db_alloc]);
+    assert_eq!(stopped.alloc(db_alloc).unwrap().desired_status, DesiredStatus::Stop);
+    assert!(pull(&placed, node_id, known).iter().all(|(_, changed)| !changed), "older snapshots keep their view");
+    for index in 0..=stopped.index() {
+        pull(&stopped, node_id, index);
+    }
+
+    // Removed (garbage-collected) allocations leave the list.
+    c.commit(Command::EvalReap { evals: vec![], allocs: vec![db_alloc] });
+    let reaped = pull(&c.snapshot(), node_id, known);
+    assert_eq!(reaped.len(), 40);
+    assert!(reaped.iter().all(|(id, changed)| *id != db_alloc && !changed));
 }

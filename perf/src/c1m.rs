@@ -34,6 +34,11 @@ pub(crate) struct C1mArgs {
     /// `service` or `batch`.
     #[arg(long, default_value = "service")]
     job_type: String,
+    /// Each job's `update { min_healthy_time }` (ms): how long the fleet
+    /// waits after an allocation runs before reporting it healthy to its
+    /// deployment. Unset: the job's default (Nomad's 10 s).
+    #[arg(long)]
+    min_healthy_time_ms: Option<u64>,
     /// HTTP clients registering jobs at once.
     #[arg(long, default_value_t = 16)]
     submitters: usize,
@@ -83,6 +88,10 @@ pub(crate) fn run(args: &C1mArgs) -> anyhow::Result<()> {
             result["overcommitted_nodes"]
         );
     }
+    let (failed, unfinished) = (&result["deployments_failed"], &result["deployments_unfinished"]);
+    if failed.as_u64() != Some(0) || unfinished.as_u64() != Some(0) {
+        bail!("{failed} deployments failed and {unfinished} did not finish (of {} jobs)", args.jobs);
+    }
     Ok(())
 }
 
@@ -95,6 +104,7 @@ fn measure(args: &C1mArgs, running: &setup::Running, wanted: u64, quiet: bool) -
     let jobs: Vec<String> = (0..args.jobs).map(|j| format!("c1m-{j}")).collect();
 
     let start = Instant::now();
+    let deadline = start + Duration::from_secs(args.timeout_s);
     let start_unix_ns = setup::unix_now_ns();
     let origin_s = shared.at_s(start);
     let submitted_s = std::sync::Mutex::new(0.0_f64);
@@ -109,7 +119,10 @@ fn measure(args: &C1mArgs, running: &setup::Running, wanted: u64, quiet: bool) -
                     loop {
                         let j = next.fetch_add(1, Ordering::Relaxed);
                         let Some(id) = jobs.get(j) else { return Ok(()) };
-                        let spec = api::job(id, &args.job_type, args.count, TASK_CPU_MHZ, TASK_MEMORY_MB);
+                        let mut spec = api::job(id, &args.job_type, args.count, TASK_CPU_MHZ, TASK_MEMORY_MB);
+                        if let Some(ms) = args.min_healthy_time_ms {
+                            spec["Update"] = json!({ "MinHealthyTime": ms.saturating_mul(1_000_000) });
+                        }
                         api.register(&spec).with_context(|| format!("registering {id}"))?;
                         submitted.fetch_add(1, Ordering::Relaxed);
                         let mut last = submitted_s.lock().expect("submitted_s poisoned");
@@ -118,7 +131,6 @@ fn measure(args: &C1mArgs, running: &setup::Running, wanted: u64, quiet: bool) -
                 })
             })
             .collect();
-        let deadline = start + Duration::from_secs(args.timeout_s);
         loop {
             let seen = shared.allocs_seen.load(Ordering::Relaxed);
             let ran = shared.allocs_running.load(Ordering::Relaxed);
@@ -165,6 +177,14 @@ fn measure(args: &C1mArgs, running: &setup::Running, wanted: u64, quiet: bool) -
         running_s = wall_s;
     }
 
+    // Service jobs roll out under deployments, which end once the fleet
+    // has reported every allocation healthy (after `min_healthy_time`).
+    let deployments = if args.job_type == "service" {
+        setup::wait_deployments(api, &jobs, start, deadline, quiet)?
+    } else {
+        setup::Deployments::default()
+    };
+
     let verified = setup::verify(api, &jobs, &running.nodes)?;
     let eval_times = setup::eval_latencies_ms(api, &jobs)?;
     let evals = &eval_times.latencies_ms;
@@ -176,7 +196,7 @@ fn measure(args: &C1mArgs, running: &setup::Running, wanted: u64, quiet: bool) -
         (Some((cpu0, _, _)), Some((cpu1, rss, peak))) => (Some(cpu1 - cpu0), Some(rss), Some(peak)),
         _ => (None, None, None),
     };
-    let result = json!({
+    let mut result = json!({
         "scenario": "c1m",
         "servers": running.cluster.rpc.len(),
         "nodes": args.fleet.nodes,
@@ -223,6 +243,15 @@ fn measure(args: &C1mArgs, running: &setup::Running, wanted: u64, quiet: bool) -
             "eval_latency_ms": evals,
         },
     });
+    // Past `json!`'s recursion limit in the literal above.
+    result["deployments_successful"] = json!(deployments.successful);
+    result["deployments_failed"] = json!(deployments.failed);
+    result["deployments_unfinished"] = json!(deployments.unfinished);
+    result["deployments_s"] = json!(deployments.settled_s.map(round3));
+    result["allocs_lost"] = json!(verified.allocs_lost);
+    result["node_update_evals"] = json!(eval_times.node_update_evals);
+    result["allocs_reported_healthy"] = json!(shared.allocs_healthy.load(Ordering::Relaxed));
+    result["allocs_reported_unhealthy"] = json!(shared.allocs_unhealthy.load(Ordering::Relaxed));
     Ok(result)
 }
 

@@ -2,7 +2,9 @@
 //! takes a seeded mix of 1-, 2-, 4- and 8-GPU jobs and 4 × 8-GPU gang jobs,
 //! in waves, until the first request cannot be placed. Reports how full the
 //! fleet was at that moment, how fragmented its islands were, and checks the
-//! committed state for any GPU instance assigned twice.
+//! committed state for any GPU instance assigned twice. After every wave it
+//! samples the fleet's GPU fill and fragmented-island fraction for a plot of
+//! both over the run (`fragmentation.svg`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use caravan_engine::state::State;
 use caravan_gpu::{GpuBackend, SimulatedBackend, SimulatedGpus, to_node_devices};
 use serde_json::json;
 
-use crate::machine;
+use crate::{machine, report};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct GpuArgs {
@@ -68,6 +70,8 @@ fn draw(rng: &mut fastrand::Rng) -> Request {
 }
 
 struct Occupancy {
+    /// Non-terminal allocations.
+    allocs_live: usize,
     gpus_total: usize,
     gpus_used: usize,
     islands_total: usize,
@@ -77,10 +81,18 @@ struct Occupancy {
 
 /// GPU use per node and island, from committed state.
 fn occupancy(state: &State) -> Occupancy {
-    let mut o = Occupancy { gpus_total: 0, gpus_used: 0, islands_total: 0, islands_partial: 0, assigned_twice: 0 };
+    let mut o = Occupancy {
+        allocs_live: 0,
+        gpus_total: 0,
+        gpus_used: 0,
+        islands_total: 0,
+        islands_partial: 0,
+        assigned_twice: 0,
+    };
     for node in state.nodes() {
         let mut used: BTreeMap<&str, usize> = BTreeMap::new();
         for alloc in state.allocs_by_node(node.id).filter(|a| !a.is_terminal()) {
+            o.allocs_live += 1;
             for d in &alloc.resources.devices {
                 for id in &d.instance_ids {
                     *used.entry(id).or_default() += 1;
@@ -103,6 +115,24 @@ fn occupancy(state: &State) -> Occupancy {
         o.islands_partial += islands.values().filter(|(size, busy)| *busy > 0 && busy < size).count();
     }
     o
+}
+
+impl Occupancy {
+    fn gpu_fill(&self) -> f64 {
+        self.gpus_used as f64 / self.gpus_total.max(1) as f64
+    }
+
+    fn fragmented_island_fraction(&self) -> f64 {
+        self.islands_partial as f64 / self.islands_total.max(1) as f64
+    }
+}
+
+/// The fleet after one wave, for the fragmentation plot.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    allocs_live: usize,
+    gpu_fill: f64,
+    fragmented_island_fraction: f64,
 }
 
 pub(crate) fn run(args: &GpuArgs) -> anyhow::Result<()> {
@@ -136,6 +166,10 @@ pub(crate) fn run(args: &GpuArgs) -> anyhow::Result<()> {
     let deadline = start + Duration::from_secs(args.timeout_s);
     let mut submitted: Vec<(JobKey, Request)> = Vec::new();
     let mut first_failure: Option<Request> = None;
+    let mut samples = vec![Sample { allocs_live: 0, gpu_fill: 0.0, fragmented_island_fraction: 0.0 }];
+    // Sampling reads every node after each wave: not part of the pipeline's
+    // time, so it is taken off `elapsed_s`.
+    let mut sampling = Duration::ZERO;
     for _ in 0..WAVES_MAX {
         let wave_start = submitted.len();
         for _ in 0..args.wave {
@@ -150,6 +184,14 @@ pub(crate) fn run(args: &GpuArgs) -> anyhow::Result<()> {
             bail!("pipeline not idle after {} s", args.timeout_s);
         }
         let snapshot = cluster.store.snapshot();
+        let sampled = Instant::now();
+        let o = occupancy(&snapshot);
+        samples.push(Sample {
+            allocs_live: o.allocs_live,
+            gpu_fill: o.gpu_fill(),
+            fragmented_island_fraction: o.fragmented_island_fraction(),
+        });
+        sampling += sampled.elapsed();
         first_failure = submitted[wave_start..]
             .iter()
             .find(|(key, r)| snapshot.allocs_by_job(key).filter(|a| !a.is_terminal()).count() < r.count as usize)
@@ -158,11 +200,11 @@ pub(crate) fn run(args: &GpuArgs) -> anyhow::Result<()> {
             break;
         }
     }
-    let elapsed_s = start.elapsed().as_secs_f64();
+    let elapsed_s = start.elapsed().saturating_sub(sampling).as_secs_f64();
     let Some(failed) = first_failure else { bail!("no request failed within {WAVES_MAX} waves") };
     let snapshot = cluster.store.snapshot();
     let o = occupancy(&snapshot);
-    let allocs_placed = snapshot.allocs().filter(|a| !a.is_terminal()).count();
+    let allocs_placed = o.allocs_live;
     let (rss_mb, _) = machine::rss_mb();
     let result = json!({
         "scenario": "gpu",
@@ -173,14 +215,21 @@ pub(crate) fn run(args: &GpuArgs) -> anyhow::Result<()> {
         "allocs_placed": allocs_placed,
         "elapsed_s": (elapsed_s * 1000.0).round() / 1000.0,
         "placements_per_s": (allocs_placed as f64 / elapsed_s).round(),
-        "gpu_fill_at_first_failure": (o.gpus_used as f64 / o.gpus_total.max(1) as f64 * 1e4).round() / 1e4,
-        "fragmented_island_fraction": (o.islands_partial as f64 / o.islands_total.max(1) as f64 * 1e4).round() / 1e4,
+        "gpu_fill_at_first_failure": (o.gpu_fill() * 1e4).round() / 1e4,
+        "fragmented_island_fraction": (o.fragmented_island_fraction() * 1e4).round() / 1e4,
+        "samples": samples.len(),
         "instances_assigned_twice": o.assigned_twice,
         "first_failure": format!("{} x {} GPU{}", failed.count, failed.gpus, if failed.gang { " gang" } else { "" }),
         "rss_mb": rss_mb.round(),
         "machine": machine::facts(),
     });
     cluster.shutdown();
+    let mut result = result;
+    if !args.no_save {
+        let dir = report::folder("gpu")?;
+        write_plot(&dir, &samples)?;
+        result["report"] = json!(dir.display().to_string());
+    }
     machine::save("gpu", &result, args.no_save, args.json)?;
     #[allow(clippy::print_stdout)]
     {
@@ -190,4 +239,21 @@ pub(crate) fn run(args: &GpuArgs) -> anyhow::Result<()> {
         bail!("{} GPU instances assigned twice", o.assigned_twice);
     }
     Ok(())
+}
+
+/// `fragmentation.svg`: GPU fill and the fraction of NVLink islands partly
+/// in use after each wave, over the allocations placed so far.
+fn write_plot(dir: &std::path::Path, samples: &[Sample]) -> anyhow::Result<()> {
+    let over_allocs =
+        |y: fn(&Sample) -> f64| -> Vec<(f64, f64)> { samples.iter().map(|s| (s.allocs_live as f64, y(s))).collect() };
+    report::lines(
+        &dir.join("fragmentation.svg"),
+        "gpu: fill and fragmentation as jobs are placed",
+        "allocations placed",
+        "fraction",
+        &[
+            ("GPUs in use", over_allocs(|s| s.gpu_fill)),
+            ("NVLink islands partly in use", over_allocs(|s| s.fragmented_island_fraction)),
+        ],
+    )
 }

@@ -126,6 +126,9 @@ pub(crate) struct Verified {
     /// Non-terminal allocations of the scenario's jobs.
     pub(crate) allocs_placed: u64,
     pub(crate) allocs_running: u64,
+    /// Allocations the servers marked lost (their node went down): each
+    /// one is replaced, so nodes receive more than were asked for.
+    pub(crate) allocs_lost: u64,
     /// Nodes whose live allocations exceed their CPU or memory.
     pub(crate) overcommitted_nodes: u64,
 }
@@ -160,6 +163,9 @@ pub(crate) fn verify(api: &Api, jobs: &[String], nodes: &[Node]) -> anyhow::Resu
     let mut verified = Verified::default();
     for list in &allocs {
         for alloc in list.as_array().context("job allocations are not a list")? {
+            if alloc["ClientStatus"] == "lost" {
+                verified.allocs_lost += 1;
+            }
             if !is_live(alloc) {
                 continue;
             }
@@ -198,14 +204,75 @@ pub(crate) fn verify(api: &Api, jobs: &[String], nodes: &[Node]) -> anyhow::Resu
     Ok(verified)
 }
 
+/// How often the deployments are read while waiting for them to end.
+const DEPLOYMENTS_POLL: Duration = Duration::from_millis(500);
+
+/// The latest deployment of each of the scenario's jobs, as the API shows
+/// it once they ended (or at the deadline).
+#[derive(Debug, Default)]
+pub(crate) struct Deployments {
+    pub(crate) successful: u64,
+    pub(crate) failed: u64,
+    /// Still running or paused at the deadline, cancelled, or missing (a
+    /// service job without a deployment).
+    pub(crate) unfinished: u64,
+    /// Seconds from `start` until the last ended (to within a poll).
+    pub(crate) settled_s: Option<f64>,
+}
+
+/// Wait until every job's latest deployment has ended (successful or
+/// failed) or `deadline`, reading `/v1/deployments` every
+/// [`DEPLOYMENTS_POLL`].
+pub(crate) fn wait_deployments(
+    api: &Api,
+    jobs: &[String],
+    start: Instant,
+    deadline: Instant,
+    quiet: bool,
+) -> anyhow::Result<Deployments> {
+    use std::collections::{HashMap, HashSet};
+    let ours: HashSet<&str> = jobs.iter().map(String::as_str).collect();
+    let bar = progress(jobs.len() as u64, "deployed", quiet);
+    loop {
+        let list = api.get("/v1/deployments")?;
+        // Newest first: the first seen of a job is its latest.
+        let mut latest: HashMap<&str, &str> = HashMap::new();
+        for d in list.as_array().context("deployments are not a list")? {
+            let (Some(job), Some(status)) = (d["JobID"].as_str(), d["Status"].as_str()) else { continue };
+            if ours.contains(job) {
+                latest.entry(job).or_insert(status);
+            }
+        }
+        let count = |s: &str| latest.values().filter(|v| **v == s).count() as u64;
+        let (successful, failed) = (count("successful"), count("failed"));
+        let ended = successful + failed;
+        bar.set_position(ended);
+        let now = Instant::now();
+        if ended == jobs.len() as u64 || now > deadline {
+            bar.finish_and_clear();
+            return Ok(Deployments {
+                successful,
+                failed,
+                unfinished: jobs.len() as u64 - ended,
+                settled_s: (ended == jobs.len() as u64).then(|| now.duration_since(start).as_secs_f64()),
+            });
+        }
+        std::thread::sleep(DEPLOYMENTS_POLL);
+    }
+}
+
 /// Every evaluation of the given jobs: (create → modify) in ms, for those
 /// complete.
 pub(crate) fn eval_latencies_ms(api: &Api, jobs: &[String]) -> anyhow::Result<EvalTimes> {
     let lists: Vec<Value> = parallel(jobs, |id| api.get(&format!("/v1/job/{id}/evaluations")))?;
     let mut out = Vec::new();
     let mut last_done_unix_ns = 0_i64;
+    let mut node_update_evals = 0;
     for list in &lists {
         for eval in list.as_array().context("evaluations are not a list")? {
+            if eval["TriggeredBy"] == "node-update" {
+                node_update_evals += 1;
+            }
             if eval["Status"] != "complete" {
                 continue;
             }
@@ -217,7 +284,7 @@ pub(crate) fn eval_latencies_ms(api: &Api, jobs: &[String]) -> anyhow::Result<Ev
         }
     }
     out.sort_by(f64::total_cmp);
-    Ok(EvalTimes { latencies_ms: out, last_done_unix_ns })
+    Ok(EvalTimes { latencies_ms: out, last_done_unix_ns, node_update_evals })
 }
 
 /// Completed evaluations: each one's create → complete, sorted, and when
@@ -225,6 +292,9 @@ pub(crate) fn eval_latencies_ms(api: &Api, jobs: &[String]) -> anyhow::Result<Ev
 pub(crate) struct EvalTimes {
     pub(crate) latencies_ms: Vec<f64>,
     pub(crate) last_done_unix_ns: i64,
+    /// Evaluations a node's status change created (a node marked down, or
+    /// back): 0 in a run where every node stayed ready.
+    pub(crate) node_update_evals: u64,
 }
 
 /// Now on the Unix clock, in ns (the servers' eval times use it).

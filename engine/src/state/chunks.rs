@@ -33,13 +33,24 @@ impl<T: Clone + PartialEq> Chunked<T> {
         }
     }
 
-    /// Remove every copy of `value` (rare: garbage collection).
-    pub(crate) fn remove(&mut self, value: &T) {
-        let mut all: Vec<T> = self.iter().filter(|v| *v != value).cloned().collect();
+    /// Remove every value `doomed` picks (rare: garbage collection).
+    pub(crate) fn remove_where(&mut self, doomed: impl Fn(&T) -> bool) {
+        let mut all: Vec<T> = self.iter().filter(|v| !doomed(v)).cloned().collect();
         let tail_len = all.len() % CHUNK_IDS;
         let tail = all.split_off(all.len() - tail_len);
         self.sealed = all.chunks(CHUNK_IDS).map(|c| Arc::new(c.to_vec())).collect();
         self.tail = tail;
+    }
+
+    /// The first value `wanted` picks, to change in place: a sealed chunk
+    /// a snapshot shares is copied first (at most [`CHUNK_IDS`] values).
+    pub(crate) fn find_mut(&mut self, wanted: impl Fn(&T) -> bool) -> Option<&mut T> {
+        if let Some(at) = self.tail.iter().position(&wanted) {
+            return Some(&mut self.tail[at]);
+        }
+        let (chunk, at) =
+            self.sealed.iter().enumerate().find_map(|(c, chunk)| chunk.iter().position(&wanted).map(|at| (c, at)))?;
+        Some(&mut Arc::make_mut(&mut self.sealed[chunk])[at])
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &T> + '_ {
@@ -65,10 +76,25 @@ mod tests {
         assert_eq!(list.len(), 101);
         assert_eq!(shared.len(), 100, "a copy does not see later appends");
         assert!(Arc::ptr_eq(&list.sealed[0], &shared.sealed[0]), "sealed chunks are shared");
-        list.remove(&5);
-        list.remove(&64);
+        list.remove_where(|v| *v == 5);
+        list.remove_where(|v| *v == 64);
         let expected: Vec<u32> = (0..101).filter(|v| *v != 5 && *v != 64).collect();
         assert_eq!(list.iter().copied().collect::<Vec<_>>(), expected);
         assert_eq!(list.len(), 99);
+    }
+
+    #[test]
+    fn find_mut_copies_only_a_shared_chunk() {
+        let mut list: Chunked<u32> = Chunked::default();
+        list.extend(0..100);
+        let shared = list.clone();
+        *list.find_mut(|v| *v == 40).expect("listed") = 1040;
+        *list.find_mut(|v| *v == 99).expect("listed") = 1099;
+        assert!(list.find_mut(|v| *v == 5000).is_none());
+        assert!(!Arc::ptr_eq(&list.sealed[1], &shared.sealed[1]), "the changed chunk is copied");
+        assert!(Arc::ptr_eq(&list.sealed[0], &shared.sealed[0]), "the others stay shared");
+        assert!(shared.iter().copied().eq(0..100), "a copy does not see the change");
+        let expected: Vec<u32> = (0..100).map(|v| if v == 40 || v == 99 { v + 1000 } else { v }).collect();
+        assert_eq!(list.iter().copied().collect::<Vec<_>>(), expected);
     }
 }

@@ -23,8 +23,8 @@ pub use cancel::Cancel;
 use cancel::IndexWaiter;
 pub use restore::{JobHistory, RestoreError, StateBuilder};
 pub use tables::{
-    DeploymentHealth, JOB_VERSIONS_KEPT, SchedulerAlgorithm, SchedulerConfig, ScopeKey, ScopedNodes, State,
-    TABLE_COUNT, Table,
+    DeploymentHealth, JOB_VERSIONS_KEPT, NodeAllocChange, SchedulerAlgorithm, SchedulerConfig, ScopeKey, ScopedNodes,
+    State, TABLE_COUNT, Table,
 };
 pub use usage::{FitError, InstanceRule, NodeUsage, check_fit, usage_from_allocs};
 

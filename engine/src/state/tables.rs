@@ -204,12 +204,40 @@ fn append_ids<K: Clone>(list: &mut IdList<K>, extra: impl ExactSizeIterator<Item
 #[derive(Debug, Clone, Default)]
 struct NodeSlot {
     usage: NodeUsage,
-    alloc_ids: super::chunks::Chunked<AllocId>,
+    /// Each allocation's id and `alloc_modify_index`, kept in step with the
+    /// allocation by every write, so a client's pull
+    /// ([`State::node_allocs_since`]) tells what changed without looking
+    /// up the allocations that did not.
+    allocs: super::chunks::Chunked<NodeAllocEntry>,
     /// The index of the last change the servers made to the node's
     /// allocations (placed, stopped, updated, removed; not the client's
     /// own status reports): what its client's blocking query watches. At
     /// least the highest `alloc_modify_index` among them.
     allocs_index: u64,
+}
+
+/// One allocation in its node's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NodeAllocEntry {
+    id: AllocId,
+    /// The allocation's `alloc_modify_index` (the servers' last change).
+    alloc_modify_index: u64,
+}
+
+impl NodeAllocEntry {
+    fn of(alloc: &Allocation) -> NodeAllocEntry {
+        NodeAllocEntry { id: alloc.id, alloc_modify_index: alloc.alloc_modify_index }
+    }
+}
+
+/// One of a node's allocations as its client's pull sees it
+/// ([`State::node_allocs_since`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NodeAllocChange<'a> {
+    /// The servers changed it after the caller's index: sent in full.
+    Changed(&'a Arc<Allocation>),
+    /// Unchanged since: the caller holds it, only its id is sent.
+    Unchanged(AllocId),
 }
 
 fn table_slot(t: Table) -> usize {
@@ -382,7 +410,25 @@ impl State {
 
     /// Allocations on a node, in no particular (but deterministic) order.
     pub fn allocs_by_node(&self, id: NodeId) -> impl Iterator<Item = &Arc<Allocation>> + '_ {
-        self.node_slots.get(&id).into_iter().flat_map(|s| s.alloc_ids.iter()).filter_map(|a| self.alloc(*a))
+        self.node_slots.get(&id).into_iter().flat_map(|s| s.allocs.iter()).filter_map(|e| self.alloc(e.id))
+    }
+
+    /// A node's allocations in [`Self::allocs_by_node`]'s order, each
+    /// [`NodeAllocChange::Changed`] if the servers changed it after
+    /// `known_index` (its `alloc_modify_index`) or else
+    /// [`NodeAllocChange::Unchanged`]. One pass over the node's list,
+    /// which carries each allocation's `alloc_modify_index`: only the
+    /// changed ones are looked up, so a client's pull costs what changed,
+    /// not what the node holds.
+    pub fn node_allocs_since(&self, id: NodeId, known_index: u64) -> impl Iterator<Item = NodeAllocChange<'_>> + '_ {
+        self.node_slots.get(&id).into_iter().flat_map(|s| s.allocs.iter()).filter_map(move |e| {
+            if e.alloc_modify_index <= known_index {
+                return Some(NodeAllocChange::Unchanged(e.id));
+            }
+            let alloc = self.alloc(e.id)?;
+            debug_assert_eq!(alloc.alloc_modify_index, e.alloc_modify_index, "node list out of step with {}", e.id);
+            Some(NodeAllocChange::Changed(alloc))
+        })
     }
 
     /// Allocations of a job (every version), in no particular order.
@@ -608,9 +654,15 @@ impl State {
         let slot = Arc::make_mut(self.node_slots.entry(alloc.node_id).or_default());
         if old.is_none() {
             self.alloc_count += 1;
-            slot.alloc_ids.push(alloc.id);
+            slot.allocs.push(NodeAllocEntry::of(&alloc));
         }
         if servers_changed {
+            if old.is_some() {
+                // A scan of the node's list: only the servers' changes to
+                // an existing allocation (stop, update, transition) come here.
+                let entry = slot.allocs.find_mut(|e| e.id == alloc.id);
+                entry.expect("an allocation is listed on its node").alloc_modify_index = alloc.alloc_modify_index;
+            }
             slot.allocs_index = slot.allocs_index.max(index).max(alloc.alloc_modify_index);
             self.alloc_nodes_touched.push(alloc.node_id);
         }
@@ -624,7 +676,7 @@ impl State {
     pub(crate) fn put_new_allocs(&mut self, index: u64, allocs: &[Arc<Allocation>]) {
         for run in allocs.chunk_by(|a, b| a.node_id == b.node_id) {
             let slot = Arc::make_mut(self.node_slots.entry(run[0].node_id).or_default());
-            slot.alloc_ids.extend(run.iter().map(|a| a.id));
+            slot.allocs.extend(run.iter().map(|a| NodeAllocEntry::of(a)));
             for alloc in run.iter().filter(|a| !a.is_terminal()) {
                 slot.usage.add(alloc);
             }
@@ -666,7 +718,7 @@ impl State {
             self.adjust_deployment_health(Some(&old), None);
             if let Some(slot) = self.node_slots.get_mut(&old.node_id) {
                 let slot = Arc::make_mut(slot);
-                slot.alloc_ids.remove(&id);
+                slot.allocs.remove_where(|e| e.id == id);
                 slot.allocs_index = slot.allocs_index.max(index);
             }
             self.alloc_nodes_touched.push(old.node_id);
@@ -774,7 +826,7 @@ impl State {
     /// Every node slot (one per node ever registered, removed nodes
     /// included) with its allocation ids in insertion order.
     pub fn node_alloc_lists(&self) -> impl Iterator<Item = (NodeId, impl Iterator<Item = AllocId> + '_)> + '_ {
-        self.node_slots.iter().map(|(id, slot)| (*id, slot.alloc_ids.iter().copied()))
+        self.node_slots.iter().map(|(id, slot)| (*id, slot.allocs.iter().map(|e| e.id)))
     }
 
     pub fn node_slot_count(&self) -> usize {
@@ -790,16 +842,17 @@ impl State {
     /// changed) unless `ids` holds exactly the ids already listed.
     pub(super) fn reorder_node_allocs(&mut self, node_id: NodeId, ids: &[AllocId]) -> bool {
         let Some(slot) = self.node_slots.get(&node_id) else { return false };
-        let mut have: Vec<AllocId> = slot.alloc_ids.iter().copied().collect();
+        let mut have: Vec<NodeAllocEntry> = slot.allocs.iter().copied().collect();
         let mut want = ids.to_vec();
-        have.sort_unstable();
+        have.sort_unstable_by_key(|e| e.id);
         want.sort_unstable();
-        if have != want {
+        if !have.iter().map(|e| e.id).eq(want.iter().copied()) {
             return false;
         }
+        let entry = |id: &AllocId| have[have.binary_search_by_key(id, |e| e.id).expect("compared above")];
         let slot = Arc::make_mut(self.node_slots.get_mut(&node_id).expect("checked above"));
-        slot.alloc_ids = Default::default();
-        slot.alloc_ids.extend(ids.iter().copied());
+        slot.allocs = Default::default();
+        slot.allocs.extend(ids.iter().map(entry));
         true
     }
 

@@ -47,7 +47,7 @@ use caravan_engine::heartbeat::{HeartbeatError, Heartbeats};
 use caravan_engine::ids::{AllocId, IdGen, NodeId};
 use caravan_engine::model::{AllocClientUpdate, Allocation, Node, NodeStatus};
 use caravan_engine::plan::Committer;
-use caravan_engine::state::{Cancel, State, StateStore, Table};
+use caravan_engine::state::{Cancel, NodeAllocChange, State, StateStore, Table};
 use futures_channel::oneshot;
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
@@ -274,6 +274,22 @@ where
 /// a node the state has never seen.
 pub(crate) fn node_allocs_index(state: &State, node: NodeId) -> u64 {
     state.node_allocs_index(node).unwrap_or_else(|| state.table_index(Table::Allocs))
+}
+
+/// `NODE_ALLOCS`'s answer for `node` to a caller holding every allocation
+/// as of `known_index`: one pass over the node's list, which carries each
+/// allocation's `alloc_modify_index`, so only the changed allocations are
+/// looked up (see [`State::node_allocs_since`]).
+fn allocs_reply(state: &State, node: NodeId, known_index: u64) -> AllocsReply {
+    let mut changed = Vec::new();
+    let mut unchanged = Vec::new();
+    for alloc in state.node_allocs_since(node, known_index) {
+        match alloc {
+            NodeAllocChange::Changed(alloc) => changed.push(alloc.clone()),
+            NodeAllocChange::Unchanged(id) => unchanged.push(id),
+        }
+    }
+    AllocsReply { changed, unchanged, index: node_allocs_index(state, node) }
 }
 
 /// What the writer threads commit.
@@ -566,17 +582,7 @@ impl ClientRpc {
                 let _ = futures_util::future::select(woken, timer).await;
             }
         }
-        let state = self.store.snapshot();
-        let mut changed = Vec::new();
-        let mut unchanged = Vec::new();
-        for alloc in state.allocs_by_node(request.node_id) {
-            if alloc.alloc_modify_index > request.known_index {
-                changed.push(alloc.clone());
-            } else {
-                unchanged.push(alloc.id);
-            }
-        }
-        encoded(&AllocsReply { changed, unchanged, index: node_allocs_index(&state, request.node_id) })
+        encoded(&allocs_reply(&self.store.snapshot(), request.node_id, request.known_index))
     }
 
     async fn alloc_update(&self, updates: Vec<AllocClientUpdate>) -> Result<Vec<u8>, RemoteError> {

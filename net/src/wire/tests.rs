@@ -591,6 +591,19 @@ fn assert_same_state(a: &State, b: &State) {
         assert_eq!(a.node_usage(node), b.node_usage(node), "usage of {node}");
         let by_node: Vec<_> = b.allocs_by_node(node).map(|x| x.id).collect();
         assert_eq!(by_node, ids);
+        // The node's list carries each allocation's change index: a
+        // client's pull splits the same way after the restore.
+        for known in [0, a.index() / 2, a.index()] {
+            let pulled: Vec<(_, bool)> = b
+                .node_allocs_since(node, known)
+                .map(|c| match c {
+                    caravan_engine::state::NodeAllocChange::Changed(x) => (x.id, true),
+                    caravan_engine::state::NodeAllocChange::Unchanged(id) => (id, false),
+                })
+                .collect();
+            let expected: Vec<_> = a.allocs_by_node(node).map(|x| (x.id, x.alloc_modify_index > known)).collect();
+            assert_eq!(pulled, expected, "pull of {node} since {known}");
+        }
     }
 
     // Tables iterate in the same order: the scheduler reads some that way.

@@ -1,6 +1,7 @@
 //! A simulated fleet: nodes that register, heartbeat on the TTL the leader
-//! hands out, pull their allocations with the blocking query, and report
-//! them running after a delay, over the servers' real client RPC (QUIC,
+//! hands out, pull their allocations with the blocking query, report
+//! them running after a delay and healthy for their deployment after their
+//! group's `min_healthy_time`, over the servers' real client RPC (QUIC,
 //! mutual TLS) with the same messages a client agent sends. They run
 //! nothing.
 //!
@@ -67,6 +68,9 @@ pub(crate) struct FleetShared {
     pub(crate) allocs_seen: AtomicU64,
     /// Allocations whose running report the servers acknowledged.
     pub(crate) allocs_running: AtomicU64,
+    /// Deployment health reports the servers acknowledged, healthy and not.
+    pub(crate) allocs_healthy: AtomicU64,
+    pub(crate) allocs_unhealthy: AtomicU64,
     pub(crate) heartbeats: AtomicU64,
     pub(crate) rpc_errors: AtomicU64,
     /// Nodes the servers had forgotten or marked down that registered again.
@@ -156,6 +160,8 @@ impl Fleet {
             registered: AtomicU64::new(0),
             allocs_seen: AtomicU64::new(0),
             allocs_running: AtomicU64::new(0),
+            allocs_healthy: AtomicU64::new(0),
+            allocs_unhealthy: AtomicU64::new(0),
             heartbeats: AtomicU64::new(0),
             rpc_errors: AtomicU64::new(0),
             reregistered: AtomicU64::new(0),

@@ -1,17 +1,25 @@
 //! One fleet thread: a compio runtime with a task per simulated node (its
 //! registration, allocation watch and heartbeats) and one ticker that sends
 //! each node's batched status reports.
+//!
+//! A node reports each new allocation `running` after the fleet's running
+//! delay and, when the allocation belongs to a deployment whose group's
+//! update strategy lets the client decide, `healthy` once it has been
+//! running for the strategy's `min_healthy_time` (an agent's
+//! `health_check = "task_states"` with tasks that never fail; unhealthy
+//! only if `healthy_deadline` comes first). Both go out in the node's next
+//! batch, merged into one update when due together, as an agent's are.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use caravan_engine::ids::AllocId;
-use caravan_engine::model::{AllocClientUpdate, ClientStatus, DesiredStatus, Node};
+use caravan_engine::ids::{AllocId, DeploymentId};
+use caravan_engine::model::{AllocClientUpdate, AllocHealthReport, Allocation, ClientStatus, DesiredStatus, Node};
 use caravan_net::rpc::RpcClient;
 use caravan_net::server::{
     ALLOC_UPDATE, AllocUpdateRequest, AllocsReply, AllocsRequest, HeartbeatRequest, NODE_ALLOCS, NODE_HEARTBEAT,
@@ -33,13 +41,47 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often the thread's main loop looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
 
-/// A running report waiting for its node's next batch.
+/// A report waiting for its node's next batch.
 struct Report {
     node: usize,
     global: usize,
     due: Instant,
     alloc: AllocId,
     job: Arc<str>,
+    kind: ReportKind,
+}
+
+/// What a report says about its allocation (always `running` on the client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReportKind {
+    /// The allocation's tasks started: counted in `allocs_running`.
+    Running,
+    /// Its deployment health was decided.
+    Health { deployment_id: DeploymentId, healthy: bool },
+}
+
+/// When a node decides an allocation's deployment health, as an agent
+/// does (`HealthPolicy::of` and `assess` in the agent's `client/health.rs`):
+/// `None` when the client does not decide it (no deployment, stopped, no
+/// update strategy, or `health_check = "manual"`); otherwise the
+/// deployment, the verdict, and how long after `since` (tasks running) it
+/// comes. Simulated tasks never fail, so the verdict is healthy after
+/// `min_healthy_time` unless `healthy_deadline` (0: none) comes first.
+fn health_decision(alloc: &Allocation) -> Option<(DeploymentId, bool, Duration)> {
+    let deployment_id = alloc.deployment_id?;
+    if alloc.server_terminal() {
+        return None;
+    }
+    let strategy = alloc.job.rollout_strategy(alloc.group())?;
+    if &*strategy.health_check == "manual" {
+        return None;
+    }
+    let min_healthy_ns = u64::try_from(strategy.min_healthy_time_ns).unwrap_or(0);
+    let deadline_ns = u64::try_from(strategy.healthy_deadline_ns).unwrap_or(0);
+    if deadline_ns > 0 && min_healthy_ns > deadline_ns {
+        return Some((deployment_id, false, Duration::from_nanos(deadline_ns)));
+    }
+    Some((deployment_id, true, Duration::from_nanos(min_healthy_ns)))
 }
 
 /// What a thread's tasks share.
@@ -48,6 +90,12 @@ struct Thread {
     servers: Servers,
     config: FleetConfig,
     reports: RefCell<Vec<Report>>,
+    /// Whether each local node has a status report call in flight: as an
+    /// agent, a node sends its next batch only once the last is answered.
+    /// Without this a slow server would see a node's calls pile up, one per
+    /// tick, until they fill the connection's streams and hold up every
+    /// other call on it, heartbeats included.
+    sending: RefCell<Vec<bool>>,
     /// Each local node's connection, by local index.
     clients: RefCell<Vec<Rc<RpcClient>>>,
 }
@@ -67,6 +115,7 @@ pub(super) fn run_thread(nodes: Vec<(usize, Node)>, config: &FleetConfig, shared
             servers: Servers::new(config.servers.clone()),
             config: config.clone(),
             reports: RefCell::new(Vec::new()),
+            sending: RefCell::new(Vec::new()),
             clients: RefCell::new(Vec::new()),
         });
         let mut client = None;
@@ -82,6 +131,7 @@ pub(super) fn run_thread(nodes: Vec<(usize, Node)>, config: &FleetConfig, shared
             }
             let client = client.clone().expect("bound above");
             thread.clients.borrow_mut().push(client.clone());
+            thread.sending.borrow_mut().push(false);
             compio::runtime::spawn(node_main(thread.clone(), client, local, global, node)).detach();
         }
         compio::runtime::spawn(report_ticker(thread.clone())).detach();
@@ -112,7 +162,9 @@ async fn node_main(thread: Rc<Thread>, client: Rc<RpcClient>, local: usize, glob
     thread.shared.registered.fetch_add(1, Ordering::Relaxed);
     compio::runtime::spawn(heartbeats(thread.clone(), client.clone(), global, node.clone(), ttl)).detach();
     let mut index = 0;
-    let mut seen: HashSet<AllocId> = HashSet::new();
+    // Allocations this node runs, with the deployment whose health it
+    // tracks for each (as an agent's alloc runner does).
+    let mut known: HashMap<AllocId, Option<DeploymentId>> = HashMap::new();
     let wait_ms = u64::try_from(thread.config.allocs_wait.as_millis()).unwrap_or(u64::MAX);
     while thread.shared.alive(global) {
         let request = AllocsRequest { node_id: node.id, min_index: index, known_index: index, wait_ms };
@@ -140,21 +192,49 @@ async fn node_main(thread: Rc<Thread>, client: Rc<RpcClient>, local: usize, glob
             return;
         }
         let now = Instant::now();
-        let due = now + thread.config.running_delay;
+        let running_due = now + thread.config.running_delay;
         let mut new_by_job: Vec<(Arc<str>, u32)> = Vec::new();
         {
             let mut reports = thread.reports.borrow_mut();
             for alloc in &reply.changed {
-                let wanted = alloc.desired_status == DesiredStatus::Run && alloc.client_status == ClientStatus::Pending;
-                if !wanted || !seen.insert(alloc.id) {
+                if alloc.desired_status != DesiredStatus::Run {
                     continue;
                 }
                 let job: Arc<str> = alloc.job.id.clone();
-                match new_by_job.last_mut() {
-                    Some((last, count)) if *last == job => *count += 1,
-                    _ => new_by_job.push((job.clone(), 1)),
+                // Health is tracked from when the tasks run: a new
+                // allocation's running report, or now for one already
+                // running that joined another deployment.
+                let since = match known.get(&alloc.id) {
+                    None if alloc.client_status == ClientStatus::Pending => {
+                        match new_by_job.last_mut() {
+                            Some((last, count)) if *last == job => *count += 1,
+                            _ => new_by_job.push((job.clone(), 1)),
+                        }
+                        reports.push(Report {
+                            node: local,
+                            global,
+                            due: running_due,
+                            alloc: alloc.id,
+                            job: job.clone(),
+                            kind: ReportKind::Running,
+                        });
+                        running_due
+                    }
+                    None => continue,
+                    Some(tracked) if *tracked == alloc.deployment_id => continue,
+                    Some(_) => now,
+                };
+                known.insert(alloc.id, alloc.deployment_id);
+                if let Some((deployment_id, healthy, after)) = health_decision(alloc) {
+                    reports.push(Report {
+                        node: local,
+                        global,
+                        due: since + after,
+                        alloc: alloc.id,
+                        job,
+                        kind: ReportKind::Health { deployment_id, healthy },
+                    });
                 }
-                reports.push(Report { node: local, global, due, alloc: alloc.id, job });
             }
         }
         let mut received = 0;
@@ -219,7 +299,9 @@ async fn report_ticker(thread: Rc<Thread>) {
             let mut reports = thread.reports.borrow_mut();
             // A failed node's reports die with it.
             reports.retain(|r| thread.shared.alive(r.global));
-            let (ready, later): (Vec<Report>, Vec<Report>) = reports.drain(..).partition(|r| r.due <= now);
+            let sending = thread.sending.borrow();
+            let (ready, later): (Vec<Report>, Vec<Report>) =
+                reports.drain(..).partition(|r| r.due <= now && !sending[r.node]);
             *reports = later;
             ready
         };
@@ -232,29 +314,50 @@ async fn report_ticker(thread: Rc<Thread>) {
             }
         }
         for batch in batches {
+            thread.sending.borrow_mut()[batch[0].node] = true;
             compio::runtime::spawn(send_reports(thread.clone(), batch)).detach();
         }
     }
 }
 
-async fn send_reports(thread: Rc<Thread>, batch: Vec<Report>) {
-    let client = thread.clients.borrow()[batch[0].node].clone();
-    let at_ns = caravan_engine::clock::Clock::now_ns(&caravan_engine::clock::SystemClock);
-    let updates: Vec<AllocClientUpdate> = batch
-        .iter()
-        .map(|r| AllocClientUpdate {
-            alloc_id: r.alloc,
+/// One node's due reports as one request: an update per allocation, its
+/// running report and health decision merged when both are due.
+fn updates_of(batch: &mut [Report], at_ns: i64) -> Vec<AllocClientUpdate> {
+    // Stable: an allocation's running report stays ahead of its health.
+    batch.sort_by_key(|r| r.alloc);
+    let mut updates: Vec<AllocClientUpdate> = Vec::with_capacity(batch.len());
+    for report in batch.iter() {
+        let health = match report.kind {
+            ReportKind::Running => None,
+            ReportKind::Health { deployment_id, healthy } => Some(AllocHealthReport { deployment_id, healthy, at_ns }),
+        };
+        if let Some(last) = updates.last_mut()
+            && last.alloc_id == report.alloc
+        {
+            last.deployment_health = health.or(last.deployment_health);
+            continue;
+        }
+        updates.push(AllocClientUpdate {
+            alloc_id: report.alloc,
             client_status: ClientStatus::Running,
             client_description: "Tasks are running".into(),
             at_ns,
             task_states: Default::default(),
-            deployment_health: None,
-        })
-        .collect();
+            deployment_health: health,
+        });
+    }
+    updates
+}
+
+async fn send_reports(thread: Rc<Thread>, mut batch: Vec<Report>) {
+    let client = thread.clients.borrow()[batch[0].node].clone();
+    let at_ns = caravan_engine::clock::Clock::now_ns(&caravan_engine::clock::SystemClock);
+    let updates = updates_of(&mut batch, at_ns);
     let sent = match encode_client_message(&AllocUpdateRequest { updates }) {
         Ok(body) => call(&client, &thread.servers, ALLOC_UPDATE, body, CALL_TIMEOUT).await.is_ok(),
         Err(_) => false,
     };
+    thread.sending.borrow_mut()[batch[0].node] = false;
     if !sent {
         thread.shared.rpc_errors.fetch_add(1, Ordering::Relaxed);
         // Try again with the node's next batch after a pause.
@@ -264,11 +367,101 @@ async fn send_reports(thread: Rc<Thread>, batch: Vec<Report>) {
         return;
     }
     let mut by_job: Vec<(Arc<str>, u32)> = Vec::new();
+    let (mut healthy, mut unhealthy) = (0, 0);
     for report in &batch {
-        match by_job.iter_mut().find(|(job, _)| *job == report.job) {
-            Some((_, count)) => *count += 1,
-            None => by_job.push((report.job.clone(), 1)),
+        match report.kind {
+            ReportKind::Running => match by_job.iter_mut().find(|(job, _)| *job == report.job) {
+                Some((_, count)) => *count += 1,
+                None => by_job.push((report.job.clone(), 1)),
+            },
+            ReportKind::Health { healthy: true, .. } => healthy += 1,
+            ReportKind::Health { healthy: false, .. } => unhealthy += 1,
         }
     }
     thread.shared.ran(&by_job);
+    thread.shared.allocs_healthy.fetch_add(healthy, Ordering::Relaxed);
+    thread.shared.allocs_unhealthy.fetch_add(unhealthy, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caravan_engine::fixtures;
+    use caravan_engine::ids::IdGen;
+    use caravan_engine::model::{AllocatedResources, DesiredTransition, JobType, UpdateStrategy, no_task_states};
+
+    fn report(alloc: AllocId, kind: ReportKind) -> Report {
+        Report { node: 0, global: 0, due: Instant::now(), alloc, job: "j".into(), kind }
+    }
+
+    #[test]
+    fn running_and_health_due_together_are_one_update() {
+        let mut ids = IdGen::with_seed(3);
+        let (a, b) = (ids.alloc_tagged(0), ids.alloc_tagged(0));
+        let deployment_id = ids.deployment();
+        let health = ReportKind::Health { deployment_id, healthy: true };
+        let mut batch = vec![report(b, ReportKind::Running), report(a, ReportKind::Running), report(b, health)];
+        let updates = updates_of(&mut batch, 7);
+        assert_eq!(updates.len(), 2);
+        let of = |id| updates.iter().find(|u| u.alloc_id == id).expect("an update per allocation");
+        assert_eq!(of(a).deployment_health, None);
+        assert_eq!(of(b).deployment_health, Some(AllocHealthReport { deployment_id, healthy: true, at_ns: 7 }));
+        assert!(updates.iter().all(|u| u.client_status == ClientStatus::Running));
+    }
+
+    /// A service allocation of one group with `update`, pending.
+    fn alloc(ids: &mut IdGen, update: Option<UpdateStrategy>) -> Allocation {
+        let mut job = fixtures::job("web", JobType::Service, 1, 100, 128);
+        job.task_groups[0].update = update;
+        let job = Arc::new(job);
+        Allocation {
+            id: ids.alloc_for(&job.key()),
+            eval_id: ids.eval(),
+            node_id: ids.node(),
+            job,
+            group_index: 0,
+            name_index: 0,
+            resources: Arc::new(AllocatedResources::default()),
+            desired_status: DesiredStatus::Run,
+            desired_description: "".into(),
+            desired_transition: DesiredTransition::default(),
+            client_status: ClientStatus::Pending,
+            client_description: "".into(),
+            previous_alloc: None,
+            next_alloc: None,
+            reschedule_tracker: None,
+            followup_eval_id: None,
+            deployment_id: Some(ids.deployment()),
+            deployment_status: None,
+            preempted_by: None,
+            create_index: 1,
+            modify_index: 1,
+            alloc_modify_index: 1,
+            create_time_ns: 0,
+            modify_time_ns: 0,
+            task_states: no_task_states(),
+        }
+    }
+
+    #[test]
+    fn health_follows_the_group_update_strategy() {
+        const S: i64 = 1_000_000_000;
+        let mut ids = IdGen::with_seed(4);
+        let strategy = UpdateStrategy { min_healthy_time_ns: 2 * S, ..Default::default() };
+        let a = alloc(&mut ids, Some(strategy.clone()));
+        let d = a.deployment_id.expect("in a deployment");
+        assert_eq!(health_decision(&a), Some((d, true, Duration::from_secs(2))));
+        let late = UpdateStrategy { min_healthy_time_ns: 20 * S, healthy_deadline_ns: 5 * S, ..strategy.clone() };
+        let a = alloc(&mut ids, Some(late));
+        assert!(matches!(health_decision(&a), Some((_, false, at)) if at == Duration::from_secs(5)));
+        let manual = UpdateStrategy { health_check: "manual".into(), ..strategy.clone() };
+        assert_eq!(health_decision(&alloc(&mut ids, Some(manual))), None, "manual: an operator decides");
+        assert_eq!(health_decision(&alloc(&mut ids, None)), None, "no update strategy");
+        let mut outside = alloc(&mut ids, Some(strategy.clone()));
+        outside.deployment_id = None;
+        assert_eq!(health_decision(&outside), None, "no deployment");
+        let mut stopped = alloc(&mut ids, Some(strategy));
+        stopped.desired_status = DesiredStatus::Stop;
+        assert_eq!(health_decision(&stopped), None, "stopped");
+    }
 }
