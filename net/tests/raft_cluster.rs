@@ -91,6 +91,20 @@ fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Server `i` of a three-server cluster at `addrs`, its data in `root/s<i>`.
+fn cluster_member(root: &Path, i: usize, addrs: &[String], ca: &DevCa) -> ServerConfig {
+    let dir = root.join(format!("s{i}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = ServerConfig::single(&format!("s{i}"), dir.clone());
+    config.rpc_bind = addrs[i].parse().unwrap();
+    config.bootstrap_expect = 3;
+    config.retry_join = addrs.to_vec();
+    config.raft = fast_timings();
+    config.workers = 2;
+    config.tls = Some(cluster_tls(ca, &dir.join("tls")));
+    config
+}
+
 fn cluster_tls(ca: &DevCa, dir: &Path) -> TlsFiles {
     let tls = ca.issue_node(&[]).unwrap();
     tls.write_pem(dir).unwrap();
@@ -107,15 +121,7 @@ fn three_servers_form_replicate_forward_and_fail_over() {
     // Started one after another: each waits for its peers through retry_join.
     let handles: Vec<_> = (0..3)
         .map(|i| {
-            let dir = root.path().join(format!("s{i}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            let mut config = ServerConfig::single(&format!("s{i}"), dir.clone());
-            config.rpc_bind = addrs[i].parse().unwrap();
-            config.bootstrap_expect = 3;
-            config.retry_join = addrs.clone();
-            config.raft = fast_timings();
-            config.workers = 2;
-            config.tls = Some(cluster_tls(&ca, &dir.join("tls")));
+            let config = cluster_member(root.path(), i, &addrs, &ca);
             std::thread::spawn(move || RaftServer::start(config, Arc::new(SystemClock)).unwrap())
         })
         .collect();
@@ -211,18 +217,11 @@ fn a_follower_installing_a_snapshot_fails_no_evaluation() {
     let addrs: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_udp_port())).collect();
     let configs: Vec<ServerConfig> = (0..3)
         .map(|i| {
-            let dir = root.path().join(format!("s{i}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            let mut config = ServerConfig::single(&format!("s{i}"), dir.clone());
-            config.rpc_bind = addrs[i].parse().unwrap();
-            config.bootstrap_expect = 3;
-            config.retry_join = addrs.clone();
-            config.raft = RaftTimings { snapshot_threshold: SNAPSHOT_THRESHOLD, ..fast_timings() };
-            config.workers = 2;
+            let mut config = cluster_member(root.path(), i, &addrs, &ca);
+            config.raft.snapshot_threshold = SNAPSHOT_THRESHOLD;
             // Short, so a worker on the catching-up server gives up waiting
             // (and nacks) while the snapshot is still on its way.
             config.worker.raft_sync_limit = Duration::from_millis(100);
-            config.tls = Some(cluster_tls(&ca, &dir.join("tls")));
             config
         })
         .collect();

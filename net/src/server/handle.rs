@@ -160,9 +160,9 @@ pub struct RaftHandle {
 
 impl RaftHandle {
     /// How long ago this server last heard from a leader: zero on the
-    /// leader itself, `None` when it never has.
-    pub fn last_leader_contact(&self) -> Option<Duration> {
-        if self.view().is_leader() { Some(Duration::ZERO) } else { self.contact.since() }
+    /// leader itself (as `view` shows it), `None` when it never has.
+    pub fn last_leader_contact(&self, view: &RaftView) -> Option<Duration> {
+        if view.is_leader() { Some(Duration::ZERO) } else { self.contact.since() }
     }
 
     pub fn view(&self) -> RaftView {

@@ -307,8 +307,8 @@ impl Server for RaftServer {
     }
 
     fn leader_contact(&self) -> LeaderContact {
-        let known_leader = self.raft.view().leader_node().is_some();
-        LeaderContact { known_leader, last_contact: self.raft.last_leader_contact() }
+        let view = self.raft.view();
+        LeaderContact { known_leader: view.leader_node().is_some(), last_contact: self.raft.last_leader_contact(&view) }
     }
 
     fn events_since(&self, index: u64, limit: usize) -> Vec<Event> {
