@@ -54,8 +54,12 @@ impl Blocking {
                 if changed > min_index || now >= deadline {
                     return snap;
                 }
+                // Not held while waiting: a parked query would keep this
+                // superseded version's copied table paths alive.
+                let seen = snap.index();
+                drop(snap);
                 // Any write wakes us; then re-check the tables we watch.
-                let _ = store.snapshot_min_index(snap.index() + 1, deadline - now, &Cancel::new());
+                let _ = store.snapshot_min_index(seen + 1, deadline - now, &Cancel::new());
             }
         })
         .await;

@@ -57,6 +57,12 @@ use super::types::TypeConfig;
 const LOG_TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const KEY_VOTE: &str = "vote";
+/// redb's page cache for the log. redb's default (1 GiB) would keep every
+/// entry written since start in memory: a raft log is written once and read
+/// back only for followers that lag (recent entries) and at startup, so the
+/// cache holds the recent entries (plans are ~0.3 to 1 MB each); the
+/// kernel's page cache keeps the file itself.
+const LOG_CACHE_BYTES: usize = 16 << 20;
 const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
 
@@ -183,7 +189,7 @@ impl LogStore {
             std::fs::create_dir_all(dir)
                 .map_err(|source| LogStoreError::CreateDir { path: dir.display().to_string(), source })?;
         }
-        let db = Database::create(path).map_err(db_err)?;
+        let db = Database::builder().set_cache_size(LOG_CACHE_BYTES).create(path).map_err(db_err)?;
         let metrics = LogStoreMetrics::default();
         // Create both tables so read transactions can always open them.
         let mut tx = db.begin_write().map_err(db_err)?;
