@@ -37,6 +37,16 @@ const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 1000;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn tune_allocator() {
+    // Transparent huge pages off for the agent: with the kernel's THP
+    // `always` (common), mimalloc's heaps are backed by 2 MiB pages that a
+    // few live objects keep whole. Measured with `caravan-perf c1m`
+    // (10,000 nodes): server RSS 274 → 155 MiB with no allocations, 496 →
+    // 341 MiB with 100,000, no loss in placements/s. The setting is
+    // inherited across fork and exec, so the executor turns it back on
+    // before it starts a task (`executor::restore_transparent_huge_pages`).
+    if let Err(err) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("caravan: cannot turn transparent huge pages off ({err}); memory use will be higher");
+    }
     // SAFETY: mi_option_set only stores an option value (atomically) that
     // mimalloc reads when it next decides to purge; any thread, any time.
     #[allow(unsafe_code)]

@@ -406,6 +406,30 @@ fn exec_task_cannot_touch_its_executor_status() {
     assert_eq!(alloc_meta.mode() & 0o022, 0, "{} is not writable by others", alloc_root.display());
 }
 
+/// The agent runs with transparent huge pages off (its allocator's memory
+/// use) and children inherit that; a task must get them back.
+#[test]
+fn task_gets_transparent_huge_pages_back_from_the_executor() {
+    let thp_enabled =
+        |status: &str| status.lines().find_map(|line| line.strip_prefix("THP_enabled:").map(|v| v.trim().to_string()));
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    if thp_enabled(&own).is_none() {
+        skip("this kernel's /proc/<pid>/status has no THP_enabled line");
+        return;
+    }
+    // As the agent's main does.
+    rustix::thread::disable_transparent_huge_pages(true).unwrap();
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert_eq!(thp_enabled(&own).as_deref(), Some("0"), "the test process (the agent's stand-in) has THP off");
+    let kind = raw_exec_executor_kind();
+    let driver = (kind.make)();
+    let mut scratch = Scratch::new(Arc::clone(&driver), "thp");
+    let spec = scratch.spec(process_config("grep -q '^THP_enabled:[[:space:]]*1' /proc/self/status || exit 7"));
+    let handle = scratch.start(&spec);
+    let exit = driver.wait(&handle).unwrap();
+    assert_eq!(exit.exit_code, 0, "the task saw THP_enabled 0 (exit 7) or failed: {exit:?}");
+}
+
 /// What a container prints while no agent runs reaches its log once a new
 /// driver re-attaches: every line, in order, none twice.
 #[test]

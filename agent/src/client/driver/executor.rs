@@ -252,6 +252,15 @@ pub fn main_if_executor() -> Option<i32> {
     })
 }
 
+/// The agent turns transparent huge pages off for itself (its allocator's
+/// memory use), and children inherit that: a task gets the machine's own
+/// THP policy back, as it would outside Caravan.
+fn restore_transparent_huge_pages() {
+    if let Err(err) = rustix::thread::disable_transparent_huge_pages(false) {
+        eprintln!("caravan executor: cannot restore transparent huge pages for the task ({err})");
+    }
+}
+
 fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
@@ -260,6 +269,7 @@ fn run(args: Args) -> i32 {
     // Out of the agent's session and process group: nothing aimed at the
     // agent (a terminal's ^C, a kill of its group) reaches the executor.
     let _ = rustix::process::setsid();
+    restore_transparent_huge_pages();
     let mut command = Command::new(&args.program);
     command.args(&args.args).process_group(0);
     if let Some((uid, gid)) = args.user {
