@@ -225,6 +225,8 @@ fn measure(args: &C1mArgs, running: &setup::Running, wanted: u64, quiet: bool) -
         "register_s": round3(running.register_s),
         "rpc_errors": shared.rpc_errors.load(Ordering::Relaxed),
         "heartbeats": shared.heartbeats.load(Ordering::Relaxed),
+        "heartbeat_late_ms_max": shared.heartbeat_late_ms_max.load(Ordering::Relaxed),
+        "heartbeat_rtt_ms_max": shared.heartbeat_rtt_ms_max.load(Ordering::Relaxed),
         "server_cpu_s": cpu_s.map(round3),
         "server_cpu_cores": cpu_s.map(|c| round3(c / wall_s)),
         "server_rss_mb": rss_mb.map(f64::round),

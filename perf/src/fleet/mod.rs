@@ -76,6 +76,12 @@ pub(crate) struct FleetShared {
     pub(crate) allocs_healthy: AtomicU64,
     pub(crate) allocs_unhealthy: AtomicU64,
     pub(crate) heartbeats: AtomicU64,
+    /// The latest a heartbeat left after its planned time (ms): the
+    /// fleet's own lag (its threads short of CPU), not the server's.
+    pub(crate) heartbeat_late_ms_max: AtomicU64,
+    /// The longest heartbeat call, sent to answered (ms): the server's
+    /// delay (and the stream wait on a shared connection).
+    pub(crate) heartbeat_rtt_ms_max: AtomicU64,
     pub(crate) rpc_errors: AtomicU64,
     /// Nodes the servers had forgotten or marked down that registered again.
     pub(crate) reregistered: AtomicU64,
@@ -167,6 +173,8 @@ impl Fleet {
             allocs_healthy: AtomicU64::new(0),
             allocs_unhealthy: AtomicU64::new(0),
             heartbeats: AtomicU64::new(0),
+            heartbeat_late_ms_max: AtomicU64::new(0),
+            heartbeat_rtt_ms_max: AtomicU64::new(0),
             rpc_errors: AtomicU64::new(0),
             reregistered: AtomicU64::new(0),
             node_allocs: (0..config.nodes.len()).map(|_| AtomicU32::new(0)).collect(),

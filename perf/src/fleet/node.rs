@@ -253,11 +253,19 @@ async fn heartbeats(thread: Rc<Thread>, client: Rc<RpcClient>, global: usize, no
     let Ok(body) = encode_client_message(&HeartbeatRequest { node_id: node.id }) else { return };
     while thread.shared.alive(global) {
         let pause = ttl.mul_f64(0.5 + fastrand::f64() * 0.25);
+        let planned = Instant::now() + pause;
         sleep_while_alive(&thread, global, pause).await;
         if !thread.shared.alive(global) {
             return;
         }
-        match call(&client, &thread.servers, NODE_HEARTBEAT, body.clone(), CALL_TIMEOUT).await {
+        let sent = Instant::now();
+        thread
+            .shared
+            .heartbeat_late_ms_max
+            .fetch_max(millis(sent.saturating_duration_since(planned)), Ordering::Relaxed);
+        let answer = call(&client, &thread.servers, NODE_HEARTBEAT, body.clone(), CALL_TIMEOUT).await;
+        thread.shared.heartbeat_rtt_ms_max.fetch_max(millis(sent.elapsed()), Ordering::Relaxed);
+        match answer {
             Ok(reply) => {
                 if let Ok(reply) = decode_client_message::<TtlReply>(&reply) {
                     ttl = Duration::from_millis(reply.ttl_ms);
@@ -276,6 +284,10 @@ async fn heartbeats(thread: Rc<Thread>, client: Rc<RpcClient>, global: usize, no
             }
         }
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn sleep_while_alive(thread: &Thread, global: usize, pause: Duration) {
