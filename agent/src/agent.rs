@@ -185,10 +185,14 @@ fn start_client(
     if config.plugins.raw_exec.enabled {
         drivers.push(Arc::new(RawExecDriver::with_executor(executor.clone())));
     }
-    drivers.push(Arc::new(ExecDriver::with_executor(executor)));
+    // The exec driver finds a MIG instance's device nodes by the GPU
+    // fingerprint's placements, which the client's node loop refreshes.
+    let gpus = caravan::client::agent::detect_gpus(config);
+    let mig_index = gpus.as_ref().map(|gpus| gpus.mig_index()).unwrap_or_default();
+    drivers.push(Arc::new(ExecDriver::with_executor(executor).with_mig_index(mig_index)));
     drivers.push(Arc::new(DockerDriver::new()));
     let server_api = Arc::new(caravan::client::rpc_server::RpcServerApi { client });
-    let agent = caravan::client::agent::ClientAgent::start(config, server_api, drivers)
+    let agent = caravan::client::agent::ClientAgent::start(config, server_api, drivers, gpus)
         .map_err(|e| anyhow::anyhow!("starting the client: {e}"))?;
     #[allow(clippy::print_stdout)]
     {

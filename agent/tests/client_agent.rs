@@ -166,7 +166,8 @@ impl Harness {
         let drivers: Vec<Arc<dyn Driver>> = vec![Arc::new(RawExecDriver::with_executor(executor))];
         let tuning = ClientTuning { fingerprint_period: Duration::from_secs(2), watch_wait: Duration::from_secs(1) };
         let server: Arc<dyn ServerApi> = self.server.clone();
-        let agent = ClientAgent::start_with(&self.config, tuning, server, drivers, Arc::new(SystemClock)).unwrap();
+        let agent =
+            ClientAgent::start_with(&self.config, tuning, server, drivers, None, Arc::new(SystemClock)).unwrap();
         self.agent = Some(agent);
     }
 

@@ -2,6 +2,7 @@
 //! [`GpuStats`]. Shared by the NVML backend and the simulated one, so everything
 //! above the [`GpuBackend`] trait (conversion, reservation) is tested without a GPU.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::GpuError;
@@ -35,6 +36,26 @@ impl Fingerprint {
     /// The GPU owning this instance id: the GPU itself, or the parent of a MIG instance.
     pub fn gpu_of_instance(&self, instance_id: &str) -> Option<&GpuInfo> {
         self.gpus.iter().find(|g| g.uuid == instance_id || g.mig_instances.iter().any(|m| m.uuid == instance_id))
+    }
+
+    /// Where each MIG instance sits, by its UUID: what a driver needs to find
+    /// the instance's capability device nodes. An instance whose parent's
+    /// minor number or whose GPU or compute instance id is unknown is left
+    /// out, so a task assigned it is denied it rather than given a guess.
+    pub fn mig_placements(&self) -> BTreeMap<String, MigPlacement> {
+        let mut placements = BTreeMap::new();
+        for gpu in &self.gpus {
+            let Some(parent_minor) = gpu.minor_number else { continue };
+            for mig in &gpu.mig_instances {
+                let (Some(gpu_instance_id), Some(compute_instance_id)) = (mig.gpu_instance_id, mig.compute_instance_id)
+                else {
+                    continue;
+                };
+                placements
+                    .insert(mig.uuid.clone(), MigPlacement { parent_minor, gpu_instance_id, compute_instance_id });
+            }
+        }
+        placements
     }
 }
 
@@ -113,6 +134,22 @@ pub struct MigInstance {
     /// The GPU instance profile, e.g. `1g.18gb`.
     pub profile: String,
     pub memory_mib: Option<u64>,
+    /// The GPU instance (NVML's `GetGpuInstanceId`): the `gi<G>` of the
+    /// driver's `/proc/driver/nvidia-caps/mig-minors`.
+    pub gpu_instance_id: Option<u32>,
+    /// The compute instance within the GPU instance (NVML's
+    /// `GetComputeInstanceId`): the `ci<C>` of `mig-minors`.
+    pub compute_instance_id: Option<u32>,
+}
+
+/// Where a MIG instance sits: its parent GPU's `/dev/nvidiaN` minor and its
+/// GPU and compute instance ids, which name its capabilities in the driver's
+/// `mig-minors` (`gpu<parent_minor>/gi<G>/access`, `gpu<parent_minor>/gi<G>/ci<C>/access`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigPlacement {
+    pub parent_minor: u32,
+    pub gpu_instance_id: u32,
+    pub compute_instance_id: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -1,13 +1,14 @@
 //! The client agent's entry point: picks a backend from the configuration and
 //! turns its fingerprint into the node's device groups.
 
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use caravan_engine::model::NodeDeviceResource;
 
 use crate::GpuError;
-use crate::backend::{Fingerprint, GpuBackend, GpuStats};
+use crate::backend::{Fingerprint, GpuBackend, GpuStats, MigPlacement};
 use crate::convert::to_node_devices;
 use crate::nvml::NvmlBackend;
 use crate::simulated::{SimulatedBackend, SimulatedGpus};
@@ -39,6 +40,28 @@ impl Default for GpuConfig {
     }
 }
 
+/// The MIG placements ([`Fingerprint::mig_placements`]) of the last
+/// successful fingerprint, shared with what gives tasks their device nodes
+/// (the `exec` driver). A cheap handle: clones share one map, replaced whole
+/// on each fingerprint and read per task start; empty until the first.
+#[derive(Debug, Clone, Default)]
+pub struct MigIndex {
+    placements: Arc<RwLock<Arc<BTreeMap<String, MigPlacement>>>>,
+}
+
+impl MigIndex {
+    /// Replaces the placements with `fingerprint`'s.
+    pub fn publish(&self, fingerprint: &Fingerprint) {
+        let placements = Arc::new(fingerprint.mig_placements());
+        *self.placements.write().unwrap_or_else(|e| e.into_inner()) = placements;
+    }
+
+    /// The placements as last published, by MIG instance UUID.
+    pub fn placements(&self) -> Arc<BTreeMap<String, MigPlacement>> {
+        Arc::clone(&self.placements.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// A backend (or none: no GPUs) and the settings applied to what it reports.
 #[derive(Debug)]
 pub struct Fingerprinter {
@@ -47,6 +70,8 @@ pub struct Fingerprinter {
     /// The last successful fingerprint, which [`Fingerprinter::device_stats`]
     /// groups by (taking a fingerprint per stats request would be slow on NVML).
     last: Mutex<Option<Fingerprint>>,
+    /// The last successful fingerprint's MIG placements, for drivers.
+    mig_index: MigIndex,
 }
 
 impl Fingerprinter {
@@ -55,7 +80,7 @@ impl Fingerprinter {
     /// devices. Fails only for an invalid simulated configuration.
     pub fn detect(config: GpuConfig) -> Result<Fingerprinter, GpuError> {
         if !config.enabled {
-            return Ok(Fingerprinter { backend: None, config, last: Mutex::new(None) });
+            return Ok(Fingerprinter::new(None, config));
         }
         let backend: Option<Box<dyn GpuBackend>> = match &config.simulated {
             Some(simulated) => Some(Box::new(SimulatedBackend::new(simulated.clone())?)),
@@ -71,12 +96,22 @@ impl Fingerprinter {
                 }
             },
         };
-        Ok(Fingerprinter { backend, config, last: Mutex::new(None) })
+        Ok(Fingerprinter::new(backend, config))
     }
 
     /// A fingerprinter over a given backend (tests, the perf simulator).
     pub fn with_backend(backend: Box<dyn GpuBackend>, config: GpuConfig) -> Fingerprinter {
-        Fingerprinter { backend: Some(backend), config, last: Mutex::new(None) }
+        Fingerprinter::new(Some(backend), config)
+    }
+
+    fn new(backend: Option<Box<dyn GpuBackend>>, config: GpuConfig) -> Fingerprinter {
+        Fingerprinter { backend, config, last: Mutex::new(None), mig_index: MigIndex::default() }
+    }
+
+    /// The handle every successful [`Fingerprinter::fingerprint`] publishes
+    /// its MIG placements to.
+    pub fn mig_index(&self) -> MigIndex {
+        self.mig_index.clone()
     }
 
     pub fn backend(&self) -> Option<&dyn GpuBackend> {
@@ -91,6 +126,7 @@ impl Fingerprinter {
     pub fn fingerprint(&self) -> Option<Result<Fingerprint, GpuError>> {
         let result = self.backend.as_ref().map(|b| b.fingerprint())?;
         if let Ok(fingerprint) = &result {
+            self.mig_index.publish(fingerprint);
             *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(fingerprint.clone());
         }
         Some(result)

@@ -9,7 +9,9 @@
 //!   `NodeDeviceResource` groups, in the shape of Nomad's NVIDIA device plugin.
 //! - [`group_stats`] groups live [`GpuStats`] as the node's device groups are
 //!   ([`Fingerprinter::device_stats`]), for the API's `DeviceStats`.
-//! - [`Fingerprinter`] picks the backend from a [`GpuConfig`] for the agent.
+//! - [`Fingerprinter`] picks the backend from a [`GpuConfig`] for the agent, and
+//!   publishes each fingerprint's MIG placements (parent minor, GPU and compute
+//!   instance ids) to a [`MigIndex`] the `exec` driver reads.
 //! - [`reserve`] gives a task its assigned GPUs: visible-device environment
 //!   variables, a Docker device request, device cgroup nodes.
 //!
@@ -35,11 +37,11 @@ mod stats;
 
 pub use backend::{
     Fingerprint, GPUS_PER_NODE_MAX, GpuBackend, GpuInfo, GpuStats, Health, HealthEvent, MIG_INSTANCES_PER_GPU_MAX,
-    MigInstance, pci_bandwidth_mb_per_s,
+    MigInstance, MigPlacement, pci_bandwidth_mb_per_s,
 };
 pub use convert::{KIND_GPU, MODEL_NOT_AVAILABLE, VENDOR_NVIDIA, link_islands, to_node_devices};
 pub use error::GpuError;
-pub use fingerprinter::{FINGERPRINT_PERIOD_DEFAULT, Fingerprinter, GpuConfig};
+pub use fingerprinter::{FINGERPRINT_PERIOD_DEFAULT, Fingerprinter, GpuConfig, MigIndex};
 pub use nvml::NvmlBackend;
 pub use reserve::{DeviceNode, DockerDeviceRequest, device_cgroup_rules, docker_device_request, visible_devices_env};
 pub use simulated::{MigLayout, SIMULATED_NUMA_NODES_MAX, SIMULATED_UNHEALTHY_REASON, SimulatedBackend, SimulatedGpus};

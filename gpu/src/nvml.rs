@@ -5,6 +5,9 @@
 //! installed driver lacks) leaves its field `None`. Any other failure of a device
 //! query marks that GPU unhealthy with the failures as the reason, and never
 //! fails the whole fingerprint.
+//!
+//! A MIG instance's GPU and compute instance ids come from two NVML calls
+//! nvml-wrapper does not wrap (`mig_instance_id`, the crate's one `unsafe`).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -14,7 +17,7 @@ use std::time::Duration;
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::enums::event::XidError;
-use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::error::{NvmlError, nvml_sym, nvml_try};
 use nvml_wrapper::{Device, EventSet, Nvml};
 
 use crate::GpuError;
@@ -216,9 +219,42 @@ fn mig_instances(device: &Device<'_>, failures: &mut Vec<String>) -> Vec<MigInst
             profile: optional(mig.name(), "mig name", failures)
                 .map_or_else(|| "unknown".to_owned(), |n| mig_profile(&n)),
             memory_mib: optional(mig.memory_info(), "mig memory_info", failures).map(|m| m.total / BYTES_PER_MIB),
+            gpu_instance_id: optional(mig_instance_id(&mig, MigLevel::GpuInstance), "mig gpu_instance_id", failures),
+            compute_instance_id: optional(
+                mig_instance_id(&mig, MigLevel::ComputeInstance),
+                "mig compute_instance_id",
+                failures,
+            ),
         });
     }
     instances
+}
+
+/// Which id of a MIG device [`mig_instance_id`] asks for.
+#[derive(Debug, Clone, Copy)]
+enum MigLevel {
+    GpuInstance,
+    ComputeInstance,
+}
+
+/// NVML's `nvmlDeviceGetGpuInstanceId` or `nvmlDeviceGetComputeInstanceId`
+/// on a MIG device handle. nvml-wrapper 0.13 leaves both unwrapped (its
+/// `unwrapped_functions.txt`), so this calls the loaded symbol as its own
+/// wrappers do: a driver without it answers `FailedToLoadSymbol` (the id
+/// stays `None`). The crate's one use of `unsafe`.
+#[allow(unsafe_code)]
+fn mig_instance_id(mig: &Device<'_>, level: MigLevel) -> Result<u32, NvmlError> {
+    let lib = mig.nvml().lib();
+    let symbol = match level {
+        MigLevel::GpuInstance => nvml_sym(lib.nvmlDeviceGetGpuInstanceId.as_ref())?,
+        MigLevel::ComputeInstance => nvml_sym(lib.nvmlDeviceGetComputeInstanceId.as_ref())?,
+    };
+    let mut id: std::os::raw::c_uint = 0;
+    // SAFETY: `mig` is a device handle of the NVML that `lib` belongs to and
+    // that outlives it (the `'nvml` lifetime); the call writes one `c_uint`
+    // through a pointer to a live local and keeps no reference to it.
+    nvml_try(unsafe { symbol(mig.handle(), &mut id) })?;
+    Ok(id)
 }
 
 /// Remote PCI bus ids of the device's active NVLinks: another GPU, or an NVSwitch.

@@ -245,11 +245,15 @@ impl SimulatedGpus {
                 gpu.display_mode = Some(false);
                 if let Some(mig) = &self.mig {
                     gpu.mig_enabled = true;
+                    // GPU instances 1, 2, … in slice order, each holding one
+                    // compute instance 0 (what `nvidia-smi mig -cgi … -C` makes).
                     gpu.mig_instances = (0..mig.slices_per_gpu)
                         .map(|slice| MigInstance {
                             uuid: self.uuid("MIG", index, slice + 1),
                             profile: mig.profile.clone(),
                             memory_mib: Some(mig.memory_mib_per_slice),
+                            gpu_instance_id: Some(slice + 1),
+                            compute_instance_id: Some(0),
                         })
                         .collect();
                 }

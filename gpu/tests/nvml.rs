@@ -23,5 +23,10 @@ fn nvml_fingerprint_on_this_machine() {
     for gpu in &fingerprint.gpus {
         assert!(!gpu.uuid.is_empty());
         assert!(gpu.memory_mib.is_some_and(|m| m > 0) || gpu.mig_enabled, "{gpu:#?}");
+        for mig in &gpu.mig_instances {
+            assert!(mig.gpu_instance_id.is_some(), "{mig:#?}");
+            assert!(mig.compute_instance_id.is_some(), "{mig:#?}");
+        }
     }
+    eprintln!("MIG placements: {:#?}", fingerprint.mig_placements());
 }

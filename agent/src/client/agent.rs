@@ -479,18 +479,30 @@ fn fingerprint_now(
     node
 }
 
+/// This machine's GPU fingerprinter from `plugin "nvidia-gpu"`; `None`
+/// (logged) when that block is misconfigured. Made before the drivers, so
+/// the `exec` driver can be handed its [`caravan_gpu::MigIndex`].
+pub fn detect_gpus(config: &AgentConfig) -> Option<Arc<caravan_gpu::Fingerprinter>> {
+    caravan_gpu::Fingerprinter::detect(config.plugins.gpu.clone())
+        .map_err(|err| tracing::warn!(%err, "GPU fingerprinting is misconfigured; reporting no GPUs"))
+        .ok()
+        .map(Arc::new)
+}
+
 impl ClientAgent {
     /// Starts the client with Nomad's intervals; see [`ClientAgent::start_with`].
     pub fn start(
         config: &AgentConfig,
         server: Arc<dyn ServerApi>,
         drivers: Vec<Arc<dyn Driver>>,
+        gpus: Option<Arc<caravan_gpu::Fingerprinter>>,
     ) -> Result<ClientAgent, ClientError> {
-        ClientAgent::start_with(config, ClientTuning::default(), server, drivers, Arc::new(SystemClock))
+        ClientAgent::start_with(config, ClientTuning::default(), server, drivers, gpus, Arc::new(SystemClock))
     }
 
     /// Starts the client: node id, recovery of what an earlier agent ran,
-    /// then the threads of the module documentation. Fails only when the
+    /// then the threads of the module documentation. `gpus` (see
+    /// [`detect_gpus`]) is fingerprinted with the node. Fails only when the
     /// data directory or the state database cannot be used; the servers
     /// need not be up.
     pub fn start_with(
@@ -498,6 +510,7 @@ impl ClientAgent {
         tuning: ClientTuning,
         server: Arc<dyn ServerApi>,
         drivers: Vec<Arc<dyn Driver>>,
+        gpus: Option<Arc<caravan_gpu::Fingerprinter>>,
         clock: Arc<dyn Clock>,
     ) -> Result<ClientAgent, ClientError> {
         let (state_dir, alloc_root) = client_dirs(config)?;
@@ -545,6 +558,9 @@ impl ClientAgent {
             liveness: liveness.clone(),
             alloc_devices: alloc_devices.clone(),
         };
+        // A GPU fingerprint before any recovered task can restart, so the
+        // exec driver's MIG index is filled (a failure is the node loop's to log).
+        let _ = gpus.as_deref().and_then(caravan_gpu::Fingerprinter::fingerprint);
         allocs.recover(stored);
 
         let mut threads = Vec::new();
@@ -569,10 +585,6 @@ impl ClientAgent {
                 move || send_updates(&*server, &updates, &shared)
             }),
         )?);
-        let gpus = caravan_gpu::Fingerprinter::detect(config.plugins.gpu.clone())
-            .map_err(|err| tracing::warn!(%err, "GPU fingerprinting is misconfigured; reporting no GPUs"))
-            .ok()
-            .map(Arc::new);
         threads.push(spawn(
             "client-node",
             Box::new({

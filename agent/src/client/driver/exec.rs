@@ -19,13 +19,26 @@
 //! program cannot be loaded or attached, the task does not start: the error
 //! names the cause. A pure v1 machine (no cgroup2 mount) gets no device
 //! program; other GPUs' nodes are still hidden by bind mounts.
+//!
+//! A GPU's nodes are what NVIDIA's container toolkit gives a container:
+//! a whole GPU's `/dev/nvidiaN` (its minor from `/proc/driver/nvidia/gpus`);
+//! for a MIG instance, its parent GPU's `/dev/nvidiaN` and the capability
+//! nodes `/dev/nvidia-caps/nvidia-cap<M>` of its GPU instance's and compute
+//! instance's `access` (the parent minor and instance ids from the GPU
+//! fingerprint's [`MigIndex`], the minors `M` from the driver's
+//! `mig-minors`); then `/dev/nvidiactl`, `/dev/nvidia-modeset` and
+//! `/dev/nvidia-uvm(-tools)`. An assigned id that resolves to none of
+//! these is denied, with a warning. Every other GPU and capability node is
+//! hidden.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use caravan_engine::model::ConfigValue;
+use caravan_gpu::{MigIndex, MigPlacement};
 
 use super::device_cgroup::{self, DeviceRule};
 use super::executor::{Executor, Launch};
@@ -55,6 +68,25 @@ const MASK_DEVICES_SCRIPT: &str = r#"while [ "$#" -gt 0 ] && [ "$1" != -- ]; do 
 /// Where the NVIDIA kernel driver lists each GPU's UUID and device minor,
 /// readable without NVML.
 const NVIDIA_PROC_GPUS: &str = "/proc/driver/nvidia/gpus";
+/// Where the NVIDIA driver lists the minors of the MIG capability nodes:
+/// `config 1`, `monitor 2`, then `gpu<minor>/gi<G>/access <M>` and
+/// `gpu<minor>/gi<G>/ci<C>/access <M>` lines.
+const NVIDIA_MIG_MINORS: &str = "/proc/driver/nvidia-caps/mig-minors";
+/// The MIG capability nodes, `nvidia-cap<M>`.
+const NVIDIA_CAPS_DIR: &str = "/dev/nvidia-caps";
+const NVIDIA_CAP_NODE_PREFIX: &str = "nvidia-cap";
+/// The capability nodes' (dynamic) major in `/proc/devices`.
+const NVIDIA_CAPS_DEVICE: &str = "nvidia-caps";
+/// Most `mig-minors` lines read: the driver lists 2, then 135 a GPU (15
+/// GPU instances, each its `access` and 8 compute instances') for up to 32
+/// GPUs, about 4,300; the bound leaves room and stops a runaway file.
+const MIG_MINORS_LINES_MAX: usize = 16_384;
+/// Most entries looked at in [`NVIDIA_CAPS_DIR`]: one per `mig-minors`
+/// line at most. More is refused rather than left unhidden.
+const CAP_NODES_MAX: usize = MIG_MINORS_LINES_MAX;
+/// Most entries looked at in `/dev` for GPU nodes: a host has hundreds,
+/// thousands with many disks. More is refused rather than left unhidden.
+const DEV_ENTRIES_MAX: usize = 65_536;
 /// The NVIDIA driver's vendor name in assigned devices.
 const VENDOR_NVIDIA: &str = "nvidia";
 /// The minor of `/dev/nvidia-modeset`, fixed by the NVIDIA driver.
@@ -95,19 +127,29 @@ fn cgroup_version() -> Option<CgroupVersion> {
 #[derive(Debug, Default)]
 pub struct ExecDriver {
     executor: Option<Executor>,
+    /// Where the node's MIG instances sit; empty: a MIG instance is denied.
+    mig_index: MigIndex,
 }
 
 impl ExecDriver {
     /// Tasks as children of the agent: a task re-attached after an agent
     /// restart has an unknown exit status.
     pub fn new() -> ExecDriver {
-        ExecDriver { executor: None }
+        ExecDriver::default()
     }
 
     /// Tasks under an executor that records their exit status; the
     /// executor stays outside the task's cgroups and namespaces.
     pub fn with_executor(executor: Executor) -> ExecDriver {
-        ExecDriver { executor: Some(executor) }
+        ExecDriver { executor: Some(executor), ..ExecDriver::default() }
+    }
+
+    /// Finds assigned MIG instances in `mig_index` (the GPU fingerprinter's,
+    /// [`caravan_gpu::Fingerprinter::mig_index`]); without it, a task
+    /// assigned one is denied it.
+    pub fn with_mig_index(mut self, mig_index: MigIndex) -> ExecDriver {
+        self.mig_index = mig_index;
+        self
     }
 
     /// Why the driver cannot run tasks here, or `None` when it can.
@@ -203,22 +245,6 @@ fn create_cgroups(name: &str, resources: TaskResources) -> Result<TaskCgroups, D
     }
 }
 
-/// The minors of the GPU nodes (`/dev/nvidiaN`) to hide from a task that
-/// was given the GPUs `assigned` (UUIDs): every node but the assigned GPUs'.
-/// `None` when an assigned id is not a whole GPU known to the driver (a MIG
-/// instance, whose parent needs NVML to find): nothing is hidden then.
-fn gpu_minors_to_hide(
-    node_minors: &[u32],
-    uuid_minors: &BTreeMap<String, u32>,
-    assigned: &[String],
-) -> Option<Vec<u32>> {
-    let mut allowed = Vec::new();
-    for uuid in assigned {
-        allowed.push(*uuid_minors.get(uuid)?);
-    }
-    Some(node_minors.iter().copied().filter(|minor| !allowed.contains(minor)).collect())
-}
-
 /// `Device Minor` by `GPU UUID`, from the driver's `/proc` files.
 fn nvidia_uuid_minors() -> BTreeMap<String, u32> {
     let mut out = BTreeMap::new();
@@ -236,39 +262,136 @@ fn nvidia_uuid_minors() -> BTreeMap<String, u32> {
     out
 }
 
-/// The device cgroup rules of a task given the NVIDIA instances `assigned`:
-/// the standard devices, and for a task with GPUs each assigned GPU's
-/// `/dev/nvidiaN` (its minor from `uuid_minors`), `/dev/nvidiactl`,
-/// `/dev/nvidia-modeset`, and `/dev/nvidia-uvm` + `nvidia-uvm-tools` when
-/// their major (`uvm_major`, dynamic) is known. An assigned id that is not a
-/// GPU known here gets no node: the task is denied it rather than given
-/// another. Returns the rules and those unknown ids.
-fn device_rules(
-    assigned: &[String],
-    uuid_minors: &BTreeMap<String, u32>,
+/// The capability minors of `mig-minors` text by name (`gpu0/gi1/access`
+/// → 12); a line that is not `name minor` is skipped.
+fn parse_mig_minors(text: &str) -> BTreeMap<String, u32> {
+    text.lines()
+        .take(MIG_MINORS_LINES_MAX)
+        .filter_map(|line| {
+            let (name, minor) = line.trim().split_once(char::is_whitespace)?;
+            Some((name.to_string(), minor.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The minors of a MIG instance's two capability nodes: its GPU instance's
+/// `access` and its compute instance's. `None` when `mig_minors` lacks
+/// either (the instance is gone, or the driver names it otherwise).
+fn mig_cap_minors(mig_minors: &BTreeMap<String, u32>, placement: MigPlacement) -> Option<[u32; 2]> {
+    let gpu_instance = format!("gpu{}/gi{}", placement.parent_minor, placement.gpu_instance_id);
+    let gpu_instance_access = *mig_minors.get(&format!("{gpu_instance}/access"))?;
+    let compute_instance_access =
+        *mig_minors.get(&format!("{gpu_instance}/ci{}/access", placement.compute_instance_id))?;
+    Some([gpu_instance_access, compute_instance_access])
+}
+
+/// What this machine says about its NVIDIA devices, read once per task
+/// start: the input of [`grant_gpus`] and [`device_rules`].
+#[derive(Debug, Default)]
+struct NvidiaHost {
+    /// Whole GPUs: `/dev/nvidiaN` minor by UUID.
+    gpu_minors: BTreeMap<String, u32>,
+    /// MIG instances by UUID, from the last GPU fingerprint.
+    mig_placements: Arc<BTreeMap<String, MigPlacement>>,
+    /// `mig-minors` parsed; empty when the file is missing.
+    mig_minors: BTreeMap<String, u32>,
+    /// `nvidia-caps`' major; `None` when `/proc/devices` has none.
+    caps_major: Option<u32>,
+    /// `nvidia-uvm`'s major; `None` when `/proc/devices` has none.
     uvm_major: Option<u32>,
-) -> (Vec<DeviceRule>, Vec<String>) {
+}
+
+impl NvidiaHost {
+    fn read(mig_index: &MigIndex) -> NvidiaHost {
+        use caravan_gpu::reserve::{PROC_DEVICES_PATH, character_major};
+        let proc_devices = std::fs::read_to_string(PROC_DEVICES_PATH).ok();
+        let major = |name: &str| proc_devices.as_deref().and_then(|text| character_major(text, name));
+        NvidiaHost {
+            gpu_minors: nvidia_uuid_minors(),
+            mig_placements: mig_index.placements(),
+            mig_minors: std::fs::read_to_string(NVIDIA_MIG_MINORS)
+                .map(|text| parse_mig_minors(&text))
+                .unwrap_or_default(),
+            caps_major: major(NVIDIA_CAPS_DEVICE),
+            uvm_major: major("nvidia-uvm"),
+        }
+    }
+}
+
+/// The GPU device nodes a task's assigned NVIDIA instances resolve to here.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct GpuGrant {
+    /// `/dev/nvidiaN`: each whole GPU's, each MIG instance's parent's; once each.
+    gpu_minors: Vec<u32>,
+    /// `/dev/nvidia-caps/nvidia-capM`: each MIG instance's GPU and compute
+    /// instance `access`; once each.
+    cap_minors: Vec<u32>,
+    /// Assigned ids that resolve to nothing here: denied.
+    unknown: Vec<String>,
+}
+
+/// Resolves the task's `assigned` instance ids on `host`: a whole GPU to
+/// its node; a MIG instance to its parent's node and its two capability
+/// nodes, only when all three are known (its placement, both minors in
+/// `mig-minors`, the `nvidia-caps` major); anything else to nothing.
+fn grant_gpus(assigned: &[String], host: &NvidiaHost) -> GpuGrant {
+    fn push_once(list: &mut Vec<u32>, value: u32) {
+        if !list.contains(&value) {
+            list.push(value);
+        }
+    }
+    let mut grant = GpuGrant::default();
+    for id in assigned {
+        if let Some(&minor) = host.gpu_minors.get(id) {
+            push_once(&mut grant.gpu_minors, minor);
+            continue;
+        }
+        let mig = host
+            .mig_placements
+            .get(id)
+            .filter(|_| host.caps_major.is_some())
+            .and_then(|&placement| Some((placement.parent_minor, mig_cap_minors(&host.mig_minors, placement)?)));
+        match mig {
+            Some((parent_minor, cap_minors)) => {
+                push_once(&mut grant.gpu_minors, parent_minor);
+                for minor in cap_minors {
+                    push_once(&mut grant.cap_minors, minor);
+                }
+            }
+            None => grant.unknown.push(id.clone()),
+        }
+    }
+    grant
+}
+
+/// The device cgroup rules of a task granted `grant`: the standard devices,
+/// and for a task granted a GPU its `/dev/nvidiaN` nodes, the MIG
+/// capability nodes, `/dev/nvidiactl`, `/dev/nvidia-modeset`, and
+/// `/dev/nvidia-uvm` + `nvidia-uvm-tools` when their major is known.
+fn device_rules(grant: &GpuGrant, host: &NvidiaHost) -> Vec<DeviceRule> {
     use caravan_gpu::reserve::{NVIDIA_DEVICE_MAJOR, NVIDIACTL_MINOR};
     let mut rules = device_cgroup::standard_rules();
-    let mut unknown = Vec::new();
-    if assigned.is_empty() {
-        return (rules, unknown);
+    if grant.gpu_minors.is_empty() {
+        assert!(grant.cap_minors.is_empty(), "a capability is granted with its parent GPU");
+        return rules;
     }
-    for id in assigned {
-        match uuid_minors.get(id) {
-            Some(&minor) => {
-                rules.push(DeviceRule::char_rw(format!("/dev/nvidia{minor}"), NVIDIA_DEVICE_MAJOR, Some(minor)))
-            }
-            None => unknown.push(id.clone()),
+    for &minor in &grant.gpu_minors {
+        rules.push(DeviceRule::char_rw(format!("/dev/nvidia{minor}"), NVIDIA_DEVICE_MAJOR, Some(minor)));
+    }
+    if !grant.cap_minors.is_empty() {
+        let caps_major = host.caps_major.expect("a capability is granted only with the nvidia-caps major known");
+        for &minor in &grant.cap_minors {
+            let path = format!("{NVIDIA_CAPS_DIR}/{NVIDIA_CAP_NODE_PREFIX}{minor}");
+            rules.push(DeviceRule::char_rw(path, caps_major, Some(minor)));
         }
     }
     rules.push(DeviceRule::char_rw("/dev/nvidiactl", NVIDIA_DEVICE_MAJOR, Some(NVIDIACTL_MINOR)));
     rules.push(DeviceRule::char_rw("/dev/nvidia-modeset", NVIDIA_DEVICE_MAJOR, Some(NVIDIA_MODESET_MINOR)));
-    if let Some(major) = uvm_major {
+    if let Some(major) = host.uvm_major {
         rules.push(DeviceRule::char_rw("/dev/nvidia-uvm", major, Some(0)));
         rules.push(DeviceRule::char_rw("/dev/nvidia-uvm-tools", major, Some(1)));
     }
-    (rules, unknown)
+    rules
 }
 
 /// The UUIDs of the task's assigned NVIDIA instances.
@@ -280,22 +403,29 @@ fn assigned_nvidia_ids(spec: &TaskSpec) -> Vec<String> {
         .collect()
 }
 
-/// Puts the task's device program on its cgroup v2 directory.
-fn confine_devices(spec: &TaskSpec, cgroup: &Path) -> Result<(), DriverError> {
+/// What the task is granted of the machine's GPUs (nothing without an
+/// assigned NVIDIA device), warning of assigned ids it is denied.
+fn task_gpu_grant(spec: &TaskSpec, mig_index: &MigIndex) -> (GpuGrant, NvidiaHost) {
     let assigned = assigned_nvidia_ids(spec);
-    let uvm_major = if assigned.is_empty() {
-        None
-    } else {
-        std::fs::read_to_string(caravan_gpu::reserve::PROC_DEVICES_PATH)
-            .ok()
-            .and_then(|text| caravan_gpu::reserve::character_major(&text, "nvidia-uvm"))
-    };
-    let uuid_minors = if assigned.is_empty() { BTreeMap::new() } else { nvidia_uuid_minors() };
-    let (rules, unknown) = device_rules(&assigned, &uuid_minors, uvm_major);
-    if !unknown.is_empty() {
-        tracing::warn!(task = %spec.task_name, ?unknown, "assigned GPU instances not in {NVIDIA_PROC_GPUS}; the task is denied their device nodes");
+    if assigned.is_empty() {
+        return (GpuGrant::default(), NvidiaHost::default());
     }
-    let program = device_cgroup::program(&rules).map_err(|err| DriverError::Start(err.to_string()))?;
+    let host = NvidiaHost::read(mig_index);
+    let grant = grant_gpus(&assigned, &host);
+    if !grant.unknown.is_empty() {
+        tracing::warn!(
+            task = %spec.task_name,
+            unknown = ?grant.unknown,
+            "assigned GPU instances not found here (a GPU not in {NVIDIA_PROC_GPUS}, or a MIG instance \
+             not in the GPU fingerprint or {NVIDIA_MIG_MINORS}); the task is denied their device nodes"
+        );
+    }
+    (grant, host)
+}
+
+/// Puts the task's device program, allowing `rules`, on its cgroup v2 directory.
+fn confine_devices(rules: &[DeviceRule], cgroup: &Path) -> Result<(), DriverError> {
+    let program = device_cgroup::program(rules).map_err(|err| DriverError::Start(err.to_string()))?;
     super::bpf::attach_device_program(cgroup, &program).map_err(|err| {
         DriverError::Start(format!(
             "cannot confine the task to its devices (the cgroup device eBPF program on {} failed: {err}); \
@@ -305,31 +435,49 @@ fn confine_devices(spec: &TaskSpec, cgroup: &Path) -> Result<(), DriverError> {
     })
 }
 
-/// The GPU device nodes on this machine (`/dev/nvidiaN`) by minor.
-fn gpu_node_minors() -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/dev") else { return Vec::new() };
-    let mut minors: Vec<u32> = entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.strip_prefix("nvidia")?.parse().ok())
-        .collect();
+/// The minors `N` of the nodes `<prefix>N` among `names` (directory entries).
+fn node_minors<'a>(names: impl IntoIterator<Item = &'a str>, prefix: &str) -> Vec<u32> {
+    let mut minors: Vec<u32> = names.into_iter().filter_map(|name| name.strip_prefix(prefix)?.parse().ok()).collect();
     minors.sort_unstable();
     minors
 }
 
-/// The GPU nodes a task must not see: all but its assigned GPUs'.
-fn gpu_nodes_to_hide(spec: &TaskSpec) -> Vec<PathBuf> {
-    let node_minors = gpu_node_minors();
-    if node_minors.is_empty() {
-        return Vec::new();
+/// The file names in `dir` (an absent directory has none). Fails past
+/// `limit` entries: a node that is not looked at cannot be hidden.
+fn dir_names(dir: &str, limit: usize) -> Result<Vec<String>, DriverError> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(Vec::new()) };
+    let names: Vec<String> =
+        entries.flatten().take(limit + 1).filter_map(|entry| entry.file_name().into_string().ok()).collect();
+    if names.len() > limit {
+        return Err(DriverError::Start(format!(
+            "more than {limit} entries in {dir}; the exec driver cannot hide the GPU nodes among them"
+        )));
     }
-    let assigned = assigned_nvidia_ids(spec);
-    match gpu_minors_to_hide(&node_minors, &nvidia_uuid_minors(), &assigned) {
-        Some(minors) => minors.into_iter().map(|minor| PathBuf::from(format!("/dev/nvidia{minor}"))).collect(),
-        None => {
-            tracing::warn!(task = %spec.task_name, ?assigned, "assigned GPU instances not in {NVIDIA_PROC_GPUS} (MIG?); no GPU node hidden");
-            Vec::new()
-        }
-    }
+    Ok(names)
+}
+
+/// The device nodes to hide from a task granted `grant`: every GPU node
+/// (`/dev/nvidiaN`, of minors `gpu_nodes`) and MIG capability node (of
+/// minors `cap_nodes`) that is not its own.
+fn nodes_to_hide(gpu_nodes: &[u32], cap_nodes: &[u32], grant: &GpuGrant) -> Vec<PathBuf> {
+    let gpus = gpu_nodes
+        .iter()
+        .filter(|minor| !grant.gpu_minors.contains(minor))
+        .map(|minor| PathBuf::from(format!("/dev/nvidia{minor}")));
+    let caps = cap_nodes
+        .iter()
+        .filter(|minor| !grant.cap_minors.contains(minor))
+        .map(|minor| PathBuf::from(format!("{NVIDIA_CAPS_DIR}/{NVIDIA_CAP_NODE_PREFIX}{minor}")));
+    gpus.chain(caps).collect()
+}
+
+/// The GPU and capability nodes on this machine the task must not see.
+fn gpu_nodes_to_hide(grant: &GpuGrant) -> Result<Vec<PathBuf>, DriverError> {
+    let dev = dir_names("/dev", DEV_ENTRIES_MAX)?;
+    let gpu_nodes = node_minors(dev.iter().map(String::as_str), "nvidia");
+    let caps = dir_names(NVIDIA_CAPS_DIR, CAP_NODES_MAX)?;
+    let cap_nodes = node_minors(caps.iter().map(String::as_str), NVIDIA_CAP_NODE_PREFIX);
+    Ok(nodes_to_hide(&gpu_nodes, &cap_nodes, grant))
 }
 
 /// Whether the kernel's OOM killer struck inside the task's cgroups.
@@ -406,9 +554,11 @@ impl Driver for ExecDriver {
         let program = process::resolve_command(&config.command, &spec.env)?;
         let user = super::lookup_user(spec.user.as_deref().unwrap_or(EXEC_USER_DEFAULT))?;
         prepare_dirs(spec, user.uid, user.gid)?;
+        let (grant, host) = task_gpu_grant(spec, &self.mig_index);
+        let hidden = gpu_nodes_to_hide(&grant)?;
         let TaskCgroups { dirs: cgroups, devices } = create_cgroups(&cgroup_name(spec), spec.resources)?;
         if let Some(dir) = &devices
-            && let Err(err) = confine_devices(spec, dir)
+            && let Err(err) = confine_devices(&device_rules(&grant, &host), dir)
         {
             remove_cgroups(&cgroups);
             return Err(err);
@@ -416,9 +566,8 @@ impl Driver for ExecDriver {
         let mut args: Vec<OsString> = vec!["-c".into(), JOIN_CGROUPS_SCRIPT.into(), "caravan-exec".into()];
         args.extend(cgroups.iter().map(|dir| dir.join("cgroup.procs").into_os_string()));
         args.push("--".into());
-        // GPUs the task was not given are hidden in a mount namespace of its
-        // own, before the user switch (mounting needs root).
-        let hidden = gpu_nodes_to_hide(spec);
+        // GPU nodes the task was not given are hidden in a mount namespace
+        // of its own, before the user switch (mounting needs root).
         if !hidden.is_empty() {
             args.extend(
                 [
@@ -486,44 +635,216 @@ impl Driver for ExecDriver {
 mod tests {
     use super::*;
 
-    #[test]
-    fn hides_every_gpu_node_but_the_assigned() {
-        let uuid_minors: BTreeMap<String, u32> =
-            [("GPU-a".to_string(), 0), ("GPU-b".to_string(), 1), ("GPU-c".to_string(), 2)].into();
-        let nodes = [0, 1, 2];
-        assert_eq!(gpu_minors_to_hide(&nodes, &uuid_minors, &["GPU-b".into()]), Some(vec![0, 2]));
-        assert_eq!(gpu_minors_to_hide(&nodes, &uuid_minors, &["GPU-a".into(), "GPU-c".into()]), Some(vec![1]));
-        assert_eq!(gpu_minors_to_hide(&nodes, &uuid_minors, &[]), Some(vec![0, 1, 2]), "no GPU: none visible");
-        assert_eq!(gpu_minors_to_hide(&nodes, &uuid_minors, &["MIG-x".into()]), None);
+    /// `mig-minors` as the driver writes it (excerpt: GPU 0's instances 1
+    /// and 2, GPU 1's instance 1), `/proc/devices` naming both dynamic majors.
+    const MIG_MINORS: &str = "config 1\nmonitor 2\ngpu0/gi0/access 3\ngpu0/gi0/ci0/access 4\n\
+        gpu0/gi1/access 12\ngpu0/gi1/ci0/access 13\ngpu0/gi1/ci1/access 14\n\
+        gpu0/gi2/access 21\ngpu0/gi2/ci0/access 22\n\
+        gpu1/gi1/access 147\ngpu1/gi1/ci0/access 148\n";
+    const PROC_DEVICES: &str =
+        "Character devices:\n  1 mem\n195 nvidia\n234 nvidia-caps\n510 nvidia-uvm\n\nBlock devices:\n  8 sd\n";
+
+    fn placement(parent_minor: u32, gpu_instance_id: u32, compute_instance_id: u32) -> MigPlacement {
+        MigPlacement { parent_minor, gpu_instance_id, compute_instance_id }
+    }
+
+    /// Whole GPUs `GPU-a` (minor 0) and `GPU-b` (1), MIG instances `MIG-x`
+    /// (GPU 0, gi1/ci0), `MIG-y` (GPU 0, gi1/ci1), `MIG-z` (GPU 1, gi1/ci0)
+    /// and `MIG-gone` (GPU 0, gi5: not in `mig-minors`).
+    fn test_host() -> NvidiaHost {
+        use caravan_gpu::reserve::character_major;
+        let mig_placements = [
+            ("MIG-x", placement(0, 1, 0)),
+            ("MIG-y", placement(0, 1, 1)),
+            ("MIG-z", placement(1, 1, 0)),
+            ("MIG-gone", placement(0, 5, 0)),
+        ]
+        .map(|(uuid, placement)| (uuid.to_string(), placement));
+        NvidiaHost {
+            gpu_minors: [("GPU-a".to_string(), 0), ("GPU-b".to_string(), 1)].into(),
+            mig_placements: Arc::new(mig_placements.into()),
+            mig_minors: parse_mig_minors(MIG_MINORS),
+            caps_major: character_major(PROC_DEVICES, "nvidia-caps"),
+            uvm_major: character_major(PROC_DEVICES, "nvidia-uvm"),
+        }
+    }
+
+    fn ids(ids: &[&str]) -> Vec<String> {
+        ids.iter().map(|id| id.to_string()).collect()
+    }
+
+    /// The rules past the standard ones, as (path, major, minor).
+    fn nvidia_rules(rules: &[DeviceRule]) -> Vec<(String, u32, u32)> {
+        rules[device_cgroup::standard_rules().len()..]
+            .iter()
+            .map(|r| (r.path.display().to_string(), r.major.unwrap(), r.minor.unwrap()))
+            .collect()
+    }
+
+    fn rule(path: &str, major: u32, minor: u32) -> (String, u32, u32) {
+        (path.to_string(), major, minor)
+    }
+
+    fn allows(rules: &[DeviceRule], major: u32, minor: u32) -> bool {
+        let program = device_cgroup::program(rules).unwrap();
+        let rw = device_cgroup::ACCESS_READ | device_cgroup::ACCESS_WRITE;
+        device_cgroup::evaluate(&program, device_cgroup::DeviceKind::Char, major, minor, rw).unwrap()
     }
 
     #[test]
-    fn device_rules_allow_the_assigned_gpus_nodes_only() {
-        let uuid_minors: BTreeMap<String, u32> = [("GPU-a".to_string(), 0), ("GPU-b".to_string(), 1)].into();
-        let (rules, unknown) = device_rules(&[], &uuid_minors, Some(510));
-        assert_eq!(rules, device_cgroup::standard_rules(), "no GPU: no NVIDIA node at all");
-        assert!(unknown.is_empty());
-        let (rules, unknown) = device_rules(&["GPU-b".into(), "MIG-x".into()], &uuid_minors, Some(510));
-        assert_eq!(unknown, ["MIG-x"]);
-        let extra: Vec<(String, Option<u32>, Option<u32>)> = rules[device_cgroup::standard_rules().len()..]
-            .iter()
-            .map(|r| (r.path.display().to_string(), r.major, r.minor))
-            .collect();
-        let expected = [
-            ("/dev/nvidia1", 195, 1),
-            ("/dev/nvidiactl", 195, 255),
-            ("/dev/nvidia-modeset", 195, 254),
-            ("/dev/nvidia-uvm", 510, 0),
-            ("/dev/nvidia-uvm-tools", 510, 1),
-        ]
-        .map(|(path, major, minor)| (path.to_string(), Some(major), Some(minor)));
-        assert_eq!(extra, expected);
-        let program = device_cgroup::program(&rules).unwrap();
-        let rw = device_cgroup::ACCESS_READ | device_cgroup::ACCESS_WRITE;
-        let allows =
-            |major, minor| device_cgroup::evaluate(&program, device_cgroup::DeviceKind::Char, major, minor, rw);
-        assert_eq!(allows(195, 1), Some(true));
-        assert_eq!(allows(195, 0), Some(false), "GPU-a is not the task's");
+    fn mig_minors_parse_by_name() {
+        let minors = parse_mig_minors(MIG_MINORS);
+        assert_eq!(minors.get("config"), Some(&1));
+        assert_eq!(minors.get("monitor"), Some(&2));
+        assert_eq!(minors.get("gpu0/gi1/access"), Some(&12));
+        assert_eq!(minors.get("gpu1/gi1/ci0/access"), Some(&148));
+        assert_eq!(minors.len(), 11);
+        let odd = parse_mig_minors("gpu0/gi1/access x\n\n  gpu0/gi1/ci0/access   13  \nlonely\n");
+        assert_eq!(odd, [("gpu0/gi1/ci0/access".to_string(), 13)].into(), "bad lines skipped");
+        assert_eq!(mig_cap_minors(&minors, placement(0, 1, 1)), Some([12, 14]));
+        assert_eq!(mig_cap_minors(&minors, placement(0, 2, 1)), None, "no ci1 in gi2");
+        assert_eq!(mig_cap_minors(&minors, placement(2, 1, 0)), None, "no GPU 2");
+    }
+
+    #[test]
+    fn whole_gpus_get_their_nodes_only() {
+        let host = test_host();
+        let grant = grant_gpus(&ids(&["GPU-b"]), &host);
+        assert_eq!(grant, GpuGrant { gpu_minors: vec![1], cap_minors: vec![], unknown: vec![] });
+        let rules = device_rules(&grant, &host);
+        assert_eq!(
+            nvidia_rules(&rules),
+            [
+                rule("/dev/nvidia1", 195, 1),
+                rule("/dev/nvidiactl", 195, 255),
+                rule("/dev/nvidia-modeset", 195, 254),
+                rule("/dev/nvidia-uvm", 510, 0),
+                rule("/dev/nvidia-uvm-tools", 510, 1),
+            ]
+        );
+        assert!(allows(&rules, 195, 1));
+        assert!(!allows(&rules, 195, 0), "GPU-a is not the task's");
+        assert!(!allows(&rules, 234, 12), "no MIG capability");
+        let hidden: Vec<String> =
+            nodes_to_hide(&[0, 1], &[1, 2, 12], &grant).iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(
+            hidden,
+            [
+                "/dev/nvidia0",
+                "/dev/nvidia-caps/nvidia-cap1",
+                "/dev/nvidia-caps/nvidia-cap2",
+                "/dev/nvidia-caps/nvidia-cap12",
+            ]
+        );
+    }
+
+    #[test]
+    fn no_gpu_gets_no_nvidia_node_and_sees_none() {
+        let host = test_host();
+        let grant = grant_gpus(&[], &host);
+        assert_eq!(grant, GpuGrant::default());
+        assert_eq!(device_rules(&grant, &host), device_cgroup::standard_rules());
+        assert_eq!(nodes_to_hide(&[0, 1], &[1, 12], &grant).len(), 4, "every node hidden");
+    }
+
+    #[test]
+    fn a_mig_instance_gets_its_parent_and_its_two_capabilities() {
+        let host = test_host();
+        let grant = grant_gpus(&ids(&["MIG-x"]), &host);
+        assert_eq!(grant, GpuGrant { gpu_minors: vec![0], cap_minors: vec![12, 13], unknown: vec![] });
+        let rules = device_rules(&grant, &host);
+        assert_eq!(
+            nvidia_rules(&rules),
+            [
+                rule("/dev/nvidia0", 195, 0),
+                rule("/dev/nvidia-caps/nvidia-cap12", 234, 12),
+                rule("/dev/nvidia-caps/nvidia-cap13", 234, 13),
+                rule("/dev/nvidiactl", 195, 255),
+                rule("/dev/nvidia-modeset", 195, 254),
+                rule("/dev/nvidia-uvm", 510, 0),
+                rule("/dev/nvidia-uvm-tools", 510, 1),
+            ]
+        );
+        assert!(allows(&rules, 195, 0), "the parent GPU");
+        assert!(allows(&rules, 234, 12), "its GPU instance's access");
+        assert!(allows(&rules, 234, 13), "its compute instance's access");
+        assert!(!allows(&rules, 234, 1), "not config");
+        assert!(!allows(&rules, 234, 2), "not monitor");
+        assert!(!allows(&rules, 234, 14), "not the other compute instance of its GPU instance");
+        assert!(!allows(&rules, 234, 21), "not another GPU instance");
+        assert!(!allows(&rules, 195, 1), "not another GPU");
+        let hidden = nodes_to_hide(&[0, 1], &[1, 2, 12, 13, 14, 21, 147], &grant);
+        let hidden: Vec<String> = hidden.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(
+            hidden,
+            [
+                "/dev/nvidia1",
+                "/dev/nvidia-caps/nvidia-cap1",
+                "/dev/nvidia-caps/nvidia-cap2",
+                "/dev/nvidia-caps/nvidia-cap14",
+                "/dev/nvidia-caps/nvidia-cap21",
+                "/dev/nvidia-caps/nvidia-cap147",
+            ]
+        );
+    }
+
+    #[test]
+    fn mig_instances_share_their_parent_and_gpu_instance_nodes_once() {
+        let host = test_host();
+        let grant = grant_gpus(&ids(&["MIG-x", "MIG-y", "MIG-z", "GPU-a"]), &host);
+        assert_eq!(grant, GpuGrant { gpu_minors: vec![0, 1], cap_minors: vec![12, 13, 14, 147, 148], unknown: vec![] });
+        assert_eq!(nvidia_rules(&device_rules(&grant, &host)).len(), 2 + 5 + 4);
+    }
+
+    #[test]
+    fn an_unresolvable_mig_instance_is_denied() {
+        let host = test_host();
+        let denied_alone = |host: &NvidiaHost, id: &str| {
+            let grant = grant_gpus(&ids(&[id]), host);
+            assert_eq!(grant, GpuGrant { gpu_minors: vec![], cap_minors: vec![], unknown: vec![id.to_string()] });
+            assert_eq!(device_rules(&grant, host), device_cgroup::standard_rules(), "{id}: no NVIDIA node");
+            assert_eq!(nodes_to_hide(&[0, 1], &[12, 13], &grant).len(), 4, "{id}: every node hidden");
+        };
+        denied_alone(&host, "MIG-unknown");
+        denied_alone(&host, "MIG-gone");
+        let no_minors = NvidiaHost { mig_minors: BTreeMap::new(), ..test_host() };
+        denied_alone(&no_minors, "MIG-x");
+        let no_caps_major = NvidiaHost { caps_major: None, ..test_host() };
+        denied_alone(&no_caps_major, "MIG-x");
+        let no_fingerprint = NvidiaHost { mig_placements: Arc::default(), ..test_host() };
+        denied_alone(&no_fingerprint, "MIG-x");
+
+        // Beside a known GPU: that one granted, the MIG instance not.
+        let grant = grant_gpus(&ids(&["GPU-b", "MIG-unknown"]), &host);
+        assert_eq!(grant, GpuGrant { gpu_minors: vec![1], cap_minors: vec![], unknown: ids(&["MIG-unknown"]) });
+    }
+
+    #[test]
+    fn simulated_mig_fingerprint_resolves_through_the_index() {
+        let mut gpus = caravan_gpu::SimulatedGpus::h200_8x();
+        gpus.mig =
+            Some(caravan_gpu::MigLayout { profile: "1g.18gb".into(), slices_per_gpu: 2, memory_mib_per_slice: 16_384 });
+        let fingerprint = gpus.fingerprint();
+        let index = MigIndex::default();
+        index.publish(&fingerprint);
+        // GPU 1's second slice: GPU instance 2, compute instance 0.
+        let uuid = fingerprint.gpus[1].mig_instances[1].uuid.clone();
+        let host = NvidiaHost {
+            gpu_minors: BTreeMap::new(),
+            mig_placements: index.placements(),
+            mig_minors: parse_mig_minors("gpu1/gi2/access 156\ngpu1/gi2/ci0/access 157\n"),
+            caps_major: Some(234),
+            uvm_major: None,
+        };
+        let grant = grant_gpus(&[uuid], &host);
+        assert_eq!(grant, GpuGrant { gpu_minors: vec![1], cap_minors: vec![156, 157], unknown: vec![] });
+    }
+
+    #[test]
+    fn node_minors_from_dev_names() {
+        let dev = ["nvidia0", "nvidiactl", "nvidia-caps", "nvidia12", "nvidia-uvm", "null", "nvidia3"];
+        assert_eq!(node_minors(dev, "nvidia"), [0, 3, 12]);
+        assert_eq!(node_minors(["nvidia-cap2", "nvidia-cap13", "nvidia-capx"], NVIDIA_CAP_NODE_PREFIX), [2, 13]);
     }
 
     #[test]
