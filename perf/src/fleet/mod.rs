@@ -28,10 +28,9 @@ use caravan_net::quic::ClusterTls;
 /// Nodes sharing one QUIC connection: each holds one parked allocation
 /// query, at most one status report and at times a heartbeat, three
 /// streams at most, so 32 stay under the servers' streams per connection
-/// (128) even when every report waits on a slow commit. With 64, parked
-/// queries and reports filled all 128 under a million-allocation load and
-/// heartbeats queued for a stream until nodes were marked down (728
-/// node-update evals, 466 allocations replaced in one run).
+/// (128) even when every report waits on a slow commit (with 64, parked
+/// queries and pending reports alone could take all 128, and a heartbeat
+/// would wait for a stream).
 pub(crate) const NODES_PER_CONNECTION: usize = 32;
 
 /// What the fleet is and how it behaves.
