@@ -63,6 +63,30 @@ impl DeviceRule {
     }
 }
 
+/// `rules` as cgroup v1 `devices.allow` lines (`c 195:0 rw`, `*` for a
+/// wildcard major or minor; `m` for mknod), for a machine without a
+/// cgroup2 mount: the task's `devices` cgroup first denies everything
+/// (`a` into `devices.deny`), then allows each line.
+pub fn v1_allow_lines(rules: &[DeviceRule]) -> Vec<String> {
+    rules
+        .iter()
+        .map(|rule| {
+            let kind = match rule.kind {
+                DeviceKind::Char => 'c',
+                DeviceKind::Block => 'b',
+            };
+            let number = |n: Option<u32>| n.map_or_else(|| "*".to_string(), |n| n.to_string());
+            let mut access = String::new();
+            for (bit, letter) in [(ACCESS_READ, 'r'), (ACCESS_WRITE, 'w'), (ACCESS_MKNOD, 'm')] {
+                if rule.access & bit != 0 {
+                    access.push(letter);
+                }
+            }
+            format!("{kind} {}:{} {access}", number(rule.major), number(rule.minor))
+        })
+        .collect()
+}
+
 /// The devices every container gets (runc's default list, less its `mknod`
 /// of any device and `/dev/net/tun`): `null`, `zero`, `full`, `random`,
 /// `urandom`, `tty`, `console`, `ptmx` and the pseudo-terminals `pts/*`,
@@ -227,6 +251,23 @@ mod tests {
 
     fn allows(program: &[Insn], major: u32, minor: u32, access: u32) -> bool {
         evaluate(program, DeviceKind::Char, major, minor, access).expect("program runs to exit")
+    }
+
+    #[test]
+    fn v1_lines_name_each_rule_with_wildcards_and_access() {
+        let rules = vec![
+            DeviceRule::char_rw("/dev/null", 1, Some(3)),
+            DeviceRule::char_rw("/dev/pts/*", 136, None),
+            DeviceRule { kind: DeviceKind::Block, major: None, minor: None, access: ACCESS_MKNOD, path: "b".into() },
+            DeviceRule {
+                kind: DeviceKind::Char,
+                major: Some(195),
+                minor: Some(255),
+                access: ACCESS_READ,
+                path: "/dev/nvidiactl".into(),
+            },
+        ];
+        assert_eq!(v1_allow_lines(&rules), ["c 1:3 rw", "c 136:* rw", "b *:* m", "c 195:255 r"]);
     }
 
     #[test]

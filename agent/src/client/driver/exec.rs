@@ -17,8 +17,9 @@
 //! a device program (`device_cgroup.rs`, loaded by `bpf.rs`) allowing only
 //! the standard devices and the nodes of the task's assigned GPUs. If the
 //! program cannot be loaded or attached, the task does not start: the error
-//! names the cause. A pure v1 machine (no cgroup2 mount) gets no device
-//! program; other GPUs' nodes are still hidden by bind mounts.
+//! names the cause. A pure v1 machine (no cgroup2 mount) gets the same
+//! allow list in the task's v1 `devices` cgroup (deny all, then allow each
+//! rule); one with neither does not run exec tasks.
 //!
 //! A GPU's nodes are what NVIDIA's container toolkit gives a container:
 //! a whole GPU's `/dev/nvidiaN` (its minor from `/proc/driver/nvidia/gpus`);
@@ -192,11 +193,20 @@ fn cpu_weight(shares: u64) -> u64 {
         .clamp(CPU_WEIGHT_MIN, CPU_WEIGHT_MAX)
 }
 
-/// The task's cgroups: every directory it joins, and among them the cgroup
-/// v2 one its device program goes on (`None` on a pure v1 machine).
+/// The task's cgroups: every directory it joins, and among them the one
+/// that confines its devices.
 struct TaskCgroups {
     dirs: Vec<PathBuf>,
-    devices: Option<PathBuf>,
+    devices: Option<DeviceCgroup>,
+}
+
+/// Where a task's device allow list goes.
+enum DeviceCgroup {
+    /// A cgroup v2 directory: a device eBPF program.
+    Program(PathBuf),
+    /// A cgroup v1 `devices` controller directory (no cgroup2 mount):
+    /// `devices.deny` / `devices.allow` lines.
+    V1(PathBuf),
 }
 
 /// Creates the task's cgroups with its limits.
@@ -217,7 +227,7 @@ fn create_cgroups(name: &str, resources: TaskResources) -> Result<TaskCgroups, D
             create_dir(&dir)?;
             write(&dir.join("memory.max"), &memory_bytes.to_string())?;
             write(&dir.join("cpu.weight"), &cpu_weight(shares).to_string())?;
-            Ok(TaskCgroups { dirs: vec![dir.clone()], devices: Some(dir) })
+            Ok(TaskCgroups { dirs: vec![dir.clone()], devices: Some(DeviceCgroup::Program(dir)) })
         }
         Some(CgroupVersion::V1) => {
             let memory = root.join("memory").join(CGROUP_PARENT).join(name);
@@ -228,17 +238,25 @@ fn create_cgroups(name: &str, resources: TaskResources) -> Result<TaskCgroups, D
             write(&cpu.join("cpu.shares"), &shares.min(CPU_SHARES_MAX).to_string())?;
             let mut dirs = vec![memory, cpu];
             let unified = Path::new(CGROUP_UNIFIED_ROOT);
-            let devices = if unified.join("cgroup.procs").exists() {
+            // The hybrid layout's cgroup2 mount takes a device program;
+            // without one, the v1 devices controller takes the same list.
+            let (dir, devices) = if unified.join("cgroup.procs").exists() {
                 let dir = unified.join(CGROUP_PARENT).join(name);
-                if let Err(err) = create_dir(&dir) {
-                    remove_cgroups(&dirs);
-                    return Err(err);
-                }
-                dirs.push(dir.clone());
-                Some(dir)
+                (dir.clone(), Some(DeviceCgroup::Program(dir)))
+            } else if root.join("devices").join("devices.allow").exists() {
+                let dir = root.join("devices").join(CGROUP_PARENT).join(name);
+                (dir.clone(), Some(DeviceCgroup::V1(dir)))
             } else {
-                None
+                return Err(DriverError::Unavailable(format!(
+                    "no cgroup2 mount and no v1 devices controller under {CGROUP_ROOT}: \
+                     the exec driver does not run a task with access to every device"
+                )));
             };
+            if let Err(err) = create_dir(&dir) {
+                remove_cgroups(&dirs);
+                return Err(err);
+            }
+            dirs.push(dir);
             Ok(TaskCgroups { dirs, devices })
         }
         None => Err(DriverError::Unavailable(format!("no usable cgroup hierarchy under {CGROUP_ROOT}"))),
@@ -423,8 +441,34 @@ fn task_gpu_grant(spec: &TaskSpec, mig_index: &MigIndex) -> (GpuGrant, NvidiaHos
     (grant, host)
 }
 
+/// Confines the task to `rules`: a device program on its cgroup v2
+/// directory, or deny-all then allow lines in its v1 devices cgroup.
+fn confine_devices(rules: &[DeviceRule], cgroup: &DeviceCgroup) -> Result<(), DriverError> {
+    match cgroup {
+        DeviceCgroup::Program(dir) => attach_device_program(rules, dir),
+        DeviceCgroup::V1(dir) => write_v1_device_rules(rules, dir),
+    }
+}
+
+/// The v1 devices controller: `a` (everything) denied, then each rule
+/// allowed, before the task joins the cgroup.
+fn write_v1_device_rules(rules: &[DeviceRule], dir: &Path) -> Result<(), DriverError> {
+    let refused = |err: DriverError| {
+        DriverError::Start(format!(
+            "cannot confine the task to its devices (the v1 devices cgroup {}: {err}); \
+             the exec driver does not run a task with access to every device",
+            dir.display()
+        ))
+    };
+    write(&dir.join("devices.deny"), "a").map_err(refused)?;
+    for line in device_cgroup::v1_allow_lines(rules) {
+        write(&dir.join("devices.allow"), &line).map_err(refused)?;
+    }
+    Ok(())
+}
+
 /// Puts the task's device program, allowing `rules`, on its cgroup v2 directory.
-fn confine_devices(rules: &[DeviceRule], cgroup: &Path) -> Result<(), DriverError> {
+fn attach_device_program(rules: &[DeviceRule], cgroup: &Path) -> Result<(), DriverError> {
     let program = device_cgroup::program(rules).map_err(|err| DriverError::Start(err.to_string()))?;
     super::bpf::attach_device_program(cgroup, &program).map_err(|err| {
         DriverError::Start(format!(
@@ -634,6 +678,50 @@ impl Driver for ExecDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The v1 fallback on a real v1 `devices` controller (this needs root
+    /// and one; the hybrid layout has both, so CI runs it): a process in
+    /// the cgroup opens `/dev/null` but not a 0666 node of 1:11 it was not
+    /// given, and cannot `mknod`.
+    #[test]
+    fn v1_devices_cgroup_denies_what_the_rules_leave_out() {
+        use std::os::unix::fs::PermissionsExt;
+        let controller = Path::new(CGROUP_ROOT).join("devices");
+        if !rustix::process::geteuid().is_root() || !controller.join("devices.allow").exists() {
+            let reason = "needs root and a cgroup v1 devices controller";
+            assert!(
+                std::env::var("CARAVAN_REQUIRE_ALL_TESTS").map_or(true, |v| v != "1"),
+                "CARAVAN_REQUIRE_ALL_TESTS=1 but the test cannot run: {reason}"
+            );
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+        let scratch = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let node = scratch.path().join("kmsg-copy");
+        let made = std::process::Command::new("mknod").args(["-m", "0666"]).arg(&node).args(["c", "1", "11"]).status();
+        assert!(made.is_ok_and(|s| s.success()), "mknod as root");
+        let dir = controller.join(CGROUP_PARENT).join(format!("unit-test-{}", std::process::id()));
+        create_dir(&dir).unwrap();
+        write_v1_device_rules(&device_cgroup::standard_rules(), &dir).unwrap();
+        let script = "echo $$ > \"$1/cgroup.procs\" || exit 9; \
+            echo x > /dev/null && echo null=ok; \
+            if (exec 3<\"$2\") 2>/dev/null; then echo kmsg=opened; else echo kmsg=denied; fi; \
+            if mknod \"$3\" c 1 3 2>/dev/null; then echo mknod=made; else echo mknod=denied; fi";
+        let out = std::process::Command::new("sh")
+            .args(["-c", script, "sh"])
+            .arg(&dir)
+            .arg(&node)
+            .arg(scratch.path().join("made-null"))
+            .output()
+            .unwrap();
+        remove_cgroups(std::slice::from_ref(&dir));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(stdout.contains("null=ok"), "{stdout}");
+        assert!(stdout.contains("kmsg=denied"), "{stdout}");
+        assert!(stdout.contains("mknod=denied"), "{stdout}");
+    }
 
     /// `mig-minors` as the driver writes it (excerpt: GPU 0's instances 1
     /// and 2, GPU 1's instance 1), `/proc/devices` naming both dynamic majors.
