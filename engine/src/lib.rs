@@ -35,6 +35,7 @@ pub mod events;
 pub mod feasible;
 pub mod fixtures;
 pub mod fsm;
+pub mod health_policy;
 pub mod heartbeat;
 pub mod ids;
 pub mod intern;

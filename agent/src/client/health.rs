@@ -7,41 +7,16 @@
 //! service checks, so `"checks"` means the same; with `"manual"` the
 //! client never decides (an operator does, through the deployment).
 //!
+//! Which allocations the client decides for, and the strategy's times, are
+//! the engine's [`HealthPolicy`] (the simulated fleet uses it too).
 //! [`assess`] is a pure function of the tasks' states and the times; the
 //! allocation runner calls it after every change and when the time it
 //! names comes.
 
-use caravan_engine::model::{Allocation, TaskLifecycleState, TaskState, TimeNs};
+pub use caravan_engine::health_policy::HealthPolicy;
+use caravan_engine::model::{TaskLifecycleState, TaskState, TimeNs};
 
 use super::lifecycle::Stage;
-
-/// What decides an allocation's health: its group's update strategy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HealthPolicy {
-    pub min_healthy_time_ns: i64,
-    /// 0: no deadline.
-    pub healthy_deadline_ns: i64,
-}
-
-impl HealthPolicy {
-    /// The policy for an allocation the client should decide health for:
-    /// one in a deployment, wanted running, whose group's strategy is not
-    /// `manual`.
-    pub fn of(alloc: &Allocation) -> Option<HealthPolicy> {
-        alloc.deployment_id?;
-        if alloc.server_terminal() {
-            return None;
-        }
-        let strategy = alloc.job.rollout_strategy(alloc.group())?;
-        if &*strategy.health_check == "manual" {
-            return None;
-        }
-        Some(HealthPolicy {
-            min_healthy_time_ns: strategy.min_healthy_time_ns.max(0),
-            healthy_deadline_ns: strategy.healthy_deadline_ns.max(0),
-        })
-    }
-}
 
 /// One task as [`assess`] reads it.
 #[derive(Debug, Clone, Copy)]

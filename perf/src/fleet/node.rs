@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use caravan_engine::health_policy::HealthPolicy;
 use caravan_engine::ids::{AllocId, DeploymentId};
 use caravan_engine::model::{AllocClientUpdate, AllocHealthReport, Allocation, ClientStatus, DesiredStatus, Node};
 use caravan_net::rpc::RpcClient;
@@ -61,27 +62,15 @@ enum ReportKind {
 }
 
 /// When a node decides an allocation's deployment health, as an agent
-/// does (`HealthPolicy::of` and `assess` in the agent's `client/health.rs`):
-/// `None` when the client does not decide it (no deployment, stopped, no
-/// update strategy, or `health_check = "manual"`); otherwise the
+/// does (the engine's `HealthPolicy`, which the agent applies to real task
+/// states): `None` when the client does not decide it; otherwise the
 /// deployment, the verdict, and how long after `since` (tasks running) it
-/// comes. Simulated tasks never fail, so the verdict is healthy after
-/// `min_healthy_time` unless `healthy_deadline` (0: none) comes first.
+/// comes. Simulated tasks never fail.
 fn health_decision(alloc: &Allocation) -> Option<(DeploymentId, bool, Duration)> {
+    let policy = HealthPolicy::of(alloc)?;
     let deployment_id = alloc.deployment_id?;
-    if alloc.server_terminal() {
-        return None;
-    }
-    let strategy = alloc.job.rollout_strategy(alloc.group())?;
-    if &*strategy.health_check == "manual" {
-        return None;
-    }
-    let min_healthy_ns = u64::try_from(strategy.min_healthy_time_ns).unwrap_or(0);
-    let deadline_ns = u64::try_from(strategy.healthy_deadline_ns).unwrap_or(0);
-    if deadline_ns > 0 && min_healthy_ns > deadline_ns {
-        return Some((deployment_id, false, Duration::from_nanos(deadline_ns)));
-    }
-    Some((deployment_id, true, Duration::from_nanos(min_healthy_ns)))
+    let (healthy, after_ns) = policy.verdict_if_tasks_never_fail();
+    Some((deployment_id, healthy, Duration::from_nanos(u64::try_from(after_ns).unwrap_or(0))))
 }
 
 /// What a thread's tasks share.
