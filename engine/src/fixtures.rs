@@ -1,12 +1,14 @@
-//! Builders for nodes, jobs and evals, shared by tests, benches and the perf
-//! simulator so they all describe clusters the same way.
+//! Builders for nodes, jobs, evals and allocations, shared by tests,
+//! benches and the perf simulator so they all describe clusters the same way.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::ids::{IdGen, JobKey};
 use crate::model::{
-    DeviceAttribute, DeviceInstance, DeviceRequest, DriverInfo, Evaluation, Job, JobType, Node, NodeDeviceResource,
-    NodeResources, Task, TaskGroup, TimeNs, TriggeredBy,
+    AllocatedResources, Allocation, ClientStatus, DesiredStatus, DesiredTransition, DeviceAttribute, DeviceInstance,
+    DeviceRequest, DriverInfo, Evaluation, Job, JobType, Node, NodeDeviceResource, NodeResources, Task, TaskGroup,
+    TimeNs, TriggeredBy, no_task_states,
 };
 
 /// A ready node with `raw_exec`, `exec` and `docker` drivers and Nomad-style
@@ -87,6 +89,39 @@ pub fn job(id: &str, job_type: JobType, count: u32, cpu_mhz: u32, memory_mb: u32
     let mut group = TaskGroup::new("g", count, job_type, vec![task]);
     group.ephemeral_disk_mb = 10;
     Job::new(id, job_type, vec![group])
+}
+
+/// A committed allocation of the job's first group, `job.g[name_index]`,
+/// on a fresh node: desired run, client pending, no deployment, created and
+/// modified at index 1. Tests set what they need on top.
+pub fn allocation(ids: &mut IdGen, job: &Arc<Job>, name_index: u32) -> Allocation {
+    Allocation {
+        id: ids.alloc_for(&job.key()),
+        eval_id: ids.eval(),
+        node_id: ids.node(),
+        job: Arc::clone(job),
+        group_index: 0,
+        name_index,
+        resources: Arc::new(AllocatedResources::default()),
+        desired_status: DesiredStatus::Run,
+        desired_description: "".into(),
+        desired_transition: DesiredTransition::default(),
+        client_status: ClientStatus::Pending,
+        client_description: "".into(),
+        previous_alloc: None,
+        next_alloc: None,
+        reschedule_tracker: None,
+        followup_eval_id: None,
+        deployment_id: None,
+        deployment_status: None,
+        preempted_by: None,
+        create_index: 1,
+        modify_index: 1,
+        alloc_modify_index: 1,
+        create_time_ns: 0,
+        modify_time_ns: 0,
+        task_states: no_task_states(),
+    }
 }
 
 /// The eval a job registration creates.

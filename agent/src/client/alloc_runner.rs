@@ -717,7 +717,7 @@ mod tests {
         main.config = command("/bin/true");
         let job =
             Arc::new(Job::new("j", JobType::Batch, vec![TaskGroup::new("g", 1, JobType::Batch, vec![init, main])]));
-        let alloc = crate::client::testing::alloc(&mut IdGen::with_seed(4), &job, 0);
+        let alloc = caravan_engine::fixtures::allocation(&mut IdGen::with_seed(4), &job, 0);
         let mut done = TaskState::pending();
         done.state = TaskLifecycleState::Dead;
         let stored = StoredAlloc {
@@ -743,7 +743,7 @@ mod tests {
         let ctx = context(root.path(), updates);
         let tasks = vec![Task::new("web", "raw_exec"), Task::new("gpu", "no-such-driver")];
         let job = Arc::new(Job::new("j", JobType::Service, vec![TaskGroup::new("g", 1, JobType::Service, tasks)]));
-        let alloc = crate::client::testing::alloc(&mut IdGen::with_seed(3), &job, 0);
+        let alloc = caravan_engine::fixtures::allocation(&mut IdGen::with_seed(3), &job, 0);
         let runner = AllocRunner::start(Arc::new(alloc), &ctx);
         assert!(runner.is_finished());
         assert_eq!(runner.client_status().0, ClientStatus::Failed);

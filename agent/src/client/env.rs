@@ -100,7 +100,7 @@ mod tests {
         job.task_groups[0].tasks[0].env.insert("GREETING".into(), "hello".into());
         job.task_groups[0].tasks[0].env.insert("NOMAD_DC".into(), "overridden".into());
         let job = Arc::new(job);
-        let mut alloc = crate::client::testing::alloc(&mut ids, &job, 3);
+        let mut alloc = caravan_engine::fixtures::allocation(&mut ids, &job, 3);
         alloc.resources = Arc::new(AllocatedResources {
             ports: vec![AssignedPort { label: "http-api".into(), value: 23456, to: 8080 }],
             devices: vec![AssignedDevice {

@@ -20,5 +20,3 @@ pub mod server_api;
 pub mod state_db;
 pub mod stats_api;
 pub mod task_runner;
-#[cfg(test)]
-mod testing;

@@ -256,7 +256,7 @@ mod tests {
         let path = dir.path().join("client/state.db");
         let mut ids = IdGen::with_seed(7);
         let job = Arc::new(fixtures::job("web", JobType::Service, 1, 100, 64));
-        let alloc = super::super::testing::alloc(&mut ids, &job, 0);
+        let alloc = caravan_engine::fixtures::allocation(&mut ids, &job, 0);
         let mut state = TaskState::pending();
         state.push_event(TaskEvent::new("Started", 5, "Task started by client"));
         let handle = TaskHandle {

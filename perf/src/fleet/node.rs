@@ -389,7 +389,7 @@ mod tests {
     use super::*;
     use caravan_engine::fixtures;
     use caravan_engine::ids::IdGen;
-    use caravan_engine::model::{AllocatedResources, DesiredTransition, JobType, UpdateStrategy, no_task_states};
+    use caravan_engine::model::{JobType, UpdateStrategy};
 
     fn report(alloc: AllocId, kind: ReportKind) -> Report {
         Report { node: 0, global: 0, due: Instant::now(), alloc, job: "j".into(), kind }
@@ -415,33 +415,7 @@ mod tests {
         let mut job = fixtures::job("web", JobType::Service, 1, 100, 128);
         job.task_groups[0].update = update;
         let job = Arc::new(job);
-        Allocation {
-            id: ids.alloc_for(&job.key()),
-            eval_id: ids.eval(),
-            node_id: ids.node(),
-            job,
-            group_index: 0,
-            name_index: 0,
-            resources: Arc::new(AllocatedResources::default()),
-            desired_status: DesiredStatus::Run,
-            desired_description: "".into(),
-            desired_transition: DesiredTransition::default(),
-            client_status: ClientStatus::Pending,
-            client_description: "".into(),
-            previous_alloc: None,
-            next_alloc: None,
-            reschedule_tracker: None,
-            followup_eval_id: None,
-            deployment_id: Some(ids.deployment()),
-            deployment_status: None,
-            preempted_by: None,
-            create_index: 1,
-            modify_index: 1,
-            alloc_modify_index: 1,
-            create_time_ns: 0,
-            modify_time_ns: 0,
-            task_states: no_task_states(),
-        }
+        Allocation { deployment_id: Some(ids.deployment()), ..fixtures::allocation(ids, &job, 0) }
     }
 
     #[test]
