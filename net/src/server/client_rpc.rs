@@ -558,7 +558,8 @@ impl ClientRpc {
         // No snapshot may live across the wait: a parked query holding the
         // state it parked on keeps that version's copied table paths alive,
         // and with one parked query per node the server retained hundreds
-        // of superseded versions (about a third of its RSS in `c1m`).
+        // of superseded versions (`c1m`'s heap peak fell 558 → 231 MB with
+        // this and two smaller fixes).
         let changed = node_allocs_index(&self.store.snapshot(), request.node_id) > request.min_index;
         if !changed && !wait.is_zero() {
             let (wake, woken) = oneshot::channel();

@@ -197,7 +197,7 @@ fn cpu_weight(shares: u64) -> u64 {
 /// that confines its devices.
 struct TaskCgroups {
     dirs: Vec<PathBuf>,
-    devices: Option<DeviceCgroup>,
+    devices: DeviceCgroup,
 }
 
 /// Where a task's device allow list goes.
@@ -207,6 +207,14 @@ enum DeviceCgroup {
     /// A cgroup v1 `devices` controller directory (no cgroup2 mount):
     /// `devices.deny` / `devices.allow` lines.
     V1(PathBuf),
+}
+
+impl DeviceCgroup {
+    fn dir(&self) -> &Path {
+        match self {
+            DeviceCgroup::Program(dir) | DeviceCgroup::V1(dir) => dir,
+        }
+    }
 }
 
 /// Creates the task's cgroups with its limits.
@@ -227,9 +235,23 @@ fn create_cgroups(name: &str, resources: TaskResources) -> Result<TaskCgroups, D
             create_dir(&dir)?;
             write(&dir.join("memory.max"), &memory_bytes.to_string())?;
             write(&dir.join("cpu.weight"), &cpu_weight(shares).to_string())?;
-            Ok(TaskCgroups { dirs: vec![dir.clone()], devices: Some(DeviceCgroup::Program(dir)) })
+            Ok(TaskCgroups { dirs: vec![dir.clone()], devices: DeviceCgroup::Program(dir) })
         }
         Some(CgroupVersion::V1) => {
+            // The hybrid layout's cgroup2 mount takes a device program;
+            // without one, the v1 devices controller takes the same list.
+            // Decided before anything is created, so a refusal leaves nothing.
+            let unified = Path::new(CGROUP_UNIFIED_ROOT);
+            let devices = if unified.join("cgroup.procs").exists() {
+                DeviceCgroup::Program(unified.join(CGROUP_PARENT).join(name))
+            } else if root.join("devices").join("devices.allow").exists() {
+                DeviceCgroup::V1(root.join("devices").join(CGROUP_PARENT).join(name))
+            } else {
+                return Err(DriverError::Unavailable(format!(
+                    "no cgroup2 mount and no v1 devices controller under {CGROUP_ROOT}: \
+                     the exec driver does not run a task with access to every device"
+                )));
+            };
             let memory = root.join("memory").join(CGROUP_PARENT).join(name);
             create_dir(&memory)?;
             write(&memory.join("memory.limit_in_bytes"), &memory_bytes.to_string())?;
@@ -237,26 +259,11 @@ fn create_cgroups(name: &str, resources: TaskResources) -> Result<TaskCgroups, D
             create_dir(&cpu)?;
             write(&cpu.join("cpu.shares"), &shares.min(CPU_SHARES_MAX).to_string())?;
             let mut dirs = vec![memory, cpu];
-            let unified = Path::new(CGROUP_UNIFIED_ROOT);
-            // The hybrid layout's cgroup2 mount takes a device program;
-            // without one, the v1 devices controller takes the same list.
-            let (dir, devices) = if unified.join("cgroup.procs").exists() {
-                let dir = unified.join(CGROUP_PARENT).join(name);
-                (dir.clone(), Some(DeviceCgroup::Program(dir)))
-            } else if root.join("devices").join("devices.allow").exists() {
-                let dir = root.join("devices").join(CGROUP_PARENT).join(name);
-                (dir.clone(), Some(DeviceCgroup::V1(dir)))
-            } else {
-                return Err(DriverError::Unavailable(format!(
-                    "no cgroup2 mount and no v1 devices controller under {CGROUP_ROOT}: \
-                     the exec driver does not run a task with access to every device"
-                )));
-            };
-            if let Err(err) = create_dir(&dir) {
+            if let Err(err) = create_dir(devices.dir()) {
                 remove_cgroups(&dirs);
                 return Err(err);
             }
-            dirs.push(dir);
+            dirs.push(devices.dir().to_path_buf());
             Ok(TaskCgroups { dirs, devices })
         }
         None => Err(DriverError::Unavailable(format!("no usable cgroup hierarchy under {CGROUP_ROOT}"))),
@@ -601,9 +608,7 @@ impl Driver for ExecDriver {
         let (grant, host) = task_gpu_grant(spec, &self.mig_index);
         let hidden = gpu_nodes_to_hide(&grant)?;
         let TaskCgroups { dirs: cgroups, devices } = create_cgroups(&cgroup_name(spec), spec.resources)?;
-        if let Some(dir) = &devices
-            && let Err(err) = confine_devices(&device_rules(&grant, &host), dir)
-        {
+        if let Err(err) = confine_devices(&device_rules(&grant, &host), &devices) {
             remove_cgroups(&cgroups);
             return Err(err);
         }
