@@ -64,6 +64,14 @@ enum Scenario {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The simulated fleet churns through fresh heap pages; with the
+    // kernel's transparent huge pages `always`, each first touch zeroed a
+    // 2 MiB page (a tenth of the fleet threads' CPU in a `c1m` profile),
+    // CPU the servers on the same cores then lack. The servers this
+    // starts turn it off for themselves, as every agent does.
+    if let Err(err) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("caravan-perf: cannot turn transparent huge pages off ({err})");
+    }
     let result = match cli.scenario {
         Scenario::Engine(args) => engine::run(&args),
         Scenario::Gpu(args) => gpu::run(&args),
