@@ -147,3 +147,37 @@ fn node_allocs_since_sends_only_what_the_servers_changed() {
     assert_eq!(reaped.len(), 40);
     assert!(reaped.iter().all(|(id, changed)| *id != db_alloc && !changed));
 }
+
+#[test]
+fn a_client_report_leaves_the_nodes_slot_shared_and_its_usage_as_it_was() {
+    let mut c = SimCluster::new(9);
+    let n = node(&mut c.ids, "n", "dc1", 64_000, 64 * 1024);
+    let node_id = c.add_node(n);
+    let web = c.register(job("web", JobType::Batch, 3, 100, 128));
+    c.process(&web);
+    let placed = c.snapshot();
+    let ids: Vec<AllocId> = placed.allocs_by_node(node_id).map(|a| a.id).collect();
+    assert_eq!(ids.len(), 3);
+    let usage_placed = placed.node_usage(node_id).expect("the node has usage");
+
+    // Running reports change nothing the node's slot records: the new
+    // state still shares the slot (no copy per report), usage unchanged.
+    for id in &ids {
+        c.client_update(*id, ClientStatus::Running);
+    }
+    let running = c.snapshot();
+    assert!(running.allocs_by_node(node_id).all(|a| a.client_status == ClientStatus::Running));
+    let usage_running = running.node_usage(node_id).expect("the node has usage");
+    assert!(std::ptr::eq(usage_placed, usage_running), "the slot was copied for a client report");
+
+    // A terminal report frees the resources: that one is recorded.
+    c.client_update(ids[0], ClientStatus::Complete);
+    let done = c.snapshot();
+    let usage_done = done.node_usage(node_id).expect("the node has usage");
+    assert_eq!(usage_done.alloc_count, 2);
+    assert_eq!(usage_running.alloc_count, 3, "older snapshots keep their view");
+    let node = done.node(node_id).expect("the node is stored");
+    let live = done.allocs_by_node(node_id).filter(|a| !a.is_terminal()).map(|a| &**a);
+    let recomputed = caravan_engine::state::usage_from_allocs(node, live).expect("the live allocations fit");
+    assert_eq!(usage_done, &recomputed);
+}

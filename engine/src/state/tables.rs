@@ -651,6 +651,13 @@ impl State {
         // `AllocModifyIndex` for the same reason), which halves the
         // wake-ups of a busy node's query.
         let servers_changed = old.as_ref().is_none_or(|o| o.alloc_modify_index != alloc.alloc_modify_index);
+        // A client's status report leaves the node's slot as it was: copy
+        // it (and its path in the table) only for a change it records.
+        // Client reports are most of a busy fleet's allocation writes.
+        if old.is_some() && !servers_changed {
+            self.touch(Table::Allocs, index);
+            return;
+        }
         let slot = Arc::make_mut(self.node_slots.entry(alloc.node_id).or_default());
         if old.is_none() {
             self.alloc_count += 1;
@@ -745,8 +752,17 @@ impl State {
 
     fn adjust_usage(&mut self, old: Option<&Allocation>, new: Option<&Allocation>) {
         let (old, new) = (old.filter(|a| !a.is_terminal()), new.filter(|a| !a.is_terminal()));
-        if old.is_none() && new.is_none() {
-            return;
+        match (old, new) {
+            (None, None) => return,
+            // Still live where it was, with what it had (a client's status
+            // report): the node's usage stands, and its slot is not copied.
+            (Some(o), Some(n))
+                if o.node_id == n.node_id
+                    && (Arc::ptr_eq(&o.resources, &n.resources) || o.resources == n.resources) =>
+            {
+                return;
+            }
+            _ => {}
         }
         let node_id = old.or(new).map(|a| a.node_id).expect("one side is set");
         let usage = &mut Arc::make_mut(self.node_slots.entry(node_id).or_default()).usage;
