@@ -50,9 +50,10 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(3);
 /// answering thousands of clients' allocation queries at once, with its
 /// raft thread busy applying a plan for a few milliseconds, overflows it,
 /// and every dropped datagram costs a QUIC loss timeout and a congestion
-/// window. Measured on `c1m` (1,000,000 allocations, 10,000 nodes):
-/// heartbeats answered up to 27 s late and nodes marked down with the
-/// default buffers; 7 s and none with these.
+/// window. Measured on `c1m` (1,000,000 allocations, 10,000 nodes, a
+/// 2-core VM): with the default buffers heartbeats were answered up to
+/// 27 s late and nodes were marked down; with these, 3.5–7 s and none
+/// (36 s, still none, once the VM had slowed).
 pub const UDP_BUFFER_BYTES: usize = 32 << 20;
 
 /// Why an endpoint could not be created.
