@@ -644,6 +644,7 @@ impl State {
     /// usage in step: usage counts an allocation while it is non-terminal.
     pub(crate) fn put_alloc(&mut self, index: u64, alloc: Arc<Allocation>) {
         let old = self.job_table(&alloc.job_key()).insert(alloc.id, alloc.clone());
+        self.touch(Table::Allocs, index);
         self.adjust_usage(old.as_deref(), Some(&alloc));
         self.adjust_deployment_health(old.as_deref(), Some(&alloc));
         // Only the servers' changes move the node's index: its client
@@ -655,7 +656,6 @@ impl State {
         // it (and its path in the table) only for a change it records.
         // Client reports are most of a busy fleet's allocation writes.
         if old.is_some() && !servers_changed {
-            self.touch(Table::Allocs, index);
             return;
         }
         let slot = Arc::make_mut(self.node_slots.entry(alloc.node_id).or_default());
@@ -673,7 +673,6 @@ impl State {
             slot.allocs_index = slot.allocs_index.max(index).max(alloc.alloc_modify_index);
             self.alloc_nodes_touched.push(alloc.node_id);
         }
-        self.touch(Table::Allocs, index);
     }
 
     /// Insert allocations that do not exist yet, in bulk: the secondary
@@ -756,12 +755,8 @@ impl State {
             (None, None) => return,
             // Still live where it was, with what it had (a client's status
             // report): the node's usage stands, and its slot is not copied.
-            (Some(o), Some(n))
-                if o.node_id == n.node_id
-                    && (Arc::ptr_eq(&o.resources, &n.resources) || o.resources == n.resources) =>
-            {
-                return;
-            }
+            // (`Arc`'s `==` compares pointers first.)
+            (Some(o), Some(n)) if o.node_id == n.node_id && o.resources == n.resources => return,
             _ => {}
         }
         let node_id = old.or(new).map(|a| a.node_id).expect("one side is set");
