@@ -149,6 +149,29 @@ fn node_allocs_since_sends_only_what_the_servers_changed() {
 }
 
 #[test]
+fn a_nodes_removal_index_moves_only_when_an_allocation_leaves_it() {
+    let mut c = SimCluster::new(6);
+    let n = node(&mut c.ids, "a", "dc1", 64_000, 64 * 1024);
+    let a = c.add_node(n);
+    let web = c.register(job("web", JobType::Service, 2, 100, 128));
+    c.process(&web);
+    let placed = c.snapshot();
+    assert_eq!(placed.node_allocs_removed_index(a), Some(0), "placements remove nothing");
+    assert_eq!(placed.node_allocs_removed_index(NodeId(424242)), None);
+    let ids: Vec<AllocId> = placed.allocs_by_node(a).map(|x| x.id).collect();
+    for id in &ids {
+        c.client_update(*id, ClientStatus::Running);
+    }
+    let stop = c.register(job("web", JobType::Service, 1, 100, 128));
+    c.process(&stop);
+    assert_eq!(c.snapshot().node_allocs_removed_index(a), Some(0), "reports and stops remove nothing");
+    let stopped = c.snapshot().allocs_by_node(a).find(|x| x.desired_status == DesiredStatus::Stop).unwrap().id;
+    let reaped_at = c.commit(Command::EvalReap { evals: vec![], allocs: vec![stopped] });
+    assert_eq!(c.snapshot().node_allocs_removed_index(a), Some(reaped_at));
+    assert_eq!(placed.node_allocs_removed_index(a), Some(0), "older snapshots keep their view");
+}
+
+#[test]
 fn a_client_report_leaves_the_nodes_slot_shared_and_its_usage_as_it_was() {
     let mut c = SimCluster::new(9);
     let n = node(&mut c.ids, "n", "dc1", 64_000, 64 * 1024);

@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use caravan_engine::clock::SystemClock;
 use caravan_engine::fixtures;
-use caravan_engine::ids::{IdGen, NodeId};
+use caravan_engine::fsm::Command;
+use caravan_engine::ids::{AllocId, IdGen, NodeId};
 use caravan_engine::model::{
     AllocClientUpdate, ClientStatus, JobType, NodeStatus, TaskEvent, TaskLifecycleState, TaskState,
 };
+use caravan_engine::plan::Committer;
 use caravan_net::http::Server;
 use caravan_net::quic::{ClusterTls, DevCa};
 use caravan_net::rpc::frame::ErrorCode;
@@ -224,10 +226,10 @@ fn allocation_queries_send_only_what_changed_since_the_callers_copy() {
     };
     let full = ask(0, 0);
     assert_eq!(full.changed.len(), 3, "knowing nothing, every allocation comes in full");
-    assert!(full.unchanged.is_empty());
+    assert!(full.unchanged.is_none(), "nothing to keep");
     let same = ask(0, full.index);
     assert!(same.changed.is_empty(), "nothing changed since the caller's copy");
-    assert_eq!(same.unchanged.len(), 3, "but every allocation is still listed, by id");
+    assert!(same.unchanged.is_none(), "and nothing was removed: the caller keeps its copy, no ids travel");
     assert_eq!(same.index, full.index);
 
     // The node's own status report is not echoed back: its query does not
@@ -255,10 +257,27 @@ fn allocation_queries_send_only_what_changed_since_the_callers_copy() {
     assert!(delta.index > full.index, "the node's index moved with the placement");
     assert_eq!(delta.changed.len(), 1, "only the new allocation comes in full");
     assert!(full.changed.iter().all(|a| a.id != delta.changed[0].id));
-    assert_eq!(delta.unchanged.len(), 3);
+    assert!(delta.unchanged.is_none());
     // The agent's client merges deltas into the whole list.
-    let (merged, _) = client.node_allocs(node.id, 0, Duration::ZERO).unwrap();
+    let (merged, merged_index) = client.node_allocs(node.id, 0, Duration::ZERO).unwrap();
     assert_eq!(merged.len(), 4);
+
+    // A removal (garbage collection) lists, by id, what the caller keeps;
+    // the agent's client drops the rest.
+    let gone = full.changed[0].id;
+    let reaped_at = server.committer.commit(Command::EvalReap { evals: vec![], allocs: vec![gone] }).unwrap();
+    let after = ask(0, delta.index);
+    assert_eq!(after.index, reaped_at);
+    assert!(after.changed.is_empty());
+    let mut kept = after.unchanged.expect("a removal since the caller's copy lists what it keeps");
+    kept.sort();
+    let mut want: Vec<AllocId> = merged.iter().map(|a| a.id).filter(|id| *id != gone).collect();
+    want.sort();
+    assert_eq!(kept, want);
+    assert!(ask(0, reaped_at).unchanged.is_none(), "a copy taken after the removal keeps all");
+    let (merged, _) = client.node_allocs(node.id, merged_index, Duration::ZERO).unwrap();
+    assert_eq!(merged.len(), 3);
+    assert!(merged.iter().all(|a| a.id != gone));
     server.shutdown();
 }
 

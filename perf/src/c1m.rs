@@ -3,7 +3,7 @@
 //! until every allocation has reached its node and been reported running;
 //! then the committed state is read back through the API and checked.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -254,6 +254,10 @@ fn measure(args: &C1mArgs, running: &setup::Running, wanted: u64, quiet: bool) -
     result["node_update_evals"] = json!(eval_times.node_update_evals);
     result["allocs_reported_healthy"] = json!(shared.allocs_healthy.load(Ordering::Relaxed));
     result["allocs_reported_unhealthy"] = json!(shared.allocs_unhealthy.load(Ordering::Relaxed));
+    result["allocs_replies"] = json!(shared.allocs_replies.load(Ordering::Relaxed));
+    result["allocs_reply_bytes_mean"] = json!(mean(&shared.allocs_reply_bytes, &shared.allocs_replies));
+    result["update_requests"] = json!(shared.update_requests.load(Ordering::Relaxed));
+    result["update_request_bytes_mean"] = json!(mean(&shared.update_request_bytes, &shared.update_requests));
     Ok(result)
 }
 
@@ -310,4 +314,10 @@ fn strip_series(result: &mut serde_json::Value) {
     if let Some(obj) = result.as_object_mut() {
         obj.remove("series");
     }
+}
+
+/// `total / count`, rounded; 0 for no count.
+fn mean(total: &AtomicU64, count: &AtomicU64) -> f64 {
+    let count = count.load(Ordering::Relaxed);
+    if count == 0 { 0.0 } else { (total.load(Ordering::Relaxed) as f64 / count as f64).round() }
 }

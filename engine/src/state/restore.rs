@@ -223,6 +223,7 @@ impl StateBuilder {
     pub fn finish(mut self, index: u64, table_indexes: [u64; TABLE_COUNT]) -> State {
         self.state.set_index(index);
         self.state.set_table_indexes(table_indexes);
+        self.state.mark_removals_unknown_before(index);
         self.state
     }
 }

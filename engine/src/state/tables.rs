@@ -214,6 +214,11 @@ struct NodeSlot {
     /// own status reports): what its client's blocking query watches. At
     /// least the highest `alloc_modify_index` among them.
     allocs_index: u64,
+    /// The index of the last removal from `allocs` (garbage collection), or
+    /// of the snapshot this state was restored from: a client holding the
+    /// node's allocations as of a later index has nothing to drop, so its
+    /// pull need not list the ones it keeps.
+    allocs_removed_index: u64,
 }
 
 /// One allocation in its node's list.
@@ -406,6 +411,12 @@ impl State {
     /// (see `NodeSlot::allocs_index`); `None` for a node never seen.
     pub fn node_allocs_index(&self, id: NodeId) -> Option<u64> {
         self.node_slots.get(&id).map(|s| s.allocs_index)
+    }
+
+    /// The index of the last removal from the node's allocations (see
+    /// `NodeSlot::allocs_removed_index`); `None` for a node never seen.
+    pub fn node_allocs_removed_index(&self, id: NodeId) -> Option<u64> {
+        self.node_slots.get(&id).map(|s| s.allocs_removed_index)
     }
 
     /// Allocations on a node, in no particular (but deterministic) order.
@@ -726,6 +737,7 @@ impl State {
                 let slot = Arc::make_mut(slot);
                 slot.allocs.remove_where(|e| e.id == id);
                 slot.allocs_index = slot.allocs_index.max(index);
+                slot.allocs_removed_index = slot.allocs_removed_index.max(index);
             }
             self.alloc_nodes_touched.push(old.node_id);
         }
@@ -889,6 +901,14 @@ impl State {
 
     pub(super) fn set_table_indexes(&mut self, table_index: [u64; TABLE_COUNT]) {
         self.table_index = table_index;
+    }
+
+    /// A restored state does not know what was removed before `index`:
+    /// every node's next pull lists what its client may keep.
+    pub(super) fn mark_removals_unknown_before(&mut self, index: u64) {
+        for (_, slot) in self.node_slots.iter_mut() {
+            Arc::make_mut(slot).allocs_removed_index = index;
+        }
     }
 
     /// Set (or clear) the current record of a job without touching its versions.

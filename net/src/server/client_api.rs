@@ -217,17 +217,24 @@ impl ServerClient {
             self.put_known(node_id, known);
             return Ok((allocs, index));
         }
-        if reply.unchanged.iter().any(|id| !known.allocs.contains_key(id)) {
+        if reply.unchanged.iter().flatten().any(|id| !known.allocs.contains_key(id)) {
             // Our copy lacks one the server thinks we have: ask for all.
             known = KnownAllocs::default();
             reply = self.fetch_allocs(request(0), Duration::ZERO)?;
         }
-        let mut allocs = std::collections::HashMap::with_capacity(reply.changed.len() + reply.unchanged.len());
-        for id in reply.unchanged {
-            if let Some(alloc) = known.allocs.remove(&id) {
-                allocs.insert(id, alloc);
+        let mut allocs = match reply.unchanged {
+            // Nothing was removed since our copy: keep all of it.
+            None => std::mem::take(&mut known.allocs),
+            Some(unchanged) => {
+                let mut kept = std::collections::HashMap::with_capacity(reply.changed.len() + unchanged.len());
+                for id in unchanged {
+                    if let Some(alloc) = known.allocs.remove(&id) {
+                        kept.insert(id, alloc);
+                    }
+                }
+                kept
             }
-        }
+        };
         for alloc in reply.changed {
             allocs.insert(alloc.id, alloc);
         }

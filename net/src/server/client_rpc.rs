@@ -29,9 +29,9 @@
 //! thread fires when the store moves. The leader's expiry thread
 //! ([`spawn_heartbeat_expiry`]) marks nodes down whose timers run out.
 //!
-//! Messages are rkyv archives behind a 5-byte header (magic `CVCL`, format
-//! version); decoding validates the archive first, so bad bytes answer
-//! [`ErrorCode::BAD_FRAME`], never a panic.
+//! Messages are rkyv archives behind a short header, lz4-compressed when
+//! large (see `client_codec`); decoding validates them first, so bad bytes
+//! answer [`ErrorCode::BAD_FRAME`], never a panic.
 
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,10 +52,11 @@ use futures_channel::oneshot;
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
+pub use super::client_codec::{MessageError, decode, encode};
 use super::committer::RaftCommitter;
 use super::handle::RaftHandle;
 use super::rpc_methods::NOT_LEADER;
-use crate::rpc::frame::{BODY_LEN_MAX, ErrorCode, RemoteError};
+use crate::rpc::frame::{ErrorCode, RemoteError};
 
 /// Register (or re-register) a fingerprinted node; answers [`TtlReply`].
 pub const NODE_REGISTER: u16 = 20;
@@ -138,36 +139,6 @@ const EXPIRY_SLICE: Duration = Duration::from_millis(100);
 /// tried again this much later, while this server still leads.
 const EXPIRY_RETRY: Duration = Duration::from_secs(1);
 
-/// Marks client RPC messages, so a raft message or garbage sent to a
-/// client method is refused by name.
-const MESSAGE_MAGIC: [u8; 4] = *b"CVCL";
-
-/// Bumped whenever an archived message layout changes (rkyv archives
-/// carry no schema), so a server and client of different versions refuse
-/// each other's bytes instead of misreading them.
-// 4: `Task::dispatch_payload_file`; 5: allocations' deployment health
-// (`Allocation::deployment_status`, `AllocClientUpdate::deployment_health`).
-const MESSAGE_FORMAT_VERSION: u8 = 5;
-
-const MESSAGE_HEADER_LEN: usize = MESSAGE_MAGIC.len() + 1;
-
-/// Why a client message could not be encoded or decoded.
-#[derive(Debug, thiserror::Error)]
-pub enum MessageError {
-    #[error("not a client message: bad magic or too short ({len} bytes)")]
-    BadMagic { len: usize },
-    #[error("unsupported client message version {found} (this build speaks {supported})")]
-    UnsupportedVersion { found: u8, supported: u8 },
-    #[error("malformed client message: {0}")]
-    Malformed(#[source] rancor::Error),
-    #[error("encoding a client message failed: {0}")]
-    Encode(#[source] rancor::Error),
-    #[error("client message of {len} bytes exceeds the {max}-byte RPC body limit")]
-    TooLarge { len: usize, max: usize },
-    #[error("{0}")]
-    Invalid(String),
-}
-
 /// `NODE_REGISTER`'s request.
 #[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct RegisterRequest {
@@ -200,19 +171,21 @@ pub struct AllocsRequest {
     pub wait_ms: u64,
 }
 
-/// `NODE_ALLOCS`'s answer: every allocation on the node still in the state
-/// (terminal ones until garbage-collected): in full (each with its job)
-/// those the servers changed after the request's `known_index` (their
-/// `alloc_modify_index`: the client's own status reports do not count), as
-/// ids the rest; and
-/// the index to pass as `min_index` and `known_index` next time. Sending
-/// only what changed is what keeps a node with a hundred allocations from
-/// receiving all of them on every placement (Nomad's client asks for the
-/// changed ones in a second call, `Alloc.GetAllocs`).
+/// `NODE_ALLOCS`'s answer: the node's allocations still in the state
+/// (terminal ones until garbage-collected) as a change to the caller's
+/// copy as of the request's `known_index`: in full (each with its job)
+/// those the servers changed after it (their `alloc_modify_index`: the
+/// client's own status reports do not count); the ids of the others, or
+/// `None` where none was removed since (so the caller keeps all it holds);
+/// and the index to pass as `min_index` and `known_index` next time.
+/// Sending only what changed is what keeps a node with a hundred
+/// allocations from receiving all of them, or all their ids, on every
+/// placement (Nomad's client asks for the changed ones in a second call,
+/// `Alloc.GetAllocs`, after a list of every id and index).
 #[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct AllocsReply {
     pub changed: Vec<Arc<Allocation>>,
-    pub unchanged: Vec<AllocId>,
+    pub unchanged: Option<Vec<AllocId>>,
     pub index: u64,
 }
 
@@ -228,47 +201,6 @@ pub struct IndexReply {
     pub index: u64,
 }
 
-/// Archive `value` behind the message header.
-pub fn encode<T>(value: &T) -> Result<Vec<u8>, MessageError>
-where
-    T: for<'a> rkyv::Serialize<
-            rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
-        >,
-{
-    let archive = rkyv::to_bytes::<rancor::Error>(value).map_err(MessageError::Encode)?;
-    let len = MESSAGE_HEADER_LEN + archive.len();
-    if len > BODY_LEN_MAX {
-        return Err(MessageError::TooLarge { len, max: BODY_LEN_MAX });
-    }
-    let mut bytes = Vec::with_capacity(len);
-    bytes.extend_from_slice(&MESSAGE_MAGIC);
-    bytes.push(MESSAGE_FORMAT_VERSION);
-    bytes.extend_from_slice(&archive);
-    Ok(bytes)
-}
-
-/// Check the header, validate the archive, and read it out.
-pub fn decode<T>(bytes: &[u8]) -> Result<T, MessageError>
-where
-    T: rkyv::Archive,
-    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
-        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
-{
-    if bytes.len() < MESSAGE_HEADER_LEN || bytes[..MESSAGE_MAGIC.len()] != MESSAGE_MAGIC {
-        return Err(MessageError::BadMagic { len: bytes.len() });
-    }
-    let version = bytes[MESSAGE_MAGIC.len()];
-    if version != MESSAGE_FORMAT_VERSION {
-        return Err(MessageError::UnsupportedVersion { found: version, supported: MESSAGE_FORMAT_VERSION });
-    }
-    // rkyv reads in place and needs its archive aligned; a frame's body
-    // sits anywhere, so copy it once.
-    let body = &bytes[MESSAGE_HEADER_LEN..];
-    let mut aligned = AlignedVec::<16>::with_capacity(body.len());
-    aligned.extend_from_slice(body);
-    rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(MessageError::Malformed)
-}
-
 /// The node's allocations index: the servers' last change to any of its
 /// allocations (0 before its first), or the allocations table's index for
 /// a node the state has never seen.
@@ -279,17 +211,21 @@ pub(crate) fn node_allocs_index(state: &State, node: NodeId) -> u64 {
 /// `NODE_ALLOCS`'s answer for `node` to a caller holding every allocation
 /// as of `known_index`: one pass over the node's list, which carries each
 /// allocation's `alloc_modify_index`, so only the changed allocations are
-/// looked up (see [`State::node_allocs_since`]).
+/// looked up (see [`State::node_allocs_since`]); the unchanged ones are
+/// listed only when the caller must drop some of what it holds.
 fn allocs_reply(state: &State, node: NodeId, known_index: u64) -> AllocsReply {
+    // A node this state has never seen has nothing the caller may keep.
+    let removals = state.node_allocs_removed_index(node).is_none_or(|removed| removed > known_index);
     let mut changed = Vec::new();
     let mut unchanged = Vec::new();
     for alloc in state.node_allocs_since(node, known_index) {
         match alloc {
             NodeAllocChange::Changed(alloc) => changed.push(alloc.clone()),
-            NodeAllocChange::Unchanged(id) => unchanged.push(id),
+            NodeAllocChange::Unchanged(id) if removals => unchanged.push(id),
+            NodeAllocChange::Unchanged(_) => {}
         }
     }
-    AllocsReply { changed, unchanged, index: node_allocs_index(state, node) }
+    AllocsReply { changed, unchanged: removals.then_some(unchanged), index: node_allocs_index(state, node) }
 }
 
 /// What the writer threads commit.
@@ -902,28 +838,5 @@ mod tests {
         let bytes = encode(&AllocUpdateRequest { updates: vec![update.clone()] }).unwrap();
         let back: AllocUpdateRequest = decode(&bytes).unwrap();
         assert_eq!(back.updates, vec![update]);
-    }
-
-    #[test]
-    fn bad_bytes_are_errors_not_panics() {
-        let good = encode(&AllocsRequest { node_id: NodeId(9), min_index: 3, known_index: 2, wait_ms: 10 }).unwrap();
-        assert!(matches!(decode::<AllocsRequest>(&[]), Err(MessageError::BadMagic { .. })));
-        assert!(matches!(decode::<AllocsRequest>(b"CVNC\x01rest"), Err(MessageError::BadMagic { .. })));
-        let mut wrong_version = good.clone();
-        wrong_version[4] = 99;
-        assert!(matches!(decode::<AllocsRequest>(&wrong_version), Err(MessageError::UnsupportedVersion { .. })));
-        // Every truncation and every single-byte corruption decodes to an
-        // error or some value, never a panic.
-        for len in 0..good.len() {
-            let _ = decode::<AllocsRequest>(&good[..len]);
-        }
-        for at in MESSAGE_HEADER_LEN..good.len() {
-            let mut flipped = good.clone();
-            flipped[at] ^= 0xff;
-            let _ = decode::<AllocsRequest>(&flipped);
-        }
-        // A request of one type read as another fails validation.
-        let register = encode(&RegisterRequest { node: fixtures::node(&mut IdGen::with_seed(2), "n", "dc1", 1, 1) });
-        assert!(decode::<AllocUpdateRequest>(&register.unwrap()).is_err());
     }
 }

@@ -20,6 +20,7 @@
 //! `down`.
 
 mod client_api;
+mod client_codec;
 mod client_rpc;
 mod client_thread;
 mod committer;

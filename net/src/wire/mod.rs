@@ -1,10 +1,10 @@
 //! rkyv wire formats for what the servers replicate.
 //!
 //! - [`encode_commands`] / [`decode_commands`]: a batch of FSM commands,
-//!   the bytes of one raft log entry (`raft::LogPayload::bytes`). A 13-byte
-//!   header (magic `CVNC`, format version, archive length and crc32) then
-//!   the rkyv archive of the batch; `Arc<Job>`s shared by a plan's
-//!   allocations are archived once.
+//!   the bytes of one raft log entry (`raft::LogPayload::bytes`). An
+//!   18-byte header (magic `CVNC`, format version, codec, lengths, crc32)
+//!   then the rkyv archive of the batch, lz4-compressed when large;
+//!   `Arc<Job>`s shared by a plan's allocations are archived once.
 //! - [`write_snapshot`] / [`read_snapshot`]: the whole state store as a raft
 //!   snapshot, streamed in bounded, checksummed chunks (see `snapshot.rs`
 //!   for the layout) and rebuilt through the engine's `StateBuilder`, so
@@ -55,6 +55,10 @@ pub enum WireError {
     Checksum,
     #[error("{len} bytes exceed the {max}-byte bound")]
     TooLarge { len: u64, max: u64 },
+    #[error("unknown body codec {0}")]
+    UnknownCodec(u8),
+    #[error("malformed compressed body: {0}")]
+    Compression(String),
     #[error("malformed archive: {0}")]
     Malformed(#[source] rkyv::rancor::Error),
     #[error("encoding failed: {0}")]

@@ -417,31 +417,71 @@ fn mutated_commands_never_panic() {
     for len in 0..bytes.len() {
         assert!(decode_commands(&bytes[..len]).is_err(), "prefix of {len} bytes accepted");
     }
-    // Past the checksum (as if it collided), rkyv's validation stands
-    // alone: an error or some valid batch, never a panic or UB.
-    let body = &bytes[command::COMMAND_HEADER_LEN..];
-    assert_eq!(command::decode_archive_unchecked_crc(body).unwrap(), every_command());
+    // Past the checksum (as if it collided), lz4's bounds checks and
+    // rkyv's validation stand alone: an error or some valid batch, never a
+    // panic or UB.
+    let (how, body) = command::checked_body(&bytes).unwrap();
+    assert!(how.is_compressed(), "a batch of every command is large enough to compress");
+    assert_eq!(command::decode_body(how, body).unwrap(), every_command());
     for at in 0..body.len() {
-        for mask in [0x01u8, 0x10, 0x80, 0xff] {
+        for mask in [0x01u8, 0xff] {
             let mut mutated = body.to_vec();
             mutated[at] ^= mask;
-            let _ = command::decode_archive_unchecked_crc(&mutated);
+            let _ = command::decode_body(how, &mutated);
         }
     }
     for len in 0..body.len() {
-        let _ = command::decode_archive_unchecked_crc(&body[..len]);
+        let _ = command::decode_body(how, &body[..len]);
+    }
+    let plain = command::encode_commands_v5(&every_command());
+    let (_, archive) = command::checked_body(&plain).unwrap();
+    let decode_archive = |archive: &[u8]| command::decode_body(command::Body::plain(archive.len()), archive);
+    assert_eq!(decode_archive(archive).unwrap(), every_command());
+    for at in 0..archive.len() {
+        for mask in [0x01u8, 0x10, 0x80, 0xff] {
+            let mut mutated = archive.to_vec();
+            mutated[at] ^= mask;
+            let _ = decode_archive(&mutated);
+        }
+    }
+    for len in 0..archive.len() {
+        let _ = decode_archive(&archive[..len]);
     }
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     for _ in 0..2_000 {
-        let mut mutated = body.to_vec();
-        for _ in 0..1 + rng.next() % 8 {
-            let at = (rng.next() as usize) % mutated.len();
-            mutated[at] = rng.next() as u8;
+        for input in [body, archive] {
+            let mut mutated = input.to_vec();
+            for _ in 0..1 + rng.next() % 8 {
+                let at = (rng.next() as usize) % mutated.len();
+                mutated[at] = rng.next() as u8;
+            }
+            let _ = decode_archive(&mutated);
+            let _ = command::decode_body(how, &mutated);
         }
-        let _ = command::decode_archive_unchecked_crc(&mutated);
         let garbage: Vec<u8> = (0..rng.next() % 512).map(|_| rng.next() as u8).collect();
-        let _ = command::decode_archive_unchecked_crc(&garbage);
+        let _ = decode_archive(&garbage);
+        let _ = command::decode_body(how, &garbage);
     }
+}
+
+#[test]
+fn large_batches_are_compressed_and_old_plain_ones_still_read() {
+    let mut ids = IdGen::with_seed(4);
+    let job = Arc::new(rich_job("plan"));
+    let nodes: Vec<NodeId> = (0..100).map(|_| ids.node()).collect();
+    let plan = vec![plan_of(allocs(&mut ids, &job, &nodes, 1000))];
+    let compressed = encode_commands(&plan).unwrap();
+    let plain = command::encode_commands_v5(&plan);
+    assert!(compressed.len() * 3 < plain.len(), "{} bytes compressed, {} plain", compressed.len(), plain.len());
+    assert_eq!(decode_commands(&compressed).unwrap(), plan);
+    assert_eq!(decode_commands(&plain).unwrap(), plan, "a version 5 entry replays");
+    let small = vec![Command::EvalReap { evals: vec![], allocs: vec![] }];
+    assert_eq!(decode_commands(&encode_commands(&small).unwrap()).unwrap(), small);
+    // An archive length past what lz4 can inflate to is refused before
+    // anything is allocated.
+    let mut bomb = compressed.clone();
+    bomb[14..18].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(decode_commands(&bomb), Err(WireError::TooLarge { .. })));
 }
 
 /// A busy state: several pools, placed and finished allocations, job
@@ -656,6 +696,11 @@ fn busy_state_round_trips() {
     assert_eq!(stats.counts.scaling_events, 2, "two jobs with scaling events");
     let restored = read_snapshot(&mut bytes.as_slice()).unwrap();
     assert_same_state(&state, &restored);
+    // What was removed before the snapshot is not known: every node's next
+    // allocation pull lists what its client keeps.
+    for (node, _) in restored.node_alloc_lists() {
+        assert_eq!(restored.node_allocs_removed_index(node), Some(state.index()));
+    }
 
     // The restored state snapshots to the very same bytes, but for the
     // eval table's order (see `assert_same_state`) and so the trailer's

@@ -82,6 +82,12 @@ pub(crate) struct FleetShared {
     /// delay (and the stream wait on a shared connection).
     pub(crate) heartbeat_rtt_ms_max: AtomicU64,
     pub(crate) rpc_errors: AtomicU64,
+    /// Allocation replies received and their encoded bytes, and the same
+    /// for status update requests sent: what a placement costs on the wire.
+    pub(crate) allocs_replies: AtomicU64,
+    pub(crate) allocs_reply_bytes: AtomicU64,
+    pub(crate) update_requests: AtomicU64,
+    pub(crate) update_request_bytes: AtomicU64,
     /// Nodes the servers had forgotten or marked down that registered again.
     pub(crate) reregistered: AtomicU64,
     /// Allocations received, per node (in `FleetConfig::nodes` order).
@@ -175,6 +181,10 @@ impl Fleet {
             heartbeat_late_ms_max: AtomicU64::new(0),
             heartbeat_rtt_ms_max: AtomicU64::new(0),
             rpc_errors: AtomicU64::new(0),
+            allocs_replies: AtomicU64::new(0),
+            allocs_reply_bytes: AtomicU64::new(0),
+            update_requests: AtomicU64::new(0),
+            update_request_bytes: AtomicU64::new(0),
             reregistered: AtomicU64::new(0),
             node_allocs: (0..config.nodes.len()).map(|_| AtomicU32::new(0)).collect(),
             failed: (0..config.nodes.len()).map(|_| AtomicBool::new(false)).collect(),

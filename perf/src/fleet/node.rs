@@ -160,7 +160,11 @@ async fn node_main(thread: Rc<Thread>, client: Rc<RpcClient>, local: usize, glob
         let Ok(body) = encode_client_message(&request) else { return };
         let timeout = thread.config.allocs_wait + ALLOCS_CALL_SLACK;
         let reply = match call(&client, &thread.servers, NODE_ALLOCS, body, timeout).await {
-            Ok(bytes) => decode_client_message::<AllocsReply>(&bytes).map_err(|_| CallError::Failed),
+            Ok(bytes) => {
+                thread.shared.allocs_replies.fetch_add(1, Ordering::Relaxed);
+                thread.shared.allocs_reply_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                decode_client_message::<AllocsReply>(&bytes).map_err(|_| CallError::Failed)
+            }
             Err(e) => Err(e),
         };
         let reply = match reply {
@@ -355,7 +359,11 @@ async fn send_reports(thread: Rc<Thread>, mut batch: Vec<Report>) {
     let at_ns = caravan_engine::clock::Clock::now_ns(&caravan_engine::clock::SystemClock);
     let updates = updates_of(&mut batch, at_ns);
     let sent = match encode_client_message(&AllocUpdateRequest { updates }) {
-        Ok(body) => call(&client, &thread.servers, ALLOC_UPDATE, body, CALL_TIMEOUT).await.is_ok(),
+        Ok(body) => {
+            thread.shared.update_requests.fetch_add(1, Ordering::Relaxed);
+            thread.shared.update_request_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+            call(&client, &thread.servers, ALLOC_UPDATE, body, CALL_TIMEOUT).await.is_ok()
+        }
         Err(_) => false,
     };
     thread.sending.borrow_mut()[batch[0].node] = false;
