@@ -287,3 +287,104 @@ fn agent_members_lists_the_servers() {
     let servers = call(addr, "GET", "/v1/agent/servers", b"").json();
     assert_eq!(servers.as_array().map(Vec::len), Some(1), "{servers}");
 }
+
+/// A server whose job registrations wait at a gate, as a raft commit waits
+/// for its quorum: everything else goes straight to the in-process cluster.
+#[derive(Debug)]
+struct GatedServer {
+    inner: std::sync::Arc<caravan_net::http::LocalServer>,
+    /// (registrations waiting, gate open)
+    gate: std::sync::Mutex<(usize, bool)>,
+    moved: std::sync::Condvar,
+}
+
+impl caravan_net::http::Server for GatedServer {
+    fn store(&self) -> &std::sync::Arc<caravan_engine::state::StateStore> {
+        self.inner.store()
+    }
+
+    fn register_job(
+        &self,
+        job: caravan_engine::model::Job,
+    ) -> Result<(caravan_engine::ids::EvalId, u64), caravan_engine::endpoints::EndpointError> {
+        let mut gate = self.gate.lock().unwrap();
+        gate.0 += 1;
+        self.moved.notify_all();
+        while !gate.1 {
+            gate = self.moved.wait(gate).unwrap();
+        }
+        drop(gate);
+        self.inner.register_job(job)
+    }
+
+    fn deregister_job(
+        &self,
+        key: &caravan_engine::ids::JobKey,
+        purge: bool,
+    ) -> Result<(caravan_engine::ids::EvalId, u64), caravan_engine::endpoints::EndpointError> {
+        self.inner.deregister_job(key, purge)
+    }
+
+    fn write(
+        &self,
+        build: &mut caravan_net::http::WriteBuilder<'_>,
+    ) -> Result<u64, caravan_engine::endpoints::EndpointError> {
+        self.inner.write(build)
+    }
+
+    fn events_since(&self, index: u64, limit: usize) -> Vec<caravan_engine::events::Event> {
+        self.inner.events_since(index, limit)
+    }
+
+    fn gauges(&self) -> Vec<(&'static str, f64)> {
+        self.inner.gauges()
+    }
+
+    fn leader_addr(&self) -> String {
+        self.inner.leader_addr()
+    }
+
+    fn peers(&self) -> Vec<String> {
+        self.inner.peers()
+    }
+}
+
+#[test]
+fn a_write_waiting_for_its_commit_does_not_hold_other_requests() {
+    use caravan_net::http::Server;
+    let (_, local) = start();
+    let gated = std::sync::Arc::new(GatedServer {
+        inner: local,
+        gate: std::sync::Mutex::new((0, false)),
+        moved: std::sync::Condvar::new(),
+    });
+    let addr = caravan_net::http::spawn("127.0.0.1:0".parse().unwrap(), gated.clone()).unwrap();
+    let open_gate = || {
+        gated.gate.lock().unwrap().1 = true;
+        gated.moved.notify_all();
+    };
+    // Two registrations wait for their commit at once.
+    let writers: Vec<_> =
+        (0..2).map(|_| std::thread::spawn(move || call(addr, "PUT", "/v1/jobs", &hello_json()))).collect();
+    {
+        let gate = gated.gate.lock().unwrap();
+        let (gate, waited) = gated.moved.wait_timeout_while(gate, Duration::from_secs(30), |g| g.0 < 2).unwrap();
+        let both = !waited.timed_out();
+        drop(gate);
+        if !both {
+            open_gate();
+            panic!("the second registration did not reach its commit while the first waited");
+        }
+    }
+    // Reads are answered meanwhile.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(call(addr, "GET", "/v1/jobs", b"").status));
+    let read = rx.recv_timeout(Duration::from_secs(30));
+    open_gate();
+    assert_eq!(read, Ok(200), "a read waited behind the pending writes");
+    for writer in writers {
+        let reply = writer.join().unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    assert!(gated.store().snapshot().job(&caravan_engine::ids::JobKey::new("default", "hello")).is_some());
+}

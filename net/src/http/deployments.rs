@@ -18,7 +18,7 @@ use caravan_engine::ids::{AllocId, DeploymentId};
 use caravan_engine::state::Table;
 use serde_json::{Value, json};
 
-use super::handlers::{Params, Shared, endpoint_error, namespace, read_snapshot, refuse, reply};
+use super::handlers::{Params, Shared, endpoint_error, namespace, off_thread, read_snapshot, refuse, reply};
 use super::job_actions::{body_object, deployment_json, opt_bool};
 use crate::api;
 
@@ -70,7 +70,11 @@ pub(super) async fn read(State(server): Shared, Path(rest): Path<String>, Query(
 
 /// `POST/PUT /v1/deployment/fail/<id>`, `pause/<id>`, `promote/<id>`,
 /// `allocation-health/<id>`.
-pub(super) async fn action(State(server): Shared, Path(rest): Path<String>, body: Bytes) -> Response {
+pub(super) async fn action(server: Shared, path: Path<String>, body: Bytes) -> Response {
+    off_thread(move || action_now(server, path, body)).await
+}
+
+fn action_now(State(server): Shared, Path(rest): Path<String>, body: Bytes) -> Response {
     let Some((verb, id)) = rest.split_once('/') else {
         return refuse(StatusCode::NOT_FOUND, format!("unknown deployment action {rest:?}"));
     };

@@ -109,7 +109,30 @@ pub(super) async fn list_jobs(State(server): Shared, Query(params): Params) -> R
     reply(index, &stubs)
 }
 
-pub(super) async fn register_job(State(server): Shared, body: Bytes) -> Response {
+/// Run a write's handler on compio's blocking pool. A write waits for its
+/// raft commit (a log fsync on one server; on three, a round trip to a
+/// follower and its fsync as well): on the API's one thread that held every
+/// other request, reads included, so concurrent job registrations were
+/// committed one after another instead of together.
+pub(super) async fn off_thread(handler: impl FnOnce() -> Response + Send + 'static) -> Response {
+    compio::runtime::spawn_blocking(handler)
+        .await
+        .unwrap_or_else(|_| refuse(StatusCode::INTERNAL_SERVER_ERROR, "the request's handler failed"))
+}
+
+/// Writes whose builder checks an index the caller sent (`?cas=`, a
+/// scale's `JobModifyIndex`) take turns, so that on this server the check
+/// and the commit stay one step, as when every write ran on the API thread.
+pub(super) fn checked_write_turn() -> std::sync::MutexGuard<'static, ()> {
+    static CHECKED_WRITES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    CHECKED_WRITES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(super) async fn register_job(server: Shared, body: Bytes) -> Response {
+    off_thread(move || register_job_now(server, body)).await
+}
+
+pub(super) fn register_job_now(State(server): Shared, body: Bytes) -> Response {
     let job = match api::decode_job_request(&body) {
         Ok(job) => job,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
@@ -180,7 +203,11 @@ pub(super) async fn read_job(State(server): Shared, Path(rest): Path<String>, Qu
     }
 }
 
-pub(super) async fn deregister_job(State(server): Shared, Path(rest): Path<String>, Query(params): Params) -> Response {
+pub(super) async fn deregister_job(server: Shared, path: Path<String>, params: Params) -> Response {
+    off_thread(move || deregister_job_now(server, path, params)).await
+}
+
+fn deregister_job_now(State(server): Shared, Path(rest): Path<String>, Query(params): Params) -> Response {
     let key = JobKey::new(namespace(&params), &rest);
     let purge = params.get("purge").is_some_and(|v| parse_bool(v));
     match server.deregister_job(&key, purge) {

@@ -127,6 +127,7 @@ pub(super) fn scale(server: &Arc<dyn Server>, key: &JobKey, body: &[u8]) -> Resp
     };
     let mut eval_id = None;
     let mut job_modify_index = None;
+    let _turn = enforce_index.map(|_| super::handlers::checked_write_turn());
     let result = server.write(&mut |state, ids, now| {
         if let (Some(want), Some(_), Some(job)) = (enforce_index, request.count, state.job(key))
             && job.job_modify_index != want

@@ -20,7 +20,7 @@ use caravan_engine::scheduler;
 use caravan_engine::state::{SchedulerAlgorithm, SchedulerConfig, Table};
 use serde_json::{Value, json};
 
-use super::handlers::{Params, Shared, endpoint_error, namespace, read_snapshot, refuse, reply};
+use super::handlers::{Params, Shared, endpoint_error, namespace, off_thread, read_snapshot, refuse, reply};
 use super::server::Server;
 use crate::api;
 
@@ -82,7 +82,11 @@ pub(super) async fn regions() -> Response {
 /// `POST /v1/job/<id>` (register), `/evaluate`, `/plan`, and the actions
 /// of [`super::job_actions`]. Job ids may contain `/`, so actions are
 /// recognised by suffix, as Nomad does.
-pub(super) async fn job_post(state: Shared, Path(rest): Path<String>, query: Params, body: Bytes) -> Response {
+pub(super) async fn job_post(state: Shared, path: Path<String>, query: Params, body: Bytes) -> Response {
+    off_thread(move || job_post_now(state, path, query, body)).await
+}
+
+fn job_post_now(state: Shared, Path(rest): Path<String>, query: Params, body: Bytes) -> Response {
     use super::job_actions as actions;
     let server = &state.0;
     let ns = namespace(&query.0);
@@ -107,7 +111,7 @@ pub(super) async fn job_post(state: Shared, Path(rest): Path<String>, query: Par
     if let Some(id) = rest.strip_suffix("/plan") {
         return plan(&state.0, &JobKey::new(namespace(&query.0), id), &body);
     }
-    super::handlers::register_job(state, body).await
+    super::handlers::register_job_now(state, body)
 }
 
 fn evaluate(server: &Arc<dyn Server>, key: &JobKey) -> Response {
@@ -221,7 +225,11 @@ fn next_periodic_launch(periodic: &Option<caravan_engine::model::Periodic>, now_
 }
 
 /// `POST /v1/node/<id>/drain` and `/eligibility`.
-pub(super) async fn node_post(state: Shared, Path(rest): Path<String>, body: Bytes) -> Response {
+pub(super) async fn node_post(state: Shared, path: Path<String>, body: Bytes) -> Response {
+    off_thread(move || node_post_now(state, path, body)).await
+}
+
+fn node_post_now(state: Shared, Path(rest): Path<String>, body: Bytes) -> Response {
     let (id, action) = match rest.rsplit_once('/') {
         Some((id, action)) => (id, action),
         None => return refuse(StatusCode::METHOD_NOT_ALLOWED, "POST needs /drain, /eligibility or /purge"),
@@ -345,7 +353,11 @@ pub(super) async fn scheduler_config(State(server): Shared, Query(params): Param
 /// empty algorithm is binpack); every field's type is checked. `?cas=N`
 /// writes only if the configuration's modify index is still N, answering
 /// `Updated: false` otherwise.
-pub(super) async fn set_scheduler_config(State(server): Shared, Query(params): Params, body: Bytes) -> Response {
+pub(super) async fn set_scheduler_config(server: Shared, params: Params, body: Bytes) -> Response {
+    off_thread(move || set_scheduler_config_now(server, params, body)).await
+}
+
+fn set_scheduler_config_now(State(server): Shared, Query(params): Params, body: Bytes) -> Response {
     let request = match body_json(&body) {
         Ok(Value::Object(map)) => map,
         Ok(v) => return refuse(StatusCode::BAD_REQUEST, format!("request body must be a JSON object, got {v}")),
@@ -361,6 +373,7 @@ pub(super) async fn set_scheduler_config(State(server): Shared, Query(params): P
         Err(m) => return refuse(StatusCode::BAD_REQUEST, m),
     };
     let mut stale = false;
+    let _turn = cas.map(|_| super::handlers::checked_write_turn());
     let result = server.write(&mut |state, _, _| {
         if let Some(cas) = cas
             && state.scheduler_config().modify_index != cas
@@ -416,7 +429,11 @@ fn scheduler_config_from(request: &serde_json::Map<String, Value>) -> Result<Sch
 
 /// `POST/PUT /v1/allocation/<id>/stop`: the allocation is stopped and
 /// replaced (Nomad's `alloc stop`).
-pub(super) async fn alloc_post(State(server): Shared, Path(rest): Path<String>) -> Response {
+pub(super) async fn alloc_post(server: Shared, path: Path<String>) -> Response {
+    off_thread(move || alloc_post_now(server, path)).await
+}
+
+fn alloc_post_now(State(server): Shared, Path(rest): Path<String>) -> Response {
     let Some(id) = rest.strip_suffix("/stop") else {
         return refuse(StatusCode::METHOD_NOT_ALLOWED, "POST needs /stop");
     };
