@@ -30,6 +30,7 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use crate::rpc::frame::BODY_LEN_MAX;
+use crate::wire::lz4::{self, InflateError};
 
 /// Marks client RPC messages, so a raft message or garbage sent to a
 /// client method is refused by name.
@@ -43,7 +44,7 @@ const MESSAGE_MAGIC: [u8; 4] = *b"CVCL";
 // 6: the codec byte (lz4 bodies).
 const MESSAGE_FORMAT_VERSION: u8 = 6;
 
-pub(crate) const MESSAGE_HEADER_LEN: usize = MESSAGE_MAGIC.len() + 2;
+const MESSAGE_HEADER_LEN: usize = MESSAGE_MAGIC.len() + 2;
 
 const CODEC_PLAIN: u8 = 0;
 const CODEC_LZ4: u8 = 1;
@@ -91,34 +92,22 @@ where
     if len > BODY_LEN_MAX {
         return Err(MessageError::TooLarge { len, max: BODY_LEN_MAX });
     }
-    if archive.len() >= COMPRESS_FROM_BYTES
-        && let Some(bytes) = compressed(&archive)
-    {
-        return Ok(bytes);
-    }
+    let block = (archive.len() >= COMPRESS_FROM_BYTES).then(|| lz4::shrink(&archive, LZ4_LEN_BYTES)).flatten();
     let mut bytes = Vec::with_capacity(len);
     bytes.extend_from_slice(&MESSAGE_MAGIC);
-    bytes.extend_from_slice(&[MESSAGE_FORMAT_VERSION, CODEC_PLAIN]);
-    bytes.extend_from_slice(&archive);
-    Ok(bytes)
-}
-
-/// The whole message with `archive` as an lz4 block; `None` where that is
-/// not shorter than the archive.
-fn compressed(archive: &[u8]) -> Option<Vec<u8>> {
-    let start = MESSAGE_HEADER_LEN + LZ4_LEN_BYTES;
-    let mut bytes = vec![0; start + lz4_flex::block::get_maximum_output_size(archive.len())];
-    bytes[..MESSAGE_MAGIC.len()].copy_from_slice(&MESSAGE_MAGIC);
-    bytes[MESSAGE_MAGIC.len()] = MESSAGE_FORMAT_VERSION;
-    bytes[MESSAGE_MAGIC.len() + 1] = CODEC_LZ4;
-    let archive_len = u32::try_from(archive.len()).ok()?;
-    bytes[MESSAGE_HEADER_LEN..start].copy_from_slice(&archive_len.to_le_bytes());
-    let written = lz4_flex::block::compress_into(archive, &mut bytes[start..]).ok()?;
-    if start + written >= MESSAGE_HEADER_LEN + archive.len() {
-        return None;
+    match block {
+        Some(block) => {
+            bytes.extend_from_slice(&[MESSAGE_FORMAT_VERSION, CODEC_LZ4]);
+            // At most BODY_LEN_MAX, checked above.
+            bytes.extend_from_slice(&(archive.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&block);
+        }
+        None => {
+            bytes.extend_from_slice(&[MESSAGE_FORMAT_VERSION, CODEC_PLAIN]);
+            bytes.extend_from_slice(&archive);
+        }
     }
-    bytes.truncate(start + written);
-    Some(bytes)
+    Ok(bytes)
 }
 
 /// Check the header, inflate or copy the body into aligned memory,
@@ -160,14 +149,12 @@ fn inflate(body: &[u8]) -> Result<AlignedVec<16>, MessageError> {
     if MESSAGE_HEADER_LEN + len > BODY_LEN_MAX {
         return Err(MessageError::TooLarge { len: MESSAGE_HEADER_LEN + len, max: BODY_LEN_MAX });
     }
-    let mut aligned = AlignedVec::<16>::with_capacity(len);
-    aligned.resize(len, 0);
-    let written = lz4_flex::block::decompress_into(block, &mut aligned)
-        .map_err(|e| MessageError::BadCompression(e.to_string()))?;
-    if written != len {
-        return Err(MessageError::BadCompression(format!("{written} bytes inflated, {len} announced")));
-    }
-    Ok(aligned)
+    lz4::inflate(block, len).map_err(|e| match e {
+        InflateError::Block(e) => MessageError::BadCompression(e.to_string()),
+        InflateError::Short { inflated } => {
+            MessageError::BadCompression(format!("{inflated} bytes inflated, {len} announced"))
+        }
+    })
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ use rkyv::util::AlignedVec;
 use rkyv::with::{InlineAsBox, With};
 
 use super::WireError;
+use super::lz4::{self, InflateError};
 
 /// Marks a command batch, so a snapshot or garbage handed to the decoder is
 /// refused by name rather than by a validation error deep in the archive.
@@ -95,9 +96,7 @@ pub fn encode_commands(commands: &[Command]) -> Result<Vec<u8>, WireError> {
     if archive.len() > ARCHIVE_BYTES_MAX {
         return Err(WireError::TooLarge { len: archive.len() as u64, max: ARCHIVE_BYTES_MAX as u64 });
     }
-    let compressed = (archive.len() >= COMPRESS_FROM_BYTES)
-        .then(|| lz4_flex::block::compress(&archive))
-        .filter(|block| block.len() < archive.len());
+    let compressed = (archive.len() >= COMPRESS_FROM_BYTES).then(|| lz4::shrink(&archive, 0)).flatten();
     let (codec, body) = match &compressed {
         Some(block) => (CODEC_LZ4, block.as_slice()),
         None => (CODEC_PLAIN, archive.as_slice()),
@@ -165,9 +164,12 @@ pub(super) fn decode_body(how: Body, body: &[u8]) -> Result<Vec<Command>, WireEr
     // rkyv reads archived values in place and needs them aligned; a log
     // entry's bytes sit anywhere, so the archive is copied (or inflated)
     // once into aligned memory.
-    let mut aligned = AlignedVec::<16>::new();
-    match how.codec {
-        CODEC_PLAIN if body.len() == how.archive_len => aligned.extend_from_slice(body),
+    let aligned = match how.codec {
+        CODEC_PLAIN if body.len() == how.archive_len => {
+            let mut aligned = AlignedVec::<16>::with_capacity(body.len());
+            aligned.extend_from_slice(body);
+            aligned
+        }
         CODEC_PLAIN => {
             return Err(WireError::LengthMismatch { header: how.archive_len as u64, actual: body.len() as u64 });
         }
@@ -176,15 +178,15 @@ pub(super) fn decode_body(how: Body, body: &[u8]) -> Result<Vec<Command>, WireEr
             if how.archive_len > bound {
                 return Err(WireError::TooLarge { len: how.archive_len as u64, max: bound as u64 });
             }
-            aligned.resize(how.archive_len, 0);
-            let inflated = lz4_flex::block::decompress_into(body, &mut aligned)
-                .map_err(|e| WireError::Compression(e.to_string()))?;
-            if inflated != how.archive_len {
-                return Err(WireError::LengthMismatch { header: how.archive_len as u64, actual: inflated as u64 });
-            }
+            lz4::inflate(body, how.archive_len).map_err(|e| match e {
+                InflateError::Block(e) => WireError::Compression(e.to_string()),
+                InflateError::Short { inflated } => {
+                    WireError::LengthMismatch { header: how.archive_len as u64, actual: inflated as u64 }
+                }
+            })?
         }
         codec => return Err(WireError::UnknownCodec(codec)),
-    }
+    };
     let archived =
         rkyv::access::<ArchivedBox<[ArchivedCommand]>, rancor::Error>(&aligned).map_err(WireError::Malformed)?;
     let commands: Box<[Command]> =

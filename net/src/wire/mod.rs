@@ -27,6 +27,7 @@
 //! ```
 
 mod command;
+pub(crate) mod lz4;
 mod message;
 mod snapshot;
 #[cfg(test)]
