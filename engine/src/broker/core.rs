@@ -278,10 +278,11 @@ impl EvalBroker {
         Ok(())
     }
 
-    /// The highest-priority ready eval among `types`, older first at equal
-    /// priority within a type. Across types, a tie in priority goes to the
-    /// type listed first: deterministic, and a worker that wants fairness
-    /// rotates its list.
+    /// The highest-priority ready eval among `types`; at equal priority the
+    /// oldest (create index, then enqueue order), whatever its type. Nomad
+    /// picks a random type among tied ones; a fixed type order instead would
+    /// starve every later type while the first has work (a steady stream of
+    /// service registrations held batch evals back forever).
     pub fn dequeue(
         &mut self,
         types: &[JobType],
@@ -290,13 +291,13 @@ impl EvalBroker {
         if !self.enabled {
             return Err(BrokerError::BrokerDisabled);
         }
-        let mut best: Option<(JobType, u8)> = None;
+        let mut best: Option<(JobType, &Ready)> = None;
         for &job_type in types {
             let Some(top) = self.ready.get(&job_type).and_then(|heap| heap.peek()) else {
                 continue;
             };
-            if best.is_none_or(|(_, priority)| top.eval.priority > priority) {
-                best = Some((job_type, top.eval.priority));
+            if best.is_none_or(|(_, best_top)| top > best_top) {
+                best = Some((job_type, top));
             }
         }
         let Some((job_type, _)) = best else {
@@ -641,16 +642,32 @@ mod tests {
         ] {
             broker.enqueue(e, T0_NS).unwrap();
         }
-        // Priority first; equal priority: listed type first, then oldest.
+        // Priority first; equal priority: oldest, whatever the type.
         expect![[r#"
-            c#3      service  prio=70
             b#2      batch    prio=70
+            c#3      service  prio=70
             a#1      service  prio=50
             d#4      service  prio=50
             e#5      batch    prio=50"#]]
         .assert_eq(&dequeue_all(&mut broker, &[JobType::Service, JobType::Batch]));
         // The system eval was never offered to these types.
         assert_eq!(broker.stats().ready_by_type, BTreeMap::from([(JobType::System, 1)]));
+    }
+
+    #[test]
+    fn a_steady_stream_of_one_type_does_not_starve_another_at_equal_priority() {
+        let mut broker = enabled();
+        broker.enqueue(eval("batch-job", 1, JobType::Batch, 50), T0_NS).unwrap();
+        // Service work keeps arriving faster than it is dequeued: one new
+        // job per dequeue, so the service heap is never empty.
+        broker.enqueue(eval("svc-0", 2, JobType::Service, 50), T0_NS).unwrap();
+        let mut dequeued = Vec::new();
+        for k in 0..3u64 {
+            broker.enqueue(eval(&format!("svc-{}", k + 1), 3 + k, JobType::Service, 50), T0_NS).unwrap();
+            let (eval, _) = broker.dequeue(&JobType::ALL, T0_NS).unwrap().expect("work is ready");
+            dequeued.push(name(&eval));
+        }
+        assert_eq!(dequeued, ["batch-job#1", "svc-0#2", "svc-1#3"]);
     }
 
     #[test]
