@@ -45,6 +45,7 @@ pub mod model;
 pub mod periodic;
 pub mod plan;
 pub mod scheduler;
+pub mod scheduling_slots;
 pub mod sim;
 pub mod state;
 pub mod validate;

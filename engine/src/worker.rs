@@ -18,7 +18,8 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::model::{EvalStatus, Evaluation, JobType, Plan, PlanResult};
 use crate::scheduler::{self, ScheduleOutcome};
-use crate::state::{Cancel, Snapshot, StateStore, WaitError};
+use crate::scheduling_slots::SchedulingSlots;
+use crate::state::{Cancel, StateStore, WaitError};
 
 /// An eval handed to a worker.
 #[derive(Debug, Clone)]
@@ -56,6 +57,9 @@ pub struct WorkerConfig {
     pub dequeue_timeout: Duration,
     pub backoff_base: Duration,
     pub backoff_limit: Duration,
+    /// Workers that may run the scheduler at once ([`SchedulingSlots`]):
+    /// the cores. More workers than this only wait on raft meanwhile.
+    pub scheduling_concurrency: usize,
 }
 
 impl Default for WorkerConfig {
@@ -66,6 +70,7 @@ impl Default for WorkerConfig {
             dequeue_timeout: Duration::from_millis(500),
             backoff_base: Duration::from_millis(20),
             backoff_limit: Duration::from_secs(10),
+            scheduling_concurrency: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -130,6 +135,8 @@ pub struct Worker {
     pub config: WorkerConfig,
     pub stats: Arc<WorkerStats>,
     pub cancel: Cancel,
+    /// Shared by the server's workers.
+    pub slots: Arc<SchedulingSlots>,
 }
 
 /// How processing one delivery ended.
@@ -176,8 +183,8 @@ impl Worker {
 
     fn process(&self, delivery: &Delivery, backoff: &mut Backoff) -> Step {
         let sync_limit = self.config.raft_sync_limit;
-        let snapshot = match self.store.snapshot_min_index(delivery.wait_index, sync_limit, &self.cancel) {
-            Ok(s) => s,
+        match self.store.snapshot_min_index(delivery.wait_index, sync_limit, &self.cancel) {
+            Ok(_) => {}
             Err(WaitError::Cancelled { .. }) => {
                 self.stats.shutdown_nacks.fetch_add(1, Ordering::Relaxed);
                 self.nack(delivery);
@@ -199,8 +206,8 @@ impl Worker {
                     }
                 };
             }
-        };
-        match self.schedule_and_submit(delivery, snapshot) {
+        }
+        match self.schedule_and_submit(delivery) {
             Ok(()) => {
                 self.stats.evals_processed.fetch_add(1, Ordering::Relaxed);
                 let latency_ns = self.clock.now_ns() - delivery.eval.create_time_ns;
@@ -225,15 +232,16 @@ impl Worker {
         }
     }
 
-    fn schedule_and_submit(&self, delivery: &Delivery, mut snapshot: Snapshot) -> Result<(), Interrupted> {
+    fn schedule_and_submit(&self, delivery: &Delivery) -> Result<(), Interrupted> {
         let eval = &delivery.eval;
         let limit = max_plan_attempts(eval.job_type);
         let mut attempts = 0;
+        // `process` has waited for the wait index already.
+        let mut min_index = delivery.wait_index;
         loop {
-            let now = self.clock.now_ns();
-            let outcome = scheduler::schedule(&snapshot, eval, now).map_err(|_| Interrupted::Service)?;
+            let (outcome, snapshot_index) = self.schedule(eval, min_index)?;
             if outcome.plan.is_no_op() {
-                return self.finish(eval, &outcome, snapshot.index(), false);
+                return self.finish(eval, &outcome, snapshot_index, false);
             }
             let mut plan = outcome.plan.clone();
             plan.eval_token = delivery.token;
@@ -242,22 +250,32 @@ impl Worker {
             let placed: usize = result.node_allocation.values().map(Vec::len).sum();
             self.stats.placements.fetch_add(placed as u64, Ordering::Relaxed);
             if result.refresh_index == 0 {
-                return self.finish(eval, &outcome, snapshot.index(), false);
+                return self.finish(eval, &outcome, snapshot_index, false);
             }
             // Partial commit: refresh and plan again for what was rejected.
             // Progress resets the attempt budget (Nomad does the same).
             self.stats.plan_refreshes.fetch_add(1, Ordering::Relaxed);
             attempts = if result.is_no_op() { attempts + 1 } else { 0 };
             if attempts >= limit {
-                return self.finish(eval, &outcome, snapshot.index(), true);
+                return self.finish(eval, &outcome, snapshot_index, true);
             }
-            snapshot =
-                match self.store.snapshot_min_index(result.refresh_index, self.config.raft_sync_limit, &self.cancel) {
-                    Ok(s) => s,
-                    Err(WaitError::Cancelled { .. }) => return Err(Interrupted::Shutdown),
-                    Err(WaitError::Timeout { .. }) => return Err(Interrupted::Service),
-                };
+            min_index = result.refresh_index;
         }
+    }
+
+    /// One scheduler pass on a snapshot at or past `min_index`, in a
+    /// scheduling slot; the snapshot is read once the slot is held (so it is
+    /// as fresh as can be) and released with it, before any wait on raft.
+    fn schedule(&self, eval: &Evaluation, min_index: u64) -> Result<(ScheduleOutcome, u64), Interrupted> {
+        match self.store.snapshot_min_index(min_index, self.config.raft_sync_limit, &self.cancel) {
+            Ok(_) => {}
+            Err(WaitError::Cancelled { .. }) => return Err(Interrupted::Shutdown),
+            Err(WaitError::Timeout { .. }) => return Err(Interrupted::Service),
+        }
+        let _slot = self.slots.acquire(&self.cancel).ok_or(Interrupted::Shutdown)?;
+        let snapshot = self.store.snapshot();
+        let outcome = scheduler::schedule(&snapshot, eval, self.clock.now_ns()).map_err(|_| Interrupted::Service)?;
+        Ok((outcome, snapshot.index()))
     }
 
     /// Write the eval's outcome: completed (or failed after too many plan
@@ -327,6 +345,7 @@ pub fn spawn_workers(
     config: &WorkerConfig,
     cancel: &Cancel,
 ) -> (Vec<Arc<WorkerStats>>, Vec<std::thread::JoinHandle<()>>) {
+    let slots = Arc::new(SchedulingSlots::new(config.scheduling_concurrency));
     (0..count.max(1))
         .map(|i| {
             let stats = Arc::new(WorkerStats::default());
@@ -337,6 +356,7 @@ pub fn spawn_workers(
                 config: config.clone(),
                 stats: stats.clone(),
                 cancel: cancel.clone(),
+                slots: slots.clone(),
             };
             (stats, worker.spawn(format!("worker-{i}")))
         })

@@ -10,6 +10,7 @@ use std::time::Duration;
 use caravan_engine::clock::SystemClock;
 use caravan_engine::fixtures::{job, node};
 use caravan_engine::model::*;
+use caravan_engine::scheduling_slots::SchedulingSlots;
 use caravan_engine::sim::SimCluster;
 use caravan_engine::state::{Cancel, StateStore};
 use caravan_engine::worker::{Delivery, LeaderServices, ServiceError, Worker, WorkerConfig, WorkerStats};
@@ -99,6 +100,7 @@ fn start(
         },
         stats: stats.clone(),
         cancel: cancel.clone(),
+        slots: Arc::new(SchedulingSlots::new(1)),
     };
     (cancel, stats, worker.spawn("test-worker".into()))
 }

@@ -9,6 +9,12 @@ use serde_json::{Value, json};
 /// busy 2-core machine takes seconds, not minutes.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Connections kept open for reuse. ureq keeps 3 per host by default, so
+/// the latency scenario's 9 concurrent senders opened a fresh connection
+/// (a resolver thread, a handshake, an accept on the server) for most
+/// requests, CPU the server on the same machine then lacked.
+const IDLE_CONNECTIONS_MAX: usize = 64;
+
 #[derive(Debug, Clone)]
 pub(crate) struct Api {
     base: String,
@@ -17,8 +23,12 @@ pub(crate) struct Api {
 
 impl Api {
     pub(crate) fn new(base: &str) -> Api {
-        let config =
-            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(REQUEST_TIMEOUT)).build();
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .max_idle_connections(IDLE_CONNECTIONS_MAX)
+            .max_idle_connections_per_host(IDLE_CONNECTIONS_MAX)
+            .build();
         Api { base: base.trim_end_matches('/').to_string(), agent: config.into() }
     }
 
