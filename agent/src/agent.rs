@@ -253,6 +253,15 @@ fn init_logging(config: &AgentConfig) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
+/// Scheduler workers per core when `num_schedulers` is not set (Nomad
+/// runs one per core). A worker spends most of an eval waiting for its
+/// plan's raft commit, and scheduling itself runs on at most one worker per
+/// core at a time, so more workers keep evals moving. Measured with
+/// `caravan-perf latency` (one server, 10,000 nodes, 2 cores, ~990
+/// background evals/s): p99 register → placed 442 ms with 3 workers, 21 ms
+/// with 8, 11 ms with 16.
+const WORKERS_PER_CORE: usize = 8;
+
 /// The server's configuration from the agent's.
 fn server_config(config: &AgentConfig, data_dir: PathBuf) -> anyhow::Result<ServerConfig> {
     let rpc_ip = config.addresses.rpc.unwrap_or(config.bind_addr);
@@ -298,7 +307,7 @@ fn server_config(config: &AgentConfig, data_dir: PathBuf) -> anyhow::Result<Serv
         .collect();
     let workers = match config.server.num_schedulers {
         Some(n) => n as usize,
-        None => std::thread::available_parallelism().map_or(2, |n| n.get()) + 1,
+        None => std::thread::available_parallelism().map_or(2, |n| n.get()) * WORKERS_PER_CORE,
     };
     // Ids must differ from one agent run to the next.
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);

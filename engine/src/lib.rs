@@ -31,6 +31,7 @@ pub mod clock;
 pub mod deployment_watcher;
 pub mod duties;
 pub mod endpoints;
+pub mod eval_completer;
 pub mod events;
 pub mod feasible;
 pub mod fixtures;

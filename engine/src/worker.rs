@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::clock::Clock;
+use crate::eval_completer::{Completion, EvalCompleter};
 use crate::model::{EvalStatus, Evaluation, JobType, Plan, PlanResult};
 use crate::scheduler::{self, ScheduleOutcome};
 use crate::scheduling_slots::SchedulingSlots;
@@ -137,6 +138,8 @@ pub struct Worker {
     pub cancel: Cancel,
     /// Shared by the server's workers.
     pub slots: Arc<SchedulingSlots>,
+    /// Writes and acks what the worker is done with, so it need not wait.
+    pub completer: EvalCompleter,
 }
 
 /// How processing one delivery ended.
@@ -208,16 +211,17 @@ impl Worker {
             }
         }
         match self.schedule_and_submit(delivery) {
-            Ok(()) => {
-                self.stats.evals_processed.fetch_add(1, Ordering::Relaxed);
-                let latency_ns = self.clock.now_ns() - delivery.eval.create_time_ns;
-                if delivery.eval.create_time_ns > 0 && latency_ns >= 0 {
-                    self.stats.eval_latency_us.lock().expect("stats poisoned").push((latency_ns / 1000) as u64);
+            Ok(evals) => {
+                let completion = Completion { delivery: delivery.clone(), evals, stats: self.stats.clone() };
+                match self.completer.complete(completion) {
+                    Ok(()) => Step::Continue,
+                    Err(_) => {
+                        // The completer is gone: the server is stopping.
+                        self.stats.shutdown_nacks.fetch_add(1, Ordering::Relaxed);
+                        self.nack(delivery);
+                        Step::Stop
+                    }
                 }
-                if self.leader.ack(delivery).is_err() {
-                    self.stats.service_errors.fetch_add(1, Ordering::Relaxed);
-                }
-                Step::Continue
             }
             Err(Interrupted::Shutdown) => {
                 self.stats.shutdown_nacks.fetch_add(1, Ordering::Relaxed);
@@ -232,7 +236,9 @@ impl Worker {
         }
     }
 
-    fn schedule_and_submit(&self, delivery: &Delivery) -> Result<(), Interrupted> {
+    /// Schedule until the plan is committed (or the attempts run out); the
+    /// evals to write for the outcome.
+    fn schedule_and_submit(&self, delivery: &Delivery) -> Result<Vec<Evaluation>, Interrupted> {
         let eval = &delivery.eval;
         let limit = max_plan_attempts(eval.job_type);
         let mut attempts = 0;
@@ -241,7 +247,7 @@ impl Worker {
         loop {
             let (outcome, snapshot_index) = self.schedule(eval, min_index)?;
             if outcome.plan.is_no_op() {
-                return self.finish(eval, &outcome, snapshot_index, false);
+                return Ok(outcome_evals(eval, &outcome, snapshot_index, false, self.clock.now_ns()));
             }
             let mut plan = outcome.plan.clone();
             plan.eval_token = delivery.token;
@@ -250,14 +256,14 @@ impl Worker {
             let placed: usize = result.node_allocation.values().map(Vec::len).sum();
             self.stats.placements.fetch_add(placed as u64, Ordering::Relaxed);
             if result.refresh_index == 0 {
-                return self.finish(eval, &outcome, snapshot_index, false);
+                return Ok(outcome_evals(eval, &outcome, snapshot_index, false, self.clock.now_ns()));
             }
             // Partial commit: refresh and plan again for what was rejected.
             // Progress resets the attempt budget (Nomad does the same).
             self.stats.plan_refreshes.fetch_add(1, Ordering::Relaxed);
             attempts = if result.is_no_op() { attempts + 1 } else { 0 };
             if attempts >= limit {
-                return self.finish(eval, &outcome, snapshot_index, true);
+                return Ok(outcome_evals(eval, &outcome, snapshot_index, true, self.clock.now_ns()));
             }
             min_index = result.refresh_index;
         }
@@ -277,38 +283,38 @@ impl Worker {
         let outcome = scheduler::schedule(&snapshot, eval, self.clock.now_ns()).map_err(|_| Interrupted::Service)?;
         Ok((outcome, snapshot.index()))
     }
+}
 
-    /// Write the eval's outcome: completed (or failed after too many plan
-    /// attempts), plus its blocked and follow-up evals, in one raft entry.
-    fn finish(
-        &self,
-        eval: &Evaluation,
-        outcome: &ScheduleOutcome,
-        snapshot_index: u64,
-        out_of_attempts: bool,
-    ) -> Result<(), Interrupted> {
-        let now = self.clock.now_ns();
-        let mut evals = Vec::with_capacity(2 + outcome.followup_evals.len());
-        let mut done = scheduler::completed_eval(eval, outcome, snapshot_index, now);
-        if out_of_attempts {
-            done.status = EvalStatus::Failed;
-            done.status_description =
-                format!("maximum plan attempts reached ({})", max_plan_attempts(eval.job_type)).into();
-        }
-        let max_plans_blocked = (out_of_attempts && outcome.blocked_eval.is_none())
-            .then(|| max_plans_blocked_eval(eval, snapshot_index, now));
-        match max_plans_blocked.as_ref().or(outcome.blocked_eval.as_ref()) {
-            // Re-blocking the same eval replaces its completion.
-            Some(blocked) if blocked.id == eval.id => evals.push(blocked.clone()),
-            Some(blocked) => {
-                evals.push(done);
-                evals.push(blocked.clone());
-            }
-            None => evals.push(done),
-        }
-        evals.extend(outcome.followup_evals.iter().cloned());
-        self.leader.upsert_evals(evals).map(|_| ()).map_err(|_| Interrupted::Service)
+/// The evals that record an eval's outcome: completed (or failed after too
+/// many plan attempts), plus its blocked and follow-up evals, written in one
+/// raft entry.
+fn outcome_evals(
+    eval: &Evaluation,
+    outcome: &ScheduleOutcome,
+    snapshot_index: u64,
+    out_of_attempts: bool,
+    now: i64,
+) -> Vec<Evaluation> {
+    let mut evals = Vec::with_capacity(2 + outcome.followup_evals.len());
+    let mut done = scheduler::completed_eval(eval, outcome, snapshot_index, now);
+    if out_of_attempts {
+        done.status = EvalStatus::Failed;
+        done.status_description =
+            format!("maximum plan attempts reached ({})", max_plan_attempts(eval.job_type)).into();
     }
+    let max_plans_blocked =
+        (out_of_attempts && outcome.blocked_eval.is_none()).then(|| max_plans_blocked_eval(eval, snapshot_index, now));
+    match max_plans_blocked.as_ref().or(outcome.blocked_eval.as_ref()) {
+        // Re-blocking the same eval replaces its completion.
+        Some(blocked) if blocked.id == eval.id => evals.push(blocked.clone()),
+        Some(blocked) => {
+            evals.push(done);
+            evals.push(blocked.clone());
+        }
+        None => evals.push(done),
+    }
+    evals.extend(outcome.followup_evals.iter().cloned());
+    evals
 }
 
 /// After too many rejected plans, a blocked eval that any capacity change,
@@ -335,8 +341,9 @@ enum Interrupted {
     Service,
 }
 
-/// Start `count` (at least one) workers sharing `leader`; their stats, in
-/// worker order, and their threads.
+/// Start `count` (at least one) workers sharing `leader`, and their eval
+/// completer; the workers' stats, in worker order, and every thread (the
+/// completer's last: it ends once the workers have).
 pub fn spawn_workers(
     count: usize,
     store: &Arc<StateStore>,
@@ -346,7 +353,8 @@ pub fn spawn_workers(
     cancel: &Cancel,
 ) -> (Vec<Arc<WorkerStats>>, Vec<std::thread::JoinHandle<()>>) {
     let slots = Arc::new(SchedulingSlots::new(config.scheduling_concurrency));
-    (0..count.max(1))
+    let (completer, completer_thread) = EvalCompleter::spawn(leader.clone(), clock.clone());
+    let (stats, mut threads): (Vec<_>, Vec<_>) = (0..count.max(1))
         .map(|i| {
             let stats = Arc::new(WorkerStats::default());
             let worker = Worker {
@@ -357,8 +365,11 @@ pub fn spawn_workers(
                 stats: stats.clone(),
                 cancel: cancel.clone(),
                 slots: slots.clone(),
+                completer: completer.clone(),
             };
             (stats, worker.spawn(format!("worker-{i}")))
         })
-        .unzip()
+        .unzip();
+    threads.push(completer_thread);
+    (stats, threads)
 }

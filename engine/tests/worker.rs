@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use caravan_engine::clock::SystemClock;
+use caravan_engine::eval_completer::EvalCompleter;
 use caravan_engine::fixtures::{job, node};
 use caravan_engine::model::*;
 use caravan_engine::scheduling_slots::SchedulingSlots;
@@ -89,6 +90,7 @@ fn start(
 ) -> (Cancel, Arc<WorkerStats>, std::thread::JoinHandle<()>) {
     let cancel = Cancel::new();
     let stats = Arc::new(WorkerStats::default());
+    let (completer, _) = EvalCompleter::spawn(leader.clone(), Arc::new(SystemClock));
     let worker = Worker {
         store,
         leader,
@@ -101,6 +103,7 @@ fn start(
         stats: stats.clone(),
         cancel: cancel.clone(),
         slots: Arc::new(SchedulingSlots::new(1)),
+        completer,
     };
     (cancel, stats, worker.spawn("test-worker".into()))
 }
