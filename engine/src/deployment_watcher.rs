@@ -11,15 +11,21 @@
 //!   latest stable version ([`endpoints::rollback`]).
 //!
 //! Health reports themselves need no watcher here: the client status
-//! endpoint adds the job's deployment-watcher eval to the same entry.
+//! endpoint adds the job's deployment-watcher eval to the same entry,
+//! unless an eval of the job already waits to run ([`eval_waiting_to_run`]):
+//! at a million allocations, one eval per node's report batch made tens of
+//! thousands of evals, each reconciling a thousand allocations. A report
+//! that lands while that eval is already being scheduled is not lost: a
+//! running deployment gets an eval here when an allocation turned healthy after the index its
+//! job's latest eval saw (Nomad's `jobEvalStatus` rule), within a look.
 //! Each decision is idempotent against the state it reads (a rollback
 //! registers a new version, after which the failed deployment is no longer
 //! the job's current one), so a decision committed twice lands once.
 
 use crate::endpoints;
 use crate::fsm::Command;
-use crate::ids::{DeploymentId, IdGen};
-use crate::model::{Deployment, DeploymentStatus, SECOND_NS, TimeNs, TriggeredBy};
+use crate::ids::{DeploymentId, IdGen, JobKey};
+use crate::model::{Deployment, DeploymentStatus, EvalStatus, SECOND_NS, TimeNs, TriggeredBy};
 use crate::state::State;
 
 /// How often the leader looks: progress deadlines are minutes, so a
@@ -102,7 +108,42 @@ pub fn watch(state: &State, id: DeploymentId, now_ns: TimeNs, ids: &mut IdGen) -
     if !promotable.is_empty() && d.task_groups.iter().filter(|g| g.awaits_promotion()).count() == promotable.len() {
         return endpoints::promote_deployment(state, id, promotable, now_ns, ids).ok();
     }
+    if !eval_waiting_to_run(state, &d.job, now_ns) && health_index(state, d) > latest_eval_index(state, &d.job) {
+        let eval = deployment_eval(state, d, now_ns, ids)?;
+        return Some(Command::EvalUpsert { evals: vec![eval] });
+    }
     None
+}
+
+/// An eval of the job waits to run now (pending and not delayed): it will
+/// read every health report committed before a worker takes it, so another
+/// eval for the job's deployment would only add work.
+pub fn eval_waiting_to_run(state: &State, job: &JobKey, now_ns: TimeNs) -> bool {
+    state.evals_by_job(job).any(|e| e.status == EvalStatus::Pending && e.wait_ns == 0 && e.wait_until_ns <= now_ns)
+}
+
+/// The index of the deployment's newest healthy allocation: what the
+/// scheduler needs to have seen to place the rollout's next batch.
+fn health_index(state: &State, d: &Deployment) -> u64 {
+    state
+        .allocs_by_job(&d.job)
+        .filter(|a| a.deployment_id == Some(d.id))
+        .filter_map(|a| a.deployment_status.as_ref())
+        .filter(|status| status.healthy == Some(true))
+        .map(|status| status.modify_index)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The newest state index the job's evals acted on: a scheduled eval's
+/// snapshot index, else its create index. A canceled eval acted on nothing.
+fn latest_eval_index(state: &State, job: &JobKey) -> u64 {
+    state
+        .evals_by_job(job)
+        .filter(|e| e.status != EvalStatus::Canceled)
+        .map(|e| if e.snapshot_index != 0 { e.snapshot_index } else { e.create_index })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Some group's `RequireProgressBy` passed before it had all the healthy

@@ -307,8 +307,9 @@ pub fn update_allocs_from_client(
         .map(|job| eval_for(job, TriggeredBy::RetryFailedAlloc, None, now_ns, ids))
         .collect();
     for (key, deployment_id) in deployments {
-        // One eval per job is enough: it sees every report of the batch.
-        if jobs.contains(&key) {
+        // One eval per job is enough: it sees every report of the batch,
+        // as does one already waiting to run (see `deployment_watcher`).
+        if jobs.contains(&key) || crate::deployment_watcher::eval_waiting_to_run(state, &key, now_ns) {
             continue;
         }
         if let Some(job) = state.job(&key) {

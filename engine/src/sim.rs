@@ -183,9 +183,9 @@ impl SimCluster {
             let decided = crate::deployment_watcher::watch(&self.snapshot(), id, self.now_ns, &mut self.ids);
             if let Some(command) = decided {
                 match &command {
-                    Command::DeploymentStatusUpdate { evals: e, .. } | Command::DeploymentPromote { evals: e, .. } => {
-                        evals.extend(e.iter().cloned())
-                    }
+                    Command::DeploymentStatusUpdate { evals: e, .. }
+                    | Command::DeploymentPromote { evals: e, .. }
+                    | Command::EvalUpsert { evals: e } => evals.extend(e.iter().cloned()),
                     _ => {}
                 }
                 self.commit(command);

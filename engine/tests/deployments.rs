@@ -310,21 +310,20 @@ fn deployment_health_follows_every_allocation_write() {
     // Running is not healthy: only the client's health decision counts.
     c.client_update(ids[0], ClientStatus::Running);
     assert_eq!(c.snapshot().deployment_health(d).healthy, 0);
-    c.report_health(ids[0], true);
-    c.report_health(ids[1], true);
+    report(&mut c, &ids[..2], true);
     assert_eq!(c.snapshot().deployment_health(d).healthy, 2);
     assert_eq!(c.snapshot().deployment(d).unwrap().status, DeploymentStatus::Running, "2 of 3 healthy");
     assert_health_matches_allocs(&c.snapshot());
 
     // A decision stands: a second report changes nothing. A failed
     // allocation stays healthy in its deployment's count.
-    c.report_health(ids[1], false);
+    report(&mut c, &[ids[1]], false);
     c.client_update(ids[1], ClientStatus::Failed);
     assert_eq!(c.snapshot().deployment_health(d).healthy, 2);
     assert_health_matches_allocs(&c.snapshot());
 
     // The third unhealthy fails the deployment.
-    c.report_health(ids[2], false);
+    report(&mut c, &[ids[2]], false);
     let health = c.snapshot().deployment_health(d);
     assert_eq!((health.healthy, health.unhealthy), (2, 1));
     assert_eq!(c.snapshot().deployment(d).unwrap().status, DeploymentStatus::Failed);
@@ -343,6 +342,37 @@ fn deployment_health_follows_every_allocation_write() {
     assert_eq!(placed, 2);
     assert_eq!(c.snapshot().deployment_health(d1).healthy, 2);
     assert_health_matches_allocs(&c.snapshot());
+}
+
+#[test]
+fn health_reports_share_a_waiting_eval_and_one_seen_too_late_gets_its_own() {
+    let (mut c, key) = cluster();
+    let eval = c.register(service(3, 64));
+    c.process(&eval);
+    let ids: Vec<_> = c.snapshot().allocs_by_job(&key).map(|a| a.id).collect();
+
+    // The first report makes an eval; while it waits to run, the next
+    // reports need none: it will read them when it runs.
+    let first = c.report_health(ids[0], true);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].triggered_by, TriggeredBy::DeploymentWatcher);
+    assert!(c.report_health(ids[1], true).is_empty(), "an eval already waits to run");
+    assert!(c.watch_deployments().is_empty(), "nor does the watcher add one");
+
+    // That eval was scheduled on a snapshot taken before the second report
+    // (a worker had it already): the watcher catches up, once.
+    let mut done = first[0].clone();
+    done.status = EvalStatus::Complete;
+    done.snapshot_index = c.snapshot().alloc(ids[1]).unwrap().deployment_status.as_ref().unwrap().modify_index - 1;
+    c.commit(Command::EvalUpsert { evals: vec![done] });
+    let caught_up = c.watch_deployments();
+    assert_eq!(caught_up.len(), 1, "the second report was never evaluated");
+    assert_eq!(caught_up[0].triggered_by, TriggeredBy::DeploymentWatcher);
+    assert!(c.watch_deployments().is_empty(), "its eval waits to run");
+
+    // Once it has run on the current state, nothing is left to catch up.
+    c.process(&caught_up[0]);
+    assert!(c.watch_deployments().is_empty());
 }
 
 #[test]
