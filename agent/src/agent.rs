@@ -258,8 +258,8 @@ fn init_logging(config: &AgentConfig) {
 /// plan's raft commit, and scheduling itself runs on at most one worker per
 /// core at a time, so more workers keep evals moving. Measured with
 /// `caravan-perf latency` (one server, 10,000 nodes, 2 cores, ~990
-/// background evals/s): p99 register → placed 442 ms with 3 workers, 21 ms
-/// with 8, 11 ms with 16.
+/// background evals/s, one run each): p99 register → placed 442 ms with 3
+/// workers, 21 ms with 8, 11 ms with 16 (perf/README.md, session 9).
 const WORKERS_PER_CORE: usize = 8;
 
 /// The server's configuration from the agent's.

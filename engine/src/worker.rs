@@ -1,7 +1,8 @@
 //! Scheduler workers: OS threads that dequeue evals, wait for the local state
-//! to catch up with the eval, run the scheduler on a snapshot, submit the
-//! plan (retrying partial commits on refreshed state), write the eval's
-//! outcome and ack.
+//! to catch up with the eval, run the scheduler on a snapshot (in one of the
+//! server's [`SchedulingSlots`]), submit the plan (retrying partial commits
+//! on refreshed state), and hand the eval's outcome to the
+//! [`EvalCompleter`], which writes it and acks.
 //!
 //! Worker behind raft (Nomad #15523): a follower's store may lag the leader.
 //! A worker waits at most `raft_sync_limit` for the eval's wait index; on
