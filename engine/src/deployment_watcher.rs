@@ -11,8 +11,10 @@
 //!   latest stable version ([`endpoints::rollback`]).
 //!
 //! Health reports themselves need no watcher here: the client status
-//! endpoint adds the job's deployment-watcher eval to the same entry,
-//! unless an eval of the job already waits to run ([`eval_waiting_to_run`]):
+//! endpoint adds the job's deployment-watcher eval to the same entry when
+//! the report is unhealthy or the rollout has more to place
+//! ([`rollout_continues`]), unless an eval of the job already waits to run
+//! ([`eval_waiting_to_run`]):
 //! at a million allocations, one eval per node's report batch made tens of
 //! thousands of evals, each reconciling a thousand allocations. A report
 //! that lands while that eval is already being scheduled is not lost: a
@@ -108,11 +110,24 @@ pub fn watch(state: &State, id: DeploymentId, now_ns: TimeNs, ids: &mut IdGen) -
     if !promotable.is_empty() && d.task_groups.iter().filter(|g| g.awaits_promotion()).count() == promotable.len() {
         return endpoints::promote_deployment(state, id, promotable, now_ns, ids).ok();
     }
-    if !eval_waiting_to_run(state, &d.job, now_ns) && health_index(state, d) > latest_eval_index(state, &d.job) {
+    if rollout_continues(state, d)
+        && !eval_waiting_to_run(state, &d.job, now_ns)
+        && health_index(state, d) > latest_eval_index(state, &d.job)
+    {
         let eval = deployment_eval(state, d, now_ns, ids)?;
         return Some(Command::EvalUpsert { evals: vec![eval] });
     }
     None
+}
+
+/// A healthy allocation can move the deployment on: some group has
+/// allocations left to place, or canaries waiting for promotion. Once every
+/// group has placed all it wants, health only settles the deployment,
+/// which the FSM does as the reports apply; no scheduler pass is needed.
+pub fn rollout_continues(state: &State, d: &Deployment) -> bool {
+    d.task_groups.iter().any(|g| {
+        g.awaits_promotion() || state.deployment_group_health(d.id, &g.name).placed < u64::from(g.desired_total)
+    })
 }
 
 /// An eval of the job waits to run now (pending and not delayed): it will

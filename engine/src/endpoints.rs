@@ -276,7 +276,8 @@ pub fn stop_alloc(state: &State, alloc_id: AllocId, now_ns: TimeNs, ids: &mut Id
 /// eval to reschedule it (Nomad's `Node.UpdateAlloc`), and a job whose
 /// deployment hears a new health decision gets one from the deployment
 /// watcher, so the next batch of its rollout goes out (or, unhealthy, the
-/// failure is acted on).
+/// failure is acted on); a healthy decision in a rollout with nothing left
+/// to place needs none.
 pub fn update_allocs_from_client(
     state: &State,
     updates: Vec<AllocClientUpdate>,
@@ -296,7 +297,9 @@ pub fn update_allocs_from_client(
         if let Some(report) = u.deployment_health
             && alloc.deployment_id == Some(report.deployment_id)
             && alloc.deployment_healthy().is_none()
-            && state.deployment(report.deployment_id).is_some_and(|d| d.status.is_active())
+            && state.deployment(report.deployment_id).is_some_and(|d| {
+                d.status.is_active() && (!report.healthy || crate::deployment_watcher::rollout_continues(state, d))
+            })
         {
             deployments.insert(alloc.job_key(), report.deployment_id);
         }

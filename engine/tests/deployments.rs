@@ -291,6 +291,7 @@ fn assert_health_matches_allocs(snap: &caravan_engine::state::State) {
     for d in snap.deployments() {
         let mut recount = caravan_engine::state::DeploymentHealth::default();
         for a in snap.allocs().filter(|a| a.deployment_id == Some(d.id)) {
+            recount.placed += 1;
             recount.healthy += u64::from(a.deployment_healthy() == Some(true));
             recount.unhealthy += u64::from(a.deployment_healthy() == Some(false));
         }
@@ -305,7 +306,8 @@ fn deployment_health_follows_every_allocation_write() {
     c.process(&eval);
     let d = c.snapshot().latest_deployment(&key).unwrap().id;
     let ids: Vec<_> = c.snapshot().allocs_by_job(&key).map(|a| a.id).collect();
-    assert_eq!(c.snapshot().deployment_health(d), Default::default());
+    let placed_only = caravan_engine::state::DeploymentHealth { placed: 3, ..Default::default() };
+    assert_eq!(c.snapshot().deployment_health(d), placed_only);
 
     // Running is not healthy: only the client's health decision counts.
     c.client_update(ids[0], ClientStatus::Running);
@@ -334,7 +336,8 @@ fn deployment_health_follows_every_allocation_write() {
     c.process(&eval);
     let d1 = c.snapshot().latest_deployment(&key).unwrap().id;
     assert_ne!(d1, d);
-    assert_eq!(c.snapshot().deployment_health(d1), Default::default());
+    let health = c.snapshot().deployment_health(d1);
+    assert_eq!((health.healthy, health.unhealthy), (0, 0));
     run_all(&mut c, &key);
     // The failed allocation (no reschedule policy) stays failed; the two
     // running are replaced.
@@ -346,33 +349,44 @@ fn deployment_health_follows_every_allocation_write() {
 
 #[test]
 fn health_reports_share_a_waiting_eval_and_one_seen_too_late_gets_its_own() {
-    let (mut c, key) = cluster();
-    let eval = c.register(service(3, 64));
+    // A rolling update of 4, two at a time: after the first batch, two more
+    // wait for health.
+    let update = UpdateStrategy { max_parallel: 2, ..UpdateStrategy::default() };
+    let (mut c, key) = deployed(&update, 4);
+    let eval = c.register(rolling(4, 128, update));
     c.process(&eval);
-    let ids: Vec<_> = c.snapshot().allocs_by_job(&key).map(|a| a.id).collect();
+    let batch = undecided(&c, &key, 1);
+    assert_eq!(batch.len(), 2);
 
     // The first report makes an eval; while it waits to run, the next
-    // reports need none: it will read them when it runs.
-    let first = c.report_health(ids[0], true);
+    // report needs none: it will read both when it runs.
+    let first = c.report_health(batch[0], true);
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].triggered_by, TriggeredBy::DeploymentWatcher);
-    assert!(c.report_health(ids[1], true).is_empty(), "an eval already waits to run");
+    assert!(c.report_health(batch[1], true).is_empty(), "an eval already waits to run");
     assert!(c.watch_deployments().is_empty(), "nor does the watcher add one");
 
     // That eval was scheduled on a snapshot taken before the second report
     // (a worker had it already): the watcher catches up, once.
     let mut done = first[0].clone();
     done.status = EvalStatus::Complete;
-    done.snapshot_index = c.snapshot().alloc(ids[1]).unwrap().deployment_status.as_ref().unwrap().modify_index - 1;
+    done.snapshot_index = c.snapshot().alloc(batch[1]).unwrap().deployment_status.as_ref().unwrap().modify_index - 1;
     c.commit(Command::EvalUpsert { evals: vec![done] });
     let caught_up = c.watch_deployments();
     assert_eq!(caught_up.len(), 1, "the second report was never evaluated");
     assert_eq!(caught_up[0].triggered_by, TriggeredBy::DeploymentWatcher);
     assert!(c.watch_deployments().is_empty(), "its eval waits to run");
 
-    // Once it has run on the current state, nothing is left to catch up.
-    c.process(&caught_up[0]);
+    // It places the last two; once they are placed, health has nothing
+    // left to move on: the reports settle the deployment without evals.
+    let (outcome, _) = c.process(&caught_up[0]);
+    assert_eq!(outcome.desired_updates["g"].destructive_update, 2);
     assert!(c.watch_deployments().is_empty());
+    for id in undecided(&c, &key, 1) {
+        assert!(c.report_health(id, true).is_empty(), "everything is placed");
+    }
+    let d = c.snapshot().latest_deployment(&key).unwrap().clone();
+    assert_eq!(d.status, DeploymentStatus::Successful);
 }
 
 #[test]
@@ -411,7 +425,9 @@ fn a_rolling_update_replaces_max_parallel_at_a_time() {
     let watcher_evals = snap
         .evals_by_job(&key)
         .filter(|e| e.triggered_by == TriggeredBy::DeploymentWatcher && e.deployment_id == Some(d.id));
-    assert_eq!(watcher_evals.count(), 5, "each health report created a deployment-watcher eval");
+    // Each report while allocations were left to place made an eval; the
+    // last two, with all five placed, only settled the deployment.
+    assert_eq!(watcher_evals.count(), 3, "one deployment-watcher eval per report that could move the rollout");
 }
 
 #[test]

@@ -140,6 +140,8 @@ pub struct State {
 /// restore rebuilds it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeploymentHealth {
+    /// Allocations placed in the deployment, whatever their status since.
+    pub placed: u64,
     /// Allocations their client found healthy.
     pub healthy: u64,
     /// Allocations their client found unhealthy.
@@ -149,14 +151,15 @@ pub struct DeploymentHealth {
 impl DeploymentHealth {
     fn of(alloc: &Allocation) -> DeploymentHealth {
         let healthy = alloc.deployment_healthy();
-        DeploymentHealth { healthy: u64::from(healthy == Some(true)), unhealthy: u64::from(healthy == Some(false)) }
-    }
-
-    fn is_zero(self) -> bool {
-        self.healthy == 0 && self.unhealthy == 0
+        DeploymentHealth {
+            placed: 1,
+            healthy: u64::from(healthy == Some(true)),
+            unhealthy: u64::from(healthy == Some(false)),
+        }
     }
 
     fn add(&mut self, other: DeploymentHealth) {
+        self.placed += other.placed;
         self.healthy += other.healthy;
         self.unhealthy += other.unhealthy;
     }
@@ -164,7 +167,10 @@ impl DeploymentHealth {
     fn sub(&mut self, other: DeploymentHealth) {
         // The tally counted `other` when it was written; saturating so a
         // broken invariant cannot take the FSM down on every server.
-        debug_assert!(self.healthy >= other.healthy && self.unhealthy >= other.unhealthy);
+        debug_assert!(
+            self.placed >= other.placed && self.healthy >= other.healthy && self.unhealthy >= other.unhealthy
+        );
+        self.placed = self.placed.saturating_sub(other.placed);
         self.healthy = self.healthy.saturating_sub(other.healthy);
         self.unhealthy = self.unhealthy.saturating_sub(other.unhealthy);
     }
@@ -784,27 +790,32 @@ impl State {
     /// Move the allocation's health from its old to its new deployment
     /// tally (usually the same one).
     fn adjust_deployment_health(&mut self, old: Option<&Allocation>, new: Option<&Allocation>) {
+        if let (Some(old), Some(new)) = (old, new)
+            && old.deployment_id == new.deployment_id
+            && old.group().name == new.group().name
+            && DeploymentHealth::of(old) == DeploymentHealth::of(new)
+        {
+            // The usual write (a status report): both tallies stay as they
+            // are, and their maps stay shared with the previous version.
+            return;
+        }
         if let Some(old) = old
             && let Some(id) = old.deployment_id
         {
             let gone = DeploymentHealth::of(old);
-            if !gone.is_zero() {
-                if let Some(health) = self.deployment_health.get_mut(&id) {
-                    health.sub(gone);
-                }
-                if let Some(health) = self.group_health.get_mut(&(id, old.group().name.clone())) {
-                    health.sub(gone);
-                }
+            if let Some(health) = self.deployment_health.get_mut(&id) {
+                health.sub(gone);
+            }
+            if let Some(health) = self.group_health.get_mut(&(id, old.group().name.clone())) {
+                health.sub(gone);
             }
         }
         if let Some(new) = new
             && let Some(id) = new.deployment_id
         {
             let add = DeploymentHealth::of(new);
-            if !add.is_zero() {
-                self.deployment_health.entry(id).or_default().add(add);
-                self.group_health.entry((id, new.group().name.clone())).or_default().add(add);
-            }
+            self.deployment_health.entry(id).or_default().add(add);
+            self.group_health.entry((id, new.group().name.clone())).or_default().add(add);
         }
     }
 
