@@ -14,12 +14,12 @@
 //! endpoint adds the job's deployment-watcher eval to the same entry when
 //! the report is unhealthy or the rollout has more to place
 //! ([`rollout_continues`]), unless an eval of the job already waits to run
-//! ([`eval_waiting_to_run`]):
-//! at a million allocations, one eval per node's report batch made tens of
-//! thousands of evals, each reconciling a thousand allocations. A report
-//! that lands while that eval is already being scheduled is not lost: a
-//! running deployment gets an eval here when an allocation turned healthy after the index its
-//! job's latest eval saw (Nomad's `jobEvalStatus` rule), within a look.
+//! ([`eval_waiting_to_run`]). At a million allocations, one eval per node's
+//! report batch made tens of thousands of evals, each reconciling a
+//! thousand allocations. A report that lands while that eval is already
+//! being scheduled is not lost: a running deployment gets an eval here when
+//! an allocation turned healthy after the index its job's latest eval saw
+//! (Nomad's `jobEvalStatus` rule), within a look.
 //! Each decision is idempotent against the state it reads (a rollback
 //! registers a new version, after which the failed deployment is no longer
 //! the job's current one), so a decision committed twice lands once.
