@@ -74,7 +74,7 @@ fn run(completions: &Receiver<Completion>, leader: &dyn LeaderServices, clock: &
                 Err(_) => break,
             }
         }
-        let evals: Vec<Evaluation> = batch.iter().flat_map(|c| c.evals.iter().cloned()).collect();
+        let evals: Vec<Evaluation> = batch.iter_mut().flat_map(|c| std::mem::take(&mut c.evals)).collect();
         match leader.upsert_evals(evals) {
             Ok(_) => {
                 for c in &batch {
