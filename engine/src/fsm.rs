@@ -240,9 +240,13 @@ impl Fsm {
 /// Apply a command to a state: the FSM's own writes, and the plan applier's
 /// optimistic copy. All or nothing: on error `state` is left as it was.
 pub fn apply_to(state: &mut State, index: u64, command: &Command) -> Result<ApplyOutcome, ApplyError> {
-    let mut scratch = state.clone();
+    let touched_before = state.touched_count();
+    let mut scratch = state.fork();
     let mut out = ApplyOutcome { index, ..Default::default() };
-    apply_command(&mut scratch, index, command, &mut out)?;
+    if let Err(e) = apply_command(&mut scratch, index, command, &mut out) {
+        state.abandon_fork(scratch, touched_before);
+        return Err(e);
+    }
     scratch.set_index(index);
     *state = scratch;
     Ok(out)

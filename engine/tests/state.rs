@@ -204,3 +204,37 @@ fn a_client_report_leaves_the_nodes_slot_shared_and_its_usage_as_it_was() {
     let recomputed = caravan_engine::state::usage_from_allocs(node, live).expect("the live allocations fit");
     assert_eq!(usage_done, &recomputed);
 }
+
+#[test]
+fn every_command_of_a_batch_reaches_the_alloc_feed_even_after_one_fails() {
+    // Client blocking queries wake from the feed: a node touched by any
+    // command of a log entry must be in it, or its client waits out its
+    // query's timeout.
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+    let mut c = SimCluster::new(3);
+    let mut plans = Vec::new();
+    let mut expected = BTreeSet::new();
+    for dc in ["dc1", "dc2"] {
+        let n = node(&mut c.ids, dc, dc, 4000, 8192);
+        expected.insert(c.add_node(n));
+        let mut spec = job(&format!("web-{dc}"), JobType::Service, 2, 100, 128);
+        spec.datacenters = vec![dc.into()];
+        let eval = c.register(spec);
+        let outcome = c.schedule(&eval);
+        let snapshot = c.snapshot();
+        let (result, _) = caravan_engine::plan::evaluate::evaluate_plan(&snapshot, &outcome.plan);
+        let applied = caravan_engine::plan::evaluate::plan_applied(&outcome.plan, &result, vec![], 0);
+        assert_eq!(applied.allocs.len(), 2, "{dc}: both allocations placed");
+        plans.push(Command::ApplyPlanResults(applied));
+    }
+    let feed = c.fsm.store().alloc_feed();
+    feed.take(Duration::ZERO);
+    let failing = Command::NodeStatusUpdate { node_id: NodeId(42), status: NodeStatus::Down, evals: vec![], now_ns: 0 };
+    let [first, second] = <[Command; 2]>::try_from(plans).ok().unwrap();
+    let results = c.fsm.apply_all(c.snapshot().index() + 1, &[first, failing, second]);
+    assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok(), "{results:?}");
+    let changes = feed.take(Duration::ZERO);
+    assert!(!changes.everything);
+    assert_eq!(changes.nodes.into_iter().collect::<BTreeSet<_>>(), expected);
+}

@@ -17,6 +17,7 @@
 //! - [`rpc`]: server RPC over QUIC: versioned frames, [`rpc::RpcServer`],
 //!   [`rpc::RpcClient`] and [`rpc::BlockingRpcClient`].
 //! - [`raft`]: openraft's storage: the redb log and the snapshot-file state machine.
+//! - [`runtime`]: the compio runtime of every server thread.
 //! - [`server`]: a raft-replicated server: engine FSM, leader duties, raft over QUIC.
 
 pub mod api;
@@ -25,5 +26,6 @@ pub mod jobspec;
 pub mod quic;
 pub mod raft;
 pub mod rpc;
+pub mod runtime;
 pub mod server;
 pub mod wire;

@@ -132,7 +132,21 @@ pub struct State {
     /// Nodes whose allocations the batch being written touched (repeats
     /// possible): the store moves them into its [`super::AllocNodeFeed`]
     /// when it publishes, so this is empty in every published snapshot.
-    alloc_nodes_touched: Vec<NodeId>,
+    alloc_nodes_touched: TouchedNodes,
+}
+
+/// The nodes one write batch touched. It belongs to the batch, not to the
+/// state: a clone starts empty, which keeps cloning a state O(1) for a
+/// writer that never publishes (the plan applier's view of results still
+/// committing, which was cloned for every plan and grew by a node per
+/// allocation placed).
+#[derive(Debug, Default)]
+struct TouchedNodes(Vec<NodeId>);
+
+impl Clone for TouchedNodes {
+    fn clone(&self) -> TouchedNodes {
+        TouchedNodes::default()
+    }
 }
 
 /// How a deployment's allocations are doing, from their clients' health
@@ -506,7 +520,30 @@ impl State {
 impl State {
     /// The nodes whose allocations were written since the last take.
     pub(super) fn take_alloc_nodes_touched(&mut self) -> Vec<NodeId> {
-        std::mem::take(&mut self.alloc_nodes_touched)
+        std::mem::take(&mut self.alloc_nodes_touched.0)
+    }
+
+    /// A copy to apply one command to, all or nothing (the FSM's
+    /// `apply_to`): the batch's touched nodes move into it, as a clone
+    /// starts without them. On failure [`State::abandon_fork`] takes back
+    /// those the batch had before.
+    pub(crate) fn fork(&mut self) -> State {
+        let mut fork = self.clone();
+        fork.alloc_nodes_touched = std::mem::take(&mut self.alloc_nodes_touched);
+        fork
+    }
+
+    /// Undo [`State::fork`] for a command that failed: this state keeps
+    /// its tables and gets back the first `touched_before` touched nodes.
+    pub(crate) fn abandon_fork(&mut self, fork: State, touched_before: usize) {
+        let mut touched = fork.alloc_nodes_touched;
+        touched.0.truncate(touched_before);
+        self.alloc_nodes_touched = touched;
+    }
+
+    /// How many touched nodes the batch has recorded (repeats included).
+    pub(crate) fn touched_count(&self) -> usize {
+        self.alloc_nodes_touched.0.len()
     }
 
     pub(crate) fn set_index(&mut self, index: u64) {
@@ -688,7 +725,7 @@ impl State {
                 entry.expect("an allocation is listed on its node").alloc_modify_index = alloc.alloc_modify_index;
             }
             slot.allocs_index = slot.allocs_index.max(index).max(alloc.alloc_modify_index);
-            self.alloc_nodes_touched.push(alloc.node_id);
+            self.alloc_nodes_touched.0.push(alloc.node_id);
         }
     }
 
@@ -705,7 +742,7 @@ impl State {
             }
             let newest = run.iter().map(|a| a.alloc_modify_index).max().unwrap_or(0);
             slot.allocs_index = slot.allocs_index.max(index).max(newest);
-            self.alloc_nodes_touched.push(run[0].node_id);
+            self.alloc_nodes_touched.0.push(run[0].node_id);
         }
         for run in allocs.chunk_by(|a, b| Arc::ptr_eq(&a.job, &b.job)) {
             let table = self.job_table(&run[0].job_key());
@@ -745,7 +782,7 @@ impl State {
                 slot.allocs_index = slot.allocs_index.max(index);
                 slot.allocs_removed_index = slot.allocs_removed_index.max(index);
             }
-            self.alloc_nodes_touched.push(old.node_id);
+            self.alloc_nodes_touched.0.push(old.node_id);
         }
         self.touch(Table::Allocs, index);
     }

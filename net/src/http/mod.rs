@@ -125,7 +125,7 @@ pub fn spawn_client(addr: SocketAddr, options: ApiOptions) -> std::io::Result<So
 fn spawn_router(addr: SocketAddr, router: Router) -> std::io::Result<SocketAddr> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("http".into()).spawn(move || {
-        let runtime = match compio::runtime::Runtime::new() {
+        let runtime = match crate::runtime::server_runtime() {
             Ok(r) => r,
             Err(e) => {
                 let _ = tx.send(Err(e));

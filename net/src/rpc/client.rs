@@ -435,7 +435,7 @@ fn client_thread(
     mut calls: futures_channel::mpsc::Receiver<BlockingCall>,
     started: mpsc::SyncSender<Result<(), EndpointError>>,
 ) {
-    let runtime = match compio::runtime::Runtime::new() {
+    let runtime = match crate::runtime::server_runtime() {
         Ok(runtime) => runtime,
         Err(source) => {
             let _ = started.send(Err(EndpointError::Bind { addr: bind, source }));

@@ -35,7 +35,7 @@ impl ClientRpcThread {
     pub(crate) fn start(client: Arc<ClientRpc>) -> std::io::Result<ClientRpcThread> {
         let (calls, mut incoming) = mpsc::unbounded::<ClientCall>();
         std::thread::Builder::new().name("client-rpc".into()).spawn(move || {
-            let runtime = match compio::runtime::Runtime::new() {
+            let runtime = match crate::runtime::server_runtime() {
                 Ok(runtime) => runtime,
                 Err(e) => {
                     tracing::error!(error = %e, "client rpc thread: no runtime; client calls fail");

@@ -149,7 +149,7 @@ pub(crate) fn start(
     let thread_config = config.clone();
     let incoming_dir = raft_dir.join("incoming");
     std::thread::Builder::new().name("raft".into()).spawn(move || {
-        let runtime = match compio::runtime::Runtime::new() {
+        let runtime = match crate::runtime::server_runtime() {
             Ok(rt) => rt,
             Err(e) => {
                 let _ = started_tx.send(Err(e));

@@ -12,6 +12,7 @@
 //! Status reports are batched per node every `update_interval`, as an
 //! agent batches them (Nomad: 200 ms).
 
+mod due_queue;
 mod node;
 mod rpc;
 

@@ -27,6 +27,7 @@ use caravan_net::server::{
     NODE_REGISTER, RegisterRequest, TtlReply, decode_client_message, encode_client_message,
 };
 
+use super::due_queue::DueQueue;
 use super::rpc::{CallError, Servers, call};
 use super::{FleetConfig, FleetShared};
 
@@ -46,7 +47,6 @@ const STOP_POLL: Duration = Duration::from_millis(100);
 struct Report {
     node: usize,
     global: usize,
-    due: Instant,
     alloc: AllocId,
     job: Arc<str>,
     kind: ReportKind,
@@ -78,7 +78,7 @@ struct Thread {
     shared: Arc<FleetShared>,
     servers: Servers,
     config: FleetConfig,
-    reports: RefCell<Vec<Report>>,
+    reports: RefCell<DueQueue<Report>>,
     /// Whether each local node has a status report call in flight: as an
     /// agent, a node sends its next batch only once the last is answered.
     /// Without this a slow server would see a node's calls pile up, one per
@@ -103,7 +103,7 @@ pub(super) fn run_thread(nodes: Vec<(usize, Node)>, config: &FleetConfig, shared
             shared: shared.clone(),
             servers: Servers::new(config.servers.clone()),
             config: config.clone(),
-            reports: RefCell::new(Vec::new()),
+            reports: RefCell::new(DueQueue::default()),
             sending: RefCell::new(Vec::new()),
             clients: RefCell::new(Vec::new()),
         });
@@ -203,14 +203,16 @@ async fn node_main(thread: Rc<Thread>, client: Rc<RpcClient>, local: usize, glob
                             Some((last, count)) if *last == job => *count += 1,
                             _ => new_by_job.push((job.clone(), 1)),
                         }
-                        reports.push(Report {
-                            node: local,
-                            global,
-                            due: running_due,
-                            alloc: alloc.id,
-                            job: job.clone(),
-                            kind: ReportKind::Running,
-                        });
+                        reports.push(
+                            running_due,
+                            Report {
+                                node: local,
+                                global,
+                                alloc: alloc.id,
+                                job: job.clone(),
+                                kind: ReportKind::Running,
+                            },
+                        );
                         running_due
                     }
                     None => continue,
@@ -219,14 +221,8 @@ async fn node_main(thread: Rc<Thread>, client: Rc<RpcClient>, local: usize, glob
                 };
                 known.insert(alloc.id, alloc.deployment_id);
                 if let Some((deployment_id, healthy, after)) = health_decision(alloc) {
-                    reports.push(Report {
-                        node: local,
-                        global,
-                        due: since + after,
-                        alloc: alloc.id,
-                        job,
-                        kind: ReportKind::Health { deployment_id, healthy },
-                    });
+                    let kind = ReportKind::Health { deployment_id, healthy };
+                    reports.push(since + after, Report { node: local, global, alloc: alloc.id, job, kind });
                 }
             }
         }
@@ -300,16 +296,25 @@ async fn report_ticker(thread: Rc<Thread>) {
     while !thread.shared.stopping() {
         compio::time::sleep(thread.config.update_interval).await;
         let now = Instant::now();
-        let mut due: Vec<Report> = {
+        let mut due: Vec<Report> = Vec::new();
+        {
             let mut reports = thread.reports.borrow_mut();
-            // A failed node's reports die with it.
-            reports.retain(|r| thread.shared.alive(r.global));
             let sending = thread.sending.borrow();
-            let (ready, later): (Vec<Report>, Vec<Report>) =
-                reports.drain(..).partition(|r| r.due <= now && !sending[r.node]);
-            *reports = later;
-            ready
-        };
+            // A node with a batch in flight sends these with its next one.
+            let mut held = Vec::new();
+            for (at, report) in reports.take_due(now) {
+                if !thread.shared.alive(report.global) {
+                    // A failed node's reports die with it.
+                } else if sending[report.node] {
+                    held.push((at, report));
+                } else {
+                    due.push(report);
+                }
+            }
+            for (at, report) in held {
+                reports.push(at, report);
+            }
+        }
         due.sort_by_key(|r| r.node);
         let mut batches: Vec<Vec<Report>> = Vec::new();
         for report in due {
@@ -372,7 +377,9 @@ async fn send_reports(thread: Rc<Thread>, mut batch: Vec<Report>) {
         // Try again with the node's next batch after a pause.
         let later = Instant::now() + RETRY_PAUSE;
         let mut reports = thread.reports.borrow_mut();
-        reports.extend(batch.into_iter().map(|r| Report { due: later, ..r }));
+        for report in batch {
+            reports.push(later, report);
+        }
         return;
     }
     let mut by_job: Vec<(Arc<str>, u32)> = Vec::new();
@@ -400,7 +407,7 @@ mod tests {
     use caravan_engine::model::{JobType, UpdateStrategy};
 
     fn report(alloc: AllocId, kind: ReportKind) -> Report {
-        Report { node: 0, global: 0, due: Instant::now(), alloc, job: "j".into(), kind }
+        Report { node: 0, global: 0, alloc, job: "j".into(), kind }
     }
 
     #[test]
