@@ -88,6 +88,50 @@ fn plan_apply(c: &mut Criterion) {
     group.finish();
 }
 
+/// One entry of client status reports, as the servers batch them: every
+/// allocation of 200 nodes (of 10,000, 50 jobs of 1,000 placed) reported
+/// running, the shape of `caravan-perf c1m`'s reports.
+fn client_updates_apply(c: &mut Criterion) {
+    use caravan_engine::model::{AllocClientUpdate, ClientStatus};
+    const JOBS: usize = 50;
+    const REPORTING_NODES: usize = 200;
+    let mut cluster = fleet();
+    for j in 0..JOBS {
+        let eval = cluster.register(job(&format!("placed{j}"), JobType::Service, 1000, 100, 128));
+        cluster.process(&eval);
+    }
+    let snapshot = cluster.snapshot();
+    let updates: Vec<AllocClientUpdate> = snapshot
+        .nodes()
+        .take(REPORTING_NODES)
+        .flat_map(|n| snapshot.allocs_by_node(n.id).map(|a| a.id).collect::<Vec<_>>())
+        .map(|alloc_id| AllocClientUpdate {
+            alloc_id,
+            client_status: ClientStatus::Running,
+            client_description: "Tasks are running".into(),
+            at_ns: 1,
+            task_states: Default::default(),
+            deployment_health: None,
+        })
+        .collect();
+    let command = Command::AllocClientUpdate { updates, evals: vec![] };
+    let Command::AllocClientUpdate { updates, .. } = &command else { unreachable!() };
+    let mut group = c.benchmark_group("client_updates_apply");
+    group.throughput(Throughput::Elements(updates.len() as u64));
+    group.sample_size(20);
+    group.bench_function(format!("per_entry_of_{}", updates.len()), |b| {
+        b.iter_batched(
+            || SimCluster::from_state((*snapshot).clone(), 1, cluster.now_ns),
+            |sim| {
+                sim.fsm.apply(snapshot.index() + 1, &command).unwrap();
+                sim
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
 fn broker(c: &mut Criterion) {
     use caravan_engine::broker::{BrokerConfig, EvalBroker};
     use caravan_engine::ids::{IdGen, JobKey};
@@ -187,5 +231,5 @@ fn node_allocs_reply(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, scoring, snapshots, plan_apply, broker, node_allocs_reply);
+criterion_group!(benches, scoring, snapshots, plan_apply, client_updates_apply, broker, node_allocs_reply);
 criterion_main!(benches);
