@@ -216,11 +216,14 @@ fn apply_loop(
         });
         // The next plan evaluated while this one is in flight must see
         // this one's result on top of the same base, committed or not.
-        view.extend(base, command.clone());
+        let replaced = view.extend(base, command.clone());
         in_flight.fetch_add(1, Ordering::SeqCst);
         if tx.send(InFlight { pending, result, command, chain: generation }).is_err() {
             return;
         }
+        // After the hand-over: a view replaced by a rebuild is the last
+        // owner of its copies, and freeing them takes a while.
+        drop(replaced);
     }
 }
 
@@ -275,23 +278,22 @@ impl OptimisticView {
         }
     }
 
-    /// Put this plan's result (sent to the committer next) on `base`.
-    fn extend(&mut self, mut base: State, command: Option<Command>) {
-        if let Some(command) = &command {
-            let index = base.index() + 1;
-            if fsm::apply_to(&mut base, index, command).is_err() {
-                // Never expected (the plan was just evaluated on this very
-                // state); rebuild from the store next time.
-                self.state = None;
-            } else {
-                self.state = Some(base);
+    /// Put this plan's result (sent to the committer next) on `base`;
+    /// returns the view it replaces, for the caller to drop.
+    fn extend(&mut self, mut base: State, command: Option<Command>) -> Option<State> {
+        let applied = match &command {
+            Some(command) => {
+                let index = base.index() + 1;
+                // An error is never expected (the plan was just evaluated
+                // on this very state); the view is rebuilt next time.
+                fsm::apply_to(&mut base, index, command).ok().map(|_| base)
             }
-        } else {
-            self.state = Some(base);
-        }
+            None => Some(base),
+        };
         self.plans_on_state += 1;
         self.unapplied.push_back((self.sent, command));
         self.sent += 1;
+        std::mem::replace(&mut self.state, applied)
     }
 }
 
