@@ -13,9 +13,12 @@ use crate::ids::{AllocId, DeploymentId, EvalId, JobKey, NodeId};
 use crate::model::{
     AllocClientUpdate, AllocHealthReport, AllocPreemption, AllocStop, Allocation, Deployment, DeploymentStatus,
     DesiredStatus, DesiredTransition, DrainStrategy, EvalStatus, Evaluation, Job, JobStatus, Node, NodeStatus,
-    ScalingEvent, SchedulingEligibility, TimeNs,
+    ScalingEvent, SchedulingEligibility, TaskState, TimeNs,
 };
 use crate::state::{SchedulerConfig, State, StateStore};
+
+/// An allocation's task states, by task name.
+type TaskStates = std::collections::BTreeMap<Arc<str>, TaskState>;
 
 /// The committed part of a plan, as one raft entry.
 #[derive(Debug, Clone, PartialEq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -331,7 +334,7 @@ fn apply_command(state: &mut State, index: u64, command: &Command, out: &mut App
                 let mut alloc = (*existing).clone();
                 alloc.client_status = update.client_status;
                 alloc.client_description = update.client_description.clone();
-                alloc.task_states = Arc::new(update.task_states.clone());
+                alloc.task_states = reported_task_states(&existing.task_states, &update.task_states);
                 alloc.modify_index = index;
                 alloc.modify_time_ns = update.at_ns;
                 if let Some(report) = update.deployment_health
@@ -556,6 +559,22 @@ fn cancel_older_deployments(state: &mut State, index: u64, newer: &Deployment) {
 /// Take a client's health decision for the allocation: once per
 /// deployment (the first decision stands, as Nomad's client sets it once),
 /// and only for the deployment the allocation is in. True if recorded.
+/// The task states a client report leaves on its allocation: the stored
+/// map when the report repeats it (a client sends every task's state with
+/// each report, and a health verdict usually follows a running report with
+/// nothing new), the shared empty map when it reports none, otherwise a
+/// copy. One allocation fewer per report, and a million allocations do
+/// not each keep their own copy of the same map.
+fn reported_task_states(stored: &Arc<TaskStates>, reported: &TaskStates) -> Arc<TaskStates> {
+    if **stored == *reported {
+        stored.clone()
+    } else if reported.is_empty() {
+        crate::model::no_task_states()
+    } else {
+        Arc::new(reported.clone())
+    }
+}
+
 fn record_health(alloc: &mut Allocation, report: &AllocHealthReport, index: u64) -> bool {
     if alloc.deployment_id != Some(report.deployment_id) || alloc.deployment_healthy().is_some() {
         return false;

@@ -238,3 +238,40 @@ fn every_command_of_a_batch_reaches_the_alloc_feed_even_after_one_fails() {
     assert!(!changes.everything);
     assert_eq!(changes.nodes.into_iter().collect::<BTreeSet<_>>(), expected);
 }
+
+#[test]
+fn a_client_report_keeps_task_states_it_repeats_and_shares_an_empty_map() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    let mut c = SimCluster::new(5);
+    let n = node(&mut c.ids, "n", "dc1", 4000, 8192);
+    c.add_node(n);
+    let eval = c.register(job("web", JobType::Batch, 1, 100, 64));
+    c.process(&eval);
+    let id = c.snapshot().allocs_by_job(&eval.job_key()).next().unwrap().id;
+    let report = |task_states: BTreeMap<Arc<str>, TaskState>| Command::AllocClientUpdate {
+        updates: vec![AllocClientUpdate {
+            alloc_id: id,
+            client_status: ClientStatus::Running,
+            client_description: "".into(),
+            at_ns: 1,
+            task_states,
+            deployment_health: None,
+        }],
+        evals: vec![],
+    };
+    let states = |c: &SimCluster| c.snapshot().alloc(id).unwrap().task_states.clone();
+
+    c.commit(report(BTreeMap::new()));
+    assert!(Arc::ptr_eq(&states(&c), &no_task_states()), "no task states: the shared empty map");
+
+    let running: BTreeMap<Arc<str>, TaskState> = [("t".into(), TaskState::pending())].into();
+    c.commit(report(running.clone()));
+    let first = states(&c);
+    assert_eq!(*first, running);
+    c.commit(report(running));
+    assert!(Arc::ptr_eq(&states(&c), &first), "a repeated map is kept, not copied");
+
+    c.commit(report(BTreeMap::new()));
+    assert!(states(&c).is_empty());
+}
