@@ -13,12 +13,9 @@ use crate::ids::{AllocId, DeploymentId, EvalId, JobKey, NodeId};
 use crate::model::{
     AllocClientUpdate, AllocHealthReport, AllocPreemption, AllocStop, Allocation, Deployment, DeploymentStatus,
     DesiredStatus, DesiredTransition, DrainStrategy, EvalStatus, Evaluation, Job, JobStatus, Node, NodeStatus,
-    ScalingEvent, SchedulingEligibility, TaskState, TimeNs,
+    ScalingEvent, SchedulingEligibility, TaskStates, TimeNs, no_task_states,
 };
 use crate::state::{SchedulerConfig, State, StateStore};
-
-/// An allocation's task states, by task name.
-type TaskStates = std::collections::BTreeMap<Arc<str>, TaskState>;
 
 /// The committed part of a plan, as one raft entry.
 #[derive(Debug, Clone, PartialEq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -556,9 +553,6 @@ fn cancel_older_deployments(state: &mut State, index: u64, newer: &Deployment) {
     }
 }
 
-/// Take a client's health decision for the allocation: once per
-/// deployment (the first decision stands, as Nomad's client sets it once),
-/// and only for the deployment the allocation is in. True if recorded.
 /// The task states a client report leaves on its allocation: the stored
 /// map when the report repeats it (a client sends every task's state with
 /// each report, and a health verdict usually follows a running report with
@@ -569,12 +563,15 @@ fn reported_task_states(stored: &Arc<TaskStates>, reported: &TaskStates) -> Arc<
     if **stored == *reported {
         stored.clone()
     } else if reported.is_empty() {
-        crate::model::no_task_states()
+        no_task_states()
     } else {
         Arc::new(reported.clone())
     }
 }
 
+/// Take a client's health decision for the allocation: once per
+/// deployment (the first decision stands, as Nomad's client sets it once),
+/// and only for the deployment the allocation is in. True if recorded.
 fn record_health(alloc: &mut Allocation, report: &AllocHealthReport, index: u64) -> bool {
     if alloc.deployment_id != Some(report.deployment_id) || alloc.deployment_healthy().is_some() {
         return false;

@@ -1,7 +1,7 @@
 //! [`SchedulingSlots`]: how many workers may run the scheduler at once.
 //!
-//! A worker spends most of an eval waiting on raft (its plan's commit, then
-//! the eval's), so a server runs many workers to keep evals moving; but
+//! A worker spends most of an eval waiting on raft for its plan's commit,
+//! so a server runs many workers to keep evals moving; but
 //! scheduling itself is CPU work, and more of it at once than there are
 //! cores only time-slices the cores while every running pass pins the state
 //! version it read (at a million allocations, hundreds of MiB across a

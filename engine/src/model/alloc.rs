@@ -222,10 +222,13 @@ pub struct AllocClientUpdate {
     pub deployment_health: Option<AllocHealthReport>,
 }
 
+/// An allocation's task states, by task name.
+pub type TaskStates = BTreeMap<Arc<str>, TaskState>;
+
 /// The task states of an allocation no client has reported on: one shared
 /// empty map, so placing an allocation allocates nothing for it.
-pub fn no_task_states() -> Arc<BTreeMap<Arc<str>, TaskState>> {
-    static EMPTY: LazyLock<Arc<BTreeMap<Arc<str>, TaskState>>> = LazyLock::new(Default::default);
+pub fn no_task_states() -> Arc<TaskStates> {
+    static EMPTY: LazyLock<Arc<TaskStates>> = LazyLock::new(Default::default);
     EMPTY.clone()
 }
 

@@ -15,7 +15,6 @@
 //!
 //! Only the shape lives here; the codecs, headers and checksums are `net`'s.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rkyv::collections::btree_map::{ArchivedBTreeMap, BTreeMapResolver};
@@ -26,7 +25,7 @@ use rkyv::string::{ArchivedString, StringResolver};
 use rkyv::with::{ArchiveWith, DeserializeWith, Identity, MapKV, SerializeWith};
 use rkyv::{Archive, Deserialize, Place, Serialize};
 
-use super::{ArchivedTaskState, TaskState, no_task_states};
+use super::{ArchivedTaskState, TaskState, TaskStates, no_task_states};
 use crate::ids::{AllocId, DeploymentId, EvalId, NodeId};
 use crate::intern::Sym;
 
@@ -88,7 +87,6 @@ impl<D: Fallible + ?Sized> DeserializeWith<ArchivedString, Sym, D> for SymText {
     }
 }
 
-type TaskStates = BTreeMap<Arc<str>, TaskState>;
 type TaskStatesWith = MapKV<ArcStr, Identity>;
 
 /// Archives `Arc<BTreeMap<Arc<str>, TaskState>>` as the map itself; an empty
